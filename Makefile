@@ -1,0 +1,146 @@
+# pdelta build. `make` builds bin/pdelta, bin/pdeltad, bin/pdeltactl and libpdelta.
+# Sources are picked up by wildcard: common/*.c, server/*.c, client/lib/*.c,
+# tests/unit/test_*.c, tests/fuzz/fuzz_*.c. SANITIZER=address|undefined|thread
+# builds everything under build/<sanitizer>/ with bins in build/<sanitizer>/bin.
+
+PREFIX ?= /usr/local
+CC ?= cc
+SANITIZER ?=
+PKGS := libevent libevent_openssl libevent_pthreads openssl zlib sqlite3
+
+VARIANT := $(if $(SANITIZER),$(SANITIZER),release)
+BUILD := build/$(VARIANT)
+BINDIR := $(if $(SANITIZER),$(BUILD)/bin,bin)
+
+WARN := -Wall -Wextra -Wformat=2 -Wstrict-prototypes -Wshadow -Wpointer-arith \
+	-Wcast-qual -Wwrite-strings -Wvla -Wmissing-prototypes -Wno-unused-parameter -Werror
+OPT := $(if $(SANITIZER),-O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZER),-O2)
+ifeq ($(SANITIZER),undefined)
+OPT += -fno-sanitize-recover=all
+endif
+ifeq ($(SANITIZER),address)
+OPT += -fsanitize=undefined -fno-sanitize-recover=all
+endif
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS ?= -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(CFLAGS) \
+	-Icommon -Iproto -Iclient -Iserver $(PKG_CFLAGS) -MMD -MP
+LDFLAGS_ALL := $(OPT) $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lpthread -lm
+
+COMMON_SRC := $(wildcard common/*.c)
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+CLIENT_SRC := $(wildcard client/lib/*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+TOOL_SRC := $(wildcard tests/bench/*.c) $(wildcard tests/tools/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+COMMON_OBJ := $(call obj,$(COMMON_SRC))
+SERVER_OBJ := $(call obj,$(SERVER_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+
+LIBCOMMON := $(BUILD)/libpdcommon.a
+LIBSERVER := $(BUILD)/libpdserver.a
+LIBPDELTA_A := $(BUILD)/libpdelta.a
+LIBPDELTA_SO := $(BUILD)/libpdelta.so
+
+PROGS := $(BINDIR)/pdelta
+ifneq ($(wildcard server/main.c),)
+PROGS += $(BINDIR)/pdeltad
+endif
+ifneq ($(wildcard client/pdeltactl.c),)
+PROGS += $(BINDIR)/pdeltactl
+endif
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+TOOL_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
+
+.PHONY: all check unit integration bench fuzz fuzz-short demo install clean valgrind asan tools
+all: $(PROGS) $(LIBPDELTA_A) $(LIBPDELTA_SO) tools
+
+tools: $(TOOL_BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIBCOMMON): $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIBSERVER): $(SERVER_OBJ) $(call obj,common/pd_err.c)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIBPDELTA_A): $(CLIENT_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIBPDELTA_SO): $(CLIENT_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,libpdelta.so.1 $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(BINDIR)/pdelta: $(call obj,client/pdelta_cli.c) $(LIBPDELTA_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(BINDIR)/pdeltad: $(call obj,server/main.c) $(LIBSERVER) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(BINDIR)/pdeltactl: $(call obj,client/pdeltactl.c) $(LIBPDELTA_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%.o: tests/unit/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -c $< -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBSERVER) $(LIBPDELTA_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+# ---- tests ---------------------------------------------------------------
+unit: $(UNIT_BINS)
+	@bash tests/run_unit.sh $(UNIT_BINS)
+
+check: all $(UNIT_BINS)
+	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/run_all.sh
+
+valgrind: all $(UNIT_BINS)
+	@VALGRIND=1 BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/run_valgrind.sh $(UNIT_BINS)
+
+# ---- fuzzing (clang + libFuzzer) ------------------------------------------
+FUZZ_CC ?= clang
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+	-Icommon -Iproto -Iserver $(PKG_CFLAGS)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(COMMON_SRC) -lz
+fuzz-build: $(FUZZ_BINS)
+fuzz-short: $(FUZZ_BINS)
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh $(FUZZ_BINS)
+fuzz: $(FUZZ_BINS)
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-600} bash tests/fuzz/run.sh $(FUZZ_BINS)
+
+bench: all
+	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/bench/run.sh
+
+demo: all
+	@bash deploy/demo.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIBPDELTA_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBPDELTA_SO) $(DESTDIR)$(PREFIX)/lib/libpdelta.so.1
+	ln -sf libpdelta.so.1 $(DESTDIR)$(PREFIX)/lib/libpdelta.so
+	install -m 644 client/pdelta.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' client/pdelta.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pdelta.pc
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)

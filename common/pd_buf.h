@@ -1,0 +1,31 @@
+/*
+ * pd_buf: a growable byte buffer born with a hard cap (curl's dynbuf idea).
+ *
+ * Growth is amortised (doubling) and never exceeds cap; hitting the cap is a
+ * PD_E_LIMIT error, not a silent truncation. The buffer owns its memory;
+ * pd_buf_reset() keeps the allocation for reuse (no malloc per request in
+ * steady state), pd_buf_free() releases it.
+ */
+#ifndef PD_BUF_H
+#define PD_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_err.h"
+
+typedef struct pd_buf {
+	uint8_t *data;
+	size_t len;
+	size_t alloc;
+	size_t cap; /* hard maximum of len; 0 means SIZE_MAX */
+} pd_buf;
+
+void pd_buf_init(pd_buf *b, size_t cap);
+void pd_buf_free(pd_buf *b);
+static inline void pd_buf_reset(pd_buf *b) { b->len = 0; }
+/* Ensures room for n more bytes. */
+int pd_buf_reserve(pd_buf *b, size_t n, pd_err *e);
+int pd_buf_append(pd_buf *b, const void *p, size_t n, pd_err *e);
+
+#endif

@@ -1,0 +1,131 @@
+/*
+ * pd_engine: the delta engine. Cumulative pprof in, delta pprof out.
+ *
+ * No object graph: the input is inflated once into a reusable buffer, then
+ * field-selective passes run over the protobuf bytes:
+ *   index  - spans of every top-level field, validated tables, id maps;
+ *   hash   - 128-bit identity of every sample (pd_hash.h), duplicates summed,
+ *            the next state built;
+ *   diff   - delta columns minus the previous state, reset detection;
+ *   mark   - locations/functions/mappings/strings the kept samples use;
+ *   write  - minimal profile, string table compacted, deflated while written
+ *            and handed to the caller's sink in compressed chunks.
+ * Semantics are those of DESIGN.md §2 (see README "Delta semantics").
+ *
+ * The engine does no I/O and keeps no per-stream data: the caller passes the
+ * previous state (read only) and a state object that receives the next
+ * state. On any error nothing has been sent to the sink (all validation
+ * happens before the write pass) and the previous state is untouched.
+ * One engine per thread; buffers are reused, so steady state does no malloc.
+ */
+#ifndef PD_ENGINE_H
+#define PD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_err.h"
+#include "pd_gz.h"
+#include "pd_state.h"
+
+/* ---- limits: one table, the single source of defaults and of --help ---- */
+typedef struct pd_limits {
+	uint64_t max_input;        /* compressed input bytes */
+	uint64_t max_inflated;     /* inflated (raw protobuf) bytes */
+	uint64_t max_samples;      /* samples per profile */
+	uint64_t max_depth;        /* locations per sample */
+	uint64_t max_string;       /* bytes per string-table entry */
+	uint64_t max_table;        /* strings, locations, functions, mappings each */
+	uint64_t max_labels;       /* labels per sample */
+	uint64_t max_sample_types; /* sample types per profile */
+} pd_limits;
+
+typedef struct pd_limit_desc {
+	const char *name; /* option name without "--", e.g. "max-input" */
+	size_t offset;    /* offsetof(pd_limits, field) */
+	uint64_t def;
+	const char *help;
+} pd_limit_desc;
+
+extern const pd_limit_desc pd_limit_table[];
+extern const size_t pd_limit_count;
+void pd_limits_default(pd_limits *l);
+/* Sets the limit called name from a decimal string (k/m/g suffixes ok). */
+int pd_limits_set(pd_limits *l, const char *name, const char *value, pd_err *e);
+
+/* ---- request / result ---------------------------------------------------- */
+enum pd_first { PD_FIRST_KEEP = 0, PD_FIRST_DROP = 1, PD_FIRST_AUTO = 2 };
+enum pd_policy { PD_POLICY_DELTA = 0, PD_POLICY_GAUGE = 1 };
+enum pd_status { PD_STATUS_DELTA = 0, PD_STATUS_BASELINE = 1, PD_STATUS_DUPLICATE = 2 };
+enum pd_reason {
+	PD_REASON_NONE = 0,
+	PD_REASON_FIRST = 1,
+	PD_REASON_RESET = 2,
+	PD_REASON_EVICTED = 3,
+	PD_REASON_MOVED = 4
+};
+
+typedef struct pd_type_override {
+	const char *name; /* sample type name, e.g. "alloc_space" */
+	int policy;       /* enum pd_policy */
+} pd_type_override;
+
+typedef struct pd_req {
+	int first_policy; /* enum pd_first */
+	const pd_type_override *overrides;
+	size_t noverrides;
+	uint64_t incarnation;      /* producer incarnation, 0 = unknown */
+	int64_t producer_start_ns; /* for first=auto, 0 = unknown */
+	int64_t last_seen_ns;      /* stream's last sighting (server), 0 = never */
+	int gzip_level;            /* 1..9, 0 = raw protobuf output */
+	size_t chunk;              /* compressed bytes per sink call (0 = 64 KiB) */
+} pd_req;
+
+void pd_req_default(pd_req *r);
+
+typedef struct pd_result {
+	int status; /* enum pd_status */
+	int reason; /* enum pd_reason */
+	char why[96];
+	uint32_t samples_in, samples_unique, samples_out;
+	uint32_t identities;
+	uint64_t bytes_in, bytes_raw, bytes_out_raw, bytes_out;
+	uint64_t ns_inflate, ns_index, ns_hash, ns_diff, ns_encode, ns_deflate;
+	int64_t time_nanos, duration_nanos;
+} pd_result;
+
+const char *pd_status_name(int status);
+const char *pd_reason_name(int reason);
+
+typedef struct pd_engine pd_engine;
+
+pd_engine *pd_engine_new(const pd_limits *lim);
+void pd_engine_free(pd_engine *eng);
+
+/* Streaming input: begin, feed chunks (gzip or raw, detected), finish. */
+void pd_engine_begin(pd_engine *eng);
+int pd_engine_feed(pd_engine *eng, const void *p, size_t n, pd_err *e);
+int pd_engine_finish(pd_engine *eng, const pd_state *prev, pd_state *next, const pd_req *req,
+		     pd_sink_fn sink, void *sink_ctx, pd_result *res, pd_err *e);
+/* One call; a raw (non-gzip) input is read in place, without a copy. */
+int pd_engine_run(pd_engine *eng, const void *in, size_t n, const pd_state *prev, pd_state *next,
+		  const pd_req *req, pd_sink_fn sink, void *sink_ctx, pd_result *res, pd_err *e);
+
+/* Facts about one profile (for `pdelta inspect`). */
+typedef struct pd_inspect {
+	uint32_t nsample_types;
+	const char *type_name[16], *type_unit[16];
+	size_t type_name_len[16], type_unit_len[16];
+	const char *period_type, *period_unit;
+	size_t period_type_len, period_unit_len;
+	int64_t period, time_nanos, duration_nanos;
+	uint64_t samples, locations, functions, mappings, strings, labels, max_depth;
+	uint64_t zero_samples, addr0_locations, unique_identities;
+	uint64_t bytes_in, bytes_raw;
+} pd_inspect;
+int pd_engine_inspect(pd_engine *eng, const void *in, size_t n, pd_inspect *out, pd_err *e);
+
+/* Pre-sizes buffers (bytes of the largest expected profile); optional. */
+size_t pd_engine_mem_bytes(const pd_engine *eng);
+
+#endif

@@ -1,0 +1,238 @@
+/* pd_gz: bounded inflate / chunked deflate over zlib. See pd_gz.h. */
+#include "pd_gz.h"
+
+#include <string.h>
+#include <time.h>
+
+uint64_t pd_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void pd_infl_init(pd_inflater *f)
+{
+	memset(f, 0, sizeof *f);
+}
+
+void pd_infl_free(pd_inflater *f)
+{
+	if (f->zinit)
+		inflateEnd(&f->zs);
+	f->zinit = 0;
+}
+
+void pd_infl_begin(pd_inflater *f, pd_buf *out, size_t max_in)
+{
+	f->mode = 0;
+	f->ended = 0;
+	f->out = out;
+	f->in_total = 0;
+	f->max_in = max_in ? max_in : SIZE_MAX;
+	pd_buf_reset(out);
+}
+
+static int infl_start_member(pd_inflater *f, pd_err *e)
+{
+	int zr = f->zinit ? inflateReset(&f->zs) : inflateInit2(&f->zs, 16 + MAX_WBITS);
+	if (zr != Z_OK)
+		return pd_err_set(e, PD_E_NOMEM, "inflate init failed (%d)", zr);
+	f->zinit = 1;
+	f->ended = 0;
+	return PD_OK;
+}
+
+static int infl_gzip(pd_inflater *f, const uint8_t *p, size_t n, pd_err *e)
+{
+	pd_buf *o = f->out;
+	int rc;
+
+	f->zs.next_in = (Bytef *)(uintptr_t)p;
+	f->zs.avail_in = (uInt)n;
+	while (f->zs.avail_in > 0) {
+		size_t room;
+		int zr;
+
+		if (f->ended) { /* another gzip member follows (concatenated gzip) */
+			if (f->zs.next_in[0] != 0x1f)
+				return pd_err_set(e, PD_E_MALFORMED, "trailing garbage after gzip data");
+			if ((rc = infl_start_member(f, e)))
+				return rc;
+		}
+		if (o->alloc - o->len < 65536 && o->len < o->cap) {
+			size_t want = o->len < 65536 ? 65536 : o->len;
+			if (want > o->cap - o->len)
+				want = o->cap - o->len;
+			if ((rc = pd_buf_reserve(o, want, e)))
+				return rc;
+		}
+		room = o->alloc - o->len;
+		if (room > o->cap - o->len)
+			room = o->cap - o->len;
+		if (room == 0)
+			return pd_err_set(e, PD_E_LIMIT,
+					  "inflated profile exceeds the limit of %zu bytes (gzip bomb?)",
+					  o->cap);
+		if (room > 0x40000000)
+			room = 0x40000000;
+		f->zs.next_out = o->data + o->len;
+		f->zs.avail_out = (uInt)room;
+		zr = inflate(&f->zs, Z_NO_FLUSH);
+		o->len += room - f->zs.avail_out;
+		if (zr == Z_STREAM_END) {
+			f->ended = 1;
+			continue;
+		}
+		if (zr == Z_BUF_ERROR && f->zs.avail_out != 0)
+			break;
+		if (zr != Z_OK)
+			return pd_err_set(e, PD_E_MALFORMED, "corrupt gzip data: %s",
+					  f->zs.msg ? f->zs.msg : "inflate error");
+	}
+	return PD_OK;
+}
+
+int pd_infl_feed(pd_inflater *f, const uint8_t *p, size_t n, pd_err *e)
+{
+	int rc;
+
+	if (n == 0)
+		return PD_OK;
+	if (n > f->max_in - f->in_total)
+		return pd_err_set(e, PD_E_LIMIT, "input exceeds the limit of %zu bytes", f->max_in);
+	f->in_total += n;
+	if (f->mode == 0) {
+		f->mode = p[0] == 0x1f ? 1 : 2;
+		if (f->mode == 1 && (rc = infl_start_member(f, e)))
+			return rc;
+	}
+	if (f->mode == 2) {
+		rc = pd_buf_append(f->out, p, n, e);
+		if (rc == PD_E_LIMIT)
+			return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %zu bytes",
+					  f->out->cap);
+		return rc;
+	}
+	return infl_gzip(f, p, n, e);
+}
+
+int pd_infl_end(pd_inflater *f, pd_err *e)
+{
+	if (f->mode == 0)
+		return pd_err_set(e, PD_E_MALFORMED, "empty input");
+	if (f->mode == 1 && !f->ended)
+		return pd_err_set(e, PD_E_MALFORMED, "truncated gzip stream");
+	return PD_OK;
+}
+
+void pd_defl_init(pd_deflater *d)
+{
+	memset(d, 0, sizeof *d);
+	pd_buf_init(&d->zout, 0);
+}
+
+void pd_defl_free(pd_deflater *d)
+{
+	if (d->zinit)
+		deflateEnd(&d->zs);
+	d->zinit = 0;
+	pd_buf_free(&d->zout);
+}
+
+int pd_defl_begin(pd_deflater *d, int level, size_t chunk, pd_sink_fn sink, void *ctx, pd_err *e)
+{
+	int zr;
+
+	d->sink = sink;
+	d->ctx = ctx;
+	d->chunk = chunk ? chunk : 65536;
+	d->total_in = d->total_out = 0;
+	d->ns = 0;
+	pd_buf_reset(&d->zout);
+	if (level <= 0) {
+		d->level = 0;
+		return PD_OK;
+	}
+	if (d->zinit && d->zlevel == level) {
+		zr = deflateReset(&d->zs);
+	} else {
+		if (d->zinit)
+			deflateEnd(&d->zs);
+		d->zinit = 0;
+		zr = deflateInit2(&d->zs, level, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+	}
+	if (zr != Z_OK)
+		return pd_err_set(e, PD_E_NOMEM, "deflate init failed (%d)", zr);
+	d->zinit = 1;
+	d->level = d->zlevel = level;
+	return pd_buf_reserve(&d->zout, d->chunk + 65536, e);
+}
+
+static int defl_emit(pd_deflater *d, pd_err *e)
+{
+	if (d->zout.len == 0)
+		return PD_OK;
+	if (d->sink(d->ctx, d->zout.data, d->zout.len))
+		return pd_err_set(e, PD_E_IO, "output sink failed");
+	d->total_out += d->zout.len;
+	pd_buf_reset(&d->zout);
+	return PD_OK;
+}
+
+static int defl_run(pd_deflater *d, int flush, pd_err *e)
+{
+	int rc;
+	for (;;) {
+		size_t room = d->zout.alloc - d->zout.len;
+		int zr;
+		uint64_t t0;
+
+		if (room < 4096) {
+			if ((rc = defl_emit(d, e)))
+				return rc;
+			room = d->zout.alloc - d->zout.len;
+		}
+		d->zs.next_out = d->zout.data + d->zout.len;
+		d->zs.avail_out = (uInt)room;
+		t0 = pd_now_ns();
+		zr = deflate(&d->zs, flush);
+		d->ns += pd_now_ns() - t0;
+		d->zout.len += room - d->zs.avail_out;
+		if (zr == Z_STREAM_END)
+			return PD_OK;
+		if (zr != Z_OK && zr != Z_BUF_ERROR)
+			return pd_err_set(e, PD_E_INTERNAL, "deflate failed (%d)", zr);
+		if (flush == Z_NO_FLUSH && d->zs.avail_in == 0)
+			break;
+		if (zr == Z_BUF_ERROR && d->zs.avail_in == 0 && flush == Z_NO_FLUSH)
+			break;
+	}
+	if (d->zout.len >= d->chunk)
+		return defl_emit(d, e);
+	return PD_OK;
+}
+
+int pd_defl_write(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
+{
+	d->total_in += n;
+	if (d->level == 0) {
+		d->total_out += n;
+		return d->sink(d->ctx, p, n) ? pd_err_set(e, PD_E_IO, "output sink failed") : PD_OK;
+	}
+	d->zs.next_in = (Bytef *)(uintptr_t)p;
+	d->zs.avail_in = (uInt)n;
+	return defl_run(d, Z_NO_FLUSH, e);
+}
+
+int pd_defl_finish(pd_deflater *d, pd_err *e)
+{
+	int rc;
+	if (d->level == 0)
+		return PD_OK;
+	d->zs.next_in = NULL;
+	d->zs.avail_in = 0;
+	if ((rc = defl_run(d, Z_FINISH, e)))
+		return rc;
+	return defl_emit(d, e);
+}

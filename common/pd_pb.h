@@ -1,0 +1,142 @@
+/*
+ * pd_pb: hand-written protobuf wire-format reader and writer.
+ *
+ * The reader is a bounds-checked cursor over a byte span: every getter
+ * returns 0 on success and -1 on malformed input (overlong varint, length
+ * past the end, bad wire type); callers must check. No allocation. The
+ * writer appends to a pd_buf whose room the caller reserved (pd_pbw_* with
+ * an _r suffix reserve themselves).
+ */
+#ifndef PD_PB_H
+#define PD_PB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "pd_buf.h"
+
+enum { PB_VARINT = 0, PB_I64 = 1, PB_LEN = 2, PB_I32 = 5 };
+
+typedef struct pd_rd {
+	const uint8_t *p, *end;
+} pd_rd;
+
+static inline pd_rd pd_rd_make(const uint8_t *p, size_t n)
+{
+	pd_rd r = {p, p + n};
+	return r;
+}
+
+static inline int pd_rd_more(const pd_rd *r) { return r->p < r->end; }
+
+static inline int pd_rd_varint(pd_rd *r, uint64_t *v)
+{
+	const uint8_t *p = r->p;
+	uint64_t x;
+	int shift;
+
+	if (p < r->end && *p < 0x80) { /* fast path: one byte */
+		*v = *p;
+		r->p = p + 1;
+		return 0;
+	}
+	x = 0;
+	for (shift = 0; shift < 64; shift += 7) {
+		uint8_t b;
+		if (p >= r->end)
+			return -1;
+		b = *p++;
+		if (shift == 63 && b > 1)
+			return -1;
+		x |= (uint64_t)(b & 0x7f) << shift;
+		if (b < 0x80) {
+			*v = x;
+			r->p = p;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static inline int pd_rd_key(pd_rd *r, uint32_t *field, uint32_t *wt)
+{
+	uint64_t k;
+	if (pd_rd_varint(r, &k) || (k >> 3) == 0 || (k >> 3) > 0x1fffffff)
+		return -1;
+	*field = (uint32_t)(k >> 3);
+	*wt = (uint32_t)(k & 7);
+	return 0;
+}
+
+static inline int pd_rd_len(pd_rd *r, const uint8_t **p, size_t *n)
+{
+	uint64_t l;
+	if (pd_rd_varint(r, &l) || l > (uint64_t)(r->end - r->p))
+		return -1;
+	*p = r->p;
+	*n = (size_t)l;
+	r->p += l;
+	return 0;
+}
+
+static inline int pd_rd_skip(pd_rd *r, uint32_t wt)
+{
+	uint64_t v;
+	const uint8_t *p;
+	size_t n;
+
+	switch (wt) {
+	case PB_VARINT:
+		return pd_rd_varint(r, &v);
+	case PB_I64:
+		if (r->end - r->p < 8)
+			return -1;
+		r->p += 8;
+		return 0;
+	case PB_LEN:
+		return pd_rd_len(r, &p, &n);
+	case PB_I32:
+		if (r->end - r->p < 4)
+			return -1;
+		r->p += 4;
+		return 0;
+	default:
+		return -1; /* groups (3, 4) are not used by profile.proto */
+	}
+}
+
+static inline size_t pd_varint_size(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+/* Writes a varint at b->data + b->len; room (10 bytes) must be reserved. */
+static inline void pd_pbw_varint(pd_buf *b, uint64_t v)
+{
+	uint8_t *p = b->data + b->len;
+	while (v >= 0x80) {
+		*p++ = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8_t)v;
+	b->len = (size_t)(p - b->data);
+}
+
+static inline void pd_pbw_key(pd_buf *b, uint32_t field, uint32_t wt)
+{
+	pd_pbw_varint(b, ((uint64_t)field << 3) | wt);
+}
+
+static inline void pd_pbw_raw(pd_buf *b, const void *p, size_t n)
+{
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+}
+
+#endif
