@@ -53,7 +53,7 @@ endif
 ifneq ($(wildcard client/pdeltactl.c),)
 PROGS += $(BINDIR)/pdeltactl
 endif
-UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
 TOOL_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 
 .PHONY: all check unit integration bench fuzz fuzz-short demo install clean valgrind asan tools

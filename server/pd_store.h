@@ -1,0 +1,355 @@
+/*
+ * pd_store: the durable per-stream state store of pdeltad (DESIGN §4, §6).
+ *
+ * One compact row per stream (tenant, name): the engine's opaque serialized
+ * state blob plus the metadata needed for idempotency (DESIGN §2.7) and for
+ * admin listings. The store is backend-neutral: callers only see the opaque
+ * pd_store and the functions below; a backend (SQLite today, a
+ * PostgreSQL-protocol one later) is a vtable at the bottom of this header.
+ *
+ * Writes are asynchronous and durable-before-acknowledged: pd_store_put_async()
+ * copies the record and queues it for ONE writer thread that group-commits
+ * (everything queued, up to a batch cap, in one BEGIN IMMEDIATE ... COMMIT)
+ * and only then calls each write's completion. The server sends a response
+ * only from that completion, so after kill -9 every response a client got is
+ * consistent with the stored state.
+ *
+ * A completion with rc == PD_E_STORE means "not known to be committed": the
+ * batch was rolled back (the stored rows are as before), or, in rare I/O
+ * failures during COMMIT, it may have reached the disk anyway. Both are safe
+ * because a retried request with the same sequence and content hash either
+ * recomputes (row unchanged) or is answered as DUPLICATE from the stored last
+ * response (row committed). A server that computes the next request of a
+ * stream from state whose write has not completed yet should use
+ * pd_store_put_if_async(), so a failed earlier write cannot be skipped over.
+ *
+ * Thread safety:
+ *   - pd_store_open()/pd_store_close(): one thread, no other call in flight.
+ *   - pd_store_get(), _list(), _count_streams(), _tenant_totals(),
+ *     _integrity_check(): any thread, concurrently. Each call borrows a read
+ *     connection from a pool (WAL: readers never wait for the writer) and
+ *     sees only committed data; it may block briefly, so call it from worker
+ *     threads, not from an event loop.
+ *   - pd_store_put_async(), _put_if_async(), _delete_async(), _reset_async(),
+ *     _stats(), _inject_fault(): any thread, never block (a full queue is
+ *     PD_E_BUSY at once).
+ *   - pd_store_flush(), pd_store_expire(): any thread except the writer
+ *     thread (i.e. not from a completion); they block until done.
+ *   - Completions run on the writer thread, after COMMIT (or ROLLBACK)
+ *     returned, in queue order. Keep them short (bounce to your event loop);
+ *     they may call the *_async functions.
+ *
+ * The store has no read-your-writes: a get() after put_async() but before its
+ * completion returns the previous committed row. The server's hot-state cache
+ * holds the newer state until then.
+ */
+#ifndef PD_STORE_H
+#define PD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_err.h"
+
+typedef struct pd_store pd_store;
+
+/* ---- configuration ------------------------------------------------------ */
+
+/* Defaults (pd_store_opts_init); a zero size, count or timeout field in
+ * pd_store_opts also stands for them. synchronous_full has no such rule: 0
+ * means NORMAL, so start from pd_store_opts_init(). */
+#define PD_STORE_DEFAULT_MAX_QUEUE 10000u               /* writes not yet completed */
+#define PD_STORE_DEFAULT_MAX_QUEUE_BYTES (256u << 20)   /* their copied bytes */
+#define PD_STORE_DEFAULT_MAX_BATCH 1000u                /* writes per transaction */
+#define PD_STORE_DEFAULT_MAX_BATCH_BYTES (32u << 20)    /* bytes per transaction */
+#define PD_STORE_DEFAULT_BUSY_TIMEOUT_MS 5000
+#define PD_STORE_DEFAULT_MAX_READERS 16u                /* pooled read connections */
+
+struct pd_store_opts {
+	/* Database file (SQLite). "postgresql://..." is reserved for the
+	 * planned PostgreSQL backend and is refused until it exists. */
+	const char *path;
+	/* 1 (default): PRAGMA synchronous=FULL, the WAL is fsynced at every
+	 * commit, so acknowledged writes survive power loss. 0: NORMAL; in WAL
+	 * mode that still survives a process crash (kill -9: committed frames
+	 * are in the OS page cache) but the last commits may be lost on power
+	 * loss or an OS crash. */
+	int synchronous_full;
+	size_t max_queue;       /* queued + in-flight writes; full -> PD_E_BUSY */
+	size_t max_queue_bytes; /* their bytes (records are copied) */
+	size_t max_batch;       /* writes per group commit */
+	size_t max_batch_bytes; /* bytes per group commit (a larger single write still goes alone) */
+	int busy_timeout_ms;    /* wait for a lock held by another process */
+	size_t max_readers;     /* read connections; callers beyond that wait */
+	/* Largest row (state + last delta + strings) a put may store, 0 = the
+	 * backend's own maximum (SQLite: SQLITE_LIMIT_LENGTH, 1e9 by default).
+	 * A larger put completes with PD_E_LIMIT; the rest of its batch commits. */
+	uint64_t max_row_bytes;
+	/* Disk budget for the database (0 = unlimited). Past it commits fail
+	 * with PD_E_STORE (SQLITE_FULL) until expire/delete frees room. */
+	uint64_t max_db_bytes;
+};
+
+/* Fills o with the defaults above (synchronous_full = 1) and path = NULL. */
+void pd_store_opts_init(struct pd_store_opts *o);
+
+/* ---- the stream row ------------------------------------------------------ */
+
+#define PD_STORE_HASH_LEN 16
+
+/*
+ * One stream's row. Blobs and strings are pointer + length.
+ *
+ * On put: every pointer is the caller's and only read during the call (the
+ * store copies what it keeps). tenant and name are required; NULL reason
+ * strings are stored as "". created_ms is only used when the row is created
+ * (an update keeps the stored one); created_ms / last_seen_ms of 0 mean
+ * "now". version is ignored (the store sets it).
+ *
+ * On get: all pointers point into memory owned by the record (own_mem),
+ * valid until the next get into the same record or pd_stream_rec_free().
+ * A zero-initialised record is ready for get; reusing one record across gets
+ * avoids an allocation per read.
+ *
+ * Unsigned 64-bit values are stored bit-for-bit in SQLite's signed INTEGER.
+ */
+typedef struct pd_stream_rec {
+	const char *tenant;
+	const char *name;
+
+	/* The engine's opaque serialized state. A reset row has state_len 0. */
+	const uint8_t *state;
+	size_t state_len;
+	uint64_t identities;  /* sample identities in the state */
+	uint64_t state_bytes; /* the engine's size accounting for this state */
+
+	/* Idempotency (DESIGN §2.7): the last applied request and its response,
+	 * so a retry gets the same bytes back as DUPLICATE. */
+	uint64_t last_seq;
+	uint8_t last_hash[PD_STORE_HASH_LEN]; /* content hash of that request */
+	int32_t last_status;                  /* response status (engine's enum) */
+	const char *last_reason;              /* "first", "reset", ... or "" */
+	uint64_t last_samples_in;
+	uint64_t last_samples_out;
+	const uint8_t *last_delta; /* gzipped delta pprof as sent */
+	size_t last_delta_len;
+
+	uint64_t incarnation;    /* producer incarnation */
+	int64_t last_time_nanos; /* time_nanos of the last applied profile */
+	int64_t created_ms;      /* unix ms */
+	int64_t last_seen_ms;    /* unix ms; TTL expiry uses it */
+	uint64_t deltas_served;
+	uint64_t resets;
+	const char *last_reset_reason;
+
+	/* Row version: 1 when created, +1 on every put or reset. Output only;
+	 * see pd_store_put_if_async(). */
+	uint64_t version;
+
+	/* Owned storage behind the pointers after a get. */
+	void *own_mem;
+	size_t own_alloc;
+} pd_stream_rec;
+
+/* Frees what a get stored in rec and zeroes it. */
+void pd_stream_rec_free(pd_stream_rec *rec);
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+/* Opens (creating if needed) the store and starts its writer thread. A
+ * database with a newer schema or of another application is refused
+ * (PD_E_STATE). */
+int pd_store_open(const struct pd_store_opts *opts, pd_store **out, pd_err *err);
+
+/* Commits everything still queued (running its completions), stops the
+ * writer and closes all connections. NULL is a no-op. */
+void pd_store_close(pd_store *s);
+
+/* ---- reads ------------------------------------------------------------------ */
+
+/* Reads one row. PD_E_NOTFOUND when absent, PD_E_STORE on a database error. */
+int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
+		 pd_err *err);
+
+/* ---- writes (asynchronous, group-committed) -------------------------------- */
+
+/*
+ * Completion of a write: rc is PD_OK, PD_E_STORE (transaction failed,
+ * retryable), PD_E_LIMIT (the row is larger than the backend can store; not
+ * retryable), or per operation PD_E_NOTFOUND / PD_E_STATE as documented
+ * below. latency_ns is from the enqueue to the end of the transaction (what
+ * the caller waited for durability). Runs on the writer thread.
+ */
+typedef void (*pd_store_done_fn)(void *arg, int rc, uint64_t latency_ns);
+
+/*
+ * Queues an upsert of rec (insert, or replace every field but created_ms).
+ * Returns at once: PD_OK (done, which may be NULL, will be called exactly
+ * once), or, without calling done: PD_E_BUSY (queue full or store closing:
+ * backpressure, retryable), PD_E_LIMIT (this record alone is larger than
+ * max_queue_bytes), PD_E_ARG (missing tenant/name), PD_E_NOMEM.
+ * The same return codes apply to the other *_async functions.
+ */
+int pd_store_put_async(pd_store *s, const pd_stream_rec *rec, pd_store_done_fn done,
+		       void *arg);
+
+/*
+ * Conditional put (compare-and-set on the row version): applied only if the
+ * stored row's version equals expect_version, with 0 meaning "the row must
+ * not exist". Otherwise the row is left alone and done gets PD_E_STATE (the
+ * state this put was derived from is stale: drop any cached copy and
+ * recompute). This lets a server that pipelines on not-yet-committed state
+ * notice that an earlier write of the same stream failed, and keeps the
+ * interface ready for several nodes sharing one database (DESIGN §6).
+ */
+int pd_store_put_if_async(pd_store *s, const pd_stream_rec *rec, uint64_t expect_version,
+			  pd_store_done_fn done, void *arg);
+
+/* Queues removal of a stream's row. done gets PD_E_NOTFOUND if there was none. */
+int pd_store_delete_async(pd_store *s, const char *tenant, const char *name,
+			  pd_store_done_fn done, void *arg);
+
+/*
+ * Queues a reset: the state is dropped (state_len 0, identities 0,
+ * state_bytes 0, last_time_nanos 0), resets += 1, last_reset_reason = reason,
+ * version += 1. The row itself stays: its sequence, last request hash and
+ * last response are kept so idempotency and the sequence order survive an
+ * admin reset; the next profile finds no state and is a BASELINE. done gets
+ * PD_E_NOTFOUND if there is no such stream.
+ */
+int pd_store_reset_async(pd_store *s, const char *tenant, const char *name, const char *reason,
+			 pd_store_done_fn done, void *arg);
+
+/* Waits until every write queued before the call has completed (its
+ * completion has returned). PD_E_ARG if called from the writer thread. */
+int pd_store_flush(pd_store *s);
+
+/*
+ * TTL: deletes streams whose last_seen_ms < older_than_ms, in bounded chunks
+ * (one queued write each, so the writer never holds its lock long and the
+ * order with queued puts is kept). Blocks; *n_deleted gets the count.
+ */
+int pd_store_expire(pd_store *s, int64_t older_than_ms, uint64_t *n_deleted, pd_err *err);
+
+/* ---- admin listings (read side, no blobs) --------------------------------- */
+
+enum pd_store_sort {
+	PD_STORE_SORT_NAME = 0,      /* tenant, name ascending */
+	PD_STORE_SORT_LAST_SEEN = 1, /* most recently seen first */
+};
+
+/* Called per row; rec has state/last_delta NULL (their lengths are set) and
+ * pointers valid only during the call. Return non-zero to stop. Must not call
+ * back into the store. */
+typedef int (*pd_store_row_fn)(void *arg, const pd_stream_rec *rec);
+
+/* Lists rows of tenant (NULL = all tenants) whose name starts with prefix
+ * (NULL or "" = all), in sort order, at most limit rows (0 = no limit). */
+int pd_store_list(pd_store *s, const char *tenant, const char *prefix, enum pd_store_sort sort,
+		  size_t limit, pd_store_row_fn fn, void *arg, pd_err *err);
+
+/* Number of streams of tenant (NULL = all tenants). */
+int pd_store_count_streams(pd_store *s, const char *tenant, uint64_t *out, pd_err *err);
+
+/* Per-tenant aggregate: one call per tenant (only `tenant` if non-NULL),
+ * in tenant order. Return non-zero to stop. */
+typedef int (*pd_store_tenant_fn)(void *arg, const char *tenant, uint64_t streams,
+				  uint64_t state_bytes);
+int pd_store_tenant_totals(pd_store *s, const char *tenant, pd_store_tenant_fn fn, void *arg,
+			   pd_err *err);
+
+/* Runs the backend's full integrity check: PD_OK, or PD_E_STATE with the
+ * first problem in err. */
+int pd_store_integrity_check(pd_store *s, pd_err *err);
+
+/* ---- metrics and tests ------------------------------------------------------ */
+
+#define PD_STORE_HIST_N 10
+/* Upper bounds (ms) of the latency buckets, Prometheus `le` style. */
+extern const double pd_store_hist_bounds_ms[PD_STORE_HIST_N];
+
+struct pd_store_hist {
+	uint64_t count;
+	uint64_t sum_ns;
+	uint64_t max_ns;
+	/* Cumulative: le[i] = observations <= pd_store_hist_bounds_ms[i]; the
+	 * +Inf bucket is count. */
+	uint64_t le[PD_STORE_HIST_N];
+};
+
+struct pd_store_stats {
+	uint64_t commits;         /* successful transactions */
+	uint64_t rows_written;    /* committed puts, deletes, resets, expired rows */
+	uint64_t errors;          /* failed transactions (a batch counts once) */
+	uint64_t writes_failed;   /* completions that got PD_E_STORE */
+	uint64_t conflicts;       /* put_if mismatches (PD_E_STATE) */
+	uint64_t busy_rejects;    /* *_async calls refused with PD_E_BUSY */
+	uint64_t expired;         /* rows removed by pd_store_expire */
+	uint64_t reads;           /* pd_store_get calls */
+	uint64_t read_errors;     /* of which failed with PD_E_STORE */
+	uint64_t queue_len;       /* now: queued + in-flight writes */
+	uint64_t queue_bytes;     /* now */
+	uint64_t queue_len_peak;  /* since open */
+	uint64_t batch_max;       /* largest group commit */
+	struct pd_store_hist commit; /* BEGIN..COMMIT duration of successful commits */
+	struct pd_store_hist wait;   /* enqueue..completion per write (what callers see) */
+	char last_error[sizeof(((pd_err *)0)->msg)]; /* most recent store error, "" if none */
+};
+
+/* Consistent snapshot of the counters; thread-safe. */
+void pd_store_stats(pd_store *s, struct pd_store_stats *out);
+
+/* Test hook: the next n transactions fail as if COMMIT hit SQLITE_FULL (they
+ * are rolled back, completions get PD_E_STORE). The environment variable
+ * PDELTA_STORE_FAIL_COMMITS=n does the same at open, for whole-server tests. */
+void pd_store_inject_fault(pd_store *s, unsigned n);
+
+/* ---- backend interface (for pd_store_*.c only) ---------------------------- */
+
+/*
+ * What a backend implements. pd_store.c owns the queue, the writer thread,
+ * group commit, completions, fault injection and metrics; a backend only
+ * runs statements. Writer functions (begin..rollback) are called from the
+ * writer thread only; read functions from any thread, concurrently.
+ *
+ * Inside a transaction, put/del/reset return PD_OK or an operation-level
+ * outcome that leaves the transaction usable (PD_E_NOTFOUND: no such row;
+ * PD_E_STATE: put_if version mismatch; PD_E_LIMIT: row too large for the
+ * backend, checked before touching the database); any other code means the
+ * transaction failed and must be rolled back (backends map database errors
+ * to PD_E_STORE).
+ */
+struct pd_store_backend {
+	const char *name;
+	int (*open)(const struct pd_store_opts *o, void **be, pd_err *e);
+	void (*close)(void *be);
+
+	int (*begin)(void *be, pd_err *e);
+	/* has_expect = 0: unconditional upsert; otherwise compare-and-set. */
+	int (*put)(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
+		   int64_t now_ms, pd_err *e);
+	int (*del)(void *be, const char *tenant, const char *name, pd_err *e);
+	int (*reset)(void *be, const char *tenant, const char *name, const char *reason,
+		     pd_err *e);
+	int (*expire)(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_t *n,
+		      pd_err *e);
+	int (*commit)(void *be, pd_err *e);
+	void (*rollback)(void *be);
+
+	int (*get)(void *be, const char *tenant, const char *name, pd_stream_rec *out,
+		   pd_err *e);
+	int (*list)(void *be, const char *tenant, const char *prefix, enum pd_store_sort sort,
+		    size_t limit, pd_store_row_fn fn, void *arg, pd_err *e);
+	int (*count)(void *be, const char *tenant, uint64_t *out, pd_err *e);
+	int (*tenant_totals)(void *be, const char *tenant, pd_store_tenant_fn fn, void *arg,
+			     pd_err *e);
+	int (*integrity_check)(void *be, pd_err *e);
+};
+
+extern const struct pd_store_backend pd_store_sqlite_backend;
+
+/* Helpers shared by backends: make sure rec->own_mem holds n bytes
+ * (amortised growth); returns PD_E_NOMEM on failure. */
+int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e);
+
+#endif

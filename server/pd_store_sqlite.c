@@ -1,0 +1,928 @@
+/*
+ * pd_store_sqlite: the embedded SQLite backend of the state store.
+ *
+ * One writer connection (used only by pd_store.c's writer thread) and a pool
+ * of read connections that worker threads borrow per call. WAL mode lets the
+ * readers run on the last committed snapshot while the writer writes; every
+ * statement is prepared once per connection (SQLITE_PREPARE_PERSISTENT).
+ *
+ * Schema: one row per stream in `streams`, large blobs as the last columns so
+ * listings and counts never read their overflow pages. The file is tagged
+ * with PRAGMA application_id and versioned with PRAGMA user_version; a newer
+ * or foreign database is refused rather than touched.
+ *
+ * Durability: synchronous=FULL (default) fsyncs the WAL on every COMMIT, so a
+ * COMMIT that returned is on disk, and pd_store.c runs completions only
+ * after that.
+ */
+#include "pd_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SQ_APP_ID 0x70644c74 /* "pdLt" */
+#define SQ_SCHEMA_VERSION 1
+#define SQ_JOURNAL_SIZE_LIMIT (64 << 20) /* WAL file truncated to this after checkpoints */
+
+static const char sq_schema[] =
+	"CREATE TABLE streams ("
+	" id INTEGER PRIMARY KEY,"
+	" tenant TEXT NOT NULL,"
+	" name TEXT NOT NULL,"
+	" version INTEGER NOT NULL,"
+	" identities INTEGER NOT NULL,"
+	" state_bytes INTEGER NOT NULL,"
+	" last_seq INTEGER NOT NULL,"
+	" last_hash BLOB NOT NULL,"
+	" last_status INTEGER NOT NULL,"
+	" last_reason TEXT NOT NULL,"
+	" last_samples_in INTEGER NOT NULL,"
+	" last_samples_out INTEGER NOT NULL,"
+	" incarnation INTEGER NOT NULL,"
+	" last_time_nanos INTEGER NOT NULL,"
+	" created_ms INTEGER NOT NULL,"
+	" last_seen_ms INTEGER NOT NULL,"
+	" deltas_served INTEGER NOT NULL,"
+	" resets INTEGER NOT NULL,"
+	" last_reset_reason TEXT NOT NULL,"
+	" state BLOB NOT NULL,"
+	" last_delta BLOB NOT NULL,"
+	" UNIQUE (tenant, name));"
+	"CREATE INDEX streams_last_seen ON streams (last_seen_ms);";
+
+/* Row columns in bind order: parameter ?N is column N of this list. */
+#define SQ_COLS                                                                             \
+	"tenant, name, identities, state_bytes, last_seq, last_hash, last_status, last_reason, " \
+	"last_samples_in, last_samples_out, incarnation, last_time_nanos, created_ms, "         \
+	"last_seen_ms, deltas_served, resets, last_reset_reason, state, last_delta"
+#define SQ_VALS "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19"
+/* Everything a put replaces (not tenant, name, created_ms). */
+#define SQ_SET                                                                              \
+	"version = version + 1, identities = ?3, state_bytes = ?4, last_seq = ?5, "           \
+	"last_hash = ?6, last_status = ?7, last_reason = ?8, last_samples_in = ?9, "          \
+	"last_samples_out = ?10, incarnation = ?11, last_time_nanos = ?12, "                  \
+	"last_seen_ms = ?14, deltas_served = ?15, resets = ?16, last_reset_reason = ?17, "    \
+	"state = ?18, last_delta = ?19"
+#define SQ_P_EXPECT 20
+
+/* Result columns of reads: version, then SQ_COLS order (blob lengths in
+ * listings). */
+#define SQ_SELECT "SELECT version, " SQ_COLS " FROM streams "
+#define SQ_SELECT_NOBLOB                                                                    \
+	"SELECT version, tenant, name, identities, state_bytes, last_seq, last_hash, "        \
+	"last_status, last_reason, last_samples_in, last_samples_out, incarnation, "          \
+	"last_time_nanos, created_ms, last_seen_ms, deltas_served, resets, "                  \
+	"last_reset_reason, length(state), length(last_delta) FROM streams "
+enum {
+	C_VERSION, C_TENANT, C_NAME, C_IDENT, C_STATE_BYTES, C_SEQ, C_HASH, C_STATUS,
+	C_REASON, C_IN, C_OUT, C_INCARN, C_TIME, C_CREATED, C_SEEN, C_SERVED, C_RESETS,
+	C_RESET_REASON, C_STATE, C_DELTA
+};
+
+/* ---- statements ------------------------------------------------------------ */
+
+enum w_stmt {
+	W_BEGIN, W_COMMIT, W_ROLLBACK, W_UPSERT, W_INSERT_NEW, W_UPDATE_IF, W_DELETE, W_RESET,
+	W_EXPIRE, W__N
+};
+
+static const char *const w_sql[W__N] = {
+	[W_BEGIN] = "BEGIN IMMEDIATE",
+	[W_COMMIT] = "COMMIT",
+	[W_ROLLBACK] = "ROLLBACK",
+	[W_UPSERT] = "INSERT INTO streams (version, " SQ_COLS ") VALUES (1, " SQ_VALS ") "
+		     "ON CONFLICT (tenant, name) DO UPDATE SET " SQ_SET,
+	[W_INSERT_NEW] = "INSERT INTO streams (version, " SQ_COLS ") VALUES (1, " SQ_VALS ") "
+			 "ON CONFLICT (tenant, name) DO NOTHING",
+	[W_UPDATE_IF] = "UPDATE streams SET " SQ_SET " WHERE tenant = ?1 AND name = ?2 AND version = ?20",
+	[W_DELETE] = "DELETE FROM streams WHERE tenant = ?1 AND name = ?2",
+	[W_RESET] = "UPDATE streams SET version = version + 1, state = x'', identities = 0, "
+		    "state_bytes = 0, last_time_nanos = 0, resets = resets + 1, "
+		    "last_reset_reason = ?3 WHERE tenant = ?1 AND name = ?2",
+	[W_EXPIRE] = ("DELETE FROM streams WHERE id IN (SELECT id FROM streams "
+		      "WHERE last_seen_ms < ?1 ORDER BY last_seen_ms LIMIT ?2)"),
+};
+
+enum r_stmt {
+	R_GET, R_LIST_T_NAME, R_LIST_A_NAME, R_LIST_T_SEEN, R_LIST_A_SEEN, R_COUNT_T, R_COUNT_A,
+	R_TOT_T, R_TOT_A, R_CHECK, R__N
+};
+
+/* Listings bind ?1 tenant (only the _T_ ones use it), ?2 lowest name, ?3 name
+ * upper bound (NULL = none), ?4 limit (-1 = none). */
+#define SQ_NAME_RANGE "name >= ?2 AND (?3 IS NULL OR name < ?3) "
+static const char *const r_sql[R__N] = {
+	[R_GET] = SQ_SELECT "WHERE tenant = ?1 AND name = ?2",
+	[R_LIST_T_NAME] = SQ_SELECT_NOBLOB "WHERE tenant = ?1 AND " SQ_NAME_RANGE
+					   "ORDER BY name LIMIT ?4",
+	[R_LIST_A_NAME] = SQ_SELECT_NOBLOB "WHERE " SQ_NAME_RANGE
+					   "ORDER BY tenant, name LIMIT ?4",
+	[R_LIST_T_SEEN] = SQ_SELECT_NOBLOB "WHERE tenant = ?1 AND " SQ_NAME_RANGE
+					   "ORDER BY last_seen_ms DESC, name LIMIT ?4",
+	[R_LIST_A_SEEN] = SQ_SELECT_NOBLOB "WHERE " SQ_NAME_RANGE
+					   "ORDER BY last_seen_ms DESC, tenant, name LIMIT ?4",
+	[R_COUNT_T] = "SELECT count(*) FROM streams WHERE tenant = ?1",
+	[R_COUNT_A] = "SELECT count(*) FROM streams",
+	[R_TOT_T] = "SELECT tenant, count(*), coalesce(sum(state_bytes), 0) FROM streams "
+		    "WHERE tenant = ?1 GROUP BY tenant",
+	[R_TOT_A] = "SELECT tenant, count(*), coalesce(sum(state_bytes), 0) FROM streams "
+		    "GROUP BY tenant ORDER BY tenant",
+	[R_CHECK] = "PRAGMA integrity_check",
+};
+
+/* A pooled read connection; its statements are prepared on first use. */
+struct sq_reader {
+	struct sq_reader *next;
+	sqlite3 *db;
+	sqlite3_stmt *st[R__N];
+};
+
+struct sq_be {
+	char *path;
+	struct pd_store_opts o;
+	sqlite3 *w; /* writer connection: writer thread only (and open/close) */
+	sqlite3_stmt *ws[W__N];
+
+	size_t max_value; /* largest row: max_row_bytes or SQLITE_LIMIT_LENGTH */
+
+	pthread_mutex_t pool_mu;
+	pthread_cond_t pool_cv;
+	struct sq_reader *idle;
+	size_t n_readers; /* open, idle or borrowed */
+};
+
+static int sq_fail(pd_err *e, sqlite3 *db, const char *what)
+{
+	return pd_err_set(e, PD_E_STORE, "state store: %s: %s (sqlite %d)", what,
+			  db ? sqlite3_errmsg(db) : "cannot allocate connection",
+			  db ? sqlite3_extended_errcode(db) : SQLITE_NOMEM);
+}
+
+static int sq_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, pd_err *e)
+{
+	if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL) != SQLITE_OK)
+		return sq_fail(e, db, "prepare");
+	return PD_OK;
+}
+
+/* Runs a statement that returns no rows we need, then resets it. */
+static int sq_run(sqlite3 *db, sqlite3_stmt *st, const char *what, pd_err *e)
+{
+	int rc = sqlite3_step(st);
+
+	if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+		sqlite3_reset(st);
+		return PD_OK;
+	}
+	sqlite3_reset(st);
+	return sq_fail(e, db, what);
+}
+
+static int sq_exec(sqlite3 *db, const char *sql, pd_err *e)
+{
+	if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+		return sq_fail(e, db, sql);
+	return PD_OK;
+}
+
+/* Reads the single integer a PRAGMA or query returns. */
+static int sq_int(sqlite3 *db, const char *sql, int64_t *out, pd_err *e)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return sq_fail(e, db, sql);
+	rc = sqlite3_step(st);
+	*out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? PD_OK : sq_fail(e, db, sql);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* ---- connections ------------------------------------------------------------ */
+
+/* The state holds tenants' profile data: create the file owner-only before
+ * SQLite does (it gives the -wal/-shm files the same mode). */
+static int sq_precreate(const char *path, pd_err *e)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return pd_err_set(e, PD_E_STORE, "state store: cannot open %s: %s", path,
+				  strerror(errno));
+	close(fd);
+	return PD_OK;
+}
+
+static int sq_connect(const struct sq_be *b, sqlite3 **out, pd_err *e)
+{
+	sqlite3 *db = NULL;
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+
+	*out = NULL;
+	if (sqlite3_open_v2(b->path, &db, flags, NULL) != SQLITE_OK) {
+		int rc = sq_fail(e, db, "open");
+		sqlite3_close(db);
+		return rc;
+	}
+	sqlite3_extended_result_codes(db, 1);
+	sqlite3_busy_timeout(db, b->o.busy_timeout_ms);
+	*out = db;
+	return PD_OK;
+}
+
+static int sq_set_wal(sqlite3 *db, pd_err *e)
+{
+	sqlite3_stmt *st;
+	int ok;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK)
+		return sq_fail(e, db, "journal_mode");
+	ok = sqlite3_step(st) == SQLITE_ROW &&
+	     !sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal");
+	sqlite3_finalize(st);
+	if (!ok)
+		return pd_err_set(e, PD_E_STORE, "state store: cannot switch to WAL mode");
+	return PD_OK;
+}
+
+static int sq_writer_pragmas(struct sq_be *b, pd_err *e)
+{
+	char sql[128];
+	int64_t page_size;
+	int rc = sq_set_wal(b->w, e);
+
+	if (!rc)
+		rc = sq_exec(b->w, b->o.synchronous_full ? "PRAGMA synchronous=FULL"
+							 : "PRAGMA synchronous=NORMAL", e);
+	snprintf(sql, sizeof sql, "PRAGMA journal_size_limit=%d", SQ_JOURNAL_SIZE_LIMIT);
+	if (!rc)
+		rc = sq_exec(b->w, sql, e);
+	if (rc || !b->o.max_db_bytes)
+		return rc;
+	rc = sq_int(b->w, "PRAGMA page_size", &page_size, e);
+	if (rc)
+		return rc;
+	snprintf(sql, sizeof sql, "PRAGMA max_page_count=%llu",
+		 (unsigned long long)(b->o.max_db_bytes / (uint64_t)page_size + 1));
+	return sq_exec(b->w, sql, e);
+}
+
+static int sq_stamp(sqlite3 *db, pd_err *e)
+{
+	char sql[96];
+
+	snprintf(sql, sizeof sql, "PRAGMA application_id=%d; PRAGMA user_version=%d", SQ_APP_ID,
+		 SQ_SCHEMA_VERSION);
+	return sq_exec(db, sql, e);
+}
+
+/* Creates the schema in an empty file, accepts our current one, refuses the
+ * rest. Runs in one transaction so a crash leaves no half schema. */
+static int sq_schema_check(sqlite3 *db, pd_err *e)
+{
+	int64_t app_id, version, tables;
+	int rc = sq_exec(db, "BEGIN IMMEDIATE", e);
+
+	if (!rc)
+		rc = sq_int(db, "PRAGMA application_id", &app_id, e);
+	if (!rc)
+		rc = sq_int(db, "PRAGMA user_version", &version, e);
+	if (!rc)
+		rc = sq_int(db, "SELECT count(*) FROM sqlite_schema", &tables, e);
+	if (rc)
+		goto out;
+	if ((app_id && app_id != SQ_APP_ID) || (!version && tables)) {
+		rc = pd_err_set(e, PD_E_STATE, "state store: not a pdelta state database");
+	} else if (version > SQ_SCHEMA_VERSION) {
+		rc = pd_err_set(e, PD_E_STATE,
+				"state store: schema version %lld is newer than this pdeltad (%d)",
+				(long long)version, SQ_SCHEMA_VERSION);
+	} else if (!version) {
+		rc = sq_exec(db, sq_schema, e);
+		if (!rc)
+			rc = sq_stamp(db, e);
+	}
+out:
+	if (!rc)
+		return sq_exec(db, "COMMIT", e);
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return rc;
+}
+
+static int sq_writer_open(struct sq_be *b, pd_err *e)
+{
+	int rc = sq_precreate(b->path, e);
+
+	if (!rc)
+		rc = sq_connect(b, &b->w, e);
+	if (!rc)
+		rc = sq_writer_pragmas(b, e);
+	if (!rc)
+		rc = sq_schema_check(b->w, e);
+	for (int i = 0; !rc && i < W__N; i++)
+		rc = sq_prepare(b->w, w_sql[i], &b->ws[i], e);
+	if (rc)
+		return rc;
+	b->max_value = (size_t)sqlite3_limit(b->w, SQLITE_LIMIT_LENGTH, -1);
+	if (b->o.max_row_bytes && b->o.max_row_bytes < b->max_value)
+		b->max_value = (size_t)b->o.max_row_bytes;
+	return PD_OK;
+}
+
+static void sq_reader_close(struct sq_reader *r)
+{
+	for (int i = 0; i < R__N; i++)
+		sqlite3_finalize(r->st[i]);
+	sqlite3_close(r->db);
+	free(r);
+}
+
+static int sq_reader_open(struct sq_be *b, struct sq_reader **out, pd_err *e)
+{
+	struct sq_reader *r = calloc(1, sizeof *r);
+	int rc;
+
+	*out = NULL;
+	if (!r)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory opening a read connection");
+	rc = sq_connect(b, &r->db, e);
+	if (!rc)
+		rc = sq_exec(r->db, "PRAGMA query_only=1", e);
+	if (rc) {
+		sq_reader_close(r);
+		return rc;
+	}
+	*out = r;
+	return PD_OK;
+}
+
+/* Borrows a read connection: an idle one, a new one under max_readers, or
+ * waits for one to come back. */
+static int sq_acquire(struct sq_be *b, struct sq_reader **out, pd_err *e)
+{
+	int rc;
+
+	pthread_mutex_lock(&b->pool_mu);
+	while (!b->idle && b->n_readers >= b->o.max_readers)
+		pthread_cond_wait(&b->pool_cv, &b->pool_mu);
+	if (b->idle) {
+		*out = b->idle;
+		b->idle = b->idle->next;
+		pthread_mutex_unlock(&b->pool_mu);
+		return PD_OK;
+	}
+	b->n_readers++;
+	pthread_mutex_unlock(&b->pool_mu);
+
+	rc = sq_reader_open(b, out, e);
+	if (rc) {
+		pthread_mutex_lock(&b->pool_mu);
+		b->n_readers--;
+		pthread_cond_signal(&b->pool_cv);
+		pthread_mutex_unlock(&b->pool_mu);
+	}
+	return rc;
+}
+
+static void sq_release(struct sq_be *b, struct sq_reader *r)
+{
+	pthread_mutex_lock(&b->pool_mu);
+	r->next = b->idle;
+	b->idle = r;
+	pthread_cond_signal(&b->pool_cv);
+	pthread_mutex_unlock(&b->pool_mu);
+}
+
+static int sq_reader_stmt(struct sq_reader *r, enum r_stmt which, sqlite3_stmt **out, pd_err *e)
+{
+	int rc = PD_OK;
+
+	if (!r->st[which])
+		rc = sq_prepare(r->db, r_sql[which], &r->st[which], e);
+	*out = r->st[which];
+	return rc;
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+static void sq_close(void *be)
+{
+	struct sq_be *b = be;
+
+	while (b->idle) {
+		struct sq_reader *r = b->idle;
+		b->idle = r->next;
+		sq_reader_close(r);
+	}
+	for (int i = 0; i < W__N; i++)
+		sqlite3_finalize(b->ws[i]);
+	/* Closed last: the last connection checkpoints and removes the WAL. */
+	sqlite3_close(b->w);
+	pthread_cond_destroy(&b->pool_cv);
+	pthread_mutex_destroy(&b->pool_mu);
+	free(b->path);
+	free(b);
+}
+
+static int sq_open(const struct pd_store_opts *o, void **be, pd_err *e)
+{
+	struct sq_be *b;
+	int rc;
+
+	*be = NULL;
+	if (!sqlite3_threadsafe())
+		return pd_err_set(e, PD_E_STORE, "state store: SQLite was built without threads");
+	b = calloc(1, sizeof *b);
+	if (!b || !(b->path = strdup(o->path))) {
+		free(b);
+		return pd_err_set(e, PD_E_NOMEM, "out of memory opening the state store");
+	}
+	b->o = *o;
+	b->o.path = b->path;
+	pthread_mutex_init(&b->pool_mu, NULL);
+	pthread_cond_init(&b->pool_cv, NULL);
+	rc = sq_writer_open(b, e);
+	if (rc) {
+		sq_close(b);
+		return rc;
+	}
+	*be = b;
+	return PD_OK;
+}
+
+/* ---- writes (writer thread) --------------------------------------------------- */
+
+static int sq_begin(void *be, pd_err *e)
+{
+	struct sq_be *b = be;
+	return sq_run(b->w, b->ws[W_BEGIN], "BEGIN IMMEDIATE", e);
+}
+
+static int sq_commit(void *be, pd_err *e)
+{
+	struct sq_be *b = be;
+	return sq_run(b->w, b->ws[W_COMMIT], "COMMIT", e);
+}
+
+/* Some errors (SQLITE_FULL, SQLITE_IOERR) already rolled the transaction
+ * back; a ROLLBACK then would only fail again. */
+static void sq_rollback(void *be)
+{
+	struct sq_be *b = be;
+
+	if (!sqlite3_get_autocommit(b->w))
+		sq_run(b->w, b->ws[W_ROLLBACK], "ROLLBACK", NULL);
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+	sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_STATIC);
+}
+
+/* A NULL blob pointer would bind SQL NULL; empty blobs must stay blobs. */
+static void bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n)
+{
+	if (n)
+		sqlite3_bind_blob64(st, i, p, n, SQLITE_STATIC);
+	else
+		sqlite3_bind_zeroblob(st, i, 0);
+}
+
+static void bind_u64(sqlite3_stmt *st, int i, uint64_t v)
+{
+	sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+}
+
+static void bind_rec(sqlite3_stmt *st, const pd_stream_rec *r, int64_t now_ms)
+{
+	bind_text(st, 1, r->tenant);
+	bind_text(st, 2, r->name);
+	bind_u64(st, 3, r->identities);
+	bind_u64(st, 4, r->state_bytes);
+	bind_u64(st, 5, r->last_seq);
+	bind_blob(st, 6, r->last_hash, PD_STORE_HASH_LEN);
+	sqlite3_bind_int(st, 7, r->last_status);
+	bind_text(st, 8, r->last_reason);
+	bind_u64(st, 9, r->last_samples_in);
+	bind_u64(st, 10, r->last_samples_out);
+	bind_u64(st, 11, r->incarnation);
+	sqlite3_bind_int64(st, 12, r->last_time_nanos);
+	sqlite3_bind_int64(st, 13, r->created_ms ? r->created_ms : now_ms);
+	sqlite3_bind_int64(st, 14, r->last_seen_ms ? r->last_seen_ms : now_ms);
+	bind_u64(st, 15, r->deltas_served);
+	bind_u64(st, 16, r->resets);
+	bind_text(st, 17, r->last_reset_reason);
+	bind_blob(st, 18, r->state, r->state_len);
+	bind_blob(st, 19, r->last_delta, r->last_delta_len);
+}
+
+/* Steps a bound write statement; *changed = rows it touched. Bindings are
+ * cleared because they point at memory freed after the batch. */
+static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what, int *changed,
+			 pd_err *e)
+{
+	int rc = sqlite3_step(st);
+
+	*changed = rc == SQLITE_DONE ? sqlite3_changes(b->w) : 0;
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rc != SQLITE_DONE)
+		return sq_fail(e, b->w, what);
+	return PD_OK;
+}
+
+/* Upper estimate of a row's record size (values plus header slack). */
+static size_t sq_row_size(const pd_stream_rec *r)
+{
+	size_t n = 512 + PD_STORE_HASH_LEN;
+	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
+
+	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+		n += texts[i] ? strlen(texts[i]) : 0;
+	if (r->state_len > SIZE_MAX / 4 || r->last_delta_len > SIZE_MAX / 4)
+		return SIZE_MAX;
+	return n + r->state_len + r->last_delta_len;
+}
+
+static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
+		  int64_t now_ms, pd_err *e)
+{
+	struct sq_be *b = be;
+	sqlite3_stmt *st = b->ws[W_UPSERT];
+	int changed, rc;
+
+	/* Refused before stepping, so one oversized row cannot fail its batch. */
+	if (sq_row_size(r) > b->max_value)
+		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
+				  r->tenant, r->name, b->max_value);
+	if (has_expect)
+		st = b->ws[expect_version ? W_UPDATE_IF : W_INSERT_NEW];
+	bind_rec(st, r, now_ms);
+	if (has_expect && expect_version)
+		bind_u64(st, SQ_P_EXPECT, expect_version);
+	rc = sq_write_step(b, st, "write stream", &changed, e);
+	if (!rc && !changed)
+		return pd_err_set(e, PD_E_STATE, "stream %s/%s changed since version %llu",
+				  r->tenant, r->name, (unsigned long long)expect_version);
+	return rc;
+}
+
+static int sq_key_write(struct sq_be *b, enum w_stmt which, const char *tenant,
+			const char *name, const char *reason, pd_err *e)
+{
+	sqlite3_stmt *st = b->ws[which];
+	int changed, rc;
+
+	bind_text(st, 1, tenant);
+	bind_text(st, 2, name);
+	if (which == W_RESET)
+		bind_text(st, 3, reason);
+	rc = sq_write_step(b, st, which == W_RESET ? "reset stream" : "delete stream", &changed, e);
+	if (!rc && !changed)
+		return pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);
+	return rc;
+}
+
+static int sq_del(void *be, const char *tenant, const char *name, pd_err *e)
+{
+	return sq_key_write(be, W_DELETE, tenant, name, NULL, e);
+}
+
+static int sq_reset(void *be, const char *tenant, const char *name, const char *reason,
+		    pd_err *e)
+{
+	return sq_key_write(be, W_RESET, tenant, name, reason, e);
+}
+
+static int sq_expire(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_t *n, pd_err *e)
+{
+	struct sq_be *b = be;
+	sqlite3_stmt *st = b->ws[W_EXPIRE];
+	int changed, rc;
+
+	sqlite3_bind_int64(st, 1, older_than_ms);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)max_rows);
+	rc = sq_write_step(b, st, "expire streams", &changed, e);
+	*n = rc ? 0 : (uint64_t)changed;
+	return rc;
+}
+
+/* ---- reads ---------------------------------------------------------------------- */
+
+static size_t col_len(sqlite3_stmt *st, int c)
+{
+	return (size_t)sqlite3_column_bytes(st, c);
+}
+
+/* Copies a text column into *p and returns it. */
+static const char *take_text(sqlite3_stmt *st, int c, char **p)
+{
+	const unsigned char *s = sqlite3_column_text(st, c);
+	size_t n = col_len(st, c);
+	char *out = *p;
+
+	if (n)
+		memcpy(out, s, n);
+	out[n] = '\0';
+	*p += n + 1;
+	return out;
+}
+
+static const uint8_t *take_blob(sqlite3_stmt *st, int c, size_t *len, char **p)
+{
+	const void *s = sqlite3_column_blob(st, c);
+	uint8_t *out = (uint8_t *)*p;
+
+	*len = col_len(st, c);
+	if (*len)
+		memcpy(out, s, *len);
+	*p += *len;
+	return out;
+}
+
+static void fill_fixed(sqlite3_stmt *st, pd_stream_rec *r)
+{
+	const void *h = sqlite3_column_blob(st, C_HASH);
+	size_t hn = col_len(st, C_HASH);
+
+	r->version = (uint64_t)sqlite3_column_int64(st, C_VERSION);
+	r->identities = (uint64_t)sqlite3_column_int64(st, C_IDENT);
+	r->state_bytes = (uint64_t)sqlite3_column_int64(st, C_STATE_BYTES);
+	r->last_seq = (uint64_t)sqlite3_column_int64(st, C_SEQ);
+	memset(r->last_hash, 0, sizeof r->last_hash);
+	if (h)
+		memcpy(r->last_hash, h, hn < sizeof r->last_hash ? hn : sizeof r->last_hash);
+	r->last_status = sqlite3_column_int(st, C_STATUS);
+	r->last_samples_in = (uint64_t)sqlite3_column_int64(st, C_IN);
+	r->last_samples_out = (uint64_t)sqlite3_column_int64(st, C_OUT);
+	r->incarnation = (uint64_t)sqlite3_column_int64(st, C_INCARN);
+	r->last_time_nanos = sqlite3_column_int64(st, C_TIME);
+	r->created_ms = sqlite3_column_int64(st, C_CREATED);
+	r->last_seen_ms = sqlite3_column_int64(st, C_SEEN);
+	r->deltas_served = (uint64_t)sqlite3_column_int64(st, C_SERVED);
+	r->resets = (uint64_t)sqlite3_column_int64(st, C_RESETS);
+}
+
+/* Fills r from the current row; blobs are copied when with_blobs, else only
+ * their lengths (listing columns) are set. Strings go to r's own memory. */
+static int fill_rec(sqlite3_stmt *st, int with_blobs, pd_stream_rec *r, pd_err *e)
+{
+	static const int text_cols[] = {C_TENANT, C_NAME, C_REASON, C_RESET_REASON};
+	size_t need = 0;
+	char *p;
+	int rc;
+
+	for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++) {
+		sqlite3_column_text(st, text_cols[i]); /* converts first, so bytes is right */
+		need += col_len(st, text_cols[i]) + 1;
+	}
+	if (with_blobs) {
+		sqlite3_column_blob(st, C_STATE);
+		sqlite3_column_blob(st, C_DELTA);
+		need += col_len(st, C_STATE) + col_len(st, C_DELTA);
+	}
+	rc = pd_stream_rec_reserve(r, need, e);
+	if (rc)
+		return rc;
+	fill_fixed(st, r);
+	p = r->own_mem;
+	r->tenant = take_text(st, C_TENANT, &p);
+	r->name = take_text(st, C_NAME, &p);
+	r->last_reason = take_text(st, C_REASON, &p);
+	r->last_reset_reason = take_text(st, C_RESET_REASON, &p);
+	if (with_blobs) {
+		r->state = take_blob(st, C_STATE, &r->state_len, &p);
+		r->last_delta = take_blob(st, C_DELTA, &r->last_delta_len, &p);
+	} else {
+		r->state = r->last_delta = NULL;
+		r->state_len = (size_t)sqlite3_column_int64(st, C_STATE);
+		r->last_delta_len = (size_t)sqlite3_column_int64(st, C_DELTA);
+	}
+	return PD_OK;
+}
+
+static int sq_get(void *be, const char *tenant, const char *name, pd_stream_rec *out, pd_err *e)
+{
+	struct sq_be *b = be;
+	struct sq_reader *r;
+	sqlite3_stmt *st;
+	int rc = sq_acquire(b, &r, e);
+
+	if (rc)
+		return rc;
+	rc = sq_reader_stmt(r, R_GET, &st, e);
+	if (rc)
+		goto out;
+	bind_text(st, 1, tenant);
+	bind_text(st, 2, name);
+	switch (sqlite3_step(st)) {
+	case SQLITE_ROW:
+		rc = fill_rec(st, 1, out, e);
+		break;
+	case SQLITE_DONE:
+		rc = pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);
+		break;
+	default:
+		rc = sq_fail(e, r->db, "read stream");
+	}
+	/* Ends the read transaction at once, so checkpoints are not held back. */
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+out:
+	sq_release(b, r);
+	return rc;
+}
+
+/* Upper bound of the names starting with prefix: the prefix with its last
+ * byte below 0xff incremented (trailing 0xff bytes dropped). 0 if none. */
+static size_t prefix_upper(const char *prefix, char *buf, size_t cap)
+{
+	size_t n = strlen(prefix);
+
+	if (n >= cap)
+		return 0;
+	memcpy(buf, prefix, n);
+	while (n && (unsigned char)buf[n - 1] == 0xff)
+		n--;
+	if (n)
+		buf[n - 1] = (char)((unsigned char)buf[n - 1] + 1);
+	return n;
+}
+
+static int bind_listing(sqlite3_stmt *st, const char *tenant, const char *prefix, size_t limit,
+			char **upper, pd_err *e)
+{
+	size_t n = strlen(prefix), un = 0;
+
+	if (tenant)
+		bind_text(st, 1, tenant);
+	bind_text(st, 2, prefix);
+	*upper = NULL;
+	if (n) {
+		*upper = malloc(n + 1);
+		if (!*upper)
+			return pd_err_set(e, PD_E_NOMEM, "out of memory listing streams");
+		un = prefix_upper(prefix, *upper, n + 1);
+	}
+	if (un)
+		sqlite3_bind_text(st, 3, *upper, (int)un, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 3);
+	sqlite3_bind_int64(st, 4, limit ? (sqlite3_int64)limit : -1);
+	return PD_OK;
+}
+
+static enum r_stmt list_stmt(const char *tenant, enum pd_store_sort sort)
+{
+	if (sort == PD_STORE_SORT_LAST_SEEN)
+		return tenant ? R_LIST_T_SEEN : R_LIST_A_SEEN;
+	return tenant ? R_LIST_T_NAME : R_LIST_A_NAME;
+}
+
+static int run_listing(sqlite3 *db, sqlite3_stmt *st, pd_store_row_fn fn, void *arg, pd_err *e)
+{
+	pd_stream_rec rec = {0};
+	int rc = PD_OK, step;
+
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		rc = fill_rec(st, 0, &rec, e);
+		if (rc || fn(arg, &rec))
+			break;
+	}
+	if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
+		rc = sq_fail(e, db, "list streams");
+	pd_stream_rec_free(&rec);
+	return rc;
+}
+
+static int sq_list(void *be, const char *tenant, const char *prefix, enum pd_store_sort sort,
+		   size_t limit, pd_store_row_fn fn, void *arg, pd_err *e)
+{
+	struct sq_be *b = be;
+	struct sq_reader *r;
+	sqlite3_stmt *st = NULL;
+	char *upper = NULL;
+	int rc = sq_acquire(b, &r, e);
+
+	if (rc)
+		return rc;
+	rc = sq_reader_stmt(r, list_stmt(tenant, sort), &st, e);
+	if (!rc)
+		rc = bind_listing(st, tenant, prefix, limit, &upper, e);
+	if (!rc)
+		rc = run_listing(r->db, st, fn, arg, e);
+	if (st) {
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+	}
+	free(upper);
+	sq_release(b, r);
+	return rc;
+}
+
+static int sq_count(void *be, const char *tenant, uint64_t *out, pd_err *e)
+{
+	struct sq_be *b = be;
+	struct sq_reader *r;
+	sqlite3_stmt *st;
+	int rc = sq_acquire(b, &r, e);
+
+	*out = 0;
+	if (rc)
+		return rc;
+	rc = sq_reader_stmt(r, tenant ? R_COUNT_T : R_COUNT_A, &st, e);
+	if (rc)
+		goto out;
+	if (tenant)
+		bind_text(st, 1, tenant);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		*out = (uint64_t)sqlite3_column_int64(st, 0);
+	else
+		rc = sq_fail(e, r->db, "count streams");
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+out:
+	sq_release(b, r);
+	return rc;
+}
+
+static int sq_tenant_totals(void *be, const char *tenant, pd_store_tenant_fn fn, void *arg,
+			    pd_err *e)
+{
+	struct sq_be *b = be;
+	struct sq_reader *r;
+	sqlite3_stmt *st;
+	int rc = sq_acquire(b, &r, e), step;
+
+	if (rc)
+		return rc;
+	rc = sq_reader_stmt(r, tenant ? R_TOT_T : R_TOT_A, &st, e);
+	if (rc)
+		goto out;
+	if (tenant)
+		bind_text(st, 1, tenant);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+		       (uint64_t)sqlite3_column_int64(st, 1), (uint64_t)sqlite3_column_int64(st, 2)))
+			break;
+	}
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		rc = sq_fail(e, r->db, "tenant totals");
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+out:
+	sq_release(b, r);
+	return rc;
+}
+
+static int sq_integrity_check(void *be, pd_err *e)
+{
+	struct sq_be *b = be;
+	struct sq_reader *r;
+	sqlite3_stmt *st;
+	int rc = sq_acquire(b, &r, e);
+
+	if (rc)
+		return rc;
+	rc = sq_reader_stmt(r, R_CHECK, &st, e);
+	if (rc)
+		goto out;
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = sq_fail(e, r->db, "integrity_check");
+	} else {
+		const char *msg = (const char *)sqlite3_column_text(st, 0);
+		if (!msg || strcmp(msg, "ok"))
+			rc = pd_err_set(e, PD_E_STATE, "state store integrity: %s",
+					msg ? msg : "no result");
+	}
+	sqlite3_reset(st);
+out:
+	sq_release(b, r);
+	return rc;
+}
+
+const struct pd_store_backend pd_store_sqlite_backend = {
+	.name = "sqlite",
+	.open = sq_open,
+	.close = sq_close,
+	.begin = sq_begin,
+	.put = sq_put,
+	.del = sq_del,
+	.reset = sq_reset,
+	.expire = sq_expire,
+	.commit = sq_commit,
+	.rollback = sq_rollback,
+	.get = sq_get,
+	.list = sq_list,
+	.count = sq_count,
+	.tenant_totals = sq_tenant_totals,
+	.integrity_check = sq_integrity_check,
+};

@@ -1,0 +1,835 @@
+/*
+ * Unit tests of the state store (server/pd_store.h) on the SQLite backend:
+ * round trip, concurrent readers, group commit, fault injection and real
+ * SQLITE_FULL, backpressure, listings, expiry, compare-and-set, reopen.
+ * Each test uses its own database in a temp dir under /tmp, removed at exit.
+ */
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pd_store.h"
+#include "tharness.h"
+
+static char tmp_dir[64];
+static int db_counter;
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static void db_path(char *buf, size_t n, int id)
+{
+	snprintf(buf, n, "%s/s%d.db", tmp_dir, id);
+}
+
+static void remove_db(const char *path)
+{
+	char p[128];
+	static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
+
+	for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+		snprintf(p, sizeof p, "%s%s", path, sfx[i]);
+		unlink(p);
+	}
+}
+
+/* Opens a fresh store; opts may be NULL for defaults. path_out gets the file. */
+static pd_store *open_fresh(struct pd_store_opts *opts, char *path_out, size_t n)
+{
+	struct pd_store_opts o;
+	pd_store *s = NULL;
+	pd_err e = {0};
+
+	if (!opts) {
+		pd_store_opts_init(&o);
+		opts = &o;
+	}
+	db_path(path_out, n, ++db_counter);
+	opts->path = path_out;
+	if (pd_store_open(opts, &s, &e))
+		fprintf(stderr, "open %s: %s\n", path_out, e.msg);
+	return s;
+}
+
+/* A record whose blobs are derived from seq, so a reader can tell a torn or
+ * mismatched row from a whole one. */
+struct rec_buf {
+	uint8_t state[4096];
+	uint8_t delta[512];
+	pd_stream_rec r;
+};
+
+static void fill_pattern(uint8_t *p, size_t n, uint64_t seq)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(seq * 31 + i);
+}
+
+static int pattern_ok(const uint8_t *p, size_t n, uint64_t seq)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != (uint8_t)(seq * 31 + i))
+			return 0;
+	return 1;
+}
+
+static pd_stream_rec *make_rec(struct rec_buf *b, const char *tenant, const char *name,
+			       uint64_t seq, size_t state_len)
+{
+	pd_stream_rec *r = &b->r;
+
+	memset(r, 0, sizeof *r);
+	if (state_len > sizeof b->state)
+		state_len = sizeof b->state;
+	fill_pattern(b->state, state_len, seq);
+	fill_pattern(b->delta, sizeof b->delta, seq + 1);
+	r->tenant = tenant;
+	r->name = name;
+	r->state = b->state;
+	r->state_len = state_len;
+	r->identities = seq * 2;
+	r->state_bytes = state_len;
+	r->last_seq = seq;
+	memset(r->last_hash, (int)(seq & 0xff), sizeof r->last_hash);
+	r->last_status = 1;
+	r->last_reason = "";
+	r->last_samples_in = 100 + seq;
+	r->last_samples_out = 50 + seq;
+	r->last_delta = b->delta;
+	r->last_delta_len = sizeof b->delta;
+	r->incarnation = 42;
+	r->last_time_nanos = (int64_t)seq * 1000000000;
+	return r;
+}
+
+/* Counts completions by outcome. */
+struct done_count {
+	pthread_mutex_t mu;
+	int ok, store_err, notfound, state, other;
+};
+
+static void count_done(void *arg, int rc, uint64_t latency_ns)
+{
+	struct done_count *d = arg;
+
+	pthread_mutex_lock(&d->mu);
+	if (rc == PD_OK)
+		d->ok++;
+	else if (rc == PD_E_STORE)
+		d->store_err++;
+	else if (rc == PD_E_NOTFOUND)
+		d->notfound++;
+	else if (rc == PD_E_STATE)
+		d->state++;
+	else
+		d->other++;
+	pthread_mutex_unlock(&d->mu);
+}
+
+static void done_init(struct done_count *d)
+{
+	memset(d, 0, sizeof *d);
+	pthread_mutex_init(&d->mu, NULL);
+}
+
+/* A completion that holds the writer thread until released, so tests can
+ * stack writes behind it deterministically. */
+struct gate {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int entered, open;
+};
+
+static void gate_init(struct gate *g)
+{
+	memset(g, 0, sizeof *g);
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+}
+
+static void gate_done(void *arg, int rc, uint64_t latency_ns)
+{
+	struct gate *g = arg;
+
+	pthread_mutex_lock(&g->mu);
+	g->entered = 1;
+	pthread_cond_broadcast(&g->cv);
+	while (!g->open)
+		pthread_cond_wait(&g->cv, &g->mu);
+	pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_wait_entered(struct gate *g)
+{
+	pthread_mutex_lock(&g->mu);
+	while (!g->entered)
+		pthread_cond_wait(&g->cv, &g->mu);
+	pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_release(struct gate *g)
+{
+	pthread_mutex_lock(&g->mu);
+	g->open = 1;
+	pthread_cond_broadcast(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+/* Blocks the writer inside the completion of a first write. */
+static void hold_writer(pd_store *s, struct gate *g)
+{
+	struct rec_buf b;
+
+	gate_init(g);
+	CHECK(pd_store_put_async(s, make_rec(&b, "gate", "gate", 1, 8), gate_done, g) == PD_OK);
+	gate_wait_entered(g);
+}
+
+static int put_sync(pd_store *s, const pd_stream_rec *r)
+{
+	struct done_count d;
+	int rc;
+
+	done_init(&d);
+	rc = pd_store_put_async(s, r, count_done, &d);
+	if (rc)
+		return rc;
+	pd_store_flush(s);
+	return d.ok == 1 ? PD_OK : d.store_err ? PD_E_STORE : PD_E_INTERNAL;
+}
+
+static uint64_t get_seq(pd_store *s, const char *tenant, const char *name)
+{
+	pd_stream_rec r = {0};
+	uint64_t seq = 0;
+
+	if (pd_store_get(s, tenant, name, &r, NULL) == PD_OK)
+		seq = r.last_seq;
+	pd_stream_rec_free(&r);
+	return seq;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- tests ----------------------------------------------------------------------- */
+
+static void test_round_trip(void)
+{
+	char path[128];
+	struct rec_buf b;
+	pd_stream_rec got = {0};
+	pd_stream_rec *in;
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+	pd_err e = {0};
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	in = make_rec(&b, "acme", "api/heap", 7, 3000);
+	in->last_reason = "first";
+	in->last_status = 2;
+	in->created_ms = 1111;
+	in->last_seen_ms = 2222;
+	in->deltas_served = 9;
+	in->resets = 3;
+	in->last_reset_reason = "incarnation";
+	in->incarnation = UINT64_MAX; /* survives the signed INTEGER column */
+	CHECK(put_sync(s, in) == PD_OK);
+
+	CHECK(pd_store_get(s, "acme", "api/heap", &got, &e) == PD_OK);
+	CHECK(!strcmp(got.tenant, "acme") && !strcmp(got.name, "api/heap"));
+	CHECK(got.state_len == 3000 && pattern_ok(got.state, got.state_len, 7));
+	CHECK(got.last_delta_len == 512 && pattern_ok(got.last_delta, 512, 8));
+	CHECK(got.identities == 14 && got.state_bytes == 3000 && got.last_seq == 7);
+	CHECK(!memcmp(got.last_hash, in->last_hash, PD_STORE_HASH_LEN));
+	CHECK(got.last_status == 2 && !strcmp(got.last_reason, "first"));
+	CHECK(got.last_samples_in == 107 && got.last_samples_out == 57);
+	CHECK(got.incarnation == UINT64_MAX && got.last_time_nanos == 7000000000LL);
+	CHECK(got.created_ms == 1111 && got.last_seen_ms == 2222);
+	CHECK(got.deltas_served == 9 && got.resets == 3);
+	CHECK(!strcmp(got.last_reset_reason, "incarnation"));
+	CHECK(got.version == 1);
+
+	/* An update keeps created_ms, bumps the version; empty blobs stay empty. */
+	in = make_rec(&b, "acme", "api/heap", 8, 0);
+	in->created_ms = 5555;
+	in->last_delta_len = 0;
+	in->last_delta = NULL;
+	CHECK(put_sync(s, in) == PD_OK);
+	CHECK(pd_store_get(s, "acme", "api/heap", &got, &e) == PD_OK); /* reuses got's memory */
+	CHECK(got.last_seq == 8 && got.version == 2 && got.created_ms == 1111);
+	CHECK(got.state_len == 0 && got.last_delta_len == 0);
+	CHECK(got.last_seen_ms > 1000000000000LL); /* 0 meant now */
+
+	/* Tenants are separate namespaces. */
+	CHECK(pd_store_get(s, "other", "api/heap", &got, &e) == PD_E_NOTFOUND);
+	CHECK(pd_store_get(s, "acme", "nope", &got, &e) == PD_E_NOTFOUND);
+	CHECK(pd_store_put_async(s, &(pd_stream_rec){.tenant = "x"}, NULL, NULL) == PD_E_ARG);
+	pd_stream_rec_free(&got);
+	CHECK(pd_store_integrity_check(s, &e) == PD_OK);
+	pd_store_close(s);
+}
+
+struct reader_arg {
+	pd_store *s;
+	volatile int *stop;
+	int reads, bad, regress;
+};
+
+static void *reader_main(void *p)
+{
+	struct reader_arg *a = p;
+	pd_stream_rec r = {0};
+	uint64_t last = 0;
+
+	while (!__atomic_load_n(a->stop, __ATOMIC_ACQUIRE)) {
+		int rc = pd_store_get(a->s, "t", "hot", &r, NULL);
+		if (rc == PD_E_NOTFOUND)
+			continue;
+		a->reads++;
+		if (rc || !pattern_ok(r.state, r.state_len, r.last_seq) ||
+		    !pattern_ok(r.last_delta, r.last_delta_len, r.last_seq + 1))
+			a->bad++;
+		if (!rc && r.last_seq < last)
+			a->regress++;
+		last = r.last_seq;
+	}
+	pd_stream_rec_free(&r);
+	return NULL;
+}
+
+static void test_concurrent_readers(void)
+{
+	char path[128];
+	struct rec_buf b;
+	struct reader_arg ra[2];
+	pthread_t th[2];
+	volatile int stop = 0;
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	for (int i = 0; i < 2; i++) {
+		ra[i] = (struct reader_arg){.s = s, .stop = &stop};
+		pthread_create(&th[i], NULL, reader_main, &ra[i]);
+	}
+	for (uint64_t seq = 1; seq <= 400; seq++) {
+		CHECK(pd_store_put_async(s, make_rec(&b, "t", "hot", seq, 100 + seq * 9), NULL,
+					 NULL) == PD_OK);
+		if (seq % 20 == 0)
+			pd_store_flush(s);
+	}
+	pd_store_flush(s);
+	__atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(ra[i].reads > 0);
+		CHECK(ra[i].bad == 0);
+		CHECK(ra[i].regress == 0);
+	}
+	CHECK(get_seq(s, "t", "hot") == 400);
+	pd_store_close(s);
+}
+
+/* Completion that checks its write is already visible to a reader, i.e. that
+ * it runs after COMMIT. */
+struct visible_arg {
+	pd_store *s;
+	char name[32];
+	uint64_t seq;
+	int *invisible;
+};
+
+static void visible_done(void *arg, int rc, uint64_t latency_ns)
+{
+	struct visible_arg *v = arg;
+
+	if (rc || get_seq(v->s, "g", v->name) < v->seq)
+		(*v->invisible)++;
+}
+
+static void test_group_commit(void)
+{
+	enum { N = 1000, STREAMS = 50 };
+	char path[128];
+	struct rec_buf b;
+	struct done_count d;
+	struct pd_store_stats st;
+	static struct visible_arg va[N / 100];
+	int invisible = 0;
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	done_init(&d);
+	for (int i = 0; i < N; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "s%d", i % STREAMS);
+		make_rec(&b, "g", name, (uint64_t)i + 1, 200);
+		if (i % 100 == 99) {
+			struct visible_arg *v = &va[i / 100];
+			*v = (struct visible_arg){.s = s, .seq = (uint64_t)i + 1, .invisible = &invisible};
+			snprintf(v->name, sizeof v->name, "%s", name);
+			CHECK(pd_store_put_async(s, &b.r, visible_done, v) == PD_OK);
+		} else {
+			CHECK(pd_store_put_async(s, &b.r, count_done, &d) == PD_OK);
+		}
+	}
+	CHECK(pd_store_flush(s) == PD_OK);
+	pd_store_stats(s, &st);
+	printf("group commit: %d writes in %llu commits (largest batch %llu)\n", N,
+	       (unsigned long long)st.commits, (unsigned long long)st.batch_max);
+	CHECK(d.ok == N - N / 100 && invisible == 0);
+	CHECK(st.rows_written == N);
+	CHECK(st.commits < N / 5);
+	CHECK(st.batch_max > 1);
+	CHECK(st.commit.count == st.commits && st.wait.count == N);
+	CHECK(st.commit.le[PD_STORE_HIST_N - 1] <= st.commit.count);
+	CHECK(st.commit.max_ns > 0 && st.commit.sum_ns >= st.commit.max_ns);
+	CHECK(st.queue_len == 0 && st.queue_bytes == 0);
+	CHECK(get_seq(s, "g", "s0") == N - STREAMS + 1);
+	pd_store_close(s);
+}
+
+static void test_injected_fault(void)
+{
+	char path[128];
+	struct rec_buf b;
+	struct done_count d;
+	struct gate g;
+	struct pd_store_stats st;
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	CHECK(put_sync(s, make_rec(&b, "t", "a", 1, 100)) == PD_OK);
+
+	/* Stack two writes behind the held writer so they form one batch. */
+	hold_writer(s, &g);
+	pd_store_inject_fault(s, 1);
+	done_init(&d);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "a", 2, 100), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "b", 1, 100), count_done, &d) == PD_OK);
+	CHECK(pd_store_delete_async(s, "t", "a", count_done, &d) == PD_OK);
+	gate_release(&g);
+	pd_store_flush(s);
+	CHECK(d.store_err == 3 && d.ok == 0);
+	CHECK(get_seq(s, "t", "a") == 1);                          /* previous value kept */
+	CHECK(pd_store_get(s, "t", "b", &b.r, NULL) == PD_E_NOTFOUND); /* never inserted */
+	pd_store_stats(s, &st);
+	CHECK(st.errors == 1 && st.writes_failed == 3);
+	CHECK(strstr(st.last_error, "injected") != NULL);
+
+	/* The next transaction works again. */
+	CHECK(put_sync(s, make_rec(&b, "t", "a", 2, 100)) == PD_OK);
+	CHECK(get_seq(s, "t", "a") == 2);
+	CHECK(pd_store_integrity_check(s, NULL) == PD_OK);
+	pd_store_close(s);
+}
+
+/* A real SQLITE_FULL from the disk budget: the batch is rolled back whole. */
+static void test_disk_full(void)
+{
+	char path[128], name[32];
+	struct pd_store_opts o;
+	struct rec_buf b;
+	struct pd_store_stats st;
+	int i, rc = PD_OK;
+	pd_store *s;
+
+	pd_store_opts_init(&o);
+	o.max_db_bytes = 96 << 10;
+	s = open_fresh(&o, path, sizeof path);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	for (i = 0; i < 100 && !rc; i++) {
+		snprintf(name, sizeof name, "big%d", i);
+		rc = put_sync(s, make_rec(&b, "t", name, 1, 4096));
+	}
+	CHECK(rc == PD_E_STORE);
+	CHECK(i > 3 && i < 100);
+	CHECK(pd_store_get(s, "t", name, &b.r, NULL) == PD_E_NOTFOUND);
+	pd_store_stats(s, &st);
+	CHECK(st.errors == 1 && strstr(st.last_error, "full") != NULL);
+	CHECK(get_seq(s, "t", "big0") == 1);
+	CHECK(pd_store_integrity_check(s, NULL) == PD_OK);
+
+	/* Deleting makes room again. */
+	CHECK(put_sync(s, &(pd_stream_rec){.tenant = "t", .name = "big0"}) == PD_OK);
+	{
+		struct done_count d;
+		done_init(&d);
+		for (int k = 0; k < 3; k++) {
+			snprintf(name, sizeof name, "big%d", k + 1);
+			pd_store_delete_async(s, "t", name, count_done, &d);
+		}
+		pd_store_flush(s);
+		CHECK(d.ok == 3);
+	}
+	CHECK(put_sync(s, make_rec(&b, "t", "again", 1, 4096)) == PD_OK);
+	pd_store_close(s);
+}
+
+static void test_backpressure(void)
+{
+	char path[128];
+	struct pd_store_opts o;
+	struct rec_buf b;
+	struct done_count d;
+	struct gate g;
+	struct pd_store_stats st;
+	pd_store *s;
+
+	pd_store_opts_init(&o);
+	o.max_queue = 4;
+	o.max_queue_bytes = 12 << 10;
+	s = open_fresh(&o, path, sizeof path);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	done_init(&d);
+	hold_writer(s, &g); /* the held write counts as one */
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "a", 1, 10), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "b", 1, 10), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "c", 1, 4000), count_done, &d) == PD_OK);
+	/* Count bound. */
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "d", 1, 10), count_done, &d) == PD_E_BUSY);
+	CHECK(pd_store_delete_async(s, "t", "a", count_done, &d) == PD_E_BUSY);
+	pd_store_stats(s, &st);
+	CHECK(st.queue_len == 4 && st.busy_rejects == 2);
+	gate_release(&g);
+	pd_store_flush(s);
+	CHECK(d.ok == 3);
+
+	/* Byte bound, and a write that could never fit. */
+	hold_writer(s, &g);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "a", 2, 4096), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "b", 2, 4096), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "c", 2, 4096), count_done, &d) == PD_E_BUSY);
+	{
+		static uint8_t huge[16 << 10];
+		pd_stream_rec r = {.tenant = "t", .name = "h", .state = huge, .state_len = sizeof huge};
+		CHECK(pd_store_put_async(s, &r, count_done, &d) == PD_E_LIMIT);
+	}
+	gate_release(&g);
+	pd_store_flush(s);
+	CHECK(d.ok == 5 && d.store_err == 0);
+	pd_store_stats(s, &st);
+	CHECK(st.busy_rejects == 3 && st.queue_len_peak == 4);
+	pd_store_close(s);
+}
+
+/* A row over max_row_bytes fails alone; its batch neighbours commit. */
+static void test_row_limit(void)
+{
+	char path[128];
+	struct pd_store_opts o;
+	struct rec_buf b;
+	struct done_count d;
+	struct gate g;
+	pd_store *s;
+
+	pd_store_opts_init(&o);
+	o.max_row_bytes = 2048;
+	s = open_fresh(&o, path, sizeof path);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	done_init(&d);
+	hold_writer(s, &g);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "a", 1, 100), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "big", 1, 3000), count_done, &d) == PD_OK);
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "c", 1, 100), count_done, &d) == PD_OK);
+	gate_release(&g);
+	pd_store_flush(s);
+	CHECK(d.ok == 2 && d.other == 1);
+	CHECK(get_seq(s, "t", "a") == 1 && get_seq(s, "t", "c") == 1);
+	CHECK(pd_store_get(s, "t", "big", &b.r, NULL) == PD_E_NOTFOUND);
+	pd_store_close(s);
+}
+
+/* Collects listed names as "tenant/name," into a string. */
+struct listing {
+	char out[512];
+	int rows, stop_after;
+	int blobs_null;
+};
+
+static int list_row(void *arg, const pd_stream_rec *r)
+{
+	struct listing *l = arg;
+	size_t n = strlen(l->out);
+
+	snprintf(l->out + n, sizeof l->out - n, "%s/%s,", r->tenant, r->name);
+	l->rows++;
+	if (r->state || r->last_delta || r->state_len != 64 || r->last_delta_len != 512)
+		l->blobs_null = 0;
+	return l->stop_after && l->rows >= l->stop_after;
+}
+
+static const char *list(pd_store *s, struct listing *l, const char *tenant, const char *prefix,
+			enum pd_store_sort sort, size_t limit, int stop_after)
+{
+	memset(l, 0, sizeof *l);
+	l->blobs_null = 1;
+	l->stop_after = stop_after;
+	if (pd_store_list(s, tenant, prefix, sort, limit, list_row, l, NULL))
+		return "(error)";
+	return l->out;
+}
+
+struct totals {
+	char out[256];
+};
+
+static int total_row(void *arg, const char *tenant, uint64_t streams, uint64_t bytes)
+{
+	struct totals *t = arg;
+	size_t n = strlen(t->out);
+
+	snprintf(t->out + n, sizeof t->out - n, "%s:%llu:%llu,", tenant,
+		 (unsigned long long)streams, (unsigned long long)bytes);
+	return 0;
+}
+
+static void put_seen(pd_store *s, const char *tenant, const char *name, int64_t seen)
+{
+	struct rec_buf b;
+	pd_stream_rec *r = make_rec(&b, tenant, name, 1, 64);
+
+	r->last_seen_ms = seen;
+	CHECK(pd_store_put_async(s, r, NULL, NULL) == PD_OK);
+}
+
+static void test_list_and_admin(void)
+{
+	char path[128];
+	struct listing l;
+	struct totals t = {{0}};
+	struct done_count d;
+	pd_stream_rec r = {0};
+	uint64_t n;
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	put_seen(s, "a", "svc/x/2", 5000);
+	put_seen(s, "a", "svc/x/1", 3000);
+	put_seen(s, "a", "svc/y/1", 4000);
+	put_seen(s, "a", "other", 1000);
+	put_seen(s, "b", "svc/x/1", 6000);
+	put_seen(s, "a", "\xff\xff", 2000);
+	put_seen(s, "a", "\xff", 2500);
+	pd_store_flush(s);
+
+	CHECK(!strcmp(list(s, &l, "a", "svc/x/", PD_STORE_SORT_NAME, 0, 0), "a/svc/x/1,a/svc/x/2,"));
+	CHECK(l.blobs_null);
+	CHECK(!strcmp(list(s, &l, "a", "svc/", PD_STORE_SORT_LAST_SEEN, 0, 0),
+		      "a/svc/x/2,a/svc/y/1,a/svc/x/1,"));
+	CHECK(!strcmp(list(s, &l, NULL, "svc/x/1", PD_STORE_SORT_NAME, 0, 0),
+		      "a/svc/x/1,b/svc/x/1,"));
+	CHECK(!strcmp(list(s, &l, NULL, NULL, PD_STORE_SORT_LAST_SEEN, 3, 0),
+		      "b/svc/x/1,a/svc/x/2,a/svc/y/1,"));
+	CHECK(!strcmp(list(s, &l, "a", "", PD_STORE_SORT_NAME, 0, 2), "a/other,a/svc/x/1,"));
+	CHECK(!strcmp(list(s, &l, "a", "\xff", PD_STORE_SORT_NAME, 0, 0), "a/\xff,a/\xff\xff,"));
+	CHECK(!strcmp(list(s, &l, "c", NULL, PD_STORE_SORT_NAME, 0, 0), ""));
+	CHECK(!strcmp(list(s, &l, "a", "svc/x/10", PD_STORE_SORT_NAME, 0, 0), ""));
+
+	CHECK(pd_store_count_streams(s, "a", &n, NULL) == PD_OK && n == 6);
+	CHECK(pd_store_count_streams(s, NULL, &n, NULL) == PD_OK && n == 7);
+	CHECK(pd_store_count_streams(s, "zz", &n, NULL) == PD_OK && n == 0);
+	CHECK(pd_store_tenant_totals(s, NULL, total_row, &t, NULL) == PD_OK);
+	CHECK(!strcmp(t.out, "a:6:384,b:1:64,"));
+	memset(&t, 0, sizeof t);
+	CHECK(pd_store_tenant_totals(s, "b", total_row, &t, NULL) == PD_OK);
+	CHECK(!strcmp(t.out, "b:1:64,"));
+
+	/* Delete and reset report missing streams; reset keeps idempotency data. */
+	done_init(&d);
+	CHECK(pd_store_delete_async(s, "a", "other", count_done, &d) == PD_OK);
+	CHECK(pd_store_delete_async(s, "a", "other", count_done, &d) == PD_OK);
+	CHECK(pd_store_reset_async(s, "a", "svc/y/1", "admin", count_done, &d) == PD_OK);
+	CHECK(pd_store_reset_async(s, "a", "missing", "admin", count_done, &d) == PD_OK);
+	pd_store_flush(s);
+	CHECK(d.ok == 2 && d.notfound == 2);
+	CHECK(pd_store_get(s, "a", "other", &r, NULL) == PD_E_NOTFOUND);
+	CHECK(pd_store_get(s, "a", "svc/y/1", &r, NULL) == PD_OK);
+	CHECK(r.state_len == 0 && r.identities == 0 && r.state_bytes == 0);
+	CHECK(r.resets == 1 && !strcmp(r.last_reset_reason, "admin") && r.version == 2);
+	CHECK(r.last_seq == 1 && r.last_delta_len == 512 && pattern_ok(r.last_delta, 512, 2));
+	CHECK(r.last_seen_ms == 4000);
+	pd_stream_rec_free(&r);
+	pd_store_close(s);
+}
+
+static void test_expire(void)
+{
+	char path[128], name[32];
+	struct pd_store_stats st;
+	uint64_t n = 99, left;
+	int64_t now = now_ms();
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	put_seen(s, "t", "ancient", 1000);
+	put_seen(s, "t", "old", now - 3600 * 1000);
+	put_seen(s, "t", "fresh", 0);
+	/* More than one expiry chunk. */
+	for (int i = 0; i < 2500; i++) {
+		snprintf(name, sizeof name, "bulk%d", i);
+		put_seen(s, "u", name, 2000 + i);
+	}
+	pd_store_flush(s);
+	CHECK(pd_store_expire(s, 1500, &n, NULL) == PD_OK && n == 1);
+	CHECK(pd_store_expire(s, 1500, &n, NULL) == PD_OK && n == 0);
+	CHECK(pd_store_expire(s, now - 60 * 1000, &n, NULL) == PD_OK && n == 2501);
+	CHECK(pd_store_count_streams(s, NULL, &left, NULL) == PD_OK && left == 1);
+	CHECK(get_seq(s, "t", "fresh") == 1);
+	pd_store_stats(s, &st);
+	CHECK(st.expired == 2502);
+	pd_store_close(s);
+}
+
+static void test_compare_and_set(void)
+{
+	char path[128];
+	struct rec_buf b;
+	struct done_count d;
+	struct pd_store_stats st;
+	pd_stream_rec r = {0};
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	done_init(&d);
+	CHECK(pd_store_put_if_async(s, make_rec(&b, "t", "c", 1, 10), 0, count_done, &d) == PD_OK);
+	CHECK(pd_store_put_if_async(s, make_rec(&b, "t", "c", 9, 10), 0, count_done, &d) == PD_OK);
+	CHECK(pd_store_put_if_async(s, make_rec(&b, "t", "c", 2, 10), 1, count_done, &d) == PD_OK);
+	CHECK(pd_store_put_if_async(s, make_rec(&b, "t", "c", 9, 10), 1, count_done, &d) == PD_OK);
+	CHECK(pd_store_put_if_async(s, make_rec(&b, "t", "n", 9, 10), 5, count_done, &d) == PD_OK);
+	pd_store_flush(s);
+	CHECK(d.ok == 2 && d.state == 3);
+	CHECK(pd_store_get(s, "t", "c", &r, NULL) == PD_OK && r.last_seq == 2 && r.version == 2);
+	CHECK(pd_store_get(s, "t", "n", &r, NULL) == PD_E_NOTFOUND);
+	pd_store_stats(s, &st);
+	CHECK(st.conflicts == 3 && st.rows_written == 2);
+	pd_stream_rec_free(&r);
+	pd_store_close(s);
+}
+
+struct flush_probe {
+	pd_store *s;
+	int rc;
+};
+
+static void flush_from_writer(void *arg, int rc, uint64_t latency_ns)
+{
+	struct flush_probe *f = arg;
+	f->rc = pd_store_flush(f->s);
+}
+
+static void test_reopen_and_close(void)
+{
+	char path[128];
+	struct rec_buf b;
+	struct done_count d;
+	struct flush_probe fp;
+	struct stat sb;
+	struct pd_store_opts o;
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+	pd_err e = {0};
+	sqlite3 *db;
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	/* A completion may not flush (it would wait for itself). */
+	fp = (struct flush_probe){.s = s, .rc = -1};
+	CHECK(pd_store_put_async(s, make_rec(&b, "t", "x", 1, 10), flush_from_writer, &fp) == PD_OK);
+	pd_store_flush(s);
+	CHECK(fp.rc == PD_E_ARG);
+
+	/* Close commits what is still queued and runs the completions. */
+	done_init(&d);
+	for (uint64_t seq = 2; seq <= 50; seq++)
+		CHECK(pd_store_put_async(s, make_rec(&b, "t", "x", seq, 1000), count_done, &d) == PD_OK);
+	pd_store_close(s);
+	CHECK(d.ok == 49);
+	CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+
+	pd_store_opts_init(&o);
+	o.path = path;
+	CHECK(pd_store_open(&o, &s, &e) == PD_OK);
+	if (s) {
+		pd_stream_rec r = {0};
+		CHECK(pd_store_get(s, "t", "x", &r, NULL) == PD_OK);
+		CHECK(r.last_seq == 50 && pattern_ok(r.state, r.state_len, 50));
+		pd_stream_rec_free(&r);
+		pd_store_close(s);
+	}
+
+	/* Newer schema, foreign database and a bad path are refused. */
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	sqlite3_exec(db, "PRAGMA user_version=99", NULL, NULL, NULL);
+	sqlite3_close(db);
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "newer"));
+	db_path(path, sizeof path, ++db_counter);
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	sqlite3_exec(db, "CREATE TABLE t(x)", NULL, NULL, NULL);
+	sqlite3_close(db);
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "not a pdelta"));
+	o.path = "/nonexistent-dir/x.db";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
+	o.path = "postgresql://db/pdelta";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG);
+}
+
+static void cleanup_dir(void)
+{
+	char p[128];
+
+	for (int i = 1; i <= db_counter; i++) {
+		db_path(p, sizeof p, i);
+		remove_db(p);
+	}
+	rmdir(tmp_dir);
+}
+
+int main(void)
+{
+	snprintf(tmp_dir, sizeof tmp_dir, "/tmp/pd_store_test.XXXXXX");
+	if (!mkdtemp(tmp_dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	test_round_trip();
+	test_concurrent_readers();
+	test_group_commit();
+	test_injected_fault();
+	test_disk_full();
+	test_backpressure();
+	test_row_limit();
+	test_list_and_admin();
+	test_expire();
+	test_compare_and_set();
+	test_reopen_and_close();
+	cleanup_dir();
+	return TH_DONE();
+}
