@@ -1005,11 +1005,13 @@ static const char *check_reset_meta(pd_engine *g, const pd_state *prev, const pd
 /* Subtracts previous values; returns 1 if a counter went backwards. */
 static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next)
 {
-	uint32_t n = (uint32_t)pd_state_identities(next), nst = g->nst;
+	uint32_t n = (uint32_t)pd_state_count(next), nst = g->nst;
 	for (uint32_t j = 0; j < n; j++) {
 		uint32_t pj;
-		if (j + 12 < n)
-			pd_state_prefetch(prev, pd_state_hash_at(next, j + 12));
+		if (j + 16 < n)
+			pd_state_prefetch(prev, pd_state_hash_at(next, j + 16));
+		if (j + 8 < n)
+			pd_state_prefetch_entry(prev, pd_state_hash_at(next, j + 8));
 		pj = pd_state_find(prev, pd_state_hash_at(next, j));
 		int64_t *v = g->vals + (size_t)g->ent_first[j] * nst;
 		const int64_t *pv;
@@ -1028,7 +1030,7 @@ static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next)
 
 static void restore_cumulative(pd_engine *g, pd_state *next)
 {
-	uint32_t n = (uint32_t)pd_state_identities(next);
+	uint32_t n = (uint32_t)pd_state_count(next);
 	for (uint32_t j = 0; j < n; j++) {
 		int64_t *v = g->vals + (size_t)g->ent_first[j] * g->nst;
 		const int64_t *sv = pd_state_cvals(next, j);
@@ -1101,6 +1103,7 @@ static inline void count_label(pd_engine *g, const uint8_t *p, size_t n, uint32_
 static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 {
 	pd_rd r = span_rd(g, g->smp[i]);
+	const uint32_t *dense = g->loc_ids.hashed ? NULL : g->loc_ids.dense;
 	while (pd_rd_more(&r)) {
 		uint32_t f, wt;
 		uint64_t v;
@@ -1110,8 +1113,8 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 			return;
 		if (f == 1 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
 			pd_rd in = pd_rd_make(p, n);
-			while (pd_rd_more(&in) && !pd_rd_varint(&in, &v))
-				g->loc_cnt[idmap_get(&g->loc_ids, v) - 1] += d;
+			while (pd_rd_more(&in) && !next_varint(&in, &v)) /* ids were validated */
+				g->loc_cnt[(dense ? dense[v] : idmap_get(&g->loc_ids, v)) - 1] += d;
 		} else if (f == 1 && wt == PB_VARINT && !pd_rd_varint(&r, &v)) {
 			g->loc_cnt[idmap_get(&g->loc_ids, v) - 1] += d;
 		} else if (f == 3 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
@@ -1455,7 +1458,7 @@ static int process(pd_engine *g, const pd_state *prev, pd_state *next, const pd_
 	t0 = pd_now_ns();
 	res->ns_hash = t0 - t1;
 	res->samples_in = g->nsmp;
-	res->identities = res->samples_unique = (uint32_t)pd_state_identities(next);
+	res->identities = res->samples_unique = (uint32_t)pd_state_count(next);
 
 	if (!pd_state_valid(prev)) {
 		res->status = PD_STATUS_BASELINE;
@@ -1622,7 +1625,7 @@ int pd_engine_inspect(pd_engine *g, const void *in, size_t n, pd_inspect *o, pd_
 	o->functions = g->nfn;
 	o->mappings = g->nmap;
 	o->strings = g->nstr;
-	o->unique_identities = pd_state_identities(tmp);
+	o->unique_identities = pd_state_count(tmp);
 	o->bytes_in = n;
 	o->bytes_raw = g->len;
 	for (uint32_t i = 0; i < g->nloc; i++) {

@@ -63,6 +63,7 @@ void pd_state_clear(pd_state *s)
 
 int pd_state_valid(const pd_state *s) { return s->valid; }
 size_t pd_state_identities(const pd_state *s) { return s->valid ? s->n : 0; }
+size_t pd_state_count(const pd_state *s) { return s->n; }
 size_t pd_state_ncols(const pd_state *s) { return s->ncols; }
 int64_t pd_state_time_nanos(const pd_state *s) { return s->time_nanos; }
 int64_t pd_state_period(const pd_state *s) { return s->period; }
@@ -181,6 +182,16 @@ void pd_state_prefetch(const pd_state *s, pd_h128 h)
 {
 	if (s->slots)
 		__builtin_prefetch(&s->slots[(uint32_t)h.lo & s->mask]);
+}
+
+void pd_state_prefetch_entry(const pd_state *s, pd_h128 h)
+{
+	uint32_t v;
+	if (!s->slots)
+		return;
+	v = s->slots[(uint32_t)h.lo & s->mask];
+	if (v && (v & 0xff000000u) == SLOT_TAG(h))
+		__builtin_prefetch(s->ent + (size_t)(SLOT_IDX(v) - 1) * s->stride);
 }
 
 uint32_t pd_state_find(const pd_state *s, pd_h128 h)

@@ -54,8 +54,12 @@ int pd_state_prepare(pd_state *s, uint32_t max_entries, const char *const *cols,
 		     uint32_t ncols, pd_err *e);
 /* Finds or inserts h; returns the entry index, *inserted = 1 if new. */
 uint32_t pd_state_upsert(pd_state *s, pd_h128 h, int *inserted);
+/* Entries held, valid or not (while the engine builds a state). */
+size_t pd_state_count(const pd_state *s);
 /* Hints the cache about a coming find/upsert of h. */
 void pd_state_prefetch(const pd_state *s, pd_h128 h);
+/* Second stage: once the slot is cached, prefetches the entry it points to. */
+void pd_state_prefetch_entry(const pd_state *s, pd_h128 h);
 /* Finds h; returns entry index or UINT32_MAX. */
 uint32_t pd_state_find(const pd_state *s, pd_h128 h);
 /* Values of entry i (ncols int64). */

@@ -1,0 +1,478 @@
+/*
+ * test_engine: unit tests of the delta engine on hand-built profiles.
+ *
+ * Profiles are built here with a tiny protobuf writer so that each case
+ * (packed vs unpacked fields, label order, duplicates, resets, limits,
+ * truncation) is explicit. Outputs are decoded with a separate minimal
+ * reader below, not with the engine's own index.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "pd_engine.h"
+#include "tharness.h"
+
+/* ---- a tiny protobuf builder ---------------------------------------------- */
+typedef struct pb {
+	uint8_t d[1 << 16];
+	size_t n;
+} pb;
+
+static void put_varint(pb *b, uint64_t v)
+{
+	while (v >= 0x80) {
+		b->d[b->n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	b->d[b->n++] = (uint8_t)v;
+}
+static void put_key(pb *b, int f, int wt) { put_varint(b, (uint64_t)f << 3 | (uint64_t)wt); }
+static void put_u(pb *b, int f, uint64_t v)
+{
+	put_key(b, f, 0);
+	put_varint(b, v);
+}
+static void put_msg(pb *b, int f, const pb *m)
+{
+	put_key(b, f, 2);
+	put_varint(b, m->n);
+	memcpy(b->d + b->n, m->d, m->n);
+	b->n += m->n;
+}
+static void put_str(pb *b, const char *s)
+{
+	put_key(b, 6, 2);
+	put_varint(b, strlen(s));
+	memcpy(b->d + b->n, s, strlen(s));
+	b->n += strlen(s);
+}
+
+/* strings: 0 "", 1 alloc_space, 2 bytes, 3 inuse_space, 4 main, 5 f, 6 g,
+ * 7 file.go, 8 lbl, 9 a, 10 b, 11 key2, 12 space */
+static const char *const STRS[] = {"",  "alloc_space", "bytes", "inuse_space", "main", "f", "g",
+				   "file.go", "lbl", "a", "b", "key2", "space"};
+
+typedef struct smp {
+	int nloc;
+	uint64_t loc[4];
+	int64_t v[2];
+	int nlab;
+	uint64_t lab[3][2]; /* key, str */
+	int packed;
+} smp;
+
+static void build(pb *out, const smp *s, int ns, int64_t time_nanos, int swap_types, int renumber)
+{
+	pb m;
+	memset(out, 0, sizeof *out);
+	for (int t = 0; t < 2; t++) { /* sample types */
+		int which = swap_types ? 1 - t : t;
+		memset(&m, 0, sizeof m);
+		put_u(&m, 1, which == 0 ? 1 : 3);
+		put_u(&m, 2, 2);
+		put_msg(out, 1, &m);
+	}
+	for (int i = 0; i < ns; i++) {
+		memset(&m, 0, sizeof m);
+		if (s[i].packed) {
+			pb ids;
+			memset(&ids, 0, sizeof ids);
+			for (int k = 0; k < s[i].nloc; k++)
+				put_varint(&ids, s[i].loc[k] + (uint64_t)renumber);
+			put_key(&m, 1, 2);
+			put_varint(&m, ids.n);
+			memcpy(m.d + m.n, ids.d, ids.n);
+			m.n += ids.n;
+		} else {
+			for (int k = 0; k < s[i].nloc; k++)
+				put_u(&m, 1, s[i].loc[k] + (uint64_t)renumber);
+		}
+		for (int t = 0; t < 2; t++)
+			put_u(&m, 2, (uint64_t)s[i].v[swap_types ? 1 - t : t]);
+		for (int l = 0; l < s[i].nlab; l++) {
+			pb lb;
+			memset(&lb, 0, sizeof lb);
+			put_u(&lb, 1, s[i].lab[l][0]);
+			put_u(&lb, 2, s[i].lab[l][1]);
+			put_msg(&m, 3, &lb);
+		}
+		put_msg(out, 2, &m);
+	}
+	for (uint64_t loc = 1; loc <= 3; loc++) { /* locations 1..3 -> functions 1..3 */
+		pb line;
+		memset(&m, 0, sizeof m);
+		memset(&line, 0, sizeof line);
+		put_u(&m, 1, loc + (uint64_t)renumber);
+		put_u(&m, 3, 0x1000 * loc);
+		put_u(&line, 1, loc + 10);
+		put_u(&line, 2, 42);
+		put_msg(&m, 4, &line);
+		put_msg(out, 4, &m);
+	}
+	for (uint64_t f = 1; f <= 3; f++) {
+		memset(&m, 0, sizeof m);
+		put_u(&m, 1, f + 10);
+		put_u(&m, 2, 3 + f);
+		put_u(&m, 4, 7);
+		put_msg(out, 5, &m);
+	}
+	for (size_t i = 0; i < sizeof STRS / sizeof STRS[0]; i++)
+		put_str(out, STRS[i]);
+	put_u(out, 9, (uint64_t)time_nanos);
+	memset(&m, 0, sizeof m);
+	put_u(&m, 1, 12);
+	put_u(&m, 2, 2);
+	put_msg(out, 11, &m);
+	put_u(out, 12, 512);
+}
+
+/* ---- an independent reader of outputs: sums values per stack+labels ------ */
+static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	int s = 0;
+	*v = 0;
+	while (*p < end && s < 64) {
+		uint8_t b = *(*p)++;
+		*v |= (uint64_t)(b & 0x7f) << s;
+		if (b < 0x80)
+			return 0;
+		s += 7;
+	}
+	return -1;
+}
+
+typedef struct outsum {
+	int nsamples;
+	int64_t total[2];
+	int64_t time_nanos, duration;
+} outsum;
+
+static void summarize(const uint8_t *d, size_t n, outsum *o)
+{
+	const uint8_t *p = d, *end = d + n;
+	memset(o, 0, sizeof *o);
+	while (p < end) {
+		uint64_t k, v, len;
+		if (rd_varint(&p, end, &k))
+			return;
+		if ((k & 7) == 0) {
+			rd_varint(&p, end, &v);
+			if (k >> 3 == 9)
+				o->time_nanos = (int64_t)v;
+			if (k >> 3 == 10)
+				o->duration = (int64_t)v;
+			continue;
+		}
+		rd_varint(&p, end, &len);
+		if (k >> 3 == 2) {
+			const uint8_t *q = p, *qe = p + len;
+			o->nsamples++;
+			while (q < qe) {
+				uint64_t sk, sl;
+				rd_varint(&q, qe, &sk);
+				if ((sk & 7) == 0) {
+					rd_varint(&q, qe, &sl);
+					continue;
+				}
+				rd_varint(&q, qe, &sl);
+				if (sk >> 3 == 2) {
+					const uint8_t *vq = q;
+					for (int t = 0; t < 2 && vq < q + sl; t++) {
+						uint64_t x;
+						rd_varint(&vq, q + sl, &x);
+						o->total[t] += (int64_t)x;
+					}
+				}
+				q += sl;
+			}
+		}
+		p += len;
+	}
+}
+
+static int buf_sink(void *ctx, const uint8_t *p, size_t n)
+{
+	return pd_buf_append(ctx, p, n, NULL);
+}
+
+static int count_sink(void *ctx, const uint8_t *p, size_t n)
+{
+	(void)p;
+	*(size_t *)ctx += n;
+	return 0;
+}
+
+static pd_engine *eng;
+static pd_req req;
+
+static int run(const pb *in, const pd_state *prev, pd_state *next, pd_buf *out, pd_result *r)
+{
+	pd_err e;
+	pd_buf_reset(out);
+	return pd_engine_run(eng, in->d, in->n, prev, next, &req, buf_sink, out, r, &e);
+}
+
+static void test_basic_delta(void)
+{
+	static pb p0, p1;
+	smp a[] = {{2, {1, 2}, {100, 5}, 0, {{0}}, 1}, {1, {3}, {50, 0}, 0, {{0}}, 1}};
+	smp b[] = {{2, {1, 2}, {130, 7}, 0, {{0}}, 1}, {1, {3}, {50, 0}, 0, {{0}}, 1},
+		   {1, {2}, {10, 1}, 0, {{0}}, 1}};
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
+	pd_buf out;
+	pd_result r;
+	outsum o;
+
+	pd_buf_init(&out, 0);
+	build(&p0, a, 2, 1000, 0, 0);
+	build(&p1, b, 3, 3000, 0, 0);
+	CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_BASELINE && r.reason == PD_REASON_FIRST);
+	summarize(out.data, out.len, &o);
+	CHECK(o.nsamples == 2 && o.total[0] == 150 && o.total[1] == 5);
+	CHECK(run(&p1, s1, s2, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_DELTA);
+	summarize(out.data, out.len, &o);
+	/* alloc_space: 30 + 0 (dropped? no: inuse 0 and delta 0 -> dropped) + 10 */
+	CHECK(o.nsamples == 2);
+	CHECK(o.total[0] == 40);
+	CHECK(o.total[1] == 8); /* inuse_space is a gauge: 7 + 1 */
+	CHECK(o.time_nanos == 3000 && o.duration == 2000);
+	CHECK(pd_state_identities(s2) == 3);
+	pd_buf_free(&out);
+	pd_state_free(s0);
+	pd_state_free(s1);
+	pd_state_free(s2);
+}
+
+/* Packed vs unpacked, label order, renumbered ids, swapped sample types and
+ * split duplicates must all give the same identities and deltas. */
+static void test_identity_invariance(void)
+{
+	static pb p0, p1;
+	smp a[] = {{3, {1, 2, 3}, {100, 5}, 2, {{8, 9}, {11, 10}}, 1}};
+	smp b[] = {{3, {1, 2, 3}, {60, 3}, 2, {{11, 10}, {8, 9}}, 0},
+		   {3, {1, 2, 3}, {70, 4}, 2, {{8, 9}, {11, 10}}, 0}};
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
+	pd_buf out;
+	pd_result r;
+	outsum o;
+
+	pd_buf_init(&out, 0);
+	build(&p0, a, 1, 1000, 0, 0);
+	build(&p1, b, 2, 2000, 1, 100); /* types swapped, ids +100, unpacked */
+	CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+	CHECK(run(&p1, s1, s2, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_DELTA);
+	CHECK(r.samples_in == 2 && r.samples_unique == 1 && r.samples_out == 1);
+	summarize(out.data, out.len, &o);
+	/* swapped columns: column 0 of the output is inuse_space (gauge 7),
+	 * column 1 is alloc_space (130 - 100 = 30). */
+	CHECK(o.nsamples == 1 && o.total[0] == 7 && o.total[1] == 30);
+	pd_buf_free(&out);
+	pd_state_free(s0);
+	pd_state_free(s1);
+	pd_state_free(s2);
+}
+
+static void test_resets(void)
+{
+	static pb p0, p1;
+	smp a[] = {{1, {1}, {100, 5}, 0, {{0}}, 1}, {1, {2}, {100, 5}, 0, {{0}}, 1}};
+	smp b[] = {{1, {1}, {150, 5}, 0, {{0}}, 1}, {1, {2}, {90, 5}, 0, {{0}}, 1}};
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
+	pd_buf out;
+	pd_result r;
+	outsum o;
+
+	pd_buf_init(&out, 0);
+	build(&p0, a, 2, 1000, 0, 0);
+	build(&p1, b, 2, 2000, 0, 0);
+	CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+	CHECK(run(&p1, s1, s2, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_BASELINE && r.reason == PD_REASON_RESET);
+	summarize(out.data, out.len, &o);
+	CHECK(o.total[0] == 240); /* the current profile as is, never negative */
+	/* time going backwards */
+	build(&p1, a, 2, 500, 0, 0);
+	CHECK(run(&p1, s1, s2, &out, &r) == PD_OK);
+	CHECK(r.reason == PD_REASON_RESET);
+	/* incarnation change */
+	req.incarnation = 7;
+	build(&p1, a, 2, 3000, 0, 0);
+	CHECK(run(&p1, s1, s2, &out, &r) == PD_OK); /* s1 has no incarnation: delta */
+	CHECK(r.status == PD_STATUS_DELTA);
+	req.incarnation = 8;
+	CHECK(run(&p1, s2, s0, &out, &r) == PD_OK);
+	CHECK(r.reason == PD_REASON_RESET);
+	req.incarnation = 0;
+	/* first-profile drop policy */
+	pd_state_clear(s0);
+	req.first_policy = PD_FIRST_DROP;
+	CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+	summarize(out.data, out.len, &o);
+	CHECK(r.reason == PD_REASON_FIRST && o.nsamples == 0 && pd_state_identities(s1) == 2);
+	req.first_policy = PD_FIRST_KEEP;
+	/* per-type override: alloc_space as gauge -> passes through */
+	{
+		pd_type_override ov = {"alloc_space", PD_POLICY_GAUGE};
+		req.overrides = &ov;
+		req.noverrides = 1;
+		CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+		CHECK(run(&p0, s1, s2, &out, &r) == PD_OK);
+		summarize(out.data, out.len, &o);
+		CHECK(r.status == PD_STATUS_DELTA && o.total[0] == 200);
+		req.overrides = NULL;
+		req.noverrides = 0;
+	}
+	pd_buf_free(&out);
+	pd_state_free(s0);
+	pd_state_free(s1);
+	pd_state_free(s2);
+}
+
+/* Every truncation of a valid profile is refused (or still valid), never
+ * crashes, never writes to the sink on error, never touches prev. */
+static void test_truncation_and_limits(void)
+{
+	static pb p0, big;
+	smp a[] = {{3, {1, 2, 3}, {100, 5}, 1, {{8, 9}}, 1}, {1, {2}, {7, 1}, 0, {{0}}, 0}};
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
+	size_t sunk;
+	pd_result r;
+	pd_err e;
+	int refused = 0, sink_on_error = 0;
+
+	build(&p0, a, 2, 1000, 0, 0);
+	{
+		pd_buf out;
+		pd_buf_init(&out, 0);
+		CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+		pd_buf_free(&out);
+	}
+	for (size_t cut = 0; cut < p0.n; cut++) {
+		sunk = 0;
+		int rc = pd_engine_run(eng, p0.d, cut, s1, s2, &req, count_sink, &sunk, &r, &e);
+		if (rc) {
+			refused++;
+			sink_on_error += sunk != 0;
+			CHECK(e.msg[0] != 0);
+		}
+	}
+	CHECK(refused > (int)p0.n / 2);
+	CHECK(sink_on_error == 0);
+	CHECK(pd_state_identities(s1) == 2); /* prev untouched */
+	/* depth limit */
+	{
+		pd_limits lim;
+		pd_engine *small;
+		pd_limits_default(&lim);
+		lim.max_depth = 2;
+		small = pd_engine_new(&lim);
+		CHECK(pd_engine_run(small, p0.d, p0.n, s0, s2, &req, count_sink, &sunk, &r, &e) ==
+		      PD_E_LIMIT);
+		pd_engine_free(small);
+		lim.max_depth = 100;
+		lim.max_samples = 1;
+		small = pd_engine_new(&lim);
+		CHECK(pd_engine_run(small, p0.d, p0.n, s0, s2, &req, count_sink, &sunk, &r, &e) ==
+		      PD_E_LIMIT);
+		pd_engine_free(small);
+	}
+	/* unknown location id */
+	{
+		smp bad[] = {{1, {9}, {1, 1}, 0, {{0}}, 1}};
+		build(&big, bad, 1, 1, 0, 0);
+		CHECK(pd_engine_run(eng, big.d, big.n, s0, s2, &req, count_sink, &sunk, &r, &e) ==
+		      PD_E_MALFORMED);
+		CHECK(strstr(e.msg, "unknown location") != NULL);
+	}
+	pd_state_free(s0);
+	pd_state_free(s1);
+	pd_state_free(s2);
+}
+
+/* A gzip bomb stops at the inflated cap with a limit error. */
+static void test_gzip_bomb(void)
+{
+	pd_limits lim;
+	pd_engine *small;
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new();
+	static uint8_t zeros[1 << 16];
+	pd_buf gz;
+	z_stream z;
+	size_t sunk = 0;
+	pd_result r;
+	pd_err e;
+
+	pd_buf_init(&gz, 0);
+	memset(&z, 0, sizeof z);
+	deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+	pd_buf_reserve(&gz, 1 << 20, NULL);
+	for (int i = 0; i < 1024; i++) { /* 64 MiB of zeros */
+		z.next_in = zeros;
+		z.avail_in = sizeof zeros;
+		z.next_out = gz.data + gz.len;
+		z.avail_out = (uInt)(gz.alloc - gz.len);
+		deflate(&z, i == 1023 ? Z_FINISH : Z_NO_FLUSH);
+		gz.len = gz.alloc - z.avail_out;
+	}
+	deflateEnd(&z);
+	pd_limits_default(&lim);
+	lim.max_inflated = 1 << 20;
+	small = pd_engine_new(&lim);
+	CHECK(pd_engine_run(small, gz.data, gz.len, s0, s1, &req, count_sink, &sunk, &r, &e) ==
+	      PD_E_LIMIT);
+	CHECK(strstr(e.msg, "gzip bomb") != NULL);
+	CHECK(pd_engine_mem_bytes(small) < (2u << 20));
+	pd_engine_free(small);
+	pd_buf_free(&gz);
+	pd_state_free(s0);
+	pd_state_free(s1);
+}
+
+static void test_state_roundtrip(void)
+{
+	static pb p0;
+	smp a[] = {{2, {1, 2}, {100, 5}, 0, {{0}}, 1}, {1, {3}, {-7, 0}, 0, {{0}}, 1}};
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
+	pd_buf out, ser;
+	pd_result r;
+	pd_err e;
+
+	pd_buf_init(&out, 0);
+	pd_buf_init(&ser, 0);
+	build(&p0, a, 2, 1000, 0, 0);
+	req.incarnation = 99;
+	CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+	req.incarnation = 0;
+	CHECK(pd_state_serialize(s1, &ser, &e) == PD_OK);
+	CHECK(pd_state_deserialize(s2, ser.data, ser.len, &e) == PD_OK);
+	CHECK(pd_state_identities(s2) == 2 && pd_state_incarnation(s2) == 99);
+	CHECK(pd_state_time_nanos(s2) == 1000 && pd_state_schema(s2) == pd_state_schema(s1));
+	CHECK(strcmp(pd_state_col(s2, 0), "alloc_space/bytes") == 0);
+	ser.data[ser.len / 2] ^= 1; /* corruption is detected */
+	CHECK(pd_state_deserialize(s2, ser.data, ser.len, &e) == PD_E_STATE);
+	CHECK(!pd_state_valid(s2));
+	pd_buf_free(&out);
+	pd_buf_free(&ser);
+	pd_state_free(s0);
+	pd_state_free(s1);
+	pd_state_free(s2);
+}
+
+int main(void)
+{
+	eng = pd_engine_new(NULL);
+	pd_req_default(&req);
+	req.gzip_level = 0;
+	test_basic_delta();
+	test_identity_invariance();
+	test_resets();
+	test_truncation_and_limits();
+	test_gzip_bomb();
+	test_state_roundtrip();
+	pd_engine_free(eng);
+	return TH_DONE();
+}
