@@ -81,7 +81,8 @@ $(LIBPDELTA_SO): $(CLIENT_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libpdelta.so.1 $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
-$(BINDIR)/pdelta: $(call obj,client/pdelta_cli.c) $(LIBPDELTA_A)
+PDELTA_CLI_SRC := client/pdelta_cli.c $(wildcard client/pdelta_send.c)
+$(BINDIR)/pdelta: $(call obj,$(PDELTA_CLI_SRC)) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 

@@ -405,7 +405,8 @@ out:
 	return rc;
 }
 
-int pdelta_cmd_send(int argc, char **argv);
+/* Provided by client/pdelta_send.c when the client library is built. */
+int pdelta_cmd_send(int argc, char **argv) __attribute__((weak));
 
 int main(int argc, char **argv)
 {
@@ -422,6 +423,13 @@ int main(int argc, char **argv)
 		return argc < 2 ? 2 : 0;
 	}
 	cmd = argv[1];
+	if (strcmp(cmd, "send") == 0) {
+		if (!pdelta_cmd_send) {
+			fprintf(stderr, "pdelta: send is not built into this binary\n");
+			return 2;
+		}
+		return pdelta_cmd_send(argc - 1, argv + 1);
+	}
 	if ((rc = parse_opts(&c, argc - 1, argv + 1, &e)))
 		goto out;
 	argc -= optind + 1;

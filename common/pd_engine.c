@@ -820,23 +820,11 @@ static inline int label_hash(pd_engine *g, const uint8_t *p, size_t n, pd_h128 *
 	return 0;
 }
 
-/* Decodes packed/unpacked varints of a sample field; fast path for 1-2 bytes. */
-static inline int next_varint(pd_rd *r, uint64_t *v)
+/* Varint of a sample field: location ids are 1-2 bytes, values longer. */
+static inline int next_varint(const pd_engine *g, pd_rd *r, uint64_t *v, int wide)
 {
-	const uint8_t *p = r->p;
-	if (r->end - p >= 2) {
-		if (p[0] < 0x80) {
-			*v = p[0];
-			r->p = p + 1;
-			return 0;
-		}
-		if (p[1] < 0x80) {
-			*v = (uint64_t)(p[0] & 0x7f) | (uint64_t)p[1] << 7;
-			r->p = p + 2;
-			return 0;
-		}
-	}
-	return pd_rd_varint(r, v);
+	const uint8_t *bend = g->base + g->len;
+	return wide ? pd_varint8(&r->p, r->end, bend, v) : pd_varint2(&r->p, r->end, bend, v);
 }
 
 /*
@@ -875,7 +863,7 @@ static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, p
 				return malformed(e, "sample", i);
 			}
 			do {
-				if (next_varint(&in, &v))
+				if (next_varint(g, &in, &v, f == 2))
 					return malformed(e, "sample", i);
 				if (f == 1) {
 					uint32_t x = dense ? (v < dense_n ? dense[v] : 0)
@@ -1113,7 +1101,7 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 			return;
 		if (f == 1 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
 			pd_rd in = pd_rd_make(p, n);
-			while (pd_rd_more(&in) && !next_varint(&in, &v)) /* ids were validated */
+			while (pd_rd_more(&in) && !next_varint(g, &in, &v, 0)) /* ids were validated */
 				g->loc_cnt[(dense ? dense[v] : idmap_get(&g->loc_ids, v)) - 1] += d;
 		} else if (f == 1 && wt == PB_VARINT && !pd_rd_varint(&r, &v)) {
 			g->loc_cnt[idmap_get(&g->loc_ids, v) - 1] += d;

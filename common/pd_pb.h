@@ -106,6 +106,70 @@ static inline int pd_rd_skip(pd_rd *r, uint32_t wt)
 	}
 }
 
+/*
+ * Branch-light varint decoders for hot loops. Variable-length varints make
+ * byte-at-a-time loops mispredict; these read a fixed window and compute the
+ * length arithmetically. They may read past the field (never past bend, the
+ * end of the whole buffer); the result is only accepted if it ends within
+ * fend. Return 0 on success, -1 on malformed input.
+ */
+static inline int pd_varint2(const uint8_t **pp, const uint8_t *fend, const uint8_t *bend,
+			     uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	if (__builtin_expect(bend - p >= 2, 1)) {
+		uint32_t b0 = p[0], b1 = p[1], c0 = b0 >> 7;
+		if (__builtin_expect(!(c0 & (b1 >> 7)), 1)) {
+			*v = (b0 & 0x7f) | ((b1 << 7) & (0u - c0) & 0x3f80u);
+			p += 1 + c0;
+			if (p > fend)
+				return -1;
+			*pp = p;
+			return 0;
+		}
+	}
+	{
+		pd_rd r = {p, fend};
+		if (pd_rd_varint(&r, v))
+			return -1;
+		*pp = r.p;
+		return 0;
+	}
+}
+
+static inline int pd_varint8(const uint8_t **pp, const uint8_t *fend, const uint8_t *bend,
+			     uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	if (__builtin_expect(bend - p >= 8, 1)) {
+		uint64_t x, stop;
+		memcpy(&x, p, 8); /* little-endian hosts (x86-64, arm64) */
+		stop = ~x & 0x8080808080808080ULL;
+		if (__builtin_expect(stop != 0, 1)) {
+			unsigned bits = (unsigned)__builtin_ctzll(stop) + 1; /* 8, 16, ... 64 */
+			if (bits < 64)
+				x &= (1ULL << bits) - 1;
+			x &= 0x7f7f7f7f7f7f7f7fULL;
+			*v = (x & 0x7f) | (x >> 1 & 0x3f80ULL) | (x >> 2 & 0x1fc000ULL) |
+			     (x >> 3 & 0xfe00000ULL) | (x >> 4 & 0x7f0000000ULL) |
+			     (x >> 5 & 0x3f800000000ULL) | (x >> 6 & 0x1fc0000000000ULL) |
+			     (x >> 7 & 0xfe000000000000ULL);
+			p += bits >> 3;
+			if (p > fend)
+				return -1;
+			*pp = p;
+			return 0;
+		}
+	}
+	{
+		pd_rd r = {p, fend};
+		if (pd_rd_varint(&r, v))
+			return -1;
+		*pp = r.p;
+		return 0;
+	}
+}
+
 static inline size_t pd_varint_size(uint64_t v)
 {
 	size_t n = 1;
