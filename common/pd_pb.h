@@ -113,6 +113,15 @@ static inline int pd_rd_skip(pd_rd *r, uint32_t wt)
  * end of the whole buffer); the result is only accepted if it ends within
  * fend. Return 0 on success, -1 on malformed input.
  */
+static inline int pd_varint_slow(const uint8_t **pp, const uint8_t *fend, uint64_t *v)
+{
+	pd_rd r = {*pp, fend};
+	if (pd_rd_varint(&r, v))
+		return -1;
+	*pp = r.p;
+	return 0;
+}
+
 static inline int pd_varint2(const uint8_t **pp, const uint8_t *fend, const uint8_t *bend,
 			     uint64_t *v)
 {
@@ -128,13 +137,7 @@ static inline int pd_varint2(const uint8_t **pp, const uint8_t *fend, const uint
 			return 0;
 		}
 	}
-	{
-		pd_rd r = {p, fend};
-		if (pd_rd_varint(&r, v))
-			return -1;
-		*pp = r.p;
-		return 0;
-	}
+	return pd_varint_slow(pp, fend, v);
 }
 
 static inline int pd_varint8(const uint8_t **pp, const uint8_t *fend, const uint8_t *bend,
@@ -161,13 +164,7 @@ static inline int pd_varint8(const uint8_t **pp, const uint8_t *fend, const uint
 			return 0;
 		}
 	}
-	{
-		pd_rd r = {p, fend};
-		if (pd_rd_varint(&r, v))
-			return -1;
-		*pp = r.p;
-		return 0;
-	}
+	return pd_varint_slow(pp, fend, v);
 }
 
 static inline size_t pd_varint_size(uint64_t v)
