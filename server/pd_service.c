@@ -1,0 +1,1166 @@
+/*
+ * pd_service: the delta service of pdeltad (see pd_service.h for the
+ * contract). This file holds the lifecycle, the worker pool, the delta job
+ * path (verify upload -> load stream -> sequence rules -> engine -> put_if ->
+ * completion) and the TTL janitor; pd_service_table.c holds the stream
+ * table, cache and pools, pd_service_admin.c the admin commands.
+ *
+ * Flow of a delta job: pd_job_begin (admission) -> pd_job_data (capped
+ * buffer) -> pd_job_submit (appended to its stream's FIFO) -> a worker takes
+ * the stream (busy) and runs the job -> pd_store_put_if_async -> the store
+ * writer's completion swaps the new state into the cache, calls done, and
+ * releases the stream (its next op becomes runnable). Errors before the put
+ * complete the job on the worker. A put_if version conflict (the row changed
+ * under us: TTL expiry, an unknown-outcome commit, another node) drops the
+ * cached row and runs the job again from the store, at most
+ * PD_SVC_CAS_RETRIES times.
+ *
+ * Threads: N workers, one janitor, plus the store's writer thread (which
+ * runs put completions). Callers' threads only queue and signal.
+ *
+ * Lock order: svc->mu is the only lock of the service; it is a leaf with
+ * respect to the store (never held while calling pd_store_*, whose internal
+ * locks may be held while it calls our completions, which then take mu) and
+ * never held while calling a caller's done callback.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "pd_service_int.h"
+#include "pdelta_proto.h"
+
+enum { SEQ_APPLY = 0, SEQ_DUPLICATE = -1 };
+
+static const double lat_bounds_ms[10] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000};
+
+int64_t pd_svc_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void pd_service_opts_init(pd_service_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->cache_bytes = (size_t)256 << 20;
+	o->stream_ttl_ms = (int64_t)7 * 24 * 3600 * 1000;
+	o->max_streams_per_tenant = 100000;
+	o->max_queued_jobs = 4096;
+	o->chunk_bytes = 65536;
+	o->gzip_level = 1;
+	o->janitor_interval_ms = 5000;
+	pd_limits_default(&o->limits);
+	pd_store_opts_init(&o->store);
+}
+
+/* ---- queues --------------------------------------------------------------------- */
+
+void pd_svc_push_global(pd_service *s, pd_job *j)
+{
+	j->next = NULL;
+	if (s->gq_tail)
+		s->gq_tail->next = j;
+	else
+		s->gq_head = j;
+	s->gq_tail = j;
+	pthread_cond_signal(&s->work_cv);
+}
+
+void pd_svc_push_stream(pd_service *s, pd_stream *st, pd_job *j)
+{
+	j->next = NULL;
+	j->st = st;
+	if (st->qtail)
+		st->qtail->next = j;
+	else
+		st->qhead = j;
+	st->qtail = j;
+	s->st.jobs_queued++;
+	pd_svc_push_run(s, st);
+}
+
+static void push_stream_front(pd_service *s, pd_stream *st, pd_job *j)
+{
+	j->next = st->qhead;
+	st->qhead = j;
+	if (!st->qtail)
+		st->qtail = j;
+	s->st.jobs_queued++;
+}
+
+static void op_done_locked(pd_service *s)
+{
+	if (--s->outstanding == 0)
+		pthread_cond_broadcast(&s->idle_cv);
+}
+
+void pd_svc_op_finished(pd_service *s)
+{
+	pthread_mutex_lock(&s->mu);
+	op_done_locked(s);
+	pthread_mutex_unlock(&s->mu);
+}
+
+void pd_svc_release(pd_service *s, pd_stream *st)
+{
+	pd_stream *victims;
+
+	pthread_mutex_lock(&s->mu);
+	st->busy = 0;
+	pd_svc_push_run(s, st);
+	victims = pd_svc_evict(s);
+	op_done_locked(s);
+	pthread_mutex_unlock(&s->mu);
+	pd_svc_free_streams(victims);
+}
+
+/* ---- job API -------------------------------------------------------------------- */
+
+int pd_svc_job_strings(pd_job *j, const char *const *in, const char **out, size_t n, pd_err *e)
+{
+	size_t total = 0, off = 0;
+
+	for (size_t i = 0; i < n; i++)
+		total += in[i] ? strlen(in[i]) + 1 : 0;
+	if (total > j->strs_alloc) {
+		char *p = realloc(j->strs, total);
+		if (!p)
+			return pd_err_set(e, PD_E_NOMEM, "out of memory for request strings");
+		j->strs = p;
+		j->strs_alloc = total;
+	}
+	for (size_t i = 0; i < n; i++) {
+		size_t l;
+		out[i] = NULL;
+		if (!in[i])
+			continue;
+		l = strlen(in[i]) + 1;
+		memcpy(j->strs + off, in[i], l);
+		out[i] = j->strs + off;
+		off += l;
+	}
+	return PD_OK;
+}
+
+static int check_params(const pd_job_params *p, pd_err *e)
+{
+	if (!p->tenant || !*p->tenant || !p->stream || !*p->stream)
+		return pd_err_set(e, PD_E_ARG, "tenant and stream are required");
+	if (strlen(p->tenant) > 1024 || strlen(p->stream) > 1024)
+		return pd_err_set(e, PD_E_ARG, "tenant or stream name too long");
+	if (p->noverrides > PD_SVC_MAX_OVERRIDES)
+		return pd_err_set(e, PD_E_ARG, "more than %d overrides", PD_SVC_MAX_OVERRIDES);
+	for (size_t i = 0; i < p->noverrides; i++)
+		if (!p->overrides[i].name)
+			return pd_err_set(e, PD_E_ARG, "override without a name");
+	return PD_OK;
+}
+
+static int admit(pd_service *s, pd_err *e)
+{
+	int rc = PD_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if (s->stopping) {
+		rc = pd_err_set(e, PD_E_BUSY, "service shutting down");
+	} else if (s->admitted >= s->o.max_queued_jobs) {
+		s->st.busy_rejects++;
+		rc = pd_err_set(e, PD_E_BUSY, "too many queued jobs (%zu)", s->o.max_queued_jobs);
+	} else {
+		s->admitted++;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+static void unadmit(pd_service *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->admitted--;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static int copy_params(pd_job *j, const pd_job_params *p, pd_err *e)
+{
+	const char *in[2 + PD_SVC_MAX_OVERRIDES], *out[2 + PD_SVC_MAX_OVERRIDES];
+	int rc;
+
+	in[0] = p->tenant;
+	in[1] = p->stream;
+	for (size_t i = 0; i < p->noverrides; i++)
+		in[2 + i] = p->overrides[i].name;
+	if ((rc = pd_svc_job_strings(j, in, out, 2 + p->noverrides, e)))
+		return rc;
+	j->tenant = out[0];
+	j->stream = out[1];
+	for (size_t i = 0; i < p->noverrides; i++) {
+		j->ovr[i].name = out[2 + i];
+		j->ovr[i].policy = p->overrides[i].policy;
+	}
+	j->novr = p->noverrides;
+	j->seq = p->seq;
+	j->incarnation = p->incarnation;
+	j->producer_start_ns = p->producer_start_ns;
+	j->first_policy = p->first_policy;
+	return PD_OK;
+}
+
+static size_t out_cap(const pd_limits *l)
+{
+	uint64_t c = l->max_inflated > (SIZE_MAX >> 2) ? (SIZE_MAX >> 1) : l->max_inflated * 2;
+	return (size_t)c + ((size_t)1 << 20);
+}
+
+int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e)
+{
+	pd_job *j;
+	int rc;
+
+	*out = NULL;
+	if ((rc = check_params(p, e)) || (rc = admit(s, e)))
+		return rc;
+	if (!(j = pd_svc_job_get(s))) {
+		unadmit(s);
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for a job");
+	}
+	j->svc = s;
+	j->kind = PD_OP_DELTA;
+	j->in.cap = s->o.limits.max_input ? (size_t)s->o.limits.max_input : SIZE_MAX;
+	j->out.cap = out_cap(&s->o.limits);
+	if ((rc = copy_params(j, p, e))) {
+		unadmit(s);
+		pd_svc_job_put(s, j);
+		return rc;
+	}
+	*out = j;
+	return PD_OK;
+}
+
+int pd_job_data(pd_job *j, const void *p, size_t n, pd_err *e)
+{
+	pd_service *s = j->svc;
+	int rc;
+
+	if (j->data_rc)
+		return pd_err_set(e, j->data_rc, "%s", j->data_err.msg);
+	if (!(rc = pd_buf_append(&j->in, p, n, &j->data_err)))
+		return PD_OK;
+	if (rc == PD_E_LIMIT) {
+		pd_err_set(&j->data_err, rc, "upload exceeds max_input (%llu bytes)",
+			   (unsigned long long)s->o.limits.max_input);
+		pthread_mutex_lock(&s->mu);
+		s->st.upload_limit_hits++;
+		pthread_mutex_unlock(&s->mu);
+	}
+	j->data_rc = rc;
+	return pd_err_set(e, rc, "%s", j->data_err.msg);
+}
+
+void pd_job_submit(pd_job *j, const uint8_t hash[16], uint64_t total_len, pd_job_done_fn done,
+		   void *arg)
+{
+	pd_service *s = j->svc;
+	pd_stream *st;
+
+	memcpy(j->hash, hash, sizeof j->hash);
+	j->total_len = total_len;
+	j->done = done;
+	j->arg = arg;
+	j->submitted = 1;
+	j->t_submit = pd_now_ns();
+	pthread_mutex_lock(&s->mu);
+	if (s->quit) {
+		/* The workers are gone (pd_service_free): fail here and now. */
+		pthread_mutex_unlock(&s->mu);
+		j->res.rc = pd_err_set(&j->res.err, PD_E_BUSY, "service shut down");
+		j->res.detail = PD_DETAIL_SHUTTING_DOWN;
+		j->res.seq = j->seq;
+		unadmit(s);
+		done(arg, j, &j->res);
+		return;
+	}
+	s->outstanding++;
+	s->st.bytes_in += j->in.len;
+	st = pd_svc_stream(s, j->tenant, j->stream, 1);
+	if (st) {
+		pd_svc_lru_touch(s, st);
+		pd_svc_push_stream(s, st, j);
+	} else {
+		/* Completed on a worker: callbacks never run on the caller's thread. */
+		j->kind = PD_OP_FAIL;
+		j->res.rc = pd_err_set(&j->res.err, PD_E_NOMEM, "out of memory for the stream");
+		pd_svc_push_global(s, j);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+void pd_job_abort(pd_job *j)
+{
+	if (!j)
+		return;
+	unadmit(j->svc);
+	pd_svc_job_put(j->svc, j);
+}
+
+void pd_job_cancel(pd_job *j) { atomic_store(&j->cancelled, 1); }
+
+void pd_job_free(pd_job *j)
+{
+	if (j)
+		pd_svc_job_put(j->svc, j);
+}
+
+/* ---- job completion ------------------------------------------------------------ */
+
+static int job_fail(pd_job *j, int rc, int detail, uint64_t value)
+{
+	j->res.rc = rc;
+	j->res.err.code = rc;
+	j->res.detail = detail;
+	j->res.detail_value = value;
+	return rc;
+}
+
+static void hist_add(uint64_t *le, uint64_t ns)
+{
+	for (size_t i = 0; i < 10; i++)
+		if ((double)ns <= lat_bounds_ms[i] * 1e6)
+			le[i]++;
+	le[10]++;
+}
+
+static void count_result(pd_service *s, const pd_job *j)
+{
+	const pd_job_result *r = &j->res;
+	pd_service_stats *st = &s->st;
+	uint64_t total = pd_now_ns() - j->t_submit;
+
+	if (r->rc) {
+		st->errors_by_code[r->rc > 0 && r->rc < PD_E__COUNT ? r->rc : PD_E_INTERNAL]++;
+		return;
+	}
+	st->requests_by_status[r->status]++;
+	if (r->status == PD_STATUS_BASELINE && r->reason >= 0 && r->reason < 5)
+		st->baselines_by_reason[r->reason]++;
+	st->bytes_out += r->out_len;
+	hist_add(st->lat_total, total);
+	hist_add(st->lat_engine, r->ns_engine);
+	hist_add(st->lat_commit, r->ns_commit);
+	st->lat_total_sum_ns += total;
+	st->lat_engine_sum_ns += r->ns_engine;
+	st->lat_commit_sum_ns += r->ns_commit;
+	st->lat_count++;
+}
+
+/* Completes a delta job (done is called) and releases its stream. */
+static void job_finish(pd_job *j)
+{
+	pd_service *s = j->svc;
+	pd_stream *st = j->kind == PD_OP_FAIL ? NULL : j->st;
+	pd_job_result *r = &j->res;
+
+	r->seq = j->seq;
+	if (r->rc) {
+		r->out = NULL;
+		r->out_len = 0;
+		r->out_crc32 = 0;
+		if (!r->err.msg[0])
+			pd_err_set(&r->err, r->rc, "%s", pd_code_name(r->rc));
+	} else {
+		r->out = j->out.data;
+		r->out_len = j->out.len;
+		r->out_crc32 = j->crc;
+		r->err.code = PD_OK;
+		r->err.msg[0] = 0;
+	}
+	pthread_mutex_lock(&s->mu);
+	pd_svc_state_put(s, j->next_state);
+	j->next_state = NULL;
+	if (j->new_stream)
+		st->ten->pending--;
+	j->new_stream = 0;
+	count_result(s, j);
+	if (r->rc == PD_E_TIMEOUT && r->detail == PD_DETAIL_CANCELLED)
+		s->st.jobs_cancelled++;
+	s->admitted--;
+	if (st)
+		s->st.jobs_running--; /* counters are final when done runs */
+	pthread_mutex_unlock(&s->mu);
+	j->done(j->arg, j, r); /* j belongs to the caller from here on */
+	if (st)
+		pd_svc_release(s, st);
+	else
+		pd_svc_op_finished(s);
+}
+
+/* The put_if found another row version: forget the cached row and run the
+ * job again from what the store holds. */
+static void job_requeue(pd_job *j)
+{
+	pd_service *s = j->svc;
+	pd_stream *st = j->st;
+	pd_stream *victims;
+
+	pthread_mutex_lock(&s->mu);
+	pd_svc_state_put(s, j->next_state);
+	j->next_state = NULL;
+	if (j->new_stream)
+		st->ten->pending--;
+	j->new_stream = 0;
+	j->retries++;
+	s->st.store_conflicts++;
+	pd_svc_unload(s, st);
+	push_stream_front(s, st, j);
+	st->busy = 0;
+	s->st.jobs_running--;
+	pd_svc_push_run(s, st);
+	victims = pd_svc_evict(s);
+	pthread_mutex_unlock(&s->mu);
+	pd_svc_free_streams(victims);
+}
+
+/* ---- delta job steps (worker, stream busy) ------------------------------------ */
+
+static int verify_upload(pd_worker *w, pd_job *j)
+{
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	if (j->total_len != j->in.len) {
+		pd_err_set(&j->res.err, PD_E_MALFORMED, "upload length %zu, DATA_END says %llu",
+			   j->in.len, (unsigned long long)j->total_len);
+		return job_fail(j, PD_E_MALFORMED, PD_DETAIL_LENGTH_MISMATCH, j->in.len);
+	}
+	if (!EVP_DigestInit_ex(w->md_ctx, w->svc->sha256, NULL) ||
+	    !EVP_DigestUpdate(w->md_ctx, j->in.data ? j->in.data : md, j->in.len) ||
+	    !EVP_DigestFinal_ex(w->md_ctx, md, &mdlen) || mdlen < 16) {
+		pd_err_set(&j->res.err, PD_E_INTERNAL, "SHA-256 failed");
+		return job_fail(j, PD_E_INTERNAL, PD_DETAIL_NONE, 0);
+	}
+	if (memcmp(md, j->hash, 16)) {
+		pd_err_set(&j->res.err, PD_E_MALFORMED, "upload content hash mismatch");
+		return job_fail(j, PD_E_MALFORMED, PD_DETAIL_HASH_MISMATCH, 0);
+	}
+	return PD_OK;
+}
+
+static int reason_from_str(const char *r)
+{
+	static const char *const names[] = {"", "first", "reset", "evicted", "moved"};
+
+	for (int i = 1; r && i < 5; i++)
+		if (!strcmp(r, names[i]))
+			return i;
+	return PD_REASON_NONE;
+}
+
+static const char *reason_str(int reason)
+{
+	return reason > PD_REASON_NONE && reason <= PD_REASON_MOVED ? pd_reason_name(reason) : "";
+}
+
+static void set_absent(pd_stream *st)
+{
+	st->exists = 0;
+	st->version = st->last_seq = st->incarnation = st->deltas_served = st->resets = 0;
+	st->last_status = st->last_reason = 0;
+	st->last_samples_in = st->last_samples_out = 0;
+	st->last_out_len = 0;
+	st->last_crc = 0;
+	st->created_ms = st->last_seen_ms = st->last_time_nanos = 0;
+	st->last_reset_reason[0] = 0;
+}
+
+static int keep_response(pd_stream *st, const uint8_t *p, size_t n, uint32_t crc)
+{
+	if (n > st->last_out_alloc) {
+		uint8_t *q = realloc(st->last_out, n);
+		if (!q)
+			return PD_E_NOMEM;
+		st->last_out = q;
+		st->last_out_alloc = n;
+	}
+	if (n)
+		memcpy(st->last_out, p, n);
+	st->last_out_len = n;
+	st->last_crc = crc;
+	return PD_OK;
+}
+
+/* Copies the row's metadata and response into the (busy) stream. */
+static int fill_from_rec(pd_stream *st, const pd_stream_rec *r)
+{
+	st->exists = 1;
+	st->version = r->version;
+	st->last_seq = r->last_seq;
+	memcpy(st->last_hash, r->last_hash, sizeof st->last_hash);
+	st->incarnation = r->incarnation;
+	st->deltas_served = r->deltas_served;
+	st->resets = r->resets;
+	st->last_status = r->last_status;
+	st->last_reason = reason_from_str(r->last_reason);
+	st->last_samples_in = r->last_samples_in;
+	st->last_samples_out = r->last_samples_out;
+	st->created_ms = r->created_ms;
+	st->last_seen_ms = r->last_seen_ms;
+	st->last_time_nanos = r->last_time_nanos;
+	snprintf(st->last_reset_reason, sizeof st->last_reset_reason, "%s",
+		 r->last_reset_reason ? r->last_reset_reason : "");
+	return keep_response(st, r->last_delta, r->last_delta_len,
+			     (uint32_t)crc32(crc32(0L, Z_NULL, 0), r->last_delta,
+					     (uInt)r->last_delta_len));
+}
+
+/* Reads the stream's row. A state blob that does not deserialize is treated
+ * as no state (the next profile is a BASELINE): better than a stream that
+ * fails forever. */
+static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
+{
+	pd_service *s = w->svc;
+	pd_state *ps = NULL;
+	int rc = pd_store_get(s->store, st->tenant, st->name, &w->rec, e);
+
+	if (rc == PD_E_NOTFOUND) {
+		set_absent(st);
+	} else if (rc) {
+		return rc;
+	} else if ((rc = fill_from_rec(st, &w->rec))) {
+		return pd_err_set(e, rc, "out of memory loading stream");
+	} else if (w->rec.state_len) {
+		pthread_mutex_lock(&s->mu);
+		ps = pd_svc_state_get(s);
+		pthread_mutex_unlock(&s->mu);
+		if (!ps)
+			return pd_err_set(e, PD_E_NOMEM, "out of memory loading stream");
+		if (pd_state_deserialize(ps, w->rec.state, w->rec.state_len, NULL))
+			pd_state_clear(ps);
+	}
+	pthread_mutex_lock(&s->mu);
+	pd_svc_state_put(s, st->state);
+	st->state = ps;
+	st->loaded = 1;
+	pd_svc_account(s, st);
+	pthread_mutex_unlock(&s->mu);
+	return PD_OK;
+}
+
+static int has_state(const pd_stream *st) { return st->state && pd_state_valid(st->state); }
+
+/* PROTOCOL.md §8: SEQ_APPLY, SEQ_DUPLICATE or a PD_E_SEQ error. */
+static int check_sequence(pd_stream *st, pd_job *j)
+{
+	if (!st->exists || !has_state(st) || j->incarnation != st->incarnation)
+		return SEQ_APPLY;
+	if (j->seq > st->last_seq)
+		return SEQ_APPLY;
+	if (j->seq == st->last_seq && !memcmp(j->hash, st->last_hash, sizeof j->hash))
+		return SEQ_DUPLICATE;
+	if (j->seq == st->last_seq) {
+		pd_err_set(&j->res.err, PD_E_SEQ, "seq %llu was already applied with other content",
+			   (unsigned long long)j->seq);
+		return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_CONFLICT, st->last_seq);
+	}
+	pd_err_set(&j->res.err, PD_E_SEQ, "seq %llu is older than the last applied %llu",
+		   (unsigned long long)j->seq, (unsigned long long)st->last_seq);
+	return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_STALE, st->last_seq);
+}
+
+static int replay_duplicate(pd_job *j, const pd_stream *st)
+{
+	pd_buf_reset(&j->out);
+	if (pd_buf_append(&j->out, st->last_out, st->last_out_len, &j->res.err))
+		return job_fail(j, j->res.err.code, PD_DETAIL_NONE, 0);
+	j->crc = st->last_crc;
+	j->res.status = PD_STATUS_DUPLICATE;
+	j->res.orig_status = st->last_status;
+	j->res.reason = st->last_reason;
+	j->res.samples_in = (uint32_t)st->last_samples_in;
+	j->res.samples_out = (uint32_t)st->last_samples_out;
+	return PD_OK;
+}
+
+/* A stream that is not stored yet takes a slot of its tenant's limit. */
+static int reserve_new_stream(pd_service *s, pd_stream *st, pd_job *j)
+{
+	int rc = PD_OK;
+	pd_tenant *t = st->ten;
+
+	if (st->exists)
+		return PD_OK;
+	pthread_mutex_lock(&s->mu);
+	if (t->committed + t->pending >= s->o.max_streams_per_tenant) {
+		s->st.stream_limit_hits++;
+		pd_err_set(&j->res.err, PD_E_LIMIT, "tenant %s is at its limit of %llu streams",
+			   t->name, (unsigned long long)s->o.max_streams_per_tenant);
+		rc = job_fail(j, PD_E_LIMIT, PD_DETAIL_STREAM_LIMIT, s->o.max_streams_per_tenant);
+	} else {
+		t->pending++;
+		j->new_stream = 1;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+static int job_sink(void *ctx, const uint8_t *p, size_t n)
+{
+	pd_job *j = ctx;
+
+	if (pd_buf_append(&j->out, p, n, NULL))
+		return -1;
+	j->crc = (uint32_t)crc32(j->crc, p, (uInt)n);
+	return 0;
+}
+
+static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
+{
+	pd_service *s = w->svc;
+	pd_req req;
+	uint64_t t0 = pd_now_ns();
+	int rc;
+
+	if (!w->next) {
+		pthread_mutex_lock(&s->mu);
+		w->next = pd_svc_state_get(s);
+		pthread_mutex_unlock(&s->mu);
+		if (!w->next)
+			return job_fail(j, pd_err_set(&j->res.err, PD_E_NOMEM, "out of memory"),
+					PD_DETAIL_NONE, 0);
+	}
+	pd_req_default(&req);
+	req.first_policy = j->first_policy;
+	req.overrides = j->ovr;
+	req.noverrides = j->novr;
+	req.incarnation = j->incarnation;
+	req.producer_start_ns = j->producer_start_ns;
+	req.last_seen_ns = st->last_seen_ms > 0 ? st->last_seen_ms * 1000000 : 0;
+	req.gzip_level = s->o.gzip_level;
+	req.chunk = s->o.chunk_bytes;
+	pd_buf_reset(&j->out);
+	j->crc = (uint32_t)crc32(0L, Z_NULL, 0);
+	rc = pd_engine_run(w->eng, j->in.data, j->in.len, has_state(st) ? st->state : w->empty,
+			   w->next, &req, job_sink, j, &j->res.engine, &j->res.err);
+	j->res.ns_engine = pd_now_ns() - t0;
+	if (rc == PD_E_LIMIT) {
+		pthread_mutex_lock(&s->mu);
+		s->st.input_limit_hits++;
+		pthread_mutex_unlock(&s->mu);
+		return job_fail(j, rc, PD_DETAIL_INPUT_LIMIT, 0);
+	}
+	if (rc)
+		return job_fail(j, rc, PD_DETAIL_NONE, 0);
+	j->res.status = j->res.orig_status = j->res.engine.status;
+	j->res.reason = j->res.engine.reason;
+	j->res.samples_in = j->res.engine.samples_in;
+	j->res.samples_out = j->res.engine.samples_out;
+	if (j->res.reason == PD_REASON_RESET)
+		snprintf(j->reset_why, sizeof j->reset_why, "%s", j->res.engine.why);
+	return PD_OK;
+}
+
+static void store_done(void *arg, int rc, uint64_t latency_ns);
+
+/* Queues the new row; the store's completion finishes the job. */
+static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
+{
+	pd_service *s = w->svc;
+	pd_stream_rec rec;
+	int reset = j->res.reason == PD_REASON_RESET, rc;
+
+	pd_buf_reset(&w->ser);
+	if ((rc = pd_state_serialize(w->next, &w->ser, &j->res.err)))
+		return job_fail(j, rc, PD_DETAIL_NONE, 0);
+	j->now_ms = pd_svc_now_ms();
+	memset(&rec, 0, sizeof rec);
+	rec.tenant = st->tenant;
+	rec.name = st->name;
+	rec.state = w->ser.data;
+	rec.state_len = w->ser.len;
+	rec.identities = pd_state_identities(w->next);
+	rec.state_bytes = pd_state_mem_bytes(w->next);
+	rec.last_seq = j->seq;
+	memcpy(rec.last_hash, j->hash, sizeof rec.last_hash);
+	rec.last_status = j->res.status;
+	rec.last_reason = reason_str(j->res.reason);
+	rec.last_samples_in = j->res.samples_in;
+	rec.last_samples_out = j->res.samples_out;
+	rec.last_delta = j->out.data;
+	rec.last_delta_len = j->out.len;
+	rec.incarnation = j->incarnation;
+	rec.last_time_nanos = j->res.engine.time_nanos;
+	rec.created_ms = st->exists ? st->created_ms : j->now_ms;
+	rec.last_seen_ms = j->now_ms;
+	rec.deltas_served = st->deltas_served + 1;
+	rec.resets = st->resets + (uint64_t)reset;
+	rec.last_reset_reason = reset ? j->reset_why : st->last_reset_reason;
+	j->next_state = w->next;
+	w->next = NULL;
+	j->t_put = pd_now_ns();
+	rc = pd_store_put_if_async(s->store, &rec, st->exists ? st->version : 0, store_done, j);
+	if (rc) {
+		pd_err_set(&j->res.err, rc, "state store refused the write (%s)", pd_code_name(rc));
+		return job_fail(j, rc, rc == PD_E_BUSY ? PD_DETAIL_OVERLOADED : PD_DETAIL_NONE, 0);
+	}
+	return PD_OK;
+}
+
+/* The commit succeeded: the new state and response become the cached row. */
+static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
+{
+	int reset = j->res.reason == PD_REASON_RESET;
+	int kept = keep_response(st, j->out.data, j->out.len, j->crc);
+	pd_state *old;
+
+	st->version = st->exists ? st->version + 1 : 1;
+	if (!st->exists)
+		st->created_ms = j->now_ms;
+	st->exists = 1;
+	st->last_seq = j->seq;
+	memcpy(st->last_hash, j->hash, sizeof st->last_hash);
+	st->incarnation = j->incarnation;
+	st->last_status = j->res.status;
+	st->last_reason = j->res.reason;
+	st->last_samples_in = j->res.samples_in;
+	st->last_samples_out = j->res.samples_out;
+	st->last_seen_ms = j->now_ms;
+	st->last_time_nanos = j->res.engine.time_nanos;
+	st->deltas_served++;
+	st->resets += (uint64_t)reset;
+	if (reset)
+		memcpy(st->last_reset_reason, j->reset_why, sizeof st->last_reset_reason);
+	pthread_mutex_lock(&s->mu);
+	old = st->state;
+	st->state = j->next_state;
+	j->next_state = NULL;
+	pd_svc_state_put(s, old);
+	if (j->new_stream) {
+		st->ten->pending--;
+		st->ten->committed++;
+		j->new_stream = 0;
+	}
+	if (kept != PD_OK)
+		pd_svc_unload(s, st); /* no copy of the response: reread the row */
+	pd_svc_account(s, st);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void store_done(void *arg, int rc, uint64_t latency_ns)
+{
+	pd_job *j = arg;
+
+	j->res.ns_commit = pd_now_ns() - j->t_put;
+	if (rc == PD_OK) {
+		commit_apply(j->svc, j, j->st);
+	} else if (rc == PD_E_STATE && j->retries < PD_SVC_CAS_RETRIES) {
+		job_requeue(j);
+		return;
+	} else if (rc == PD_E_STATE) {
+		pd_err_set(&j->res.err, PD_E_STORE, "stream changed concurrently; retry");
+		job_fail(j, PD_E_STORE, PD_DETAIL_NONE, 0);
+	} else {
+		pd_err_set(&j->res.err, rc, "state commit failed (%s)", pd_code_name(rc));
+		job_fail(j, rc, PD_DETAIL_NONE, 0);
+	}
+	job_finish(j);
+}
+
+/* Everything before the sequence rules: cancel, upload checks, the row. */
+static int prepare(pd_worker *w, pd_job *j, pd_stream *st)
+{
+	int rc;
+
+	if (atomic_load(&j->cancelled)) {
+		pd_err_set(&j->res.err, PD_E_TIMEOUT, "request cancelled");
+		return job_fail(j, PD_E_TIMEOUT, PD_DETAIL_CANCELLED, 0);
+	}
+	if (j->data_rc) {
+		j->res.err = j->data_err;
+		if (j->data_rc == PD_E_LIMIT)
+			return job_fail(j, j->data_rc, PD_DETAIL_PROFILE_TOO_LARGE,
+					w->svc->o.limits.max_input);
+		return job_fail(j, j->data_rc, PD_DETAIL_NONE, 0);
+	}
+	if ((rc = verify_upload(w, j)))
+		return rc;
+	if (!st->loaded && (rc = load_stream(w, st, &j->res.err)))
+		return job_fail(j, rc, PD_DETAIL_NONE, 0);
+	return PD_OK;
+}
+
+static void run_delta(pd_worker *w, pd_job *j)
+{
+	pd_stream *st = j->st;
+	int rc;
+
+	j->t_start = pd_now_ns();
+	j->res.ns_queue = j->t_start - j->t_submit;
+	if (!(rc = prepare(w, j, st))) {
+		rc = check_sequence(st, j);
+		if (rc == SEQ_DUPLICATE) {
+			replay_duplicate(j, st);
+		} else if (rc == SEQ_APPLY && !reserve_new_stream(w->svc, st, j) &&
+			   !run_engine(w, j, st) && !commit_async(w, j, st)) {
+			return; /* store_done finishes it */
+		}
+	}
+	job_finish(j);
+}
+
+/* ---- workers --------------------------------------------------------------------- */
+
+static void run_stream_op(pd_worker *w, pd_job *j)
+{
+	if (j->kind == PD_OP_DELTA)
+		run_delta(w, j);
+	else
+		pd_svc_admin_stream_op(w, j);
+}
+
+static void run_global_op(pd_worker *w, pd_job *j)
+{
+	if (j->kind == PD_OP_FAIL)
+		job_finish(j);
+	else
+		pd_svc_admin_run(w, j);
+}
+
+static void *worker_main(void *arg)
+{
+	pd_worker *w = arg;
+	pd_service *s = w->svc;
+	pd_stream *st;
+	pd_job *j;
+
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		if ((j = s->gq_head)) {
+			if (!(s->gq_head = j->next))
+				s->gq_tail = NULL;
+			pthread_mutex_unlock(&s->mu);
+			run_global_op(w, j);
+			pthread_mutex_lock(&s->mu);
+		} else if ((st = s->run_head)) {
+			if (!(s->run_head = st->run_next))
+				s->run_tail = NULL;
+			st->in_runq = 0;
+			j = st->qhead;
+			if (!(st->qhead = j->next))
+				st->qtail = NULL;
+			st->busy = 1;
+			s->st.jobs_queued--;
+			s->st.jobs_running++;
+			pthread_mutex_unlock(&s->mu);
+			run_stream_op(w, j);
+			pthread_mutex_lock(&s->mu);
+		} else if (s->quit) {
+			break;
+		} else {
+			pthread_cond_wait(&s->work_cv, &s->mu);
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+static int worker_init(pd_service *s, pd_worker *w, pd_err *e)
+{
+	w->svc = s;
+	pd_buf_init(&w->ser, 0);
+	pd_buf_init(&w->json, (size_t)64 << 20);
+	w->eng = pd_engine_new(&s->o.limits);
+	w->next = pd_state_new();
+	w->empty = pd_state_new();
+	w->tmp = pd_state_new();
+	w->md_ctx = EVP_MD_CTX_new();
+	if (!w->eng || !w->next || !w->empty || !w->tmp || !w->md_ctx)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for a worker");
+	if (pthread_create(&w->tid, NULL, worker_main, w))
+		return pd_err_set(e, PD_E_INTERNAL, "cannot start a worker thread");
+	w->started = 1;
+	return PD_OK;
+}
+
+static void worker_free(pd_worker *w)
+{
+	pd_engine_free(w->eng);
+	pd_state_free(w->next);
+	pd_state_free(w->empty);
+	pd_state_free(w->tmp);
+	pd_buf_free(&w->ser);
+	pd_buf_free(&w->json);
+	pd_stream_rec_free(&w->rec);
+	EVP_MD_CTX_free(w->md_ctx);
+}
+
+/* ---- janitor --------------------------------------------------------------------- */
+
+struct tcount {
+	char *name;
+	uint64_t n;
+};
+
+struct tcount_vec {
+	struct tcount *v;
+	size_t n, alloc;
+	int oom;
+};
+
+static int collect_tenant(void *arg, const char *tenant, uint64_t streams, uint64_t state_bytes)
+{
+	struct tcount_vec *tv = arg;
+
+	if (tv->n == tv->alloc) {
+		size_t na = tv->alloc ? tv->alloc * 2 : 16;
+		struct tcount *p = realloc(tv->v, na * sizeof *p);
+		if (!p)
+			return tv->oom = 1;
+		tv->v = p;
+		tv->alloc = na;
+	}
+	if (!(tv->v[tv->n].name = strdup(tenant)))
+		return tv->oom = 1;
+	tv->v[tv->n++].n = streams;
+	return 0;
+}
+
+/* Sets every tenant's stored-stream count from the store. Creations that
+ * commit while the counts are read may be off by their number until the
+ * next recount: the limit is exact except right around a TTL sweep. */
+static int recount_tenants(pd_service *s, pd_err *e)
+{
+	struct tcount_vec tv = {0};
+	int rc = pd_store_tenant_totals(s->store, NULL, collect_tenant, &tv, e);
+
+	if (!rc && tv.oom)
+		rc = pd_err_set(e, PD_E_NOMEM, "out of memory counting streams");
+	if (!rc) {
+		pthread_mutex_lock(&s->mu);
+		for (size_t i = 0; i < s->ntbuckets; i++)
+			for (pd_tenant *t = s->tbuckets[i]; t; t = t->next)
+				t->committed = 0;
+		for (size_t i = 0; i < tv.n; i++) {
+			pd_tenant *t = pd_svc_tenant(s, tv.v[i].name, 1);
+			if (t)
+				t->committed = tv.v[i].n;
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	for (size_t i = 0; i < tv.n; i++)
+		free(tv.v[i].name);
+	free(tv.v);
+	return rc;
+}
+
+#define JANITOR_SCAN_MAX 4096u
+
+static void janitor_tick(pd_service *s)
+{
+	int64_t cutoff = pd_svc_now_ms() - s->o.stream_ttl_ms;
+	uint64_t n = 0;
+	pd_stream *victims;
+	pd_err e;
+
+	if (s->o.stream_ttl_ms <= 0)
+		return;
+	/* Streams still busy or cached keep their version: a put_if on an
+	 * expired row fails and the job is recomputed as a first profile. */
+	if (pd_store_expire(s->store, cutoff, &n, &e))
+		n = 0;
+	pthread_mutex_lock(&s->mu);
+	victims = pd_svc_drop_expired(s, cutoff, JANITOR_SCAN_MAX);
+	s->st.streams_expired += n;
+	pthread_mutex_unlock(&s->mu);
+	pd_svc_free_streams(victims);
+	if (n)
+		recount_tenants(s, &e);
+}
+
+static void *janitor_main(void *arg)
+{
+	pd_service *s = arg;
+	struct timespec ts;
+
+	pthread_mutex_lock(&s->mu);
+	while (!s->quit) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += s->o.janitor_interval_ms / 1000;
+		ts.tv_nsec += (long)(s->o.janitor_interval_ms % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		while (!s->quit && pthread_cond_timedwait(&s->jan_cv, &s->mu, &ts) == 0)
+			;
+		if (s->quit)
+			break;
+		pthread_mutex_unlock(&s->mu);
+		janitor_tick(s);
+		pthread_mutex_lock(&s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+static void normalize_opts(pd_service_opts *o)
+{
+	pd_service_opts d;
+	long n;
+
+	pd_service_opts_init(&d);
+	if (!o->workers) {
+		n = sysconf(_SC_NPROCESSORS_ONLN);
+		o->workers = n > 0 ? (unsigned)n : 1;
+	}
+	if (!o->cache_bytes)
+		o->cache_bytes = d.cache_bytes;
+	if (!o->max_streams_per_tenant)
+		o->max_streams_per_tenant = d.max_streams_per_tenant;
+	if (!o->max_queued_jobs)
+		o->max_queued_jobs = d.max_queued_jobs;
+	if (!o->chunk_bytes)
+		o->chunk_bytes = d.chunk_bytes;
+	if (!o->janitor_interval_ms)
+		o->janitor_interval_ms = d.janitor_interval_ms;
+	if (o->gzip_level < 0 || o->gzip_level > 9)
+		o->gzip_level = d.gzip_level;
+}
+
+static int init_sync(pd_service *s, pd_err *e)
+{
+	pthread_condattr_t ca;
+	int rc = 0;
+
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->work_cv, NULL);
+	pthread_cond_init(&s->idle_cv, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	rc = pthread_cond_init(&s->jan_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (rc)
+		return pd_err_set(e, PD_E_INTERNAL, "cannot create a condition variable");
+	if (!(s->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)))
+		return pd_err_set(e, PD_E_INTERNAL, "OpenSSL has no SHA-256");
+	return PD_OK;
+}
+
+static int start_threads(pd_service *s, pd_err *e)
+{
+	int rc;
+
+	if (!(s->workers = calloc(s->nworkers, sizeof *s->workers)))
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for workers");
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if ((rc = worker_init(s, &s->workers[i], e)))
+			return rc;
+	if (pthread_create(&s->janitor, NULL, janitor_main, s))
+		return pd_err_set(e, PD_E_INTERNAL, "cannot start the janitor thread");
+	s->janitor_started = 1;
+	return PD_OK;
+}
+
+static void stop_threads(pd_service *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->stopping = 1;
+	while (s->outstanding)
+		pthread_cond_wait(&s->idle_cv, &s->mu);
+	s->quit = 1;
+	pthread_cond_broadcast(&s->work_cv);
+	pthread_cond_broadcast(&s->jan_cv);
+	pthread_mutex_unlock(&s->mu);
+	for (unsigned i = 0; s->workers && i < s->nworkers; i++)
+		if (s->workers[i].started)
+			pthread_join(s->workers[i].tid, NULL);
+	if (s->janitor_started)
+		pthread_join(s->janitor, NULL);
+}
+
+void pd_svc_final_free(pd_service *s)
+{
+	pd_svc_table_free(s);
+	pthread_cond_destroy(&s->jan_cv);
+	pthread_cond_destroy(&s->idle_cv);
+	pthread_cond_destroy(&s->work_cv);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+/* Stops everything. Jobs the caller has not freed yet keep the table, pools
+ * and mutex alive; the last pd_job_free() frees them. */
+static void destroy(pd_service *s)
+{
+	int last;
+
+	stop_threads(s);
+	pd_store_close(s->store); /* runs the last completions, joins the writer */
+	s->store = NULL;
+	for (unsigned i = 0; s->workers && i < s->nworkers; i++)
+		worker_free(&s->workers[i]);
+	free(s->workers);
+	s->workers = NULL;
+	EVP_MD_free(s->sha256);
+	s->sha256 = NULL;
+	pthread_mutex_lock(&s->mu);
+	s->dead = 1;
+	last = s->live_jobs == 0;
+	pthread_mutex_unlock(&s->mu);
+	if (last)
+		pd_svc_final_free(s);
+}
+
+int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
+{
+	pd_service *s = calloc(1, sizeof *s);
+	int rc;
+
+	*out = NULL;
+	if (!s)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for the service");
+	s->o = *o;
+	normalize_opts(&s->o);
+	s->nworkers = s->o.workers;
+	s->start_ms = pd_svc_now_ms();
+	if ((rc = init_sync(s, e)) || (rc = pd_svc_table_init(s, e)) ||
+	    (rc = pd_store_open(&s->o.store, &s->store, e)) || (rc = recount_tenants(s, e)) ||
+	    (rc = start_threads(s, e))) {
+		destroy(s);
+		return rc;
+	}
+	*out = s;
+	return PD_OK;
+}
+
+void pd_service_free(pd_service *s)
+{
+	if (s)
+		destroy(s);
+}
+
+void pd_service_set_stats_hook(pd_service *s, pd_stats_json_fn fn, void *arg)
+{
+	pthread_mutex_lock(&s->mu);
+	s->stats_hook = fn;
+	s->stats_hook_arg = arg;
+	pthread_mutex_unlock(&s->mu);
+}
+
+void pd_service_stats_get(pd_service *s, pd_service_stats *out)
+{
+	pthread_mutex_lock(&s->mu);
+	*out = s->st;
+	out->streams_cached = s->nstreams;
+	out->cache_bytes = s->cache_bytes;
+	out->jobs_admitted = s->admitted;
+	out->tenants = s->ntenants;
+	pthread_mutex_unlock(&s->mu);
+	pd_store_stats(s->store, &out->store);
+}
+
+pd_store *pd_service_store(pd_service *s) { return s->store; }

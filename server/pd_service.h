@@ -1,0 +1,180 @@
+/*
+ * pd_service: the delta service of pdeltad, without any networking.
+ *
+ * It owns the worker pool (one pd_engine per worker, all cores), the
+ * per-stream ordering of requests, the hot-state cache (byte budget, LRU),
+ * idempotency (sequence number + content hash, DESIGN §2.7), the state store
+ * (pd_store.h: the response is completed only after the commit holding its
+ * state), per-tenant limits, the stream TTL janitor and the admin commands.
+ * The network layer (pd_conn / pd_server) turns frames into the calls below
+ * and turns completions back into frames.
+ *
+ * Threading contract:
+ *   - pd_job_begin/_data/_submit/_cancel and pd_service_admin are called
+ *     from any event-loop thread and never block (no disk, no CPU-heavy
+ *     work: _data only appends to a capped buffer).
+ *   - The completion callback runs on a service thread (worker or store
+ *     writer). It must not block: the network layer copies what it needs or
+ *     keeps the pd_job, and bounces to its event loop (event_active).
+ *   - After the completion the caller owns the job and frees it with
+ *     pd_job_free() (from any thread), after it has sent the output.
+ *   - Requests of one stream (tenant, name) are processed strictly in
+ *     submission order, whatever connection they come from. A stream is busy
+ *     from the moment a worker takes its job until that job's state commit
+ *     has completed; its completions therefore also arrive in that order.
+ *   - pd_service_free() waits for every submitted job (their callbacks
+ *     run). Jobs may outlive it: a job can still be freed, or a begun one
+ *     aborted, afterwards (the last pd_job_free releases what is left of the
+ *     service). A job submitted after the workers stopped completes at once,
+ *     on the caller's thread, with PD_E_BUSY / SHUTTING_DOWN; so submit or
+ *     abort begun jobs before pd_service_free().
+ *
+ * Sequence rules (PROTOCOL.md §8): a stream without state (new, expired,
+ * reset by ADMIN) applies any request as a first profile; otherwise a
+ * request whose incarnation differs from the stored one is applied without
+ * comparing seq, and within one incarnation seq > last is applied, seq ==
+ * last with the same hash is a DUPLICATE (the stored response replayed), with
+ * another hash SEQ_CONFLICT, seq < last SEQ_STALE. Incarnation 0 means
+ * "unknown": it takes part in that comparison like any value, but the engine
+ * only forces a reset when both incarnations are non-zero (DESIGN §2.4; the
+ * counter checks still detect a restart).
+ */
+#ifndef PD_SERVICE_H
+#define PD_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pd_buf.h"
+#include "pd_engine.h"
+#include "pd_err.h"
+#include "pd_store.h"
+
+typedef struct pd_service pd_service;
+typedef struct pd_job pd_job;
+
+typedef struct pd_service_opts {
+	unsigned workers;              /* 0 = number of online CPUs */
+	size_t cache_bytes;            /* hot-state cache budget (default 256 MiB) */
+	int64_t stream_ttl_ms;         /* idle streams expire (default 7 days; 0 = never) */
+	uint64_t max_streams_per_tenant; /* default 100000 */
+	size_t max_queued_jobs;        /* jobs admitted but not completed (default 4096) */
+	size_t chunk_bytes;            /* compressed bytes per output chunk (default 64 KiB) */
+	int gzip_level;                /* output gzip level (default 1) */
+	pd_limits limits;              /* engine input limits (pd_limits_default) */
+	struct pd_store_opts store;    /* path etc. (pd_store_opts_init) */
+	unsigned janitor_interval_ms;  /* TTL sweep period (default 5000) */
+} pd_service_opts;
+
+void pd_service_opts_init(pd_service_opts *o);
+int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e);
+/* Stops admitting, finishes every admitted job (their callbacks run), flushes
+ * the store, joins the threads, frees. */
+void pd_service_free(pd_service *s);
+
+/* ---- delta requests ---------------------------------------------------- */
+typedef struct pd_job_params {
+	const char *tenant;     /* authenticated tenant (never from the client) */
+	const char *stream;     /* stream name, validated by the frame codec */
+	uint64_t seq;           /* per-stream sequence number (>= 1) */
+	uint64_t incarnation;   /* producer incarnation, 0 = unknown */
+	int64_t producer_start_ns;
+	int first_policy;       /* enum pd_first */
+	const pd_type_override *overrides;
+	size_t noverrides;      /* copied by pd_job_begin */
+} pd_job_params;
+
+typedef struct pd_job_result {
+	int rc;            /* PD_OK or a pd_code; err.msg says why */
+	pd_err err;
+	int status;        /* enum pd_status: DELTA, BASELINE, DUPLICATE */
+	int reason;        /* enum pd_reason */
+	int orig_status;   /* = status, or for DUPLICATE the replayed status */
+	/* For rc != PD_OK: the wire detail (enum pd_detail, pdelta_proto.h) and
+	 * its value (PROTOCOL.md §7), e.g. SEQ_STALE + the last applied seq. */
+	int detail;
+	uint64_t detail_value;
+	uint64_t seq;      /* the applied sequence */
+	uint32_t samples_in, samples_out;
+	const uint8_t *out; /* the gzipped delta profile, valid until pd_job_free */
+	size_t out_len;
+	uint32_t out_crc32; /* zlib crc32 of out */
+	/* latency breakdown (ns): queued, engine, store commit */
+	uint64_t ns_queue, ns_engine, ns_commit;
+	pd_result engine;  /* engine phases (zero for DUPLICATE) */
+} pd_job_result;
+
+typedef void (*pd_job_done_fn)(void *arg, pd_job *job, const pd_job_result *res);
+
+/* Admits a request (PD_E_BUSY when over max_queued_jobs; PD_E_LIMIT when the
+ * tenant is at max_streams_per_tenant and the stream is new is reported at
+ * completion instead). */
+int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e);
+/* Appends uploaded bytes (as received: gzip or raw). PD_E_LIMIT past max_input. */
+int pd_job_data(pd_job *j, const void *p, size_t n, pd_err *e);
+/* Upload complete: hash = first 16 bytes of SHA-256 of the uploaded bytes,
+ * as sent by the client (the service verifies it and the length). The job
+ * runs; done(arg, job, result) is called exactly once. */
+void pd_job_submit(pd_job *j, const uint8_t hash[16], uint64_t total_len, pd_job_done_fn done,
+		   void *arg);
+/* Abandons a job that was begun but not submitted (client cancelled or
+ * disconnected mid-upload): it leaves no trace. */
+void pd_job_abort(pd_job *j);
+/* CANCEL after submit: if no worker has taken the job yet it is skipped and
+ * completes with PD_E_TIMEOUT / PD_DETAIL_CANCELLED; otherwise it runs to
+ * its normal end. done is still called exactly once. Any thread, before
+ * pd_job_free. */
+void pd_job_cancel(pd_job *j);
+void pd_job_free(pd_job *j);
+
+/* ---- admin -------------------------------------------------------------- */
+typedef void (*pd_admin_done_fn)(void *arg, int rc, const pd_err *e, const char *json, size_t len);
+/* cmd: streams | stream | reset | delete | stats | tenants (PROTOCOL.md §11);
+ * args: NULL-terminated key/value pairs (tenant, prefix, name, sort, limit).
+ * The caller fills in `tenant` (the connection's tenant unless the client
+ * named one); without it `streams` lists every tenant and `stream`, `reset`,
+ * `delete` are PD_E_ARG. Arguments are checked at once: an unknown command
+ * or argument, a bad value, or shutdown returns an error (PD_E_ARG,
+ * PD_E_BUSY) and done is NOT called. Otherwise PD_OK, and done is called
+ * exactly once on a service thread: rc PD_OK with the JSON document (valid
+ * during the call), or rc PD_E_NOTFOUND / PD_E_STORE / ... with e. reset and
+ * delete are queued behind the stream's pending jobs. */
+int pd_service_admin(pd_service *s, const char *cmd, const char *const *kv, pd_admin_done_fn done,
+		     void *arg, pd_err *e);
+/* 1 if cmd is a known admin command (to pick UNKNOWN_COMMAND vs NONE). */
+int pd_service_admin_known(const char *cmd);
+/* The network layer's counters for the `stats` command: fn appends JSON
+ * members, each preceded by a comma (`,"connections":3`), to out. Runs on a
+ * worker thread. Set before the first admin call. */
+typedef void (*pd_stats_json_fn)(void *arg, pd_buf *out);
+void pd_service_set_stats_hook(pd_service *s, pd_stats_json_fn fn, void *arg);
+
+/* ---- metrics ------------------------------------------------------------ */
+typedef struct pd_service_stats {
+	uint64_t requests_by_status[3];  /* DELTA, BASELINE, DUPLICATE */
+	uint64_t baselines_by_reason[5]; /* enum pd_reason */
+	uint64_t errors_by_code[PD_E__COUNT];
+	uint64_t streams_cached, cache_bytes, cache_evictions;
+	uint64_t streams_expired;
+	uint64_t jobs_queued, jobs_running; /* waiting for a worker; taken, not completed */
+	uint64_t jobs_admitted;             /* begun, not completed (max_queued_jobs) */
+	/* limit hits: max_queued_jobs, max_streams_per_tenant, engine input caps,
+	 * pd_job_data past max_input */
+	uint64_t busy_rejects, stream_limit_hits, input_limit_hits, upload_limit_hits;
+	uint64_t store_conflicts; /* put_if version mismatches (job recomputed) */
+	uint64_t jobs_cancelled, admin_requests;
+	uint64_t tenants;         /* tenants known (with streams or activity) */
+	uint64_t bytes_in, bytes_out;
+	/* latency histograms, cumulative counts per bucket (ms):
+	 * 1 2 5 10 20 50 100 200 500 1000 +Inf */
+	uint64_t lat_total[11], lat_engine[11], lat_commit[11];
+	uint64_t lat_total_sum_ns, lat_engine_sum_ns, lat_commit_sum_ns, lat_count;
+	struct pd_store_stats store;
+} pd_service_stats;
+
+void pd_service_stats_get(pd_service *s, pd_service_stats *out);
+
+/* The service's state store (for metrics and tests, e.g. pd_store_inject_fault). */
+pd_store *pd_service_store(pd_service *s);
+
+#endif

@@ -1,0 +1,404 @@
+/*
+ * pd_service_table: the stream table of pd_service, its hot-state cache and
+ * the object pools.
+ *
+ * Streams are found by (tenant, name) in a chained hash table keyed with a
+ * per-process random seed (clients choose stream names: no flooding one
+ * chain). Every stream is on one LRU list; eviction walks it from the cold
+ * end and removes idle streams (not busy, nothing queued) until the cache is
+ * under its byte budget; an evicted stream is read again from the store on
+ * its next request. Tenants are a second small hash table with their stream
+ * counts (the per-tenant limit). pd_state objects and pd_job objects are
+ * pooled so that steady state does not allocate per request.
+ *
+ * Every function here runs with svc->mu held, except the ones marked
+ * "no lock" in pd_service_int.h.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "pd_hash.h"
+#include "pd_service_int.h"
+
+#define INITIAL_BUCKETS 1024u
+#define INITIAL_TBUCKETS 64u
+
+static uint64_t str_hash(uint64_t seed, const char *p)
+{
+	return pd_h_bytes(seed, (const uint8_t *)p, strlen(p)).lo;
+}
+
+static uint64_t key_hash(const pd_service *s, const char *tenant, const char *name)
+{
+	return str_hash(s->hseed ^ str_hash(s->hseed, tenant), name);
+}
+
+int pd_svc_table_init(pd_service *s, pd_err *e)
+{
+	uint64_t seed = 0;
+
+	if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+		seed = (uint64_t)pd_now_ns() * 0x9e3779b97f4a7c15ULL;
+	s->hseed = seed;
+	s->nbuckets = INITIAL_BUCKETS;
+	s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
+	s->ntbuckets = INITIAL_TBUCKETS;
+	s->tbuckets = calloc(s->ntbuckets, sizeof *s->tbuckets);
+	s->spool_cap = (size_t)s->nworkers * PD_SVC_STATE_POOL_PER_WORKER + 2;
+	s->spool = calloc(s->spool_cap, sizeof *s->spool);
+	if (!s->buckets || !s->tbuckets || !s->spool)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for the stream table");
+	return PD_OK;
+}
+
+static void free_stream(pd_stream *st)
+{
+	pd_state_free(st->state);
+	free(st->last_out);
+	free(st->tenant);
+	free(st);
+}
+
+void pd_svc_table_free(pd_service *s)
+{
+	pd_job *j;
+
+	for (pd_stream *st = s->lru_head, *nx; st; st = nx) {
+		nx = st->lru_next;
+		free_stream(st);
+	}
+	for (size_t i = 0; s->tbuckets && i < s->ntbuckets; i++)
+		for (pd_tenant *t = s->tbuckets[i], *nx; t; t = nx) {
+			nx = t->next;
+			free(t);
+		}
+	for (size_t i = 0; i < s->nspool; i++)
+		pd_state_free(s->spool[i]);
+	while ((j = s->jpool)) {
+		s->jpool = j->next;
+		pd_buf_free(&j->in);
+		pd_buf_free(&j->out);
+		free(j->strs);
+		free(j);
+	}
+	free(s->buckets);
+	free(s->tbuckets);
+	free(s->spool);
+}
+
+/* ---- tenants -------------------------------------------------------------------- */
+
+static void tenant_grow(pd_service *s)
+{
+	size_t nb = s->ntbuckets * 2;
+	pd_tenant **b = calloc(nb, sizeof *b);
+
+	if (!b)
+		return; /* longer chains, still correct */
+	for (size_t i = 0; i < s->ntbuckets; i++)
+		for (pd_tenant *t = s->tbuckets[i], *nx; t; t = nx) {
+			size_t k = str_hash(s->hseed, t->name) & (nb - 1);
+			nx = t->next;
+			t->next = b[k];
+			b[k] = t;
+		}
+	free(s->tbuckets);
+	s->tbuckets = b;
+	s->ntbuckets = nb;
+}
+
+pd_tenant *pd_svc_tenant(pd_service *s, const char *name, int create)
+{
+	size_t k = str_hash(s->hseed, name) & (s->ntbuckets - 1), len;
+	pd_tenant *t;
+
+	for (t = s->tbuckets[k]; t; t = t->next)
+		if (!strcmp(t->name, name))
+			return t;
+	if (!create)
+		return NULL;
+	len = strlen(name);
+	if (!(t = calloc(1, sizeof *t + len + 1)))
+		return NULL;
+	memcpy(t->name, name, len + 1);
+	t->next = s->tbuckets[k];
+	s->tbuckets[k] = t;
+	if (++s->ntenants > s->ntbuckets)
+		tenant_grow(s);
+	return t;
+}
+
+/* ---- streams -------------------------------------------------------------------- */
+
+static void table_grow(pd_service *s)
+{
+	size_t nb = s->nbuckets * 2;
+	pd_stream **b = calloc(nb, sizeof *b);
+
+	if (!b)
+		return;
+	for (size_t i = 0; i < s->nbuckets; i++)
+		for (pd_stream *st = s->buckets[i], *nx; st; st = nx) {
+			nx = st->hnext;
+			st->hnext = b[st->hkey & (nb - 1)];
+			b[st->hkey & (nb - 1)] = st;
+		}
+	free(s->buckets);
+	s->buckets = b;
+	s->nbuckets = nb;
+}
+
+static pd_stream *stream_new(pd_service *s, const char *tenant, const char *name, uint64_t h)
+{
+	size_t tl = strlen(tenant), nl = strlen(name);
+	pd_stream *st = calloc(1, sizeof *st);
+	pd_tenant *ten = pd_svc_tenant(s, tenant, 1);
+
+	if (!st || !ten || !(st->tenant = malloc(tl + nl + 2))) {
+		free(st);
+		return NULL;
+	}
+	memcpy(st->tenant, tenant, tl + 1);
+	st->name = st->tenant + tl + 1;
+	memcpy(st->name, name, nl + 1);
+	st->hkey = h;
+	st->ten = ten;
+	return st;
+}
+
+pd_stream *pd_svc_stream(pd_service *s, const char *tenant, const char *name, int create)
+{
+	uint64_t h = key_hash(s, tenant, name);
+	size_t k = h & (s->nbuckets - 1);
+	pd_stream *st;
+
+	for (st = s->buckets[k]; st; st = st->hnext)
+		if (st->hkey == h && !strcmp(st->name, name) && !strcmp(st->tenant, tenant))
+			return st;
+	if (!create || !(st = stream_new(s, tenant, name, h)))
+		return NULL;
+	st->hnext = s->buckets[k];
+	s->buckets[k] = st;
+	st->lru_next = s->lru_head;
+	if (s->lru_head)
+		s->lru_head->lru_prev = st;
+	s->lru_head = st;
+	if (!s->lru_tail)
+		s->lru_tail = st;
+	pd_svc_account(s, st);
+	if (++s->nstreams > s->nbuckets)
+		table_grow(s);
+	return st;
+}
+
+static void lru_unlink(pd_service *s, pd_stream *st)
+{
+	if (st->lru_prev)
+		st->lru_prev->lru_next = st->lru_next;
+	else
+		s->lru_head = st->lru_next;
+	if (st->lru_next)
+		st->lru_next->lru_prev = st->lru_prev;
+	else
+		s->lru_tail = st->lru_prev;
+	st->lru_prev = st->lru_next = NULL;
+}
+
+void pd_svc_lru_touch(pd_service *s, pd_stream *st)
+{
+	if (s->lru_head == st)
+		return;
+	lru_unlink(s, st);
+	st->lru_next = s->lru_head;
+	if (s->lru_head)
+		s->lru_head->lru_prev = st;
+	s->lru_head = st;
+	if (!s->lru_tail)
+		s->lru_tail = st;
+}
+
+void pd_svc_account(pd_service *s, pd_stream *st)
+{
+	size_t m = sizeof *st + strlen(st->tenant) + strlen(st->name) + 2 + st->last_out_alloc;
+
+	if (st->state)
+		m += pd_state_mem_bytes(st->state);
+	s->cache_bytes = s->cache_bytes - st->mem + m;
+	st->mem = m;
+}
+
+void pd_svc_unload(pd_service *s, pd_stream *st)
+{
+	pd_svc_state_put(s, st->state);
+	st->state = NULL;
+	free(st->last_out);
+	st->last_out = NULL;
+	st->last_out_len = st->last_out_alloc = 0;
+	st->loaded = st->exists = 0;
+	pd_svc_account(s, st);
+}
+
+static int stream_idle(const pd_stream *st)
+{
+	return !st->busy && !st->qhead && !st->in_runq;
+}
+
+/* Takes an idle stream out of the table and the LRU, onto *victims. */
+static void stream_remove(pd_service *s, pd_stream *st, pd_stream **victims)
+{
+	pd_stream **pp = &s->buckets[st->hkey & (s->nbuckets - 1)];
+
+	while (*pp != st)
+		pp = &(*pp)->hnext;
+	*pp = st->hnext;
+	lru_unlink(s, st);
+	s->nstreams--;
+	s->cache_bytes -= st->mem;
+	st->hnext = *victims;
+	*victims = st;
+}
+
+pd_stream *pd_svc_evict(pd_service *s)
+{
+	pd_stream *victims = NULL, *st = s->lru_tail, *prev;
+	size_t skipped = 0;
+
+	/* Busy streams are skipped; the walk past them is bounded so a release
+	 * never scans a huge table under the lock. */
+	while (st && s->cache_bytes > s->o.cache_bytes && skipped < 1024) {
+		prev = st->lru_prev;
+		if (stream_idle(st)) {
+			stream_remove(s, st, &victims);
+			s->st.cache_evictions++;
+		} else {
+			skipped++;
+		}
+		st = prev;
+	}
+	return victims;
+}
+
+pd_stream *pd_svc_drop_expired(pd_service *s, int64_t cutoff_ms, size_t max)
+{
+	pd_stream *victims = NULL, *st = s->lru_tail, *prev;
+
+	for (size_t n = 0; st && n < max; n++, st = prev) {
+		prev = st->lru_prev;
+		if (stream_idle(st) && st->last_seen_ms < cutoff_ms)
+			stream_remove(s, st, &victims);
+	}
+	return victims;
+}
+
+void pd_svc_free_streams(pd_stream *list)
+{
+	for (pd_stream *nx; list; list = nx) {
+		nx = list->hnext;
+		free_stream(list);
+	}
+}
+
+void pd_svc_push_run(pd_service *s, pd_stream *st)
+{
+	if (st->busy || st->in_runq || !st->qhead)
+		return;
+	st->in_runq = 1;
+	st->run_next = NULL;
+	if (s->run_tail)
+		s->run_tail->run_next = st;
+	else
+		s->run_head = st;
+	s->run_tail = st;
+	pthread_cond_signal(&s->work_cv);
+}
+
+/* ---- pools ----------------------------------------------------------------------- */
+
+pd_state *pd_svc_state_get(pd_service *s)
+{
+	if (s->nspool)
+		return s->spool[--s->nspool];
+	return pd_state_new();
+}
+
+void pd_svc_state_put(pd_service *s, pd_state *ps)
+{
+	if (!ps)
+		return;
+	if (s->nspool < s->spool_cap) {
+		pd_state_clear(ps);
+		s->spool[s->nspool++] = ps;
+		return;
+	}
+	pd_state_free(ps);
+}
+
+pd_job *pd_svc_job_get(pd_service *s)
+{
+	pd_job *j;
+	pd_buf in, out;
+	char *strs;
+	size_t strs_alloc;
+
+	pthread_mutex_lock(&s->mu);
+	if ((j = s->jpool)) {
+		s->jpool = j->next;
+		s->njpool--;
+	}
+	s->live_jobs++;
+	pthread_mutex_unlock(&s->mu);
+	if (!j && !(j = calloc(1, sizeof *j))) {
+		pthread_mutex_lock(&s->mu);
+		s->live_jobs--;
+		pthread_mutex_unlock(&s->mu);
+		return NULL;
+	}
+	if (!j->svc)
+		return j; /* new */
+	/* Keep the buffers, forget everything else. */
+	in = j->in;
+	out = j->out;
+	strs = j->strs;
+	strs_alloc = j->strs_alloc;
+	memset(j, 0, sizeof *j);
+	j->in = in;
+	j->out = out;
+	j->strs = strs;
+	j->strs_alloc = strs_alloc;
+	return j;
+}
+
+static void trim_buf(pd_buf *b)
+{
+	if (b->alloc > PD_SVC_KEEP_BUF_MAX)
+		pd_buf_free(b);
+	pd_buf_reset(b);
+}
+
+void pd_svc_job_put(pd_service *s, pd_job *j)
+{
+	int last;
+
+	pd_state_free(j->next_state); /* only set if a path forgot it */
+	j->next_state = NULL;
+	trim_buf(&j->in);
+	trim_buf(&j->out);
+	pthread_mutex_lock(&s->mu);
+	if (!s->dead && s->njpool < PD_SVC_JOB_POOL_MAX) {
+		j->next = s->jpool;
+		s->jpool = j;
+		s->njpool++;
+		j = NULL;
+	}
+	last = --s->live_jobs == 0 && s->dead;
+	pthread_mutex_unlock(&s->mu);
+	if (last)
+		pd_svc_final_free(s);
+	if (j) {
+		pd_buf_free(&j->in);
+		pd_buf_free(&j->out);
+		free(j->strs);
+		free(j);
+	}
+}

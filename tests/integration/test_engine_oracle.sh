@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# End-to-end correctness of the delta engine: every real sequence, every fastdelta pair and
+# every synthetic variant goes through `pdelta seq` (and some through `pdelta diff`), and each
+# output is judged by the independent Python oracle (tests/oracle/check_seq.py).
+#
+# Env: BINDIR (default bin), PDELTA_TESTDATA (default ../shared/testdata next to the repo),
+#      PDELTA_QUICK=1 skips the *-large sequences, PDELTA_JOBS parallel checks (default 2),
+#      PDELTA_NO_GO=1 skips `go tool pprof` on the outputs.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TESTDATA=${PDELTA_TESTDATA:-$(dirname "$0")/../../../shared/testdata}
+TESTDATA=$(cd "$TESTDATA" && pwd)
+BINDIR=${BINDIR:-bin}
+case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+PDELTA=$BINDIR/pdelta
+PY=/usr/bin/python3
+ORACLE=$ROOT/tests/oracle
+JOBS=${PDELTA_JOBS:-2}
+GOFLAG=()
+[[ -n ${PDELTA_NO_GO:-} ]] && GOFLAG=(--no-go)
+
+if [[ ! -x $PDELTA ]]; then
+	echo "test_engine_oracle: $PDELTA not built" >&2
+	exit 1
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-oracle.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+LOGS=$WORK/logs
+mkdir -p "$LOGS"
+NJOB=0
+
+# run_job NAME CMD...: runs one check in the background, at most $JOBS at a time.
+run_job() {
+	local name=$1
+	shift
+	while (($(jobs -rp | wc -l) >= JOBS)); do
+		wait -n || true
+	done
+	NJOB=$((NJOB + 1))
+	local log
+	log=$(printf '%s/%03d-%s' "$LOGS" "$NJOB" "$name")
+	(
+		if "$@" >"$log.log" 2>&1; then echo 0 >"$log.rc"; else echo $? >"$log.rc"; fi
+	) &
+}
+
+check() { # check NAME [check_seq options] FILE...
+	local name=$1
+	shift
+	run_job "$name" "$PY" "$ORACLE/check_seq.py" --pdelta "$PDELTA" "${GOFLAG[@]}" --label "$name" "$@"
+}
+
+seq_files() { ls "$TESTDATA/profiles/$1"/*.pb.gz; }
+
+# --- real sequences, biggest first so the two workers stay busy ---------------------------
+mapfile -t SEQS < <(ls "$TESTDATA/profiles" | grep -v README | sort -t- -k2,2r)
+for s in "${SEQS[@]}"; do
+	[[ -d $TESTDATA/profiles/$s ]] || continue
+	if [[ -n ${PDELTA_QUICK:-} && $s == *-large ]]; then continue; fi
+	mapfile -t files < <(seq_files "$s")
+	gosample=()
+	# go tool pprof needs ~5 s per large output: check the first and last only.
+	[[ $s == *-large ]] && gosample=(--go-sample 2)
+	check "$s" "${gosample[@]}" "${files[@]}"
+done
+
+# --- fastdelta pairs (raw, uncompressed inputs) --------------------------------------------
+FD=$TESTDATA/fastdelta
+for pair in heap.before:heap.after block.before:block.after \
+	stress-failure.before:stress-failure.after stress-failure.2.before:stress-failure.2.after \
+	stress-failure.3.before:stress-failure.3.after heap:heap big-heap:big-heap; do
+	a=${pair%%:*} b=${pair##*:}
+	check "fastdelta-$a" "$FD/$a.pprof" "$FD/$b.pprof"
+	check "fastdelta-diff-$a" --mode diff "$FD/$a.pprof" "$FD/$b.pprof"
+done
+
+# --- policies and the diff command ---------------------------------------------------------
+mapfile -t HS < <(seq_files heap-small)
+mapfile -t BS < <(seq_files block-small)
+mapfile -t HM < <(seq_files heap-medium)
+check heap-small-first-drop --first drop "${HS[@]}"
+check block-small-first-drop --first drop "${BS[@]}"
+check heap-medium-alloc_space-gauge --type alloc_space=gauge "${HM[@]}"
+check heap-small-inuse-delta --type inuse_objects=delta "${HS[@]}"
+check block-small-all-gauge --type contentions=gauge --type delay=gauge "${BS[@]}"
+check heap-small-diff --mode diff "${HS[@]}"
+check block-small-diff --mode diff "${BS[@]}"
+
+# --- synthetic variants --------------------------------------------------------------------
+"$PY" "$ORACLE/gen_variants.py" --testdata "$TESTDATA" "$WORK/variants" >/dev/null
+while IFS='|' read -r name args files; do
+	eval "extra=($args)"
+	read -r -a rel <<<"$files"
+	check "variant-$name" "${extra[@]}" "${rel[@]/#/$WORK/variants/}"
+done <"$WORK/variants/manifest.txt"
+
+# --- inspect --json on a few files ---------------------------------------------------------
+run_job inspect "$PY" "$ORACLE/inspect_check.py" --pdelta "$PDELTA" "${HS[0]}" "$FD/big-heap.pprof" \
+	"$TESTDATA/profiles/cpu-small/000.pb.gz"
+
+wait
+
+# --- summary -------------------------------------------------------------------------------
+pass=0 fail=0 jobs_failed=0
+for rc in "$LOGS"/*.rc; do
+	log=${rc%.rc}.log
+	summary=$(grep -E '^check_seq .*: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1 || true)
+	if [[ $summary =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
+		pass=$((pass + BASH_REMATCH[1]))
+		fail=$((fail + BASH_REMATCH[2]))
+	fi
+	if [[ $(cat "$rc") != 0 ]]; then
+		jobs_failed=$((jobs_failed + 1))
+		[[ $summary =~ [1-9][0-9]*\ failed ]] || fail=$((fail + 1))
+		echo "---- $(basename "$log" .log) (exit $(cat "$rc"))"
+		head -60 "$log"
+	else
+		echo "$summary"
+	fi
+done
+echo "test_engine_oracle: $NJOB checks run, $jobs_failed failed"
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 && $jobs_failed -eq 0 ]]
