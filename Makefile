@@ -129,7 +129,7 @@ fuzz: $(FUZZ_BINS)
 bench: all
 	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/bench/run.sh
 
-demo: all
+demo:
 	@bash deploy/demo.sh
 
 install: all
