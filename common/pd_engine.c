@@ -75,7 +75,7 @@ struct pd_engine {
 	uint32_t nst, nsmp, nmap, nloc, nfn, nstr, nunk, ncomments;
 	span period_type;
 	int64_t drop_frames, keep_frames, time_nanos, duration_nanos, period, default_sample_type,
-		doc_url;
+		doc_link;
 
 	/* tables */
 	VEC(pd_h128, str_h);
@@ -349,7 +349,7 @@ static int index_scalar(pd_engine *g, uint32_t field, uint64_t v)
 		g->default_sample_type = (int64_t)v;
 		break;
 	case 15:
-		g->doc_url = (int64_t)v;
+		g->doc_link = (int64_t)v;
 		break;
 	}
 	return PD_OK;
@@ -397,7 +397,7 @@ static int index_top(pd_engine *g, pd_err *e)
 	g->nst = g->nsmp = g->nmap = g->nloc = g->nfn = g->nstr = g->nunk = g->ncomments = 0;
 	g->period_type.off = g->period_type.len = 0;
 	g->drop_frames = g->keep_frames = g->time_nanos = g->duration_nanos = 0;
-	g->period = g->default_sample_type = g->doc_url = 0;
+	g->period = g->default_sample_type = g->doc_link = 0;
 
 	while (pd_rd_more(&r) && rc == PD_OK) {
 		const uint8_t *fstart = r.p, *p;
@@ -832,16 +832,102 @@ static inline int next_varint(const pd_engine *g, pd_rd *r, uint64_t *v, int wid
  * per lane), the order-free sum of its label hashes, and the counts. Values
  * go to vals. Lanes stay in registers: this loop is the engine's hot spot.
  */
+typedef struct stack_acc {
+	uint64_t lo, hi;
+	uint32_t depth;
+} stack_acc;
+
+static inline int fold_loc(const pd_engine *g, stack_acc *a, uint64_t id)
+{
+	uint32_t x = idmap_get(&g->loc_ids, id);
+	if (!x)
+		return -1;
+	a->lo = a->lo * PD_H_POLY_LO + g->li[x - 1].h.lo;
+	a->hi = a->hi * PD_H_POLY_HI + g->li[x - 1].h.hi;
+	g->loc_cnt[x - 1]++;
+	a->depth++;
+	return 0;
+}
+
+/*
+ * Packed location ids with dense ids (the common case): the hottest loop of
+ * the engine, kept free of calls and memory round trips. Returns 0, -1
+ * (malformed varint) or -2 (unknown location id).
+ */
+static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *end, stack_acc *a)
+{
+	const uint8_t *bend1 = g->base + g->len - 1; /* p[1] is readable while p < bend1 */
+	const uint32_t *dense = g->loc_ids.dense;
+	const uint64_t dn = g->loc_ids.dense_n;
+	const locinfo *li = g->li;
+	uint32_t *cnt = g->loc_cnt;
+	uint64_t lo = a->lo, hi = a->hi;
+	uint32_t depth = a->depth;
+
+	while (p < end) {
+		uint64_t v;
+		uint32_t x;
+		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
+			uint32_t b0 = p[0], c0 = b0 >> 7;
+			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
+			p += 1 + c0;
+		} else if (pd_varint_slow(&p, end, &v)) {
+			return -1;
+		}
+		if (__builtin_expect(v >= dn || !(x = dense[v]), 0))
+			return -2;
+		lo = lo * PD_H_POLY_LO + li[x - 1].h.lo;
+		hi = hi * PD_H_POLY_HI + li[x - 1].h.hi;
+		cnt[x - 1]++;
+		depth++;
+	}
+	a->lo = lo;
+	a->hi = hi;
+	a->depth = depth;
+	return p == end ? 0 : -1;
+}
+
+static int fold_locs(const pd_engine *g, const uint8_t *p, size_t n, stack_acc *a)
+{
+	pd_rd r = pd_rd_make(p, n);
+	uint64_t v;
+	if (!g->loc_ids.hashed)
+		return fold_locs_dense(g, p, p + n, a);
+	while (pd_rd_more(&r)) {
+		if (pd_rd_varint(&r, &v))
+			return -1;
+		if (fold_loc(g, a, v))
+			return -2;
+	}
+	return 0;
+}
+
+static int read_values(const pd_engine *g, const uint8_t *p, const uint8_t *end, int64_t *vals,
+		       uint32_t *nvals)
+{
+	const uint8_t *bend = g->base + g->len;
+	uint32_t n = *nvals, max = g->nst;
+	while (p < end) {
+		uint64_t v;
+		if (pd_varint8(&p, end, bend, &v) || n >= max)
+			return -1;
+		vals[n++] = (int64_t)v;
+	}
+	*nvals = n;
+	return 0;
+}
+
+/*
+ * Identity of sample i: its locations' hashes in order (a polynomial chain
+ * per lane), the order-free sum of its label hashes, and the counts. Values
+ * go to vals.
+ */
 static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, pd_err *e)
 {
 	pd_rd r = span_rd(g, g->smp[i]);
-	uint64_t lo = PD_H_SEED_LO ^ 3, hi = PD_H_SEED_HI ^ (3 * PD_H_K_HI);
+	stack_acc a = {PD_H_SEED_LO ^ 3, PD_H_SEED_HI ^ (3 * PD_H_K_HI), 0};
 	uint64_t llo = 0, lhi = 0;
-	uint32_t depth = 0, nlabels = 0, nvals = 0;
-	const locinfo *li = g->li;
-	const uint32_t *dense = g->loc_ids.hashed ? NULL : g->loc_ids.dense;
-	uint64_t dense_n = g->loc_ids.dense_n;
-	uint32_t *loc_cnt = g->loc_cnt;
+	uint32_t nlabels = 0, nvals = 0;
 	pd_h128 h;
 
 	while (pd_rd_more(&r)) {
@@ -849,60 +935,39 @@ static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, p
 		uint64_t v;
 		const uint8_t *p;
 		size_t n;
+		int bad = 0;
 		if (pd_rd_key(&r, &f, &wt))
 			return malformed(e, "sample", i);
-		if (f == 1 || f == 2) {
-			pd_rd in;
-			if (wt == PB_LEN) {
-				if (pd_rd_len(&r, &p, &n))
-					return malformed(e, "sample", i);
-				in = pd_rd_make(p, n);
-			} else if (wt == PB_VARINT) {
-				in = r;
-			} else {
-				return malformed(e, "sample", i);
-			}
-			do {
-				if (next_varint(g, &in, &v, f == 2))
-					return malformed(e, "sample", i);
-				if (f == 1) {
-					uint32_t x = dense ? (v < dense_n ? dense[v] : 0)
-							   : idmap_get(&g->loc_ids, v);
-					if (__builtin_expect(!x, 0))
-						return pd_err_set(e, PD_E_MALFORMED,
-								  "malformed profile: sample #%u references unknown location %llu",
-								  i, (unsigned long long)v);
-					/* Polynomial step per lane (one 64-bit imul, no
-					 * rdx:rax pinning): inputs are already strong
-					 * 128-bit location hashes, and pd_h_final mixes. */
-					lo = lo * PD_H_POLY_LO + li[x - 1].h.lo;
-					hi = hi * PD_H_POLY_HI + li[x - 1].h.hi;
-					loc_cnt[x - 1]++;
-					depth++;
-				} else {
-					if (nvals >= g->nst)
-						return pd_err_set(e, PD_E_MALFORMED,
-								  "malformed profile: sample #%u has more values than sample types",
-								  i);
-					vals[nvals++] = (int64_t)v;
-				}
-			} while (wt == PB_LEN && pd_rd_more(&in));
-			if (wt == PB_VARINT)
-				r = in;
-		} else if (f == 3) {
-			pd_h128 lh;
-			if (wt != PB_LEN || pd_rd_len(&r, &p, &n) || label_hash(g, p, n, &lh))
-				return malformed(e, "label in sample", i);
+		if (f == 1 && wt == PB_LEN) {
+			bad = pd_rd_len(&r, &p, &n) ? -1 : fold_locs(g, p, n, &a);
+		} else if (f == 1 && wt == PB_VARINT) {
+			bad = pd_rd_varint(&r, &v) ? -1 : fold_loc(g, &a, v) ? -2 : 0;
+		} else if (f == 2 && wt == PB_LEN) {
+			bad = pd_rd_len(&r, &p, &n) || read_values(g, p, p + n, vals, &nvals);
+		} else if (f == 2 && wt == PB_VARINT) {
+			bad = pd_rd_varint(&r, &v) || nvals >= g->nst;
+			if (!bad)
+				vals[nvals++] = (int64_t)v;
+		} else if (f == 3 && wt == PB_LEN) {
+			pd_h128 lh = {0, 0};
+			bad = pd_rd_len(&r, &p, &n) || label_hash(g, p, n, &lh);
 			llo += lh.lo; /* sum: independent of label order */
 			lhi += lh.hi;
 			nlabels++;
-		} else if (pd_rd_skip(&r, wt)) {
-			return malformed(e, "sample", i);
+		} else if (f <= 3) {
+			bad = 1; /* known field, wrong wire type */
+		} else {
+			bad = pd_rd_skip(&r, wt);
 		}
+		if (bad == -2)
+			return pd_err_set(e, PD_E_MALFORMED,
+					  "malformed profile: sample #%u references an unknown location id", i);
+		if (bad)
+			return malformed(e, "sample", i);
 	}
-	if (depth > g->lim.max_depth)
+	if (a.depth > g->lim.max_depth)
 		return pd_err_set(e, PD_E_LIMIT, "sample #%u has %u locations, over the limit of %llu", i,
-				  depth, (unsigned long long)g->lim.max_depth);
+				  a.depth, (unsigned long long)g->lim.max_depth);
 	if (nlabels > g->lim.max_labels)
 		return pd_err_set(e, PD_E_LIMIT, "sample #%u has %u labels, over the limit of %llu", i,
 				  nlabels, (unsigned long long)g->lim.max_labels);
@@ -910,10 +975,10 @@ static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, p
 		return pd_err_set(e, PD_E_MALFORMED,
 				  "malformed profile: sample #%u has %u values, expected %u", i, nvals,
 				  g->nst);
-	h.lo = lo;
-	h.hi = hi;
+	h.lo = a.lo;
+	h.hi = a.hi;
 	pd_h_pair(&h, (pd_h128){llo, lhi});
-	pd_h_word(&h, ((uint64_t)nlabels << 32) | depth);
+	pd_h_word(&h, ((uint64_t)nlabels << 32) | a.depth);
 	*id = pd_h_final(h);
 	return PD_OK;
 }
@@ -1195,7 +1260,7 @@ static void mark_pass(pd_engine *g, uint32_t kept)
 	mark_str(g, (uint64_t)g->drop_frames);
 	mark_str(g, (uint64_t)g->keep_frames);
 	mark_str(g, (uint64_t)g->default_sample_type);
-	mark_str(g, (uint64_t)g->doc_url);
+	mark_str(g, (uint64_t)g->doc_link);
 	{
 		uint32_t next = 0;
 		for (uint32_t i = 0; i < g->nstr; i++)
@@ -1350,7 +1415,7 @@ static int write_tail(pd_engine *g, int64_t duration, pd_err *e)
 		return rc;
 	if ((rc = emit_varint_field(g, 12, (uint64_t)g->period, e)) ||
 	    (rc = emit_varint_field(g, 14, g->str_map[g->default_sample_type], e)) ||
-	    (rc = emit_varint_field(g, 15, g->str_map[g->doc_url], e)))
+	    (rc = emit_varint_field(g, 15, g->str_map[g->doc_link], e)))
 		return rc;
 	for (uint32_t i = 0; i < g->nunk; i++) { /* unknown top-level fields are carried */
 		if ((rc = ow_need(g, g->unk[i].len, e)))
@@ -1362,7 +1427,7 @@ static int write_tail(pd_engine *g, int64_t duration, pd_err *e)
 
 static int validate_scalars(pd_engine *g, pd_err *e)
 {
-	const int64_t refs[] = {g->drop_frames, g->keep_frames, g->default_sample_type, g->doc_url};
+	const int64_t refs[] = {g->drop_frames, g->keep_frames, g->default_sample_type, g->doc_link};
 	for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++)
 		if (refs[i] < 0 || (uint64_t)refs[i] >= g->nstr)
 			return pd_err_set(e, PD_E_MALFORMED, "malformed profile: string index out of range");

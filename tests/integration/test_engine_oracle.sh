@@ -119,6 +119,7 @@ for rc in "$LOGS"/*.rc; do
 		head -60 "$log"
 	else
 		echo "$summary"
+		grep '^WARN' "$log" | head -3 || true
 	fi
 done
 echo "test_engine_oracle: $NJOB checks run, $jobs_failed failed"
