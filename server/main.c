@@ -1,0 +1,110 @@
+/*
+ * pdeltad: the pdelta delta-profile server.
+ *
+ * Parses the settings (pd_config), then either prints help / version /
+ * a token hash, checks the configuration (--check), or runs the server
+ * (pd_server) until SIGTERM/SIGINT.
+ * Exit status: 0 after a clean drain, 1 on a runtime failure (cannot bind,
+ * cannot open the database, bad TLS file at start), 2 on a usage error.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "pd_auth.h"
+#include "pd_config.h"
+#include "pd_server.h"
+#include "pd_tls.h"
+#include "pdelta_proto.h"
+
+/* Reads one token from stdin (one line; the newline is not part of it). */
+static int hash_token(void)
+{
+	char line[PD_MAX_TOKEN + 3], hex[2 * PD_TOKEN_HASH_LEN + 1];
+	uint8_t h[PD_TOKEN_HASH_LEN];
+	size_t n;
+
+	if (!fgets(line, sizeof line, stdin)) {
+		fprintf(stderr, "pdeltad: --hash-token reads the token on stdin\n");
+		return 2;
+	}
+	n = strcspn(line, "\r\n");
+	if (line[n] == 0 && !feof(stdin)) {
+		fprintf(stderr, "pdeltad: token longer than %d bytes\n", PD_MAX_TOKEN);
+		return 2;
+	}
+	line[n] = 0;
+	if (n == 0) {
+		fprintf(stderr, "pdeltad: empty token\n");
+		return 2;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (line[i] < 0x21 || line[i] > 0x7e) {
+			fprintf(stderr, "pdeltad: a token is printable ASCII without spaces\n");
+			return 2;
+		}
+	}
+	pd_auth_hash_token(line, n, h);
+	pd_auth_hex(h, hex);
+	printf("%s\n", hex);
+	return 0;
+}
+
+/* --check: settings were validated; also load the TLS files and credentials. */
+static int check_files(const pd_config *cfg)
+{
+	pd_tls_opts o = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->require_client_cert};
+	SSL_CTX *tls = NULL;
+	pd_auth *auth = NULL;
+	pd_err err;
+
+	if (pd_tls_ctx_new(&o, &tls, &err) || pd_auth_load(cfg->tenants, &auth, &err)) {
+		fprintf(stderr, "pdeltad: %s\n", err.msg);
+		if (tls)
+			SSL_CTX_free(tls);
+		return 2;
+	}
+	printf("configuration ok: %zu credentials\n", pd_auth_count(auth));
+	SSL_CTX_free(tls);
+	pd_auth_free(auth);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	pd_config cfg;
+	pd_server *srv = NULL;
+	pd_err err;
+	int action = PD_ACT_RUN, rc, status = 0;
+
+	if (pd_config_init(&cfg, &err)) {
+		fprintf(stderr, "pdeltad: %s\n", err.msg);
+		return 1;
+	}
+	rc = pd_config_from_args(&cfg, argc, argv, &action, &err);
+	if (rc) {
+		fprintf(stderr, "pdeltad: %s\n", err.msg);
+		status = 2;
+		goto out;
+	}
+	switch (action) {
+	case PD_ACT_HELP: pd_config_print_help(stdout, "pdeltad"); goto out;
+	case PD_ACT_VERSION: printf("pdeltad protocol %d\n", PD_PROTO_VERSION); goto out;
+	case PD_ACT_HASH_TOKEN: status = hash_token(); goto out;
+	case PD_ACT_CHECK: status = check_files(&cfg); goto out;
+	default: break;
+	}
+	pd_log_set_level(cfg.log_level);
+	rc = pd_server_new(&cfg, &srv, &err);
+	if (!rc)
+		rc = pd_server_run(srv, &err);
+	if (rc) {
+		pd_log(PD_LOG_ERROR, "%s", err.msg);
+		status = 1;
+	}
+	pd_server_free(srv);
+	if (!rc)
+		pd_log(PD_LOG_INFO, "exit");
+out:
+	pd_config_free(&cfg);
+	return status;
+}

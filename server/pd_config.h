@@ -1,0 +1,74 @@
+/*
+ * pd_config: the settings of pdeltad, and the log sink they configure.
+ *
+ * ONE table in pd_config.c (name, type, default, bounds, help) is the single
+ * source of the defaults, of `pdeltad --help` and of the config-file parser;
+ * the engine input limits come from pd_limit_table (pd_engine.h) and are
+ * settings like any other (`max_input`, `max_samples`, ...). A config file is
+ * `key = value` lines with `#` comments; `--key value` / `--key=value` flags
+ * override it (`--config FILE` names the file). In names, `-` and `_` are the
+ * same character. Values: sizes take k/m/g suffixes (binary), durations take
+ * ms/s/m/h/d (a bare number is milliseconds), booleans yes/no/true/false/1/0.
+ *
+ * Every error is a PD_E_ARG with a message naming the setting; main() exits 2.
+ */
+#ifndef PD_CONFIG_H
+#define PD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pd_engine.h"
+#include "pd_err.h"
+
+enum pd_log_level { PD_LOG_ERROR = 0, PD_LOG_WARN = 1, PD_LOG_INFO = 2, PD_LOG_DEBUG = 3 };
+
+typedef struct pd_config {
+	/* network */
+	char *listen;         /* host:port of the TLS listener */
+	char *metrics_listen; /* host:port of the HTTP metrics endpoint, "off" = none */
+	char *server_name;    /* announced in HELLO_OK */
+	/* TLS and authentication */
+	char *tls_cert, *tls_key; /* PEM files (chain allowed in tls_cert) */
+	char *tls_client_ca;      /* PEM CA file: enables client certificates (mTLS) */
+	bool require_client_cert; /* refuse TLS handshakes without a valid client cert */
+	char *tenants;            /* credentials file (pd_auth.h) */
+	/* state and workers */
+	char *db;       /* SQLite database path */
+	bool db_sync;   /* fsync the WAL at every commit */
+	uint64_t workers, cache_bytes, stream_ttl_ms, max_streams_per_tenant, max_queued_jobs;
+	uint64_t chunk_bytes, gzip_level;
+	/* connection limits and deadlines */
+	uint64_t max_connections, max_inflight, max_frame, max_frame_preauth;
+	uint64_t handshake_timeout_ms, frame_timeout_ms, request_timeout_ms;
+	uint64_t idle_timeout_ms, keepalive_ms, write_timeout_ms, drain_timeout_ms;
+	uint64_t output_budget_bytes;
+	int log_level; /* enum pd_log_level */
+	pd_limits limits; /* engine input caps; max_input is also max_profile_bytes */
+} pd_config;
+
+/* What the command line asked for besides running the server. */
+enum pd_config_action { PD_ACT_RUN, PD_ACT_CHECK, PD_ACT_HELP, PD_ACT_VERSION, PD_ACT_HASH_TOKEN };
+
+/* Fills c with the table's defaults (strings are heap copies). */
+int pd_config_init(pd_config *c, pd_err *e);
+void pd_config_free(pd_config *c);
+/* Sets one setting from its text form (name may use '-' or '_'). */
+int pd_config_set(pd_config *c, const char *name, const char *value, pd_err *e);
+/* Reads a `key = value` file; errors name the file and line. */
+int pd_config_load_file(pd_config *c, const char *path, pd_err *e);
+/* Defaults, then --config FILE, then every other flag; then pd_config_check()
+ * (skipped for --help / --version / --hash-token; done for --check). */
+int pd_config_from_args(pd_config *c, int argc, char **argv, int *action, pd_err *e);
+/* Cross-setting rules (required files, idle > keepalive, ...). */
+int pd_config_check(const pd_config *c, pd_err *e);
+/* Usage and every setting with its default and help. */
+void pd_config_print_help(FILE *f, const char *prog);
+
+/* ---- logging (stderr, one line per call) ---------------------------------- */
+void pd_log_set_level(int level);
+bool pd_log_enabled(int level);
+void pd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

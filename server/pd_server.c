@@ -1,0 +1,402 @@
+/*
+ * pd_server: listener, event loop, janitor, signals (reload, drain) and the
+ * wiring of service, TLS, credentials, connections and metrics.
+ */
+#include "pd_server.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+
+#include "pd_auth.h"
+#include "pd_conn.h"
+#include "pd_metrics.h"
+#include "pd_service.h"
+#include "pd_tls.h"
+
+#define JANITOR_MS 100
+#define ACCEPT_RETRY_MS 1000
+
+struct pd_server {
+	const pd_config *cfg;
+	struct event_base *base;
+	pd_service *svc;
+	pd_metrics metrics;
+	pd_conn_env env;
+	bool env_ready;
+	struct evconnlistener *listener;
+	pd_metrics_http *http;
+	struct event *ev_janitor, *ev_drain, *ev_accept_retry;
+	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
+	bool draining;
+	/* A copy of the counters for the admin `stats` hook, which runs on a
+	 * worker thread: refreshed by the janitor, read under the mutex. */
+	pthread_mutex_t snap_mu;
+	pd_metrics snap;
+};
+
+/* ---- TLS and credentials (loaded together: the reload is atomic) ---- */
+
+static int load_credentials(const pd_config *cfg, SSL_CTX **tls, pd_auth **auth, pd_err *e)
+{
+	pd_tls_opts o = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->require_client_cert};
+	int rc = pd_tls_ctx_new(&o, tls, e);
+
+	if (rc)
+		return rc;
+	rc = pd_auth_load(cfg->tenants, auth, e);
+	if (rc) {
+		SSL_CTX_free(*tls);
+		*tls = NULL;
+	}
+	return rc;
+}
+
+static void reload(pd_server *s)
+{
+	SSL_CTX *tls;
+	pd_auth *auth;
+	pd_err err;
+
+	if (load_credentials(s->cfg, &tls, &auth, &err)) {
+		s->metrics.reloads_failed++;
+		pd_log(PD_LOG_ERROR, "reload failed, keeping the current TLS files and tenants: %s",
+		       err.msg);
+		return;
+	}
+	SSL_CTX_free(s->env.tls); /* connections hold their own reference */
+	pd_auth_free(s->env.auth);
+	s->env.tls = tls;
+	s->env.auth = auth;
+	s->metrics.reloads_ok++;
+	pd_log(PD_LOG_INFO, "reloaded TLS files and %zu credentials", pd_auth_count(auth));
+	pd_conn_recheck_auth(&s->env);
+}
+
+/* ---- drain ---- */
+
+static void finish_drain(pd_server *s)
+{
+	pd_conn_close_all(&s->env);
+	event_base_loopexit(s->base, NULL);
+}
+
+static void on_conn_closed(void *arg)
+{
+	pd_server *s = arg;
+
+	if (s->draining && pd_conn_count(&s->env) == 0)
+		event_base_loopexit(s->base, NULL);
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	pd_server *s = arg;
+
+	pd_log(PD_LOG_WARN, "drain deadline: closing %zu connections", pd_conn_count(&s->env));
+	s->metrics.limit_hits[PD_LIM_DRAIN_TIMEOUT]++;
+	finish_drain(s);
+}
+
+static void start_drain(pd_server *s, int sig)
+{
+	struct timeval tv;
+	uint64_t ms = s->cfg->drain_timeout_ms;
+
+	if (s->draining) {
+		pd_log(PD_LOG_WARN, "signal %d again: closing everything now", sig);
+		finish_drain(s);
+		return;
+	}
+	pd_log(PD_LOG_INFO, "signal %d: draining %zu connections (at most %llu ms)", sig,
+	       pd_conn_count(&s->env), (unsigned long long)ms);
+	s->draining = true;
+	s->env.draining = true;
+	if (s->listener)
+		evconnlistener_disable(s->listener);
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	evtimer_add(s->ev_drain, &tv);
+	pd_conn_shutdown_all(&s->env);
+	on_conn_closed(s);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	pd_server *s = arg;
+
+	if (sig == SIGHUP)
+		reload(s);
+	else
+		start_drain(s, (int)sig);
+}
+
+/* ---- listener and janitor ---- */
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+		      void *arg)
+{
+	pd_server *s = arg;
+	pd_conn_accept(&s->env, fd, sa, salen);
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+	pd_server *s = arg;
+
+	if (!s->draining)
+		evconnlistener_enable(s->listener);
+}
+
+/* accept() failed (out of descriptors...): back off instead of spinning. */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+	pd_server *s = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = {ACCEPT_RETRY_MS / 1000, (ACCEPT_RETRY_MS % 1000) * 1000};
+
+	pd_log(PD_LOG_WARN, "accept: %s; pausing the listener for %d ms",
+	       evutil_socket_error_to_string(err), ACCEPT_RETRY_MS);
+	evconnlistener_disable(l);
+	evtimer_add(s->ev_accept_retry, &tv);
+}
+
+static void on_janitor(evutil_socket_t fd, short what, void *arg)
+{
+	pd_server *s = arg;
+
+	pd_conn_sweep(&s->env);
+	pthread_mutex_lock(&s->snap_mu);
+	s->snap = s->metrics;
+	pthread_mutex_unlock(&s->snap_mu);
+}
+
+static int open_listener(pd_server *s, pd_err *e)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof ss;
+
+	if (evutil_parse_sockaddr_port(s->cfg->listen, (struct sockaddr *)&ss, &len) != 0)
+		return pd_err_set(e, PD_E_ARG, "listen: cannot parse '%s' (host:port)", s->cfg->listen);
+	s->listener = evconnlistener_new_bind(s->base, on_accept, s,
+					      LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
+						      LEV_OPT_CLOSE_ON_EXEC,
+					      511, (struct sockaddr *)&ss, len);
+	if (!s->listener)
+		return pd_err_set(e, PD_E_IO, "listen %s: %s", s->cfg->listen,
+				  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	evconnlistener_set_error_cb(s->listener, on_accept_error);
+	return PD_OK;
+}
+
+/* ---- metrics ---- */
+
+static void snapshot(void *arg, pd_metrics_view *v)
+{
+	pd_server *s = arg;
+
+	v->net = s->metrics;
+	pd_service_stats_get(s->svc, &v->svc);
+	v->draining = s->draining;
+	v->tenants_credentials = pd_auth_count(s->env.auth);
+}
+
+static void json_u64(pd_buf *out, const char *sep, const char *key, uint64_t v)
+{
+	char tmp[160];
+	int n = snprintf(tmp, sizeof tmp, "%s\"%s\":%llu", sep, key, (unsigned long long)v);
+	pd_buf_append(out, tmp, (size_t)n, NULL);
+}
+
+static void json_map(pd_buf *out, const char *key, const uint64_t *v, int n,
+		     const char *(*name)(int))
+{
+	char tmp[96];
+	int len = snprintf(tmp, sizeof tmp, ",\"%s\":{", key);
+
+	pd_buf_append(out, tmp, (size_t)len, NULL);
+	for (int i = 0; i < n; i++)
+		json_u64(out, i ? "," : "", name(i), v[i]);
+	pd_buf_append(out, "}", 1, NULL);
+}
+
+static const char *code_name_after_ok(int i) { return pd_code_name(i + 1); }
+
+/* Admin `stats`: the network layer's counters (worker thread). */
+static void stats_hook(void *arg, pd_buf *out)
+{
+	pd_server *s = arg;
+	pd_metrics m;
+
+	pthread_mutex_lock(&s->snap_mu);
+	m = s->snap;
+	pthread_mutex_unlock(&s->snap_mu);
+	json_u64(out, ",", "connections", m.conns_current);
+	json_u64(out, ",", "connections_total", m.conns_total);
+	json_u64(out, ",", "connections_authenticated", m.conns_authenticated);
+	json_u64(out, ",", "tls_handshakes_failed", m.handshakes_failed);
+	json_u64(out, ",", "auth_failures", m.auth_failed);
+	json_u64(out, ",", "received_bytes", m.bytes_in);
+	json_u64(out, ",", "sent_bytes", m.bytes_out);
+	json_u64(out, ",", "tls_reloads_ok", m.reloads_ok);
+	json_u64(out, ",", "tls_reloads_failed", m.reloads_failed);
+	json_map(out, "connection_closes", m.closes, PD_CLOSE__COUNT, pd_close_reason_name);
+	json_map(out, "network_limit_hits", m.limit_hits, PD_LIM__COUNT, pd_limit_name);
+	json_map(out, "request_errors_sent", m.request_errors + 1, PD_E__COUNT - 1,
+		 code_name_after_ok);
+}
+
+/* ---- setup ---- */
+
+static int start_service(pd_server *s, pd_err *e)
+{
+	const pd_config *c = s->cfg;
+	pd_service_opts o;
+
+	pd_service_opts_init(&o);
+	o.workers = (unsigned)c->workers;
+	o.cache_bytes = c->cache_bytes;
+	o.stream_ttl_ms = (int64_t)c->stream_ttl_ms;
+	o.max_streams_per_tenant = c->max_streams_per_tenant;
+	o.max_queued_jobs = c->max_queued_jobs;
+	o.chunk_bytes = c->chunk_bytes;
+	o.gzip_level = (int)c->gzip_level;
+	o.limits = c->limits;
+	o.store.path = c->db;
+	o.store.synchronous_full = c->db_sync;
+	return pd_service_new(&o, &s->svc, e);
+}
+
+static int add_events(pd_server *s, pd_err *e)
+{
+	struct timeval jan = {0, JANITOR_MS * 1000};
+
+	s->ev_janitor = event_new(s->base, -1, EV_PERSIST, on_janitor, s);
+	s->ev_drain = evtimer_new(s->base, on_drain_deadline, s);
+	s->ev_accept_retry = evtimer_new(s->base, on_accept_retry, s);
+	s->ev_sigterm = evsignal_new(s->base, SIGTERM, on_signal, s);
+	s->ev_sigint = evsignal_new(s->base, SIGINT, on_signal, s);
+	s->ev_sighup = evsignal_new(s->base, SIGHUP, on_signal, s);
+	if (!s->ev_janitor || !s->ev_drain || !s->ev_accept_retry || !s->ev_sigterm ||
+	    !s->ev_sigint || !s->ev_sighup)
+		return pd_err_set(e, PD_E_NOMEM, "event_new failed");
+	if (event_add(s->ev_janitor, &jan) || event_add(s->ev_sigterm, NULL) ||
+	    event_add(s->ev_sigint, NULL) || event_add(s->ev_sighup, NULL))
+		return pd_err_set(e, PD_E_IO, "event_add failed");
+	return PD_OK;
+}
+
+static int init_env(pd_server *s, pd_err *e)
+{
+	int rc = load_credentials(s->cfg, &s->env.tls, &s->env.auth, e);
+
+	if (rc)
+		return rc;
+	s->env.base = s->base;
+	s->env.cfg = s->cfg;
+	s->env.svc = s->svc;
+	s->env.metrics = &s->metrics;
+	s->env.on_close = on_conn_closed;
+	s->env.on_close_arg = s;
+	rc = pd_conn_env_init(&s->env, e);
+	s->env_ready = rc == PD_OK;
+	if (!rc)
+		pd_service_set_stats_hook(s->svc, stats_hook, s);
+	return rc;
+}
+
+int pd_server_new(const pd_config *cfg, pd_server **out, pd_err *e)
+{
+	pd_server *s;
+	struct timeval tv;
+	int rc;
+
+	*out = NULL;
+	if (evthread_use_pthreads() != 0)
+		return pd_err_set(e, PD_E_INTERNAL, "evthread_use_pthreads failed");
+	signal(SIGPIPE, SIG_IGN); /* a peer's reset must not kill the process */
+	s = calloc(1, sizeof *s);
+	if (!s)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory");
+	s->cfg = cfg;
+	pthread_mutex_init(&s->snap_mu, NULL);
+	gettimeofday(&tv, NULL);
+	s->metrics.start_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+	s->base = event_base_new();
+	rc = s->base ? PD_OK : pd_err_set(e, PD_E_NOMEM, "event_base_new failed");
+	if (!rc)
+		rc = start_service(s, e);
+	if (!rc)
+		rc = init_env(s, e);
+	if (!rc)
+		rc = open_listener(s, e);
+	if (!rc && strcmp(cfg->metrics_listen, "off") != 0)
+		rc = pd_metrics_http_new(s->base, cfg->metrics_listen, snapshot, s, &s->http, e);
+	if (!rc)
+		rc = add_events(s, e);
+	if (rc) {
+		pd_server_free(s);
+		return rc;
+	}
+	*out = s;
+	return PD_OK;
+}
+
+int pd_server_run(pd_server *s, pd_err *e)
+{
+	pd_log(PD_LOG_INFO, "listening on %s (TLS%s), metrics on %s, %zu credentials, db %s",
+	       s->cfg->listen,
+	       s->cfg->tls_client_ca[0] ? (s->cfg->require_client_cert ? ", client cert required"
+								       : ", client certs accepted")
+					: "",
+	       s->cfg->metrics_listen, pd_auth_count(s->env.auth), s->cfg->db);
+	if (event_base_dispatch(s->base) < 0)
+		return pd_err_set(e, PD_E_IO, "event loop failed");
+	pd_log(PD_LOG_INFO, "drained; stopping the service");
+	return PD_OK;
+}
+
+static void free_event(struct event **ev)
+{
+	if (*ev)
+		event_free(*ev);
+	*ev = NULL;
+}
+
+void pd_server_free(pd_server *s)
+{
+	if (!s)
+		return;
+	if (s->listener)
+		evconnlistener_free(s->listener);
+	pd_metrics_http_free(s->http);
+	if (s->env_ready)
+		pd_conn_close_all(&s->env);
+	/* Finishes admitted jobs; their completions queue up for the env. */
+	if (s->svc)
+		pd_service_free(s->svc);
+	if (s->env_ready)
+		pd_conn_env_fini(&s->env);
+	free_event(&s->ev_janitor);
+	free_event(&s->ev_drain);
+	free_event(&s->ev_accept_retry);
+	free_event(&s->ev_sigterm);
+	free_event(&s->ev_sigint);
+	free_event(&s->ev_sighup);
+	if (s->env.tls)
+		SSL_CTX_free(s->env.tls);
+	pd_auth_free(s->env.auth);
+	if (s->base)
+		event_base_free(s->base);
+	pthread_mutex_destroy(&s->snap_mu);
+	free(s);
+}

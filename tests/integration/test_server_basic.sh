@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# test_server_basic.sh: the real pdeltad over TLS, judged by the independent client
+# (pdproto.py) and the oracle (tests/oracle/oracle.py).
+#
+#   - --help lists every setting; bad settings exit 2; --hash-token
+#   - every profile of heap/block/mutex/goroutine-small and heap-medium through the server:
+#     statuses and outputs equal the oracle's (token auth and client-certificate auth)
+#   - retry of the last request: DUPLICATE, byte-identical; stale / conflicting seq refused
+#   - SIGTERM then restart on the same database between two profiles of a stream: the next
+#     response is a DELTA that matches the oracle; the server exits 0
+#   - /metrics and /healthz answer and count what happened
+#   - SIGTERM with an upload open: GOODBYE, 503, the open request still answered, exit 0
+#
+# Env: BINDIR (default bin), PDELTA_TESTDATA (default ../shared/testdata next to the repo).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BINDIR=${BINDIR:-bin}
+case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+PDELTAD=$BINDIR/pdeltad
+TESTDATA=$(cd "${PDELTA_TESTDATA:-$ROOT/../shared/testdata}" && pwd)
+PY=/usr/bin/python3
+CHECK=$HERE/srv_check.py
+
+[[ -x $PDELTAD ]] || { echo "test_server_basic: $PDELTAD not built" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdeltad-basic.XXXXXX")
+SERVER_PID=
+PASS=0
+FAIL=0
+
+cleanup() {
+	if [[ -n $SERVER_PID ]]; then
+		kill -KILL "$SERVER_PID" 2>/dev/null || true
+		wait "$SERVER_PID" 2>/dev/null || true
+	fi
+	if ((FAIL > 0)) && [[ -f $WORK/server.log ]]; then
+		echo "---- server log (tail) ----"
+		tail -n 40 "$WORK/server.log"
+	fi
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ok() { PASS=$((PASS + 1)); echo "ok   $*"; }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL $*"; }
+
+# Runs a srv_check.py command and adds its "N passed, N failed" to ours.
+pycheck() {
+	local out rc=0
+	out=$("$PY" "$CHECK" "$@" 2>&1) || rc=$?
+	echo "$out" | grep -v '^[0-9]* passed, [0-9]* failed$' || true
+	local line p f
+	line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+	if [[ -z $line ]]; then
+		bad "srv_check.py $* (no summary, exit $rc)"
+		return
+	fi
+	p=${line%% passed*}
+	f=${line#*, }
+	f=${f%% failed}
+	PASS=$((PASS + p))
+	FAIL=$((FAIL + f))
+}
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+PORT=$(free_port)
+MPORT=$(free_port)
+while [[ $MPORT == "$PORT" ]]; do MPORT=$(free_port); done
+METRICS=http://127.0.0.1:$MPORT/metrics
+HEALTHZ=http://127.0.0.1:$MPORT/healthz
+
+# ---- setup: certificates, tokens, config ------------------------------------------------
+bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/null
+CA=$WORK/certs/ca.pem
+TOKEN=tok-acme-$RANDOM$RANDOM
+HASH=$(printf '%s\n' "$TOKEN" | "$PDELTAD" --hash-token)
+WANT=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
+[[ $HASH == "$WANT" ]] && ok "--hash-token prints the SHA-256 of the token" || bad "--hash-token: $HASH != $WANT"
+cat >"$WORK/tenants" <<EOF
+# tenants of the basic test
+tenant=acme role=agent token_sha256=$HASH
+tenant=acme role=agent cert_cn=agent-acme
+tenant=acme role=admin cert_cn=admin
+EOF
+cat >"$WORK/pdeltad.conf" <<EOF
+listen = 127.0.0.1:$PORT
+metrics_listen = 127.0.0.1:$MPORT
+tls_cert = $WORK/certs/server.pem
+tls_key = $WORK/certs/server.key
+tls_client_ca = $CA
+tenants = $WORK/tenants
+db = $WORK/state.db
+workers = 2
+drain_timeout_ms = 10s
+db_sync = no   # the crash tests cover durability; this one wants speed
+EOF
+TOKCONN=(--port "$PORT" --ca "$CA" --token "$TOKEN")
+CERTCONN=(--port "$PORT" --ca "$CA" --cert "$WORK/certs/agent-acme.pem" --key "$WORK/certs/agent-acme.key")
+
+# ---- command line ------------------------------------------------------------------------
+HELP=$("$PDELTAD" --help)
+missing=()
+for s in listen metrics_listen tls_cert tls_key tls_client_ca require_client_cert tenants db workers \
+	cache_bytes stream_ttl max_connections max_inflight max_frame max_frame_preauth \
+	handshake_timeout_ms frame_timeout_ms idle_timeout_ms keepalive_ms output_budget_bytes \
+	drain_timeout_ms chunk_bytes gzip_level log_level max_input max_inflated max_samples max_depth; do
+	grep -q -- "--$s " <<<"$HELP" || missing+=("$s")
+done
+((${#missing[@]} == 0)) && ok "--help lists every setting" || bad "--help misses: ${missing[*]}"
+grep -q '\[127.0.0.1:7433\]' <<<"$HELP" && ok "--help shows defaults" || bad "--help shows no defaults"
+rc=0
+"$PDELTAD" --config "$WORK/pdeltad.conf" --no_such_setting 1 2>"$WORK/err" || rc=$?
+[[ $rc == 2 ]] && grep -q no_such_setting "$WORK/err" && ok "unknown setting: exit 2 with its name" ||
+	bad "unknown setting: exit $rc: $(cat "$WORK/err")"
+rc=0
+"$PDELTAD" --config "$WORK/pdeltad.conf" --max_frame=1k 2>"$WORK/err" || rc=$?
+[[ $rc == 2 ]] && grep -q max_frame "$WORK/err" && ok "bad value: exit 2" || bad "bad value: exit $rc"
+printf 'listen 127.0.0.1:1\n' >"$WORK/bad.conf"
+rc=0
+"$PDELTAD" --config "$WORK/bad.conf" 2>"$WORK/err" || rc=$?
+[[ $rc == 2 ]] && grep -q 'bad.conf:1' "$WORK/err" && ok "bad config line: exit 2 naming file:line" ||
+	bad "bad config line: exit $rc: $(cat "$WORK/err")"
+
+out=$("$PDELTAD" --config "$ROOT/deploy/pdeltad.conf.example" --tls_cert "$WORK/certs/server.pem" \
+	--tls_key "$WORK/certs/server.key" --tenants "$ROOT/deploy/tenants.example" --check 2>&1) &&
+	ok "deploy/pdeltad.conf.example and tenants.example pass --check" || bad "examples: $out"
+
+# ---- server lifecycle ------------------------------------------------------------------------
+start_server() {
+	"$PDELTAD" --config "$WORK/pdeltad.conf" "$@" >>"$WORK/server.log" 2>&1 &
+	SERVER_PID=$!
+	for _ in $(seq 100); do
+		if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('$HEALTHZ', timeout=1)" 2>/dev/null; then
+			return 0
+		fi
+		kill -0 "$SERVER_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	bad "server did not start"
+	return 1
+}
+
+stop_server() { # stop_server: SIGTERM, expect exit 0
+	local rc=0
+	kill -TERM "$SERVER_PID"
+	wait "$SERVER_PID" || rc=$?
+	SERVER_PID=
+	[[ $rc == 0 ]] && ok "SIGTERM: server exits 0" || bad "SIGTERM: server exit status $rc"
+}
+
+start_server
+pycheck healthz "$HEALTHZ" 200
+
+# ---- every profile through the server, judged by the oracle -----------------------------------
+NFILES=0
+for s in heap-small block-small mutex-small goroutine-small heap-medium; do
+	files=("$TESTDATA/profiles/$s"/*.pb.gz)
+	NFILES=$((NFILES + ${#files[@]}))
+	conn=("${TOKCONN[@]}")
+	[[ $s == block-small ]] && conn=("${CERTCONN[@]}") # one sequence over client-cert auth
+	pycheck "${conn[@]}" seq --stream "seq/$s" "${files[@]}"
+done
+
+# ---- retries and sequence rules ----------------------------------------------------------------
+pycheck "${TOKCONN[@]}" dup --stream dup/heap "$TESTDATA/profiles/heap-small/000.pb.gz" \
+	"$TESTDATA/profiles/heap-small/001.pb.gz"
+
+# ---- metrics before the restart (the counters are per process) ----------------------------------
+pycheck metrics "$METRICS" \
+	"pdeltad_connections_total>=7" \
+	"pdeltad_connections_authenticated_total>=7" \
+	"pdeltad_requests_total{status=\"delta\"}>=$((NFILES - 10))" \
+	"pdeltad_requests_total{status=\"baseline\"}>=5" \
+	"pdeltad_requests_total{status=\"duplicate\"}==2" \
+	"pdeltad_request_errors_total{code=\"sequence\"}==2" \
+	"pdeltad_request_errors_total{code=\"malformed\"}==2" \
+	"pdeltad_service_requests_total{status=\"delta\"}>=$((NFILES - 10))" \
+	"pdeltad_request_duration_seconds_count{phase=\"total\"}>=$NFILES" \
+	"pdeltad_store_commits_total>=1" \
+	"pdeltad_streams_cached>=6" \
+	"pdeltad_received_bytes_total>1000000" \
+	"pdeltad_connection_closes_total{reason=\"client_goodbye\"}>=6" \
+	"pdeltad_connections==0" \
+	"pdeltad_draining==0"
+
+# ---- restart between two profiles of a stream ------------------------------------------------------
+HEAP=("$TESTDATA/profiles/heap-small"/*.pb.gz)
+pycheck "${TOKCONN[@]}" seq --stream restart/heap --to 4 "${HEAP[@]}"
+stop_server
+start_server
+pycheck "${TOKCONN[@]}" seq --stream restart/heap --from 4 --to 5 "${HEAP[@]}"
+pycheck metrics "$METRICS" "pdeltad_requests_total{status=\"delta\"}==1" \
+	"pdeltad_requests_total{status=\"baseline\"}==0"
+pycheck "${TOKCONN[@]}" seq --stream restart/heap --from 5 "${HEAP[@]}"
+
+# ---- drain with an open request ------------------------------------------------------------------------
+pycheck "${TOKCONN[@]}" drain --pid "$SERVER_PID" --metrics "$METRICS" "$TESTDATA/profiles/heap-small/000.pb.gz"
+rc=0
+wait "$SERVER_PID" || rc=$?
+SERVER_PID=
+[[ $rc == 0 ]] && ok "drain: server exits 0" || bad "drain: server exit status $rc"
+if grep -q -E 'closed \(io_error\)| ERROR |Sanitizer|runtime error' "$WORK/server.log"; then
+	bad "server log has errors: $(grep -m3 -E 'io_error| ERROR |Sanitizer|runtime error' "$WORK/server.log")"
+else
+	ok "server log has no errors or sanitizer reports"
+fi
+
+echo "$PASS passed, $FAIL failed"
+((FAIL == 0))
