@@ -1,0 +1,544 @@
+/*
+ * pdl_handle: the libpdelta handle. Options and their defaults, creation and
+ * destruction, the per-stream table (sequence numbers, local state), the
+ * last error, backoff with jitter, fork detection, and the small public
+ * accessors. Requests live in pdl_request.c, the connection in pdl_conn.c.
+ */
+#include <errno.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pdl_internal.h"
+
+void pdelta_opts_init(pdelta_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->connect_timeout_ms = 5000;
+	o->io_timeout_ms = 30000;
+	o->max_attempts = 5;
+	o->backoff_base_ms = 100;
+	o->backoff_max_ms = 5000;
+	o->first_policy = PDELTA_FIRST_KEEP;
+	o->chunk_bytes = 64 * 1024;
+	o->max_result_bytes = 256u << 20;
+}
+
+/* ---- errors ------------------------------------------------------------------ */
+
+int pdl_fail(pdelta *h, int code, int retryable, const char *fmt, ...)
+{
+	va_list ap;
+
+	h->err.code = code;
+	h->err.retryable = retryable;
+	h->err.from_server = 0;
+	h->err.detail = 0;
+	h->err.value = 0;
+	va_start(ap, fmt);
+	vsnprintf(h->errmsg, sizeof h->errmsg, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+static const char *detail_name(int d)
+{
+	static const char *const n[PD_DETAIL__COUNT] = {
+		"",		   "SEQ_STALE",	    "SEQ_CONFLICT",	 "VERSION",
+		"BAD_FRAME",	   "FRAME_TOO_LARGE", "INFLIGHT",	 "PROFILE_TOO_LARGE",
+		"INPUT_LIMIT",	   "STREAM_LIMIT",    "LENGTH_MISMATCH", "HASH_MISMATCH",
+		"SHUTTING_DOWN",   "CANCELLED",	    "DEADLINE",		 "OVERLOADED",
+		"ROLE",		   "UNKNOWN_COMMAND", "AUTH_FAILED",
+	};
+	return d >= 0 && d < PD_DETAIL__COUNT ? n[d] : "?";
+}
+
+int pdl_fail_server(pdelta *h, const pd_msg_error *m)
+{
+	h->err.code = m->code;
+	h->err.retryable = m->retryable;
+	h->err.from_server = 1;
+	h->err.detail = m->detail;
+	h->err.value = m->value;
+	snprintf(h->errmsg, sizeof h->errmsg, "server: %s%s%s: %.*s", pd_code_name(m->code),
+		 m->detail ? "/" : "", detail_name(m->detail), (int)m->message.len, m->message.p);
+	return m->code;
+}
+
+void pdl_clear_error(pdelta *h)
+{
+	memset(&h->err, 0, sizeof h->err);
+	h->errmsg[0] = 0;
+}
+
+const char *pdelta_strerror(int code)
+{
+	switch (code) {
+	case PDELTA_OK: return "success";
+	case PDELTA_E_NOMEM: return "out of memory";
+	case PDELTA_E_MALFORMED: return "malformed profile or frame";
+	case PDELTA_E_LIMIT: return "limit exceeded";
+	case PDELTA_E_IO: return "connection failed or lost";
+	case PDELTA_E_STATE: return "stored state unusable";
+	case PDELTA_E_ARG: return "bad argument";
+	case PDELTA_E_AUTH: return "authentication failed or admin role needed";
+	case PDELTA_E_SEQ: return "stale or conflicting sequence number";
+	case PDELTA_E_BUSY: return "server busy";
+	case PDELTA_E_STORE: return "server state store failure";
+	case PDELTA_E_PROTO: return "protocol violation";
+	case PDELTA_E_NOTFOUND: return "not found";
+	case PDELTA_E_TIMEOUT: return "timeout";
+	case PDELTA_E_INTERNAL: return "internal error";
+	case PDELTA_E_TLS: return "TLS setup or certificate verification failed";
+	case PDELTA_RESTART: return "response restarted";
+	default: return "unknown error";
+	}
+}
+
+int pdelta_retryable(int code) { return code < PD_E__COUNT && pd_code_retryable(code); }
+
+const char *pdelta_last_error(const pdelta *h) { return h ? h->errmsg : ""; }
+
+void pdelta_last_error_info(const pdelta *h, pdelta_error_info *out) { *out = h->err; }
+
+const char *pdelta_status_name(int status)
+{
+	static const char *const n[] = {"?", "DELTA", "BASELINE", "DUPLICATE"};
+	return status >= 1 && status <= 3 ? n[status] : "?";
+}
+
+const char *pdelta_reason_name(int reason)
+{
+	static const char *const n[] = {"-", "first", "reset", "evicted", "moved"};
+	return reason >= 0 && reason <= 4 ? n[reason] : "?";
+}
+
+/* ---- time, randomness, backoff ------------------------------------------------ */
+
+uint64_t pdl_now_ms(void) { return pd_now_ns() / 1000000u; }
+
+int64_t pdl_wall_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* splitmix64: jitter only, seeded from the CSPRNG. */
+uint64_t pdl_random64(pdelta *h)
+{
+	uint64_t z = (h->rng += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t strong_random64(void)
+{
+	uint64_t v = 0;
+	if (RAND_bytes((unsigned char *)&v, sizeof v) != 1 || v == 0)
+		v = pd_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&v;
+	return v ? v : 1;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* "Equal jitter": half the exponential delay fixed, half random, so retries
+ * of many agents spread out but never come back immediately. */
+void pdl_backoff(pdelta *h, unsigned attempt, uint64_t min_ms)
+{
+	uint64_t d = h->o.backoff_base_ms, half;
+
+	for (unsigned i = 2; i < attempt && d < h->o.backoff_max_ms; i++)
+		d *= 2;
+	if (d > h->o.backoff_max_ms)
+		d = h->o.backoff_max_ms;
+	half = d / 2;
+	d = half + (half ? pdl_random64(h) % (half + 1) : 0);
+	if (d < min_ms)
+		d = min_ms;
+	if (d)
+		sleep_ms(d);
+}
+
+/* ---- SIGPIPE ----------------------------------------------------------------- */
+
+void pdl_sigpipe_block(pdl_sigpipe *g)
+{
+	sigset_t set, pend;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigemptyset(&pend);
+	sigpending(&pend);
+	g->was_pending = sigismember(&pend, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+void pdl_sigpipe_restore(const pdl_sigpipe *g)
+{
+	sigset_t set, pend;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	if (!g->was_pending) {
+		/* Swallow a SIGPIPE our own write raised, so it is never delivered. */
+		struct timespec zero = {0, 0};
+		sigemptyset(&pend);
+		sigpending(&pend);
+		if (sigismember(&pend, SIGPIPE))
+			sigtimedwait(&set, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* ---- fork ---------------------------------------------------------------------- */
+
+void pdl_fork_check(pdelta *h)
+{
+	pid_t me = getpid();
+
+	if (h->pid == me)
+		return;
+	/* A child: the connection belongs to the parent. Free our copy of the
+	 * SSL object without SSL_shutdown (which would write close_notify into
+	 * the parent's session) and close our copy of the descriptor (never
+	 * shutdown(2), which would end the parent's TCP connection too). */
+	if (h->ssl) {
+		SSL_free(h->ssl);
+		h->ssl = NULL;
+	}
+	if (h->fd >= 0) {
+		close(h->fd);
+		h->fd = -1;
+	}
+	h->ready = 0;
+	pd_buf_reset(&h->wbuf);
+	pd_buf_reset(&h->rbuf);
+	h->woff = h->rpos = h->consume = 0;
+	if (h->r.phase != PDL_IDLE) {
+		h->r.phase = PDL_FAILED;
+		h->r.fail_code = pdl_fail(h, PDELTA_E_IO, 1, "the request was open when the process forked");
+		h->r.serr = h->err;
+		memcpy(h->r.smsg, h->errmsg, sizeof h->r.smsg);
+	}
+	h->rng ^= strong_random64();
+	if (h->inc_auto)
+		h->incarnation = strong_random64();
+	h->pid = me;
+	h->stats.forks++;
+}
+
+/* ---- streams --------------------------------------------------------------------- */
+
+pdl_stream *pdl_stream_get(pdelta *h, const char *name, int create)
+{
+	pdl_stream *st;
+
+	for (st = h->streams; st; st = st->next)
+		if (strcmp(st->name, name) == 0)
+			return st;
+	if (!create)
+		return NULL;
+	st = calloc(1, sizeof *st);
+	if (!st || !(st->name = strdup(name))) {
+		free(st);
+		return NULL;
+	}
+	pd_buf_init(&st->R, 0);
+	st->is_local = h->server == NULL;
+	st->next = h->streams;
+	h->streams = st;
+	return st;
+}
+
+uint64_t pdelta_last_seq(const pdelta *h, const char *stream)
+{
+	for (const pdl_stream *st = h->streams; st; st = st->next)
+		if (strcmp(st->name, stream) == 0)
+			return st->last_seq;
+	return 0;
+}
+
+/* ---- creation ---------------------------------------------------------------------- */
+
+static int dup_opt(char **dst, const char *src)
+{
+	*dst = NULL;
+	if (!src || !*src)
+		return 0;
+	*dst = strdup(src);
+	return *dst ? 0 : -1;
+}
+
+/* Splits "host:port" / "[v6]:port". */
+static int split_server(pdelta *h, char *err, size_t errlen)
+{
+	const char *s = h->server, *colon, *hs = s;
+	size_t hl;
+
+	if (s[0] == '[') {
+		const char *rb = strchr(s, ']');
+		if (!rb || rb[1] != ':') {
+			snprintf(err, errlen, "server '%s': want [addr]:port", s);
+			return PDELTA_E_ARG;
+		}
+		hs = s + 1;
+		hl = (size_t)(rb - hs);
+		colon = rb + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon || strchr(s, ':') != colon) {
+			snprintf(err, errlen, "server '%s': want host:port", s);
+			return PDELTA_E_ARG;
+		}
+		hl = (size_t)(colon - s);
+	}
+	if (hl == 0 || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    atoi(colon + 1) < 1 || atoi(colon + 1) > 65535) {
+		snprintf(err, errlen, "server '%s': want host:port with a port 1..65535", s);
+		return PDELTA_E_ARG;
+	}
+	h->host = strndup(hs, hl);
+	h->port = strdup(colon + 1);
+	if (!h->host || !h->port) {
+		snprintf(err, errlen, "out of memory");
+		return PDELTA_E_NOMEM;
+	}
+	return 0;
+}
+
+static int check_opts(const pdelta_opts *o, char *err, size_t errlen)
+{
+	if (o->noverrides > PD_MAX_OVERRIDES || (o->noverrides && !o->overrides)) {
+		snprintf(err, errlen, "at most %d sample-type overrides", PD_MAX_OVERRIDES);
+		return PDELTA_E_ARG;
+	}
+	for (size_t i = 0; i < o->noverrides; i++) {
+		const pdelta_override *v = &o->overrides[i];
+		if (!v->type || !*v->type || strlen(v->type) > PD_MAX_TYPE_NAME ||
+		    (v->policy != PDELTA_POLICY_DELTA && v->policy != PDELTA_POLICY_GAUGE)) {
+			snprintf(err, errlen, "override %zu: want a type name and DELTA or GAUGE", i);
+			return PDELTA_E_ARG;
+		}
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(o->overrides[j].type, v->type) == 0) {
+				snprintf(err, errlen, "override '%s' given twice", v->type);
+				return PDELTA_E_ARG;
+			}
+	}
+	if (o->first_policy < PDELTA_FIRST_KEEP || o->first_policy > PDELTA_FIRST_AUTO) {
+		snprintf(err, errlen, "first_policy must be KEEP, DROP or AUTO");
+		return PDELTA_E_ARG;
+	}
+	if (o->token && strlen(o->token) > PD_MAX_TOKEN) {
+		snprintf(err, errlen, "token longer than %d bytes", PD_MAX_TOKEN);
+		return PDELTA_E_ARG;
+	}
+	if (o->client_name && strlen(o->client_name) > PD_MAX_CLIENT_NAME) {
+		snprintf(err, errlen, "client name longer than %d bytes", PD_MAX_CLIENT_NAME);
+		return PDELTA_E_ARG;
+	}
+	return 0;
+}
+
+static int copy_overrides(pdelta *h, const pdelta_opts *o)
+{
+	pdelta_override *ov;
+
+	h->o.overrides = NULL;
+	if (!o->noverrides)
+		return 0;
+	ov = calloc(o->noverrides, sizeof *ov);
+	h->eng_ovr = calloc(o->noverrides, sizeof *h->eng_ovr);
+	if (!ov || !h->eng_ovr) {
+		free(ov);
+		return -1;
+	}
+	h->o.overrides = ov;
+	for (size_t i = 0; i < o->noverrides; i++) {
+		ov[i].policy = o->overrides[i].policy;
+		if (!(ov[i].type = strdup(o->overrides[i].type)))
+			return -1;
+		h->eng_ovr[i].name = ov[i].type;
+		/* map explicitly: engine and wire enums differ */
+		h->eng_ovr[i].policy =
+			ov[i].policy == PDELTA_POLICY_GAUGE ? PD_POLICY_GAUGE : PD_POLICY_DELTA;
+	}
+	return 0;
+}
+
+static int copy_strings(pdelta *h, const pdelta_opts *o)
+{
+	const char *key = o->key_file ? o->key_file : o->cert_file;
+
+	if (dup_opt(&h->server, o->server) || dup_opt(&h->ca_file, o->ca_file) ||
+	    dup_opt(&h->cert_file, o->cert_file) || dup_opt(&h->key_file, key) ||
+	    dup_opt(&h->token, o->token) || dup_opt(&h->verify_host, o->verify_host) ||
+	    dup_opt(&h->client_name, o->client_name ? o->client_name : "libpdelta"))
+		return -1;
+	return 0;
+}
+
+static void fill_defaults(pdelta_opts *o)
+{
+	pdelta_opts d;
+
+	pdelta_opts_init(&d);
+	if (!o->connect_timeout_ms)
+		o->connect_timeout_ms = d.connect_timeout_ms;
+	if (!o->io_timeout_ms)
+		o->io_timeout_ms = d.io_timeout_ms;
+	if (!o->max_attempts)
+		o->max_attempts = 1;
+	if (!o->chunk_bytes || o->chunk_bytes > PD_FRAME_MIN_LIMIT)
+		o->chunk_bytes = o->chunk_bytes ? PD_FRAME_MIN_LIMIT : d.chunk_bytes;
+	if (!o->max_result_bytes)
+		o->max_result_bytes = d.max_result_bytes;
+	if (o->backoff_max_ms < o->backoff_base_ms)
+		o->backoff_max_ms = o->backoff_base_ms;
+}
+
+static int alloc_handle_parts(pdelta *h)
+{
+	h->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	h->md = EVP_MD_CTX_new();
+	if (!h->sha256 || !h->md)
+		return -1;
+	if (!h->server) {
+		h->eng = pd_engine_new(NULL);
+		h->scratch = pd_state_new();
+		if (!h->eng || !h->scratch)
+			return -1;
+	}
+	return 0;
+}
+
+int pdelta_new(const pdelta_opts *o, pdelta **out, char *errbuf, size_t errlen)
+{
+	char dummy[8];
+	pdelta *h;
+	int rc;
+
+	if (!errbuf || !errlen) {
+		errbuf = dummy;
+		errlen = sizeof dummy;
+	}
+	errbuf[0] = 0;
+	*out = NULL;
+	if ((rc = check_opts(o, errbuf, errlen)))
+		return rc;
+	h = calloc(1, sizeof *h);
+	if (!h)
+		goto nomem;
+	h->fd = -1;
+	h->o = *o;
+	fill_defaults(&h->o);
+	pd_buf_init(&h->wbuf, 0);
+	pd_buf_init(&h->rbuf, PD_FRAME_HDR_LEN + PDL_MAX_FRAME + PDL_READ_SLACK);
+	pd_buf_init(&h->dbuf, 0);
+	pd_buf_init(&h->lout, 0);
+	h->pid = getpid();
+	h->rng = strong_random64();
+	h->inc_auto = o->incarnation == 0;
+	h->incarnation = o->incarnation ? o->incarnation : strong_random64();
+	if (copy_strings(h, o) || copy_overrides(h, o))
+		goto nomem;
+	h->o.server = h->server;
+	h->o.ca_file = h->ca_file;
+	h->o.cert_file = h->cert_file;
+	h->o.key_file = h->key_file;
+	h->o.token = h->token;
+	h->o.verify_host = h->verify_host;
+	h->o.client_name = h->client_name;
+	if (h->server && (rc = split_server(h, errbuf, errlen)))
+		goto fail;
+	if (alloc_handle_parts(h))
+		goto nomem;
+	if (h->server && (rc = pdl_tls_setup(h, errbuf, errlen)))
+		goto fail;
+	*out = h;
+	return PDELTA_OK;
+nomem:
+	rc = PDELTA_E_NOMEM;
+	snprintf(errbuf, errlen, "out of memory");
+fail:
+	pdelta_free(h);
+	return rc;
+}
+
+void pdelta_free(pdelta *h)
+{
+	pdl_stream *st, *nx;
+	pdl_sigpipe g;
+
+	if (!h)
+		return;
+	pdl_sigpipe_block(&g);
+	pdl_fork_check(h);
+	pdl_conn_close(h, 1);
+	pdl_sigpipe_restore(&g);
+	for (st = h->streams; st; st = nx) {
+		nx = st->next;
+		pdl_stream_free_local(st);
+		free(st->name);
+		free(st);
+	}
+	if (h->o.overrides)
+		for (size_t i = 0; i < h->o.noverrides; i++)
+			free((void *)(uintptr_t)h->o.overrides[i].type);
+	free((void *)(uintptr_t)h->o.overrides);
+	free(h->eng_ovr);
+	pd_engine_free(h->eng);
+	pd_state_free(h->scratch);
+	EVP_MD_CTX_free(h->md);
+	EVP_MD_free(h->sha256);
+	SSL_CTX_free(h->ssl_ctx);
+	pd_buf_free(&h->wbuf);
+	pd_buf_free(&h->rbuf);
+	pd_buf_free(&h->dbuf);
+	pd_buf_free(&h->lout);
+	free(h->server);
+	free(h->host);
+	free(h->port);
+	free(h->ca_file);
+	free(h->cert_file);
+	free(h->key_file);
+	free(h->token);
+	free(h->verify_host);
+	free(h->client_name);
+	free(h);
+}
+
+/* ---- accessors ---------------------------------------------------------------------- */
+
+int pdelta_is_local(const pdelta *h) { return h->server == NULL; }
+const char *pdelta_tenant(const pdelta *h) { return h->tenant; }
+int pdelta_role(const pdelta *h) { return h->role; }
+uint64_t pdelta_incarnation(const pdelta *h) { return h->incarnation; }
+void pdelta_stats_get(const pdelta *h, pdelta_stats *out) { *out = h->stats; }
+
+int pdelta_connect(pdelta *h)
+{
+	pdl_sigpipe g;
+	int rc;
+
+	if (!h->server)
+		return PDELTA_OK;
+	pdl_sigpipe_block(&g);
+	pdl_fork_check(h);
+	pdl_clear_error(h);
+	rc = pdl_conn_ensure(h);
+	pdl_sigpipe_restore(&g);
+	return rc;
+}

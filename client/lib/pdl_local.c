@@ -1,0 +1,205 @@
+/*
+ * pdl_local: libpdelta's local mode. The same delta engine as pdeltad
+ * (common/pd_engine), run in process, with the server's request rules of
+ * PROTOCOL.md §8 kept per stream in the handle: incarnation I, last applied
+ * sequence S, its content hash H and its response R (so a repeated
+ * (seq, bytes) answers DUPLICATE, an older seq SEQ_STALE, the same seq with
+ * other bytes SEQ_CONFLICT). Output uses the server's defaults (gzip level 1,
+ * 64 KiB deflate chunks), so deltas are byte-identical to the server's.
+ */
+#include <string.h>
+
+#include "pdl_internal.h"
+
+#define LOCAL_READ_CHUNK (64u * 1024)
+
+void pdl_stream_free_local(pdl_stream *st)
+{
+	pd_state_free(st->state);
+	st->state = NULL;
+	pd_buf_free(&st->R);
+}
+
+static int engine_ready(pdelta *h)
+{
+	if (!h->eng && !(h->eng = pd_engine_new(NULL)))
+		return pdl_fail(h, PDELTA_E_NOMEM, 1, "out of memory (engine)");
+	if (!h->scratch && !(h->scratch = pd_state_new()))
+		return pdl_fail(h, PDELTA_E_NOMEM, 1, "out of memory (state)");
+	if (!h->r.st->state && !(h->r.st->state = pd_state_new()))
+		return pdl_fail(h, PDELTA_E_NOMEM, 1, "out of memory (state)");
+	return PDELTA_OK;
+}
+
+int pdl_local_begin(pdelta *h)
+{
+	int rc = engine_ready(h);
+
+	if (rc)
+		return rc;
+	pd_engine_begin(h->eng);
+	return PDELTA_OK;
+}
+
+static int engine_error(pdelta *h, int rc, const pd_err *e)
+{
+	return pdl_fail(h, rc, pd_code_retryable(rc), "%s", e->msg);
+}
+
+int pdl_local_feed(pdelta *h, const void *p, size_t n)
+{
+	pd_err e = {0, ""};
+	int rc = pd_engine_feed(h->eng, p, n, &e);
+
+	return rc ? engine_error(h, rc, &e) : PDELTA_OK;
+}
+
+static int wire_status(int s)
+{
+	return s == PD_STATUS_BASELINE ? PDELTA_BASELINE
+	       : s == PD_STATUS_DUPLICATE ? PDELTA_DUPLICATE
+					  : PDELTA_DELTA;
+}
+
+/* The rules of PROTOCOL.md §8: 1 = apply, 0 = duplicate, else an error. */
+static int decide(pdelta *h)
+{
+	pdl_req *r = &h->r;
+	pdl_stream *st = r->st;
+
+	if (!st->have_state || st->inc != h->incarnation || r->seq > st->S)
+		return 1;
+	if (r->seq == st->S && memcmp(r->hash, st->H, sizeof st->H) == 0)
+		return 0;
+	pdl_fail(h, PDELTA_E_SEQ, 0, "%s sequence %llu for stream '%s' (last applied %llu)",
+		 r->seq == st->S ? "conflicting" : "stale", (unsigned long long)r->seq, st->name,
+		 (unsigned long long)st->S);
+	h->err.detail = r->seq == st->S ? PD_DETAIL_SEQ_CONFLICT : PD_DETAIL_SEQ_STALE;
+	h->err.value = st->S;
+	return -1;
+}
+
+static void duplicate(pdelta *h)
+{
+	pdl_req *r = &h->r;
+	pdl_stream *st = r->st;
+
+	r->meta.status = PDELTA_DUPLICATE;
+	r->meta.orig_status = st->R_status;
+	r->meta.reason = st->R_reason;
+	r->meta.samples_in = st->R_in;
+	r->meta.samples_out = st->R_out;
+	r->meta.bytes_out = st->R.len;
+}
+
+static int lout_sink(void *ctx, const uint8_t *p, size_t n)
+{
+	return pd_buf_append((pd_buf *)ctx, p, n, NULL) == PD_OK ? 0 : -1;
+}
+
+static void fill_req(pdelta *h, pd_req *q)
+{
+	pd_req_default(q);
+	q->first_policy = h->o.first_policy == PDELTA_FIRST_DROP   ? PD_FIRST_DROP
+			  : h->o.first_policy == PDELTA_FIRST_AUTO ? PD_FIRST_AUTO
+								   : PD_FIRST_KEEP;
+	q->overrides = h->eng_ovr;
+	q->noverrides = h->o.noverrides;
+	q->incarnation = h->incarnation;
+	q->producer_start_ns = h->o.producer_start_ns;
+	q->last_seen_ns = h->r.st->last_seen_ns;
+}
+
+/* The engine succeeded: the new state and response become the stream's. */
+static void commit(pdelta *h, const pd_result *res)
+{
+	pdl_req *r = &h->r;
+	pdl_stream *st = r->st;
+	pd_state *t = st->state;
+	pd_buf b = st->R;
+
+	st->state = h->scratch;
+	h->scratch = t;
+	st->R = h->lout;
+	h->lout = b;
+	pd_buf_reset(&h->lout);
+	st->have_state = 1;
+	st->inc = h->incarnation;
+	st->S = r->seq;
+	memcpy(st->H, r->hash, sizeof st->H);
+	st->R_status = wire_status(res->status);
+	st->R_reason = res->reason;
+	if (r->moved && res->reason == PD_REASON_FIRST)
+		st->R_reason = PDELTA_REASON_MOVED;
+	st->R_in = res->samples_in;
+	st->R_out = res->samples_out;
+	st->last_seen_ns = pdl_wall_ns();
+	r->meta.status = r->meta.orig_status = st->R_status;
+	r->meta.reason = st->R_reason;
+	r->meta.samples_in = st->R_in;
+	r->meta.samples_out = st->R_out;
+	r->meta.bytes_out = st->R.len;
+}
+
+/* Runs the engine on the fed input (in == NULL) or on in[0..n). */
+static int apply(pdelta *h, const void *in, size_t n)
+{
+	pd_req q;
+	pd_result res;
+	pd_err e = {0, ""};
+	int rc, d;
+
+	d = decide(h);
+	if (d < 0)
+		return h->err.code;
+	h->r.local_pos = 0;
+	if (d == 0) {
+		duplicate(h);
+		return PDELTA_OK;
+	}
+	fill_req(h, &q);
+	pd_buf_reset(&h->lout);
+	if (in)
+		rc = pd_engine_run(h->eng, in, n, h->r.st->state, h->scratch, &q, lout_sink, &h->lout,
+				   &res, &e);
+	else
+		rc = pd_engine_finish(h->eng, h->r.st->state, h->scratch, &q, lout_sink, &h->lout, &res,
+				      &e);
+	if (rc)
+		return engine_error(h, rc, &e);
+	commit(h, &res);
+	return PDELTA_OK;
+}
+
+int pdl_local_finish(pdelta *h) { return apply(h, NULL, 0); }
+
+int pdl_local_onecall(pdelta *h, const void *p, size_t n)
+{
+	uint8_t dg[EVP_MAX_MD_SIZE];
+	unsigned dl = 0;
+	int rc;
+
+	if ((rc = engine_ready(h)))
+		return rc;
+	if (EVP_Digest(p, n, dg, &dl, h->sha256, NULL) != 1)
+		return pdl_fail(h, PDELTA_E_INTERNAL, 0, "SHA-256 failed");
+	memcpy(h->r.hash, dg, sizeof h->r.hash);
+	h->r.fed = n;
+	h->r.meta.bytes_in = n;
+	if ((rc = apply(h, p, n)))
+		return rc;
+	h->r.phase = PDL_BODY;
+	return PDELTA_OK;
+}
+
+int pdl_local_read(pdelta *h, const void **p, size_t *n)
+{
+	pdl_req *r = &h->r;
+	const pd_buf *R = &r->st->R;
+	size_t left = R->len - r->local_pos;
+
+	*n = left < LOCAL_READ_CHUNK ? left : LOCAL_READ_CHUNK;
+	*p = *n ? R->data + r->local_pos : NULL;
+	r->local_pos += *n;
+	return PDELTA_OK;
+}

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# test_client_local.sh: libpdelta without a server, and the client command lines' argument checks.
+#
+#   - tests/tools/client_unit: options, errors, local mode (one-call / push / pull give the
+#     engine's exact bytes; DUPLICATE, stale, conflict; a bad profile keeps the state), call
+#     order, unreachable server with retries and backoff, local fallback;
+#   - tests/tools/client_mock: the network paths a real server rarely takes, against a scripted
+#     mock server speaking the frame codec over TLS (resume after a lost connection, RESTART,
+#     bad CRC, busy with a delay, early error + CANCEL, stale seq, PING/GOODBYE, violations,
+#     peer reset while writing without SIGPIPE, failed HELLO, timeouts);
+#   - `pdelta send --local` gives byte-identical outputs to `pdelta seq`, and passes the oracle;
+#   - usage errors of `pdelta send` and pdeltactl exit 2 with a message;
+#   - client/examples/agent.c builds with `cc agent.c $(pkg-config --cflags --libs pdelta)`
+#     against an install-like tree made from client/pdelta.pc.in, and its deltas match.
+#
+# Env: BINDIR (default bin), BUILD (default build/release), PDELTA_TESTDATA.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BINDIR=${BINDIR:-bin}
+BUILD=${BUILD:-build/release}
+case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+TOOLS=$BUILD/tests/tools
+TESTDATA=${PDELTA_TESTDATA:-$ROOT/../shared/testdata}
+TESTDATA=$(cd "$TESTDATA" && pwd)
+PROFILES=$TESTDATA/profiles
+PY=/usr/bin/python3
+PDELTA=$BINDIR/pdelta
+CTL=$BINDIR/pdeltactl
+
+for b in "$PDELTA" "$CTL" "$TOOLS/client_unit"; do
+	[[ -x $b ]] || { echo "test_client_local: $b not built" >&2; exit 1; }
+done
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-client-local.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); echo "ok   $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+check() {
+	local name=$1
+	shift
+	if "$@"; then ok "$name"; else bad "$name"; fi
+}
+same_dirs() {
+	local f rc=0
+	for f in "$1"/*; do
+		cmp -s "$f" "$2/$(basename "$f")" || { echo "  differs: $(basename "$f")"; rc=1; }
+	done
+	[[ $(ls "$1" | wc -l) == $(ls "$2" | wc -l) ]] || rc=1
+	return $rc
+}
+
+# ---- unit tests of the library ---------------------------------------------------------------
+for s in heap-small block-small; do
+	if "$TOOLS/client_unit" "$PROFILES/$s" >"$WORK/unit-$s.log" 2>&1; then
+		ok "client_unit $s: $(tail -1 "$WORK/unit-$s.log")"
+	else
+		bad "client_unit $s"
+		cat "$WORK/unit-$s.log"
+	fi
+done
+
+# ---- the network paths, against a mock server ---------------------------------------------------------
+if [[ -x $TOOLS/client_mock ]]; then
+	bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/pki" >/dev/null
+	if "$TOOLS/client_mock" "$WORK/pki/ca.pem" "$WORK/pki/server.pem" "$WORK/pki/server.key" \
+		>"$WORK/mock.log" 2>&1; then
+		ok "client_mock: $(tail -1 "$WORK/mock.log")"
+	else
+		bad "client_mock"
+		cat "$WORK/mock.log"
+	fi
+fi
+
+# ---- pdelta send --local == pdelta seq ------------------------------------------------------------
+for s in heap-small heap-medium block-small mutex-small cpu-small goroutine-small; do
+	mapfile -t F < <(ls "$PROFILES/$s"/*.pb.gz)
+	"$PDELTA" seq -o "$WORK/seq-$s" "${F[@]}" >/dev/null 2>&1
+	"$PDELTA" send --local --stream "$s" -o "$WORK/send-$s" "${F[@]}" >"$WORK/send-$s.status" 2>&1
+	check "send --local $s: byte-identical to pdelta seq" same_dirs "$WORK/seq-$s" "$WORK/send-$s"
+done
+
+# the oracle on `pdelta send --local` (check_seq.py calls it as `seq [opts] -o DIR FILE...`)
+cat >"$WORK/send-local.sh" <<EOF
+#!/usr/bin/env bash
+shift
+exec "$PDELTA" send --local --stream oracle "\$@"
+EOF
+chmod +x "$WORK/send-local.sh"
+mapfile -t HS < <(ls "$PROFILES/heap-small"/*.pb.gz)
+if $PY "$ROOT/tests/oracle/check_seq.py" --pdelta "$WORK/send-local.sh" --no-go --label send-local \
+	--first drop --type alloc_space=gauge "${HS[@]}" >"$WORK/oracle.log" 2>&1; then
+	ok "oracle: $(tail -1 "$WORK/oracle.log")"
+else
+	bad "oracle on send --local"
+	head -30 "$WORK/oracle.log"
+fi
+
+# ---- usage errors -----------------------------------------------------------------------------------
+usage_err() { # usage_err NAME PATTERN CMD...: exit 2 and PATTERN on stderr
+	local name=$1 pat=$2
+	shift 2
+	"$@" >"$WORK/usage.out" 2>"$WORK/usage.err"
+	local rc=$?
+	if [[ $rc == 2 ]] && grep -q -- "$pat" "$WORK/usage.err"; then ok "$name"; else
+		bad "$name (exit $rc)"
+		cat "$WORK/usage.err"
+	fi
+}
+F0=${HS[0]}
+usage_err "send without --stream" "--stream" "$PDELTA" send --local -o "$WORK/x" "$F0"
+usage_err "send without --server" "--server" "$PDELTA" send --stream s -o "$WORK/x" "$F0"
+usage_err "send without FILE" "FILE" "$PDELTA" send --local --stream s -o "$WORK/x"
+usage_err "send --first bogus" "--first" "$PDELTA" send --local --first bogus --stream s -o "$WORK/x" "$F0"
+usage_err "send --type bad" "--type" "$PDELTA" send --local --type nope --stream s -o "$WORK/x" "$F0"
+usage_err "send --seq -1" "--seq" "$PDELTA" send --local --seq -1 --stream s -o "$WORK/x" "$F0"
+usage_err "send bad server address" "host:port" "$PDELTA" send --server nohost --stream s -o "$WORK/x" "$F0"
+usage_err "ctl without command" "usage" "$CTL" --server 127.0.0.1:1
+usage_err "ctl unknown command" "unknown command" "$CTL" --server 127.0.0.1:1 frobnicate
+usage_err "ctl stream without NAME" "NAME" "$CTL" --server 127.0.0.1:1 stream
+usage_err "ctl without --server" "--server" "$CTL" stats
+"$PDELTA" send --local --stream s -o "$WORK/missing" /nonexistent/file.pb.gz >"$WORK/missing.out" 2>&1
+check "send of a missing file: ERROR line, exit 1" bash -c "[[ $? == 1 ]] && grep -q '^file.pb.gz ERROR' '$WORK/missing.out'"
+"$CTL" --server 127.0.0.1:1 --ca "$WORK/none.pem" stats >"$WORK/noca.out" 2>&1
+check "ctl with a missing CA file: clear error" grep -q "none.pem" "$WORK/noca.out"
+
+# ---- the example agent, built through pkg-config ------------------------------------------------------
+agent_test() {
+	local P=$WORK/prefix
+	mkdir -p "$P/lib/pkgconfig" "$P/include"
+	cp "$BUILD/libpdelta.so" "$P/lib/libpdelta.so.1"
+	ln -sf libpdelta.so.1 "$P/lib/libpdelta.so"
+	cp "$ROOT/client/pdelta.h" "$P/include/"
+	sed -e "s|@PREFIX@|$P|g" "$ROOT/client/pdelta.pc.in" >"$P/lib/pkgconfig/pdelta.pc"
+	# shellcheck disable=SC2046
+	if ! cc -O2 -Wall -Wextra -Werror -o "$WORK/agent" "$ROOT/client/examples/agent.c" \
+		$(PKG_CONFIG_PATH=$P/lib/pkgconfig pkg-config --cflags --libs pdelta) 2>"$WORK/agent-cc.log"; then
+		bad "example agent builds with pkg-config"
+		cat "$WORK/agent-cc.log"
+		return
+	fi
+	ok "example agent builds with cc agent.c \$(pkg-config --cflags --libs pdelta)"
+	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream a -o "$WORK/agent-out" "${HS[@]}" >"$WORK/agent.log" 2>&1
+	check "agent (local mode, files): deltas identical to pdelta seq" same_dirs "$WORK/seq-heap-small" "$WORK/agent-out"
+	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream w -o "$WORK/agent-watch" --watch "${HS[0]}" --count 2 \
+		--interval 0 >"$WORK/agent-watch.log" 2>&1
+	# same profile twice: the second delta keeps only samples with in-use (gauge) values
+	check "agent --watch: first BASELINE, then a DELTA" \
+		bash -c "grep -q 'delta-000001.pb.gz seq=1 BASELINE first' '$WORK/agent-watch.log' && grep -q 'delta-000002.pb.gz seq=2 DELTA -' '$WORK/agent-watch.log'"
+	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream i -o "$WORK/agent-stdin" - <"${HS[0]}" >"$WORK/agent-stdin.log" 2>&1
+	check "agent reading stdin" cmp -s "$WORK/agent-stdin/delta-000001.pb.gz" "$WORK/seq-heap-small/$(basename "${HS[0]}")"
+	check "libpdelta.so does not need libevent or sqlite" bash -c "! ldd '$P/lib/libpdelta.so.1' | grep -Eq 'libevent|sqlite'"
+}
+case $(basename "$BUILD") in
+release | o3) agent_test ;;
+*) echo "skip example agent: $BUILD is a sanitizer build (an uninstrumented program cannot load its libpdelta.so)" ;;
+esac
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
