@@ -49,7 +49,10 @@ run_one() {
 		nseeds=$(find "$corpus" -type f | wc -l)
 	fi
 	echo "== $base: ${seconds}s, $nseeds seeds from ${seeds#"$here"/}"
-	"$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+	# Per-target libFuzzer flags (e.g. -max_len) live in tests/fuzz/<name>.options.
+	local opts=()
+	[ -f "$here/$name.options" ] && read -r -a opts <"$here/$name.options"
+	"$bin" "${opts[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
 		-print_final_stats=1 -artifact_prefix="$artifacts/" "$corpus" >"$log" 2>&1
 	rc=$?
 	execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$')
