@@ -47,6 +47,7 @@ typedef struct fninfo {
 
 typedef struct locinfo {
 	pd_h128 h;
+	uint64_t id;
 	uint32_t map; /* mapping index + 1, 0 = none */
 } locinfo;
 
@@ -89,7 +90,9 @@ struct pd_engine {
 	VEC(uint8_t, fn_mark);
 	VEC(locinfo, li);
 	VEC(uint8_t, loc_mark);
-	VEC(uint32_t, loc_cnt); /* sample references per location */
+	VEC(uint32_t, loc_cnt); /* sample references per location key (see loc_key) */
+	VEC(pd_h128, lh);       /* dense ids: location hash by id */
+	VEC(uint8_t, lvalid);   /* dense ids: 1 if the id exists */
 	idmap loc_ids, fn_ids, map_ids;
 
 	/* columns */
@@ -290,6 +293,8 @@ void pd_engine_free(pd_engine *g)
 	free(g->str_mark);
 	free(g->str_cnt);
 	free(g->loc_cnt);
+	free(g->lh);
+	free(g->lvalid);
 	free(g->ids);
 	free(g->mi);
 	free(g->map_mark);
@@ -674,6 +679,7 @@ static int parse_location(pd_engine *g, uint32_t i, pd_err *e)
 				return malformed(e, "location", i);
 		}
 		if (pass == 0) {
+			l->id = g->ids[i];
 			l->map = mid ? idmap_get(&g->map_ids, mid) : 0;
 			if (mid && !l->map)
 				return pd_err_set(e, PD_E_MALFORMED,
@@ -691,16 +697,48 @@ static int parse_location(pd_engine *g, uint32_t i, pd_err *e)
 	return PD_OK;
 }
 
+/*
+ * Reference counts are kept per location *key*: the id itself when ids are
+ * dense (so the hot loop indexes by id, without the id -> index step), the
+ * table index otherwise.
+ */
+static inline uint64_t loc_key(const pd_engine *g, uint32_t idx)
+{
+	return g->loc_ids.hashed ? idx : g->li[idx].id;
+}
+
+static size_t loc_keys(const pd_engine *g)
+{
+	return g->loc_ids.hashed ? g->nloc : g->loc_ids.dense_n;
+}
+
+static int build_loc_by_id(pd_engine *g, pd_err *e)
+{
+	if (GROW(g->loc_cnt, loc_keys(g) + 1))
+		return PD_E_NOMEM;
+	if (g->loc_ids.hashed)
+		return PD_OK;
+	if (GROW(g->lh, g->loc_ids.dense_n) || GROW(g->lvalid, g->loc_ids.dense_n))
+		return PD_E_NOMEM;
+	memset(g->lvalid, 0, g->loc_ids.dense_n);
+	for (uint32_t i = 0; i < g->nloc; i++) {
+		g->lh[g->li[i].id] = g->li[i].h;
+		g->lvalid[g->li[i].id] = 1;
+	}
+	return PD_OK;
+}
+
 static int parse_locations(pd_engine *g, pd_err *e)
 {
 	int rc;
-	if (GROW(g->li, g->nloc) || GROW(g->ids, g->nloc) || GROW(g->loc_mark, g->nloc) ||
-	    GROW(g->loc_cnt, g->nloc))
+	if (GROW(g->li, g->nloc) || GROW(g->ids, g->nloc) || GROW(g->loc_mark, g->nloc))
 		return PD_E_NOMEM;
 	for (uint32_t i = 0; i < g->nloc; i++)
 		if ((rc = parse_location(g, i, e)))
 			return rc;
-	return idmap_build(&g->loc_ids, g->ids, g->nloc, "location", e);
+	if ((rc = idmap_build(&g->loc_ids, g->ids, g->nloc, "location", e)))
+		return rc;
+	return build_loc_by_id(g, e);
 }
 
 static int index_all(pd_engine *g, pd_err *e)
@@ -844,7 +882,7 @@ static inline int fold_loc(const pd_engine *g, stack_acc *a, uint64_t id)
 		return -1;
 	a->lo = a->lo * PD_H_POLY_LO + g->li[x - 1].h.lo;
 	a->hi = a->hi * PD_H_POLY_HI + g->li[x - 1].h.hi;
-	g->loc_cnt[x - 1]++;
+	g->loc_cnt[loc_key(g, x - 1)]++;
 	a->depth++;
 	return 0;
 }
@@ -857,16 +895,15 @@ static inline int fold_loc(const pd_engine *g, stack_acc *a, uint64_t id)
 static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *end, stack_acc *a)
 {
 	const uint8_t *bend1 = g->base + g->len - 1; /* p[1] is readable while p < bend1 */
-	const uint32_t *dense = g->loc_ids.dense;
+	const pd_h128 *lh = g->lh;
+	const uint8_t *valid = g->lvalid;
 	const uint64_t dn = g->loc_ids.dense_n;
-	const locinfo *li = g->li;
 	uint32_t *cnt = g->loc_cnt;
 	uint64_t lo = a->lo, hi = a->hi;
-	uint32_t depth = a->depth;
+	uint32_t depth = a->depth, ok = 1;
 
 	while (p < end) {
 		uint64_t v;
-		uint32_t x;
 		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
 			uint32_t b0 = p[0], c0 = b0 >> 7;
 			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
@@ -874,13 +911,16 @@ static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *
 		} else if (pd_varint_slow(&p, end, &v)) {
 			return -1;
 		}
-		if (__builtin_expect(v >= dn || !(x = dense[v]), 0))
+		if (__builtin_expect(v >= dn, 0))
 			return -2;
-		lo = lo * PD_H_POLY_LO + li[x - 1].h.lo;
-		hi = hi * PD_H_POLY_HI + li[x - 1].h.hi;
-		cnt[x - 1]++;
+		ok &= valid[v]; /* checked once per sample, off the hot path */
+		lo = lo * PD_H_POLY_LO + lh[v].lo;
+		hi = hi * PD_H_POLY_HI + lh[v].hi;
+		cnt[v]++;
 		depth++;
 	}
+	if (!ok)
+		return -2;
 	a->lo = lo;
 	a->hi = hi;
 	a->depth = depth;
@@ -1000,7 +1040,7 @@ static int hash_pass(pd_engine *g, pd_state *next, pd_err *e)
 	    GROW(g->keep, (size_t)g->nsmp + 1) || GROW(g->idh, (size_t)g->nsmp + 1))
 		return PD_E_NOMEM;
 	memset(g->str_cnt, 0, g->nstr * sizeof *g->str_cnt);
-	memset(g->loc_cnt, 0, g->nloc * sizeof *g->loc_cnt);
+	memset(g->loc_cnt, 0, loc_keys(g) * sizeof *g->loc_cnt);
 	for (uint32_t i = 0; i < g->nsmp; i++)
 		if ((rc = decode_sample(g, i, g->vals + (size_t)i * nst, &g->idh[i], e)))
 			return rc;
@@ -1167,9 +1207,9 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 		if (f == 1 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
 			pd_rd in = pd_rd_make(p, n);
 			while (pd_rd_more(&in) && !next_varint(g, &in, &v, 0)) /* ids were validated */
-				g->loc_cnt[(dense ? dense[v] : idmap_get(&g->loc_ids, v)) - 1] += d;
+				g->loc_cnt[dense ? v : idmap_get(&g->loc_ids, v) - 1u] += d;
 		} else if (f == 1 && wt == PB_VARINT && !pd_rd_varint(&r, &v)) {
-			g->loc_cnt[idmap_get(&g->loc_ids, v) - 1] += d;
+			g->loc_cnt[loc_key(g, idmap_get(&g->loc_ids, v) - 1)] += d;
 		} else if (f == 3 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
 			count_label(g, p, n, d);
 		} else if (pd_rd_skip(&r, wt)) {
@@ -1226,13 +1266,13 @@ static void mark_pass(pd_engine *g, uint32_t kept)
 				count_sample(g, i, UINT32_MAX);
 	} else {
 		memset(g->str_cnt, 0, g->nstr * sizeof *g->str_cnt);
-		memset(g->loc_cnt, 0, g->nloc * sizeof *g->loc_cnt);
+		memset(g->loc_cnt, 0, loc_keys(g) * sizeof *g->loc_cnt);
 		for (uint32_t i = 0; i < g->nsmp; i++)
 			if (g->keep[i])
 				count_sample(g, i, 1);
 	}
 	for (uint32_t i = 0; i < g->nloc; i++)
-		g->loc_mark[i] = g->loc_cnt[i] != 0;
+		g->loc_mark[i] = g->loc_cnt[loc_key(g, i)] != 0;
 	for (uint32_t i = 0; i < g->nstr; i++)
 		g->str_mark[i] = g->str_cnt[i] != 0;
 	g->str_mark[0] = 1;
