@@ -858,12 +858,6 @@ static inline int label_hash(pd_engine *g, const uint8_t *p, size_t n, pd_h128 *
 	return 0;
 }
 
-/* Varint of a sample field: location ids are 1-2 bytes, values longer. */
-static inline int next_varint(const pd_engine *g, pd_rd *r, uint64_t *v, int wide)
-{
-	const uint8_t *bend = g->base + g->len;
-	return wide ? pd_varint8(&r->p, r->end, bend, v) : pd_varint2(&r->p, r->end, bend, v);
-}
 
 /*
  * Identity of sample i: its locations' hashes in order (a polynomial chain
@@ -1192,6 +1186,24 @@ static inline void count_label(pd_engine *g, const uint8_t *p, size_t n, uint32_
 	}
 }
 
+/* The ids of a packed field, validated by the hash pass, counted by id. */
+static void count_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *end, uint32_t d)
+{
+	const uint8_t *bend1 = g->base + g->len - 1;
+	uint32_t *cnt = g->loc_cnt;
+	while (p < end) {
+		uint64_t v;
+		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
+			uint32_t b0 = p[0], c0 = b0 >> 7;
+			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
+			p += 1 + c0;
+		} else if (pd_varint_slow(&p, end, &v)) {
+			return;
+		}
+		cnt[v] += d;
+	}
+}
+
 /* Adds d (+1 or -1 as uint32) to the reference counts of sample i. */
 static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 {
@@ -1205,9 +1217,13 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 		if (pd_rd_key(&r, &f, &wt))
 			return;
 		if (f == 1 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
-			pd_rd in = pd_rd_make(p, n);
-			while (pd_rd_more(&in) && !next_varint(g, &in, &v, 0)) /* ids were validated */
-				g->loc_cnt[dense ? v : idmap_get(&g->loc_ids, v) - 1u] += d;
+			if (dense) {
+				count_locs_dense(g, p, p + n, d);
+			} else {
+				pd_rd in = pd_rd_make(p, n);
+				while (pd_rd_more(&in) && !pd_rd_varint(&in, &v))
+					g->loc_cnt[idmap_get(&g->loc_ids, v) - 1u] += d;
+			}
 		} else if (f == 1 && wt == PB_VARINT && !pd_rd_varint(&r, &v)) {
 			g->loc_cnt[loc_key(g, idmap_get(&g->loc_ids, v) - 1)] += d;
 		} else if (f == 3 && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
