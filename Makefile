@@ -56,7 +56,7 @@ endif
 UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
 TOOL_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 
-.PHONY: all check unit integration bench fuzz fuzz-short demo install clean valgrind asan tools
+.PHONY: all check unit integration bench fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools
 all: $(PROGS) $(LIBPDELTA_A) $(LIBPDELTA_SO) tools
 
 tools: $(TOOL_BINS)
@@ -109,8 +109,19 @@ unit: $(UNIT_BINS)
 check: all $(UNIT_BINS)
 	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/run_all.sh
 
+# memcheck over the unit tests (the kill -9 store test is timing-bound and
+# skipped), the pdelta CLI, and the client library against a real server.
 valgrind: all $(UNIT_BINS)
-	@VALGRIND=1 BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/run_valgrind.sh $(UNIT_BINS)
+	@VALGRIND_SKIP="test_store_crash $(VALGRIND_SKIP)" BINDIR=$(BINDIR) BUILD=$(BUILD) \
+		bash tests/run_valgrind.sh $(UNIT_BINS)
+	@CLIENT_VALGRIND=1 ONLY=valgrind BINDIR=$(BINDIR) BUILD=$(BUILD) \
+		bash tests/integration/test_client_server.sh
+
+# ThreadSanitizer over the server's threaded paths (store, service, server).
+tsan:
+	@$(MAKE) -s SANITIZER=thread all build/thread/tests/unit/test_store build/thread/tests/unit/test_service
+	@build/thread/tests/unit/test_store && build/thread/tests/unit/test_service && \
+		BINDIR=build/thread/bin BUILD=build/thread bash tests/integration/test_server_basic.sh
 
 # ---- fuzzing (clang + libFuzzer) ------------------------------------------
 FUZZ_CC ?= clang

@@ -113,6 +113,13 @@ struct pd_engine {
 
 /* ---- small utilities ---------------------------------------------------- */
 
+/* memset for arrays that may still be NULL when empty (memset(NULL, 0, 0) is UB). */
+static inline void zero(void *p, size_t n)
+{
+	if (n)
+		memset(p, 0, n);
+}
+
 static int grow_(void **pp, size_t *cap, size_t need, size_t elsz, pd_err *e)
 {
 	size_t nc;
@@ -720,7 +727,7 @@ static int build_loc_by_id(pd_engine *g, pd_err *e)
 		return PD_OK;
 	if (GROW(g->lh, g->loc_ids.dense_n) || GROW(g->lvalid, g->loc_ids.dense_n))
 		return PD_E_NOMEM;
-	memset(g->lvalid, 0, g->loc_ids.dense_n);
+	zero(g->lvalid, g->loc_ids.dense_n);
 	for (uint32_t i = 0; i < g->nloc; i++) {
 		g->lh[g->li[i].id] = g->li[i].h;
 		g->lvalid[g->li[i].id] = 1;
@@ -897,7 +904,7 @@ static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *
 	uint32_t depth = a->depth, ok = 1;
 
 	while (p < end) {
-		uint64_t v;
+		uint64_t v = 0;
 		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
 			uint32_t b0 = p[0], c0 = b0 >> 7;
 			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
@@ -942,7 +949,7 @@ static int read_values(const pd_engine *g, const uint8_t *p, const uint8_t *end,
 	const uint8_t *bend = g->base + g->len;
 	uint32_t n = *nvals, max = g->nst;
 	while (p < end) {
-		uint64_t v;
+		uint64_t v = 0;
 		if (pd_varint8(&p, end, bend, &v) || n >= max)
 			return -1;
 		vals[n++] = (int64_t)v;
@@ -1033,8 +1040,8 @@ static int hash_pass(pd_engine *g, pd_state *next, pd_err *e)
 	if (GROW(g->vals, (size_t)g->nsmp * nst + 1) || GROW(g->ent_first, (size_t)g->nsmp + 1) ||
 	    GROW(g->keep, (size_t)g->nsmp + 1) || GROW(g->idh, (size_t)g->nsmp + 1))
 		return PD_E_NOMEM;
-	memset(g->str_cnt, 0, g->nstr * sizeof *g->str_cnt);
-	memset(g->loc_cnt, 0, loc_keys(g) * sizeof *g->loc_cnt);
+	zero(g->str_cnt, g->nstr * sizeof *g->str_cnt);
+	zero(g->loc_cnt, loc_keys(g) * sizeof *g->loc_cnt);
 	for (uint32_t i = 0; i < g->nsmp; i++)
 		if ((rc = decode_sample(g, i, g->vals + (size_t)i * nst, &g->idh[i], e)))
 			return rc;
@@ -1192,7 +1199,7 @@ static void count_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t
 	const uint8_t *bend1 = g->base + g->len - 1;
 	uint32_t *cnt = g->loc_cnt;
 	while (p < end) {
-		uint64_t v;
+		uint64_t v = 0;
 		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
 			uint32_t b0 = p[0], c0 = b0 >> 7;
 			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
@@ -1274,15 +1281,15 @@ static void mark_location_refs(pd_engine *g, uint32_t i)
  */
 static void mark_pass(pd_engine *g, uint32_t kept)
 {
-	memset(g->fn_mark, 0, g->nfn);
-	memset(g->map_mark, 0, g->nmap);
+	zero(g->fn_mark, g->nfn);
+	zero(g->map_mark, g->nmap);
 	if (g->nsmp - kept <= kept) {
 		for (uint32_t i = 0; i < g->nsmp; i++)
 			if (!g->keep[i])
 				count_sample(g, i, UINT32_MAX);
 	} else {
-		memset(g->str_cnt, 0, g->nstr * sizeof *g->str_cnt);
-		memset(g->loc_cnt, 0, loc_keys(g) * sizeof *g->loc_cnt);
+		zero(g->str_cnt, g->nstr * sizeof *g->str_cnt);
+		zero(g->loc_cnt, loc_keys(g) * sizeof *g->loc_cnt);
 		for (uint32_t i = 0; i < g->nsmp; i++)
 			if (g->keep[i])
 				count_sample(g, i, 1);
