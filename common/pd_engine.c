@@ -542,6 +542,12 @@ static int parse_value_types(pd_engine *g, pd_err *e)
 		if (i < g->nst) {
 			g->st_type[i] = type;
 			g->st_unit[i] = unit;
+			for (uint32_t k = 0; k < i; k++) /* columns are matched by name */
+				if (pd_h_eq(g->str_h[g->st_type[k]], g->str_h[type]) &&
+				    pd_h_eq(g->str_h[g->st_unit[k]], g->str_h[unit]))
+					return pd_err_set(e, PD_E_MALFORMED,
+							  "malformed profile: sample types #%u and #%u are the same",
+							  k, i);
 		}
 	}
 	return PD_OK;

@@ -62,6 +62,8 @@ typedef struct smp {
 	int packed;
 } smp;
 
+static int dup_types; /* both sample types named alloc_space/bytes (malformed) */
+
 static void build(pb *out, const smp *s, int ns, int64_t time_nanos, int swap_types, int renumber)
 {
 	pb m;
@@ -69,7 +71,7 @@ static void build(pb *out, const smp *s, int ns, int64_t time_nanos, int swap_ty
 	for (int t = 0; t < 2; t++) { /* sample types */
 		int which = swap_types ? 1 - t : t;
 		memset(&m, 0, sizeof m);
-		put_u(&m, 1, which == 0 ? 1 : 3);
+		put_u(&m, 1, which == 0 || dup_types ? 1 : 3);
 		put_u(&m, 2, 2);
 		put_msg(out, 1, &m);
 	}
@@ -380,6 +382,13 @@ static void test_truncation_and_limits(void)
 		      PD_E_LIMIT);
 		pd_engine_free(small);
 	}
+	/* duplicate sample type names (found by fuzz_pprof: made a retry a reset) */
+	dup_types = 1;
+	build(&big, a, 2, 1000, 0, 0);
+	dup_types = 0;
+	CHECK(pd_engine_run(eng, big.d, big.n, s0, s2, &req, count_sink, &sunk, &r, &e) ==
+	      PD_E_MALFORMED);
+	CHECK(strstr(e.msg, "sample types") != NULL);
 	/* unknown location id */
 	{
 		smp bad[] = {{1, {9}, {1, 1}, 0, {{0}}, 1}};
