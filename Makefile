@@ -131,6 +131,13 @@ FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(COMMON_SRC) -lz
+# fuzz_conn drives the real connection code over a socketpair (TLS, frames,
+# service, engine, store): it also needs the server and its libraries.
+FUZZ_SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+build/fuzz/fuzz_conn: tests/fuzz/fuzz_conn.c $(COMMON_SRC) $(FUZZ_SERVER_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DPD_FUZZ_WITH_SERVER -o $@ $< $(FUZZ_SERVER_SRC) $(COMMON_SRC) \
+		$(PKG_LIBS) -lpthread -lm
 fuzz-build: $(FUZZ_BINS)
 fuzz-short: $(FUZZ_BINS)
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh $(FUZZ_BINS)

@@ -1,0 +1,587 @@
+/*
+ * fuzz_conn: libFuzzer target for the whole server input path: bytes from a
+ * client, through TLS, into the real connection code (server/pd_conn.c: the
+ * bufferevent_openssl transport, the state machine, limits, the frame codec,
+ * auth) and on into the real pd_service (worker, engine, SQLite store),
+ * the way h2o's fuzz driver feeds its HTTP/2 code through a socketpair.
+ *
+ * Per input: socketpair(); pd_conn_accept() takes one end as an accepted
+ * TCP connection; this thread drives a non-blocking TLS client on the other
+ * end and the server's event loop in turns, so the run is single-threaded
+ * apart from the service's own threads. The client resumes the previous
+ * input's TLS session (a full handshake costs milliseconds; the target is
+ * what comes after TLS). The client writes the input's plaintext, reads
+ * whatever the server answers, then closes; the input is over when the
+ * connection is gone and every job it started has completed (an orphaned
+ * job must still complete: a hang is reported as a crash).
+ *
+ * Oracle: besides the sanitizers, everything the server sends must decode
+ * as frames a server may send (pd_frame_decode with the client's limits),
+ * and nothing may follow a connection ERROR (request id 0).
+ *
+ * Input: byte 0 is a control byte, the rest is the client's plaintext.
+ *   bits 0-1  0: a valid agent HELLO is sent first; 1: an admin HELLO;
+ *             2, 3: nothing is prepended (the pre-auth path: HELLO is fuzzed)
+ *   bits 2-3  write pattern: 0 all at once; 1 one byte per write for the
+ *             first 64 bytes; 2 7-byte writes; 3 1000-byte writes; the
+ *             server's loop runs between writes
+ *   bit 4     server drain (pd_conn_shutdown_all, as on SIGTERM) halfway
+ *   bit 5     the client does not read until it has written everything,
+ *             and the server's socket buffer is small (output budget,
+ *             backpressure, write timeout)
+ *   bit 6     run the janitor (pd_conn_sweep) once the input is written
+ *             (and, with bit 5, answered but not read): every deadline
+ *             has expired by then
+ *   bit 7     close without waiting for answers (orphaned jobs)
+ * The server runs with small limits (max_inflight 4, max_frame 64 KiB,
+ * output budget 64 KiB, max upload 48 KiB, 8 queued jobs, 1 KiB chunks) so
+ * that fuzzed inputs reach them, and 1 ms deadlines (handshake, frame,
+ * upload, write, drain) that only the janitor of bit 6 enforces. Stream
+ * state persists across inputs (one service per process), like a real
+ * server's: replaying one input alone may take another path.
+ *
+ * Seeds: tests/fuzz/corpus/conn/ (HELLO variants, delta requests with a
+ * real profile, duplicates, CANCEL, ADMIN, PING, GOODBYE, protocol errors).
+ *
+ * Build: needs the server sources and libevent/OpenSSL/SQLite, which the
+ * generic fuzz rule of the Makefile does not link; a dedicated rule defines
+ * PD_FUZZ_WITH_SERVER. Without it this file builds as an empty target (so
+ * that `make fuzz-build` keeps working) and says so on stderr.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+#ifndef PD_FUZZ_WITH_SERVER
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	fprintf(stderr, "fuzz_conn: built without the server sources (PD_FUZZ_WITH_SERVER); "
+			"nothing is fuzzed. See the header of tests/fuzz/fuzz_conn.c.\n");
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return 0; }
+
+#else
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "pd_auth.h"
+#include "pd_buf.h"
+#include "pd_config.h"
+#include "pd_conn.h"
+#include "pd_frame.h"
+#include "pd_metrics.h"
+#include "pd_service.h"
+#include "pd_tls.h"
+
+#define AGENT_TOKEN "fuzz-agent-token"
+#define ADMIN_TOKEN "fuzz-admin-token"
+#define SETTLE_TURNS 8         /* quiet loop turns before the input counts as answered */
+#define MAX_TURNS 20000        /* per phase; beyond: the connection is stuck */
+#define JOB_WAIT_MS 20000      /* a started job must complete within this */
+#define OUT_CAP (64u << 20)    /* server output kept for decoding */
+
+static struct {
+	char dir[96];
+	pd_config cfg;
+	pd_metrics metrics;
+	pd_service *svc;
+	pd_conn_env env;
+	SSL_CTX *client_ctx;
+	SSL_SESSION *session; /* resumed by the next input: cheap handshakes */
+	pd_buf in;   /* the client's plaintext for one input */
+	pd_buf out;  /* server output not decoded yet */
+	bool conn_error_seen;
+} F;
+
+static void fatal(const char *what)
+{
+	char why[256];
+	fprintf(stderr, "fuzz_conn: %s: %s\n", what, pd_tls_errors(why, sizeof why));
+	abort();
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- one-time setup: a self-signed certificate, tenants, config, service ---- */
+
+static void write_file(const char *name, const char *text, char *path, size_t cap)
+{
+	FILE *f;
+	snprintf(path, cap, "%s/%s", F.dir, name);
+	f = fopen(path, "w");
+	if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+		fatal(path);
+}
+
+/* An EC P-256 key and a self-signed certificate, as PEM files for pd_tls. */
+static void make_cert(char *cert_path, char *key_path, size_t cap)
+{
+	EVP_PKEY *key = EVP_EC_gen("P-256");
+	X509 *x = X509_new();
+	FILE *f;
+
+	if (!key || !x)
+		fatal("key generation");
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
+	X509_set_pubkey(x, key);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+				   (const unsigned char *)"localhost", -1, -1, 0);
+	X509_set_issuer_name(x, X509_get_subject_name(x));
+	if (!X509_sign(x, key, EVP_sha256()))
+		fatal("certificate signing");
+	snprintf(cert_path, cap, "%s/cert.pem", F.dir);
+	snprintf(key_path, cap, "%s/key.pem", F.dir);
+	if (!(f = fopen(cert_path, "w")) || !PEM_write_X509(f, x) || fclose(f) != 0)
+		fatal(cert_path);
+	if (!(f = fopen(key_path, "w")) || !PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) ||
+	    fclose(f) != 0)
+		fatal(key_path);
+	X509_free(x);
+	EVP_PKEY_free(key);
+}
+
+static void write_tenants(char *path, size_t cap)
+{
+	uint8_t h[PD_TOKEN_HASH_LEN];
+	char agent[2 * PD_TOKEN_HASH_LEN + 1], admin[2 * PD_TOKEN_HASH_LEN + 1], text[512];
+
+	pd_auth_hash_token(AGENT_TOKEN, strlen(AGENT_TOKEN), h);
+	pd_auth_hex(h, agent);
+	pd_auth_hash_token(ADMIN_TOKEN, strlen(ADMIN_TOKEN), h);
+	pd_auth_hex(h, admin);
+	snprintf(text, sizeof text,
+		 "tenant=fuzz role=agent token_sha256=%s\ntenant=fuzz role=admin token_sha256=%s\n",
+		 agent, admin);
+	write_file("tenants", text, path, cap);
+}
+
+static void set(const char *name, const char *value)
+{
+	pd_err e;
+	if (pd_config_set(&F.cfg, name, value, &e)) {
+		fprintf(stderr, "fuzz_conn: %s\n", e.msg);
+		abort();
+	}
+}
+
+/* Small limits, so that fuzzed inputs reach them. Deadlines are enforced
+ * only by the janitor (pd_conn_sweep), which runs only when control bit 6
+ * asks for it: at 1 ms they have all expired by then. */
+static void make_config(void)
+{
+	pd_err e;
+
+	if (pd_config_init(&F.cfg, &e))
+		abort();
+	set("max_inflight", "4");
+	set("max_frame", "64k");
+	set("output_budget_bytes", "64k");
+	set("max_input", "48k");
+	set("handshake_timeout_ms", "1");
+	set("frame_timeout_ms", "1");
+	set("request_timeout_ms", "1");
+	set("write_timeout_ms", "1");
+	set("drain_timeout_ms", "1");
+	set("max_queued_jobs", "8");
+	set("chunk_bytes", "1k");
+	set("workers", "1");
+	set("cache_bytes", "1m");
+}
+
+static void start_service(void)
+{
+	char db[128];
+	pd_service_opts o;
+	pd_err e;
+
+	snprintf(db, sizeof db, "%s/state.db", F.dir);
+	pd_service_opts_init(&o);
+	o.workers = (unsigned)F.cfg.workers;
+	o.cache_bytes = F.cfg.cache_bytes;
+	o.max_queued_jobs = F.cfg.max_queued_jobs;
+	o.chunk_bytes = F.cfg.chunk_bytes;
+	o.limits = F.cfg.limits;
+	o.store.path = db;
+	o.store.synchronous_full = 0; /* durability is test_kill9's business */
+	if (pd_service_new(&o, &F.svc, &e)) {
+		fprintf(stderr, "fuzz_conn: service: %s\n", e.msg);
+		abort();
+	}
+}
+
+static void start_env(void)
+{
+	char cert[128], key[128], tenants[128];
+	pd_tls_opts to = {cert, key, NULL, false};
+	pd_err e;
+
+	make_cert(cert, key, sizeof cert);
+	write_tenants(tenants, sizeof tenants);
+	F.env.base = event_base_new();
+	F.env.cfg = &F.cfg;
+	F.env.svc = F.svc;
+	F.env.metrics = &F.metrics;
+	if (!F.env.base || pd_tls_ctx_new(&to, &F.env.tls, &e) || pd_auth_load(tenants, &F.env.auth, &e) ||
+	    pd_conn_env_init(&F.env, &e)) {
+		fprintf(stderr, "fuzz_conn: setup: %s\n", e.msg);
+		abort();
+	}
+	F.client_ctx = SSL_CTX_new(TLS_client_method());
+	if (!F.client_ctx)
+		fatal("client SSL_CTX");
+	SSL_CTX_set_verify(F.client_ctx, SSL_VERIFY_NONE, NULL);
+	SSL_CTX_set_mode(F.client_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+					       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+/*
+ * libFuzzer re-runs every input whose mallocs outnumber its frees to look for
+ * leaks, and here that is nearly every input (the service caches stream
+ * state, on other threads): it halves the speed. Unless the command line
+ * says otherwise, -detect_leaks=0 is added; LeakSanitizer still checks the
+ * whole process at exit (run with -detect_leaks=1 to tie a leak to an input).
+ * libFuzzer parses its flags after this function, which may edit argv.
+ */
+static void default_no_leak_rerun(int *argc, char ***argv)
+{
+	static char flag[] = "-detect_leaks=0";
+	char **v;
+
+	for (int i = 1; i < *argc; i++)
+		if (strncmp((*argv)[i], "-detect_leaks=", 14) == 0)
+			return;
+	v = calloc((size_t)*argc + 2, sizeof *v);
+	if (!v)
+		return;
+	memcpy(v, *argv, (size_t)*argc * sizeof *v);
+	v[(*argc)++] = flag;
+	*argv = v; /* kept for the life of the process */
+}
+
+/* The credentials are read at start-up; the database lives until exit. */
+static void remove_dir(void)
+{
+	static const char *const files[] = {"cert.pem", "key.pem",	   "tenants",
+					    "state.db", "state.db-wal", "state.db-shm"};
+	char path[128];
+
+	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+		snprintf(path, sizeof path, "%s/%s", F.dir, files[i]);
+		unlink(path);
+	}
+	rmdir(F.dir);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	default_no_leak_rerun(argc, argv);
+	snprintf(F.dir, sizeof F.dir, "%s/fuzz_conn.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	if (!mkdtemp(F.dir))
+		fatal("mkdtemp");
+	atexit(remove_dir);
+	signal(SIGPIPE, SIG_IGN);
+	if (evthread_use_pthreads() != 0)
+		fatal("evthread_use_pthreads");
+	pd_log_set_level(getenv("FUZZ_CONN_LOG") ? PD_LOG_DEBUG : -1);
+	make_config();
+	start_service();
+	start_env();
+	pd_buf_init(&F.in, 0);
+	pd_buf_init(&F.out, OUT_CAP);
+	return 0;
+}
+
+/* ---- the server's output: must be valid frames ---- */
+
+static void check_output(void)
+{
+	size_t off = 0, used;
+	pd_msg m;
+	pd_err e;
+
+	for (;;) {
+		int rc = pd_frame_decode(F.out.data + off, F.out.len - off, PD_FRAME_MAX_ABS, &m, &used, &e);
+		if (rc == PD_FRAME_NEED_MORE)
+			break;
+		if (rc) {
+			fprintf(stderr, "fuzz_conn: the server sent an invalid frame: %s\n", e.msg);
+			abort();
+		}
+		if (!(pd_frame_type_senders(m.type) & PD_SIDE_SERVER)) {
+			fprintf(stderr, "fuzz_conn: the server sent %s\n", pd_frame_type_name(m.type));
+			abort();
+		}
+		if (F.conn_error_seen) {
+			fprintf(stderr, "fuzz_conn: %s after a connection ERROR\n", pd_frame_type_name(m.type));
+			abort();
+		}
+		F.conn_error_seen = m.type == PD_FT_ERROR && m.request_id == 0;
+		off += used;
+	}
+	memmove(F.out.data, F.out.data + off, F.out.len - off);
+	F.out.len -= off;
+}
+
+/* ---- the client side ---- */
+
+typedef struct client {
+	SSL *ssl;
+	int fd;
+	bool eof; /* the server closed */
+} client;
+
+/* One turn of the server's loop, waiting at most wait_ms for an event. */
+static void server_turn(int wait_ms)
+{
+	struct timeval tv = {0, wait_ms * 1000};
+	if (wait_ms) {
+		event_base_loopexit(F.env.base, &tv);
+		event_base_loop(F.env.base, EVLOOP_ONCE);
+	} else {
+		event_base_loop(F.env.base, EVLOOP_NONBLOCK);
+	}
+}
+
+/* Reads what the server sent; returns the bytes read. */
+static size_t client_read(client *c)
+{
+	uint8_t buf[16384];
+	size_t total = 0;
+
+	while (!c->eof) {
+		int n = SSL_read(c->ssl, buf, sizeof buf);
+		if (n <= 0) {
+			int err = SSL_get_error(c->ssl, n);
+			if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
+				c->eof = true;
+			ERR_clear_error();
+			break;
+		}
+		total += (size_t)n;
+		if (F.out.len + (size_t)n <= OUT_CAP)
+			pd_buf_append(&F.out, buf, (size_t)n, NULL);
+	}
+	check_output();
+	return total;
+}
+
+static bool client_handshake(client *c)
+{
+	for (int i = 0; i < MAX_TURNS; i++) {
+		int rc = SSL_do_handshake(c->ssl);
+		if (rc == 1)
+			return true;
+		rc = SSL_get_error(c->ssl, rc);
+		if (rc != SSL_ERROR_WANT_READ && rc != SSL_ERROR_WANT_WRITE)
+			fatal("TLS handshake with pd_conn failed");
+		server_turn(i > 100 ? 1 : 0);
+	}
+	fatal("TLS handshake stuck");
+	return false;
+}
+
+/* Writes p[0..n); false when the server stopped taking bytes (paused, or closed). */
+static bool client_write(client *c, const uint8_t *p, size_t n, bool read_too)
+{
+	int stalled = 0;
+
+	while (n && !c->eof) {
+		int w = SSL_write(c->ssl, p, n > 16384 ? 16384 : (int)n);
+		if (w > 0) {
+			p += w;
+			n -= (size_t)w;
+			stalled = 0;
+		} else {
+			int err = SSL_get_error(c->ssl, w);
+			ERR_clear_error();
+			if (err != SSL_ERROR_WANT_WRITE && err != SSL_ERROR_WANT_READ)
+				return false;
+			if (++stalled > 200)
+				return false; /* backpressure: the server has stopped reading */
+		}
+		server_turn(stalled > 20 ? 1 : 0);
+		if (read_too)
+			client_read(c);
+	}
+	return !c->eof;
+}
+
+static uint64_t jobs_in_service(bool all)
+{
+	pd_service_stats st;
+	pd_service_stats_get(F.svc, &st);
+	return all ? st.jobs_admitted : st.jobs_queued + st.jobs_running;
+}
+
+/* Turns the loop until the server has nothing more to say for a while
+ * (with reading false: until its jobs are done and it has queued what it
+ * can). A turn only waits (1 ms at most, less when an event comes) while
+ * jobs run and on the turn after: the service drops its counters just
+ * before it queues the completion. Quiet turns do not wait. */
+static void settle(client *c, bool reading)
+{
+	bool was_busy = false;
+	int quiet = 0;
+
+	for (int i = 0; i < MAX_TURNS && quiet < SETTLE_TURNS && !c->eof; i++) {
+		bool busy = jobs_in_service(false) > 0;
+		size_t got = 0;
+
+		server_turn(busy || was_busy ? 1 : 0);
+		if (reading)
+			got = client_read(c);
+		quiet = got == 0 && !busy && !was_busy ? quiet + 1 : 0;
+		was_busy = busy;
+	}
+}
+
+/* After the client closed: the connection goes, and every job it started completes. */
+static void wait_gone(void)
+{
+	uint64_t deadline = now_ms() + JOB_WAIT_MS;
+
+	while (pd_conn_count(&F.env) > 0 || jobs_in_service(true) > 0) {
+		if (now_ms() > deadline) {
+			fprintf(stderr, "fuzz_conn: stuck: %zu connections, %llu jobs after close\n",
+				pd_conn_count(&F.env), (unsigned long long)jobs_in_service(true));
+			abort();
+		}
+		server_turn(1);
+	}
+	for (int i = 0; i < SETTLE_TURNS; i++) /* completions and the reaper */
+		server_turn(0);
+}
+
+/* The newest resumable session (TLS 1.3 tickets come after the handshake). */
+static void keep_session(SSL *ssl)
+{
+	SSL_SESSION *s = SSL_get1_session(ssl);
+
+	if (!s)
+		return;
+	if (!SSL_SESSION_is_resumable(s) || s == F.session) {
+		SSL_SESSION_free(s);
+		return;
+	}
+	SSL_SESSION_free(F.session);
+	F.session = s;
+}
+
+static void append_hello(pd_buf *b, const char *token)
+{
+	pd_msg m = {.type = PD_FT_HELLO};
+	m.u.hello.min_version = PD_PROTO_VERSION_MIN;
+	m.u.hello.max_version = PD_PROTO_VERSION;
+	m.u.hello.client_name = pd_str_c("fuzz");
+	m.u.hello.token = pd_str_c(token);
+	if (pd_msg_encode(b, &m, NULL))
+		abort();
+}
+
+static void write_input(client *c, const uint8_t *p, size_t n, unsigned ctl)
+{
+	unsigned pattern = (ctl >> 2) & 3;
+	bool drain = ctl & 0x10, read_too = !(ctl & 0x20);
+	size_t half = n / 2, off = 0;
+
+	while (off < n) {
+		size_t step = n - off;
+		if (pattern == 1 && off < 64)
+			step = 1;
+		else if (pattern == 2)
+			step = step < 7 ? step : 7;
+		else if (pattern == 3)
+			step = step < 1000 ? step : 1000;
+		if (drain && off <= half && off + step > half)
+			step = half - off + (half == off);
+		if (!client_write(c, p + off, step, read_too))
+			return;
+		off += step;
+		if (drain && off >= half && !F.env.draining) {
+			F.env.draining = true;
+			pd_conn_shutdown_all(&F.env);
+		}
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(40000)};
+	unsigned ctl;
+	client c = {0};
+	int sv[2];
+
+	if (size < 1)
+		return 0;
+	ctl = data[0];
+	pd_buf_reset(&F.in);
+	if ((ctl & 3) < 2)
+		append_hello(&F.in, (ctl & 3) ? ADMIN_TOKEN : AGENT_TOKEN);
+	if (pd_buf_append(&F.in, data + 1, size - 1, NULL))
+		abort();
+	pd_buf_reset(&F.out);
+	F.conn_error_seen = false;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+		fatal("socketpair");
+	peer.sin_addr.s_addr = htonl(0x7f000001);
+	if (ctl & 0x20) {
+		/* The client will not read: a small socket buffer lets the server's
+		 * output reach its budget instead of vanishing into the kernel. */
+		int small = 4096;
+		setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+	}
+	pd_conn_accept(&F.env, sv[0], (struct sockaddr *)&peer, sizeof peer);
+	c.fd = sv[1];
+	c.ssl = SSL_new(F.client_ctx);
+	if (!c.ssl || !SSL_set_fd(c.ssl, c.fd) || (F.session && !SSL_set_session(c.ssl, F.session)))
+		fatal("client SSL");
+	SSL_set_connect_state(c.ssl);
+	if (client_handshake(&c)) {
+		write_input(&c, F.in.data, F.in.len, ctl);
+		if (ctl & 0x20) /* still not reading: the output piles up */
+			settle(&c, false);
+		if (ctl & 0x40) {
+			usleep(2000); /* deadlines count whole ms */
+			pd_conn_sweep(&F.env);
+		}
+		if (!(ctl & 0x80))
+			settle(&c, true);
+	}
+	keep_session(c.ssl);
+	/* A quiet close: SSL_free would otherwise mark the session not resumable. */
+	SSL_set_shutdown(c.ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+	SSL_free(c.ssl);
+	close(c.fd);
+	wait_gone();
+	F.env.draining = false;
+	return 0;
+}
+
+#endif /* PD_FUZZ_WITH_SERVER */
