@@ -1679,6 +1679,8 @@ int pd_engine_run(pd_engine *g, const void *in, size_t n, const pd_state *prev, 
 
 static void str_ref(const pd_engine *g, uint32_t idx, const char **p, size_t *n)
 {
+	if (idx >= g->nstr)
+		idx = 0; /* never happens for validated indices; "" otherwise */
 	*p = (const char *)g->base + g->str[idx].off;
 	*n = g->str[idx].len;
 }
@@ -1728,13 +1730,14 @@ int pd_engine_inspect(pd_engine *g, const void *in, size_t n, pd_inspect *o, pd_
 		uint32_t t = 0, u = 0;
 		while (pd_rd_more(&r)) {
 			uint32_t f, wt;
-			uint64_t v;
-			if (pd_rd_key(&r, &f, &wt) || pd_rd_varint(&r, &v))
+			if (pd_rd_key(&r, &f, &wt))
 				break;
-			if (f == 1)
-				t = (uint32_t)v;
-			if (f == 2)
-				u = (uint32_t)v;
+			if ((f == 1 || f == 2) && wt == PB_VARINT) {
+				if (str_idx(g, &r, wt, f == 1 ? &t : &u))
+					break;
+			} else if (pd_rd_skip(&r, wt)) {
+				break;
+			}
 		}
 		str_ref(g, t, &o->period_type, &o->period_type_len);
 		str_ref(g, u, &o->period_unit, &o->period_unit_len);
