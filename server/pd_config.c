@@ -60,6 +60,8 @@ static const setting settings[] = {
 	    "streams one tenant may have"),
 	NUM("max_queued_jobs", T_COUNT, max_queued_jobs, 4096, 1, 1000000,
 	    "delta requests admitted but not finished; beyond: busy/OVERLOADED"),
+	NUM("max_queued_bytes", T_BYTES, max_queued_bytes, 256 * MIB, MIB, 1ull << 40,
+	    "upload bytes of admitted, unfinished requests; beyond: busy/OVERLOADED"),
 	NUM("chunk_bytes", T_BYTES, chunk_bytes, PD_DEFAULT_RESULT_CHUNK, KIB, PD_FRAME_MAX_ABS,
 	    "compressed bytes per RESULT_DATA frame"),
 	NUM("gzip_level", T_COUNT, gzip_level, 1, 1, 9, "gzip level of delta outputs"),

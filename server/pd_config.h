@@ -38,6 +38,7 @@ typedef struct pd_config {
 	char *db;       /* SQLite database path */
 	bool db_sync;   /* fsync the WAL at every commit */
 	uint64_t workers, cache_bytes, stream_ttl_ms, max_streams_per_tenant, max_queued_jobs;
+	uint64_t max_queued_bytes;
 	uint64_t chunk_bytes, gzip_level;
 	/* connection limits and deadlines */
 	uint64_t max_connections, max_inflight, max_frame, max_frame_preauth;

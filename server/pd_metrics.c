@@ -206,6 +206,10 @@ static void render_service(const pd_service_stats *s, struct evbuffer *b)
 	    s->streams_expired);
 	one(b, "pdeltad_service_limit_hits_total", "counter",
 	    "max_queued_jobs refusals (busy/OVERLOADED)", s->busy_rejects);
+	one(b, "pdeltad_service_queued_bytes_limit_hits_total", "counter",
+	    "max_queued_bytes refusals (busy/OVERLOADED)", s->bytes_busy_rejects);
+	one(b, "pdeltad_service_queued_bytes", "gauge", "upload bytes held by admitted jobs",
+	    s->queued_bytes);
 	one(b, "pdeltad_service_stream_limit_hits_total", "counter",
 	    "new streams refused by max_streams_per_tenant", s->stream_limit_hits);
 	one(b, "pdeltad_service_input_limit_hits_total", "counter",

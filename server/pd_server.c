@@ -268,6 +268,7 @@ static int start_service(pd_server *s, pd_err *e)
 	o.stream_ttl_ms = (int64_t)c->stream_ttl_ms;
 	o.max_streams_per_tenant = c->max_streams_per_tenant;
 	o.max_queued_jobs = c->max_queued_jobs;
+	o.max_queued_bytes = c->max_queued_bytes;
 	o.chunk_bytes = c->chunk_bytes;
 	o.gzip_level = (int)c->gzip_level;
 	o.limits = c->limits;

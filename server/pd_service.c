@@ -51,6 +51,7 @@ void pd_service_opts_init(pd_service_opts *o)
 	o->stream_ttl_ms = (int64_t)7 * 24 * 3600 * 1000;
 	o->max_streams_per_tenant = 100000;
 	o->max_queued_jobs = 4096;
+	o->max_queued_bytes = 256ull << 20;
 	o->chunk_bytes = 65536;
 	o->gzip_level = 1;
 	o->janitor_interval_ms = 5000;
@@ -171,6 +172,13 @@ static int admit(pd_service *s, pd_err *e)
 	} else if (s->admitted >= s->o.max_queued_jobs) {
 		s->st.busy_rejects++;
 		rc = pd_err_set(e, PD_E_BUSY, "too many queued jobs (%zu)", s->o.max_queued_jobs);
+	} else if (s->queued_bytes >= s->o.max_queued_bytes / 4 * 3) {
+		/* Admits below 3/4 of the budget: the rest is headroom for uploads
+		 * already admitted, which pd_job_data refuses (wasting them) only
+		 * at the full budget. */
+		s->st.bytes_busy_rejects++;
+		rc = pd_err_set(e, PD_E_BUSY, "too many queued upload bytes (max_queued_bytes %llu)",
+				(unsigned long long)s->o.max_queued_bytes);
 	} else {
 		s->admitted++;
 	}
@@ -178,11 +186,39 @@ static int admit(pd_service *s, pd_err *e)
 	return rc;
 }
 
-static void unadmit(pd_service *s)
+/* The job leaves the admitted set: its slot and its upload bytes. Holds mu. */
+static void unadmit_locked(pd_service *s, pd_job *j)
+{
+	s->admitted--;
+	s->queued_bytes -= j->qbytes;
+	j->qbytes = 0;
+}
+
+static void unadmit(pd_service *s, pd_job *j)
 {
 	pthread_mutex_lock(&s->mu);
-	s->admitted--;
+	unadmit_locked(s, j);
 	pthread_mutex_unlock(&s->mu);
+}
+
+/* Reserves n upload bytes under max_queued_bytes. A job that is the only
+ * holder of bytes may always go on: a budget below one upload still lets
+ * uploads finish, one at a time. */
+static int reserve_bytes(pd_service *s, pd_job *j, size_t n, pd_err *e)
+{
+	int rc = PD_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if (s->queued_bytes + n > s->o.max_queued_bytes && s->queued_bytes > j->qbytes) {
+		s->st.bytes_busy_rejects++;
+		rc = pd_err_set(e, PD_E_BUSY, "too many queued upload bytes (max_queued_bytes %llu)",
+				(unsigned long long)s->o.max_queued_bytes);
+	} else {
+		s->queued_bytes += n;
+		j->qbytes += n;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return rc;
 }
 
 static int copy_params(pd_job *j, const pd_job_params *p, pd_err *e)
@@ -225,7 +261,9 @@ int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e)
 	if ((rc = check_params(p, e)) || (rc = admit(s, e)))
 		return rc;
 	if (!(j = pd_svc_job_get(s))) {
-		unadmit(s);
+		pthread_mutex_lock(&s->mu);
+		s->admitted--;
+		pthread_mutex_unlock(&s->mu);
 		return pd_err_set(e, PD_E_NOMEM, "out of memory for a job");
 	}
 	j->svc = s;
@@ -233,7 +271,7 @@ int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e)
 	j->in.cap = s->o.limits.max_input ? (size_t)s->o.limits.max_input : SIZE_MAX;
 	j->out.cap = out_cap(&s->o.limits);
 	if ((rc = copy_params(j, p, e))) {
-		unadmit(s);
+		unadmit(s, j);
 		pd_svc_job_put(s, j);
 		return rc;
 	}
@@ -248,6 +286,10 @@ int pd_job_data(pd_job *j, const void *p, size_t n, pd_err *e)
 
 	if (j->data_rc)
 		return pd_err_set(e, j->data_rc, "%s", j->data_err.msg);
+	if ((rc = reserve_bytes(s, j, n, &j->data_err))) {
+		j->data_rc = rc;
+		return pd_err_set(e, rc, "%s", j->data_err.msg);
+	}
 	if (!(rc = pd_buf_append(&j->in, p, n, &j->data_err)))
 		return PD_OK;
 	if (rc == PD_E_LIMIT) {
@@ -280,7 +322,7 @@ void pd_job_submit(pd_job *j, const uint8_t hash[16], uint64_t total_len, pd_job
 		j->res.rc = pd_err_set(&j->res.err, PD_E_BUSY, "service shut down");
 		j->res.detail = PD_DETAIL_SHUTTING_DOWN;
 		j->res.seq = j->seq;
-		unadmit(s);
+		unadmit(s, j);
 		done(arg, j, &j->res);
 		return;
 	}
@@ -303,7 +345,7 @@ void pd_job_abort(pd_job *j)
 {
 	if (!j)
 		return;
-	unadmit(j->svc);
+	unadmit(j->svc, j);
 	pd_svc_job_put(j->svc, j);
 }
 
@@ -355,6 +397,9 @@ static void count_result(pd_service *s, const pd_job *j)
 	st->lat_engine_sum_ns += r->ns_engine;
 	st->lat_commit_sum_ns += r->ns_commit;
 	st->lat_count++;
+	/* Worker time only: the store commit runs on its own thread. */
+	s->ewma_job_ns = s->ewma_job_ns ? s->ewma_job_ns - s->ewma_job_ns / 8 + r->ns_engine / 8
+					: r->ns_engine;
 }
 
 /* Completes a delta job (done is called) and releases its stream. */
@@ -387,7 +432,7 @@ static void job_finish(pd_job *j)
 	count_result(s, j);
 	if (r->rc == PD_E_TIMEOUT && r->detail == PD_DETAIL_CANCELLED)
 		s->st.jobs_cancelled++;
-	s->admitted--;
+	unadmit_locked(s, j);
 	if (st)
 		s->st.jobs_running--; /* counters are final when done runs */
 	pthread_mutex_unlock(&s->mu);
@@ -703,7 +748,8 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 	rc = pd_store_put_if_async(s->store, &rec, st->exists ? st->version : 0, store_done, j);
 	if (rc) {
 		pd_err_set(&j->res.err, rc, "state store refused the write (%s)", pd_code_name(rc));
-		return job_fail(j, rc, rc == PD_E_BUSY ? PD_DETAIL_OVERLOADED : PD_DETAIL_NONE, 0);
+		return job_fail(j, rc, rc == PD_E_BUSY ? PD_DETAIL_OVERLOADED : PD_DETAIL_NONE,
+				rc == PD_E_BUSY ? pd_service_retry_after_ms(s) : 0);
 	}
 	return PD_OK;
 }
@@ -1023,6 +1069,8 @@ static void normalize_opts(pd_service_opts *o)
 		o->max_streams_per_tenant = d.max_streams_per_tenant;
 	if (!o->max_queued_jobs)
 		o->max_queued_jobs = d.max_queued_jobs;
+	if (!o->max_queued_bytes)
+		o->max_queued_bytes = d.max_queued_bytes;
 	if (!o->chunk_bytes)
 		o->chunk_bytes = d.chunk_bytes;
 	if (!o->janitor_interval_ms)
@@ -1158,9 +1206,22 @@ void pd_service_stats_get(pd_service *s, pd_service_stats *out)
 	out->streams_cached = s->nstreams;
 	out->cache_bytes = s->cache_bytes;
 	out->jobs_admitted = s->admitted;
+	out->queued_bytes = s->queued_bytes;
 	out->tenants = s->ntenants;
 	pthread_mutex_unlock(&s->mu);
 	pd_store_stats(s->store, &out->store);
 }
 
 pd_store *pd_service_store(pd_service *s) { return s->store; }
+
+uint64_t pd_service_retry_after_ms(pd_service *s)
+{
+	uint64_t ms;
+
+	pthread_mutex_lock(&s->mu);
+	/* Time for the workers to drain the submitted backlog (uploads still
+	 * arriving are bounded by max_queued_bytes); no history yet: the floor. */
+	ms = s->outstanding * s->ewma_job_ns / (s->o.workers ? s->o.workers : 1) / 1000000;
+	pthread_mutex_unlock(&s->mu);
+	return ms < 50 ? 50 : ms > 5000 ? 5000 : ms;
+}

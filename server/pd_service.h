@@ -59,6 +59,7 @@ typedef struct pd_service_opts {
 	int64_t stream_ttl_ms;         /* idle streams expire (default 7 days; 0 = never) */
 	uint64_t max_streams_per_tenant; /* default 100000 */
 	size_t max_queued_jobs;        /* jobs admitted but not completed (default 4096) */
+	uint64_t max_queued_bytes;     /* upload bytes of those jobs (default 256 MiB) */
 	size_t chunk_bytes;            /* compressed bytes per output chunk (default 64 KiB) */
 	int gzip_level;                /* output gzip level (default 1) */
 	pd_limits limits;              /* engine input limits (pd_limits_default) */
@@ -106,11 +107,13 @@ typedef struct pd_job_result {
 
 typedef void (*pd_job_done_fn)(void *arg, pd_job *job, const pd_job_result *res);
 
-/* Admits a request (PD_E_BUSY when over max_queued_jobs; PD_E_LIMIT when the
+/* Admits a request (PD_E_BUSY when over max_queued_jobs or max_queued_bytes; PD_E_LIMIT when the
  * tenant is at max_streams_per_tenant and the stream is new is reported at
  * completion instead). */
 int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e);
-/* Appends uploaded bytes (as received: gzip or raw). PD_E_LIMIT past max_input. */
+/* Appends uploaded bytes (as received: gzip or raw). PD_E_LIMIT past max_input;
+ * PD_E_BUSY (sticky) when the service's max_queued_bytes would be exceeded and
+ * other jobs hold bytes (a job alone always may finish its upload). */
 int pd_job_data(pd_job *j, const void *p, size_t n, pd_err *e);
 /* Upload complete: hash = first 16 bytes of SHA-256 of the uploaded bytes,
  * as sent by the client (the service verifies it and the length). The job
@@ -126,6 +129,10 @@ void pd_job_abort(pd_job *j);
  * pd_job_free. */
 void pd_job_cancel(pd_job *j);
 void pd_job_free(pd_job *j);
+/* Suggested client retry delay after PD_E_BUSY (busy/OVERLOADED value, ms):
+ * the admitted jobs times the recent worker time per job, over the workers,
+ * clamped to 50 .. 5000. */
+uint64_t pd_service_retry_after_ms(pd_service *s);
 
 /* ---- admin -------------------------------------------------------------- */
 typedef void (*pd_admin_done_fn)(void *arg, int rc, const pd_err *e, const char *json, size_t len);
@@ -161,6 +168,8 @@ typedef struct pd_service_stats {
 	/* limit hits: max_queued_jobs, max_streams_per_tenant, engine input caps,
 	 * pd_job_data past max_input */
 	uint64_t busy_rejects, stream_limit_hits, input_limit_hits, upload_limit_hits;
+	uint64_t queued_bytes;       /* upload bytes held by admitted jobs (gauge) */
+	uint64_t bytes_busy_rejects; /* max_queued_bytes refusals (busy/OVERLOADED) */
 	uint64_t store_conflicts; /* put_if version mismatches (job recomputed) */
 	uint64_t jobs_cancelled, admin_requests;
 	uint64_t tenants;         /* tenants known (with streams or activity) */

@@ -114,6 +114,7 @@ struct pd_job {
 
 	/* Upload. */
 	pd_buf in;
+	uint64_t qbytes; /* bytes of in counted in svc->queued_bytes */
 	int data_rc;
 	pd_err data_err;
 	uint8_t hash[16];
@@ -197,6 +198,8 @@ struct pd_service {
 	uint64_t live_jobs;   /* pd_job objects handed out and not put back */
 	int dead;             /* pd_service_free ran; the last job put frees the rest */
 	uint64_t admitted;    /* begun, not completed */
+	uint64_t queued_bytes; /* upload bytes of admitted jobs (max_queued_bytes) */
+	uint64_t ewma_job_ns;  /* recent worker time per job, for the retry hint */
 	uint64_t outstanding; /* submitted ops (and admin requests) not finished */
 	pd_service_stats st;  /* counters (store part filled on read) */
 
