@@ -10,7 +10,7 @@ set -euo pipefail
 BUILD=${BUILD:-build/release}
 TD=${PDELTA_TESTDATA:-../shared/testdata}
 REPS=${BENCH_REPS:-5}
-SEQS=${BENCH_SEQS:-$(ls "$TD/profiles")}
+SEQS=${BENCH_SEQS:-$(cd "$TD/profiles" && for d in */; do echo "${d%/}"; done)}
 bench=$BUILD/tests/bench/pd_bench
 godelta=$BUILD/godelta
 [ -x "$bench" ] || { echo "bench: $bench not built" >&2; exit 1; }
