@@ -6,7 +6,7 @@ set -u
 BINDIR=${BINDIR:-bin}
 pass=0
 fail=0
-vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite)
+vg=(timeout "${VALGRIND_TIMEOUT:-300}" valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite)
 for t in "$@"; do
 	case " ${VALGRIND_SKIP:-} " in *" $(basename "$t") "*) continue ;; esac
 	if "${vg[@]}" "$t" >/dev/null; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL valgrind $t"; fi
