@@ -895,6 +895,24 @@ static inline int fold_loc(const pd_engine *g, stack_acc *a, uint64_t id)
 }
 
 /*
+ * A location id of a packed field: 1-2 bytes in practice, decoded without a
+ * data-dependent branch; p[1] is readable while p < bend1 (end of the buffer
+ * minus one). Longer or truncated varints take the checked slow path.
+ */
+static inline int loc_id_varint(const uint8_t **pp, const uint8_t *end, const uint8_t *bend1,
+				uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
+		uint32_t b0 = p[0], c0 = b0 >> 7;
+		*v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
+		*pp = p + 1 + c0;
+		return 0;
+	}
+	return pd_varint_slow(pp, end, v);
+}
+
+/*
  * Packed location ids with dense ids (the common case): the hottest loop of
  * the engine, kept free of calls and memory round trips. Returns 0, -1
  * (malformed varint) or -2 (unknown location id).
@@ -910,14 +928,9 @@ static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *
 	uint32_t depth = a->depth, ok = 1;
 
 	while (p < end) {
-		uint64_t v = 0;
-		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
-			uint32_t b0 = p[0], c0 = b0 >> 7;
-			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
-			p += 1 + c0;
-		} else if (pd_varint_slow(&p, end, &v)) {
+		uint64_t v;
+		if (loc_id_varint(&p, end, bend1, &v))
 			return -1;
-		}
 		if (__builtin_expect(v >= dn, 0))
 			return -2;
 		ok &= valid[v]; /* checked once per sample, off the hot path */
@@ -1205,14 +1218,9 @@ static void count_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t
 	const uint8_t *bend1 = g->base + g->len - 1;
 	uint32_t *cnt = g->loc_cnt;
 	while (p < end) {
-		uint64_t v = 0;
-		if (__builtin_expect(p < bend1 && !(p[0] & p[1] & 0x80), 1)) {
-			uint32_t b0 = p[0], c0 = b0 >> 7;
-			v = (b0 & 0x7f) | ((uint32_t)(p[1] & 0x7f) << 7) * c0;
-			p += 1 + c0;
-		} else if (pd_varint_slow(&p, end, &v)) {
+		uint64_t v;
+		if (loc_id_varint(&p, end, bend1, &v))
 			return;
-		}
 		cnt[v] += d;
 	}
 }
@@ -1642,14 +1650,10 @@ int pd_engine_finish(pd_engine *g, const pd_state *prev, pd_state *next, const p
 	return rc;
 }
 
-int pd_engine_run(pd_engine *g, const void *in, size_t n, const pd_state *prev, pd_state *next,
-		  const pd_req *req, pd_sink_fn sink, void *ctx, pd_result *res, pd_err *e)
+/* Points g->base at the raw profile: inflated into g->raw, or (raw input) in place. */
+static int load_input(pd_engine *g, const uint8_t *p, size_t n, pd_err *e)
 {
-	const uint8_t *p = in;
-	uint64_t t0 = pd_now_ns(), t_infl;
 	int rc;
-
-	memset(res, 0, sizeof *res);
 	if (n > g->lim.max_input)
 		return pd_err_set(e, PD_E_LIMIT, "input exceeds the limit of %llu bytes",
 				  (unsigned long long)g->lim.max_input);
@@ -1661,13 +1665,25 @@ int pd_engine_run(pd_engine *g, const void *in, size_t n, const pd_state *prev, 
 			return rc;
 		g->base = g->raw.data;
 		g->len = g->raw.len;
-	} else {
-		if (n > g->lim.max_inflated)
-			return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %llu bytes",
-					  (unsigned long long)g->lim.max_inflated);
-		g->base = p;
-		g->len = n;
+		return PD_OK;
 	}
+	if (n > g->lim.max_inflated)
+		return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %llu bytes",
+				  (unsigned long long)g->lim.max_inflated);
+	g->base = p;
+	g->len = n;
+	return PD_OK;
+}
+
+int pd_engine_run(pd_engine *g, const void *in, size_t n, const pd_state *prev, pd_state *next,
+		  const pd_req *req, pd_sink_fn sink, void *ctx, pd_result *res, pd_err *e)
+{
+	uint64_t t0 = pd_now_ns(), t_infl;
+	int rc;
+
+	memset(res, 0, sizeof *res);
+	if ((rc = load_input(g, in, n, e)))
+		return rc;
 	t_infl = pd_now_ns() - t0;
 	rc = process(g, prev, next, req, sink, ctx, res, e);
 	res->bytes_in = n;
@@ -1689,7 +1705,6 @@ int pd_engine_inspect(pd_engine *g, const void *in, size_t n, pd_inspect *o, pd_
 {
 	static const pd_req req0 = {0};
 	pd_state *tmp;
-	pd_result res;
 	int rc;
 
 	memset(o, 0, sizeof *o);
@@ -1697,25 +1712,7 @@ int pd_engine_inspect(pd_engine *g, const void *in, size_t n, pd_inspect *o, pd_
 	if (!tmp)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory");
 	/* Run the full validation and hash pass through a throw-away state. */
-	{
-		const uint8_t *p = in;
-		if (n == 0) {
-			pd_state_free(tmp);
-			return pd_err_set(e, PD_E_MALFORMED, "empty input");
-		}
-		if (p[0] == 0x1f) {
-			pd_engine_begin(g);
-			if ((rc = pd_engine_feed(g, p, n, e)) || (rc = pd_infl_end(&g->infl, e)))
-				goto out;
-			g->base = g->raw.data;
-			g->len = g->raw.len;
-		} else {
-			g->base = p;
-			g->len = n;
-		}
-	}
-	memset(&res, 0, sizeof res);
-	if ((rc = index_all(g, e)) || (rc = validate_scalars(g, e)))
+	if ((rc = load_input(g, in, n, e)) || (rc = index_all(g, e)) || (rc = validate_scalars(g, e)))
 		goto out;
 	setup_columns(g, &req0);
 	if ((rc = hash_pass(g, tmp, e)))

@@ -375,6 +375,15 @@ static void test_truncation_and_limits(void)
 		CHECK(pd_engine_run(small, p0.d, p0.n, s0, s2, &req, count_sink, &sunk, &r, &e) ==
 		      PD_E_LIMIT);
 		pd_engine_free(small);
+		/* inspect shares the input limits of the delta path */
+		lim.max_inflated = 64;
+		small = pd_engine_new(&lim);
+		{
+			pd_inspect ins;
+			CHECK(pd_engine_inspect(small, p0.d, p0.n, &ins, &e) == PD_E_LIMIT);
+		}
+		pd_engine_free(small);
+		lim.max_inflated = 1 << 20;
 		lim.max_depth = 100;
 		lim.max_samples = 1;
 		small = pd_engine_new(&lim);
