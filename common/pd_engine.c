@@ -109,6 +109,7 @@ struct pd_engine {
 	VEC(uint8_t, keep);
 	VEC(pd_h128, idh);
 	uint64_t ns_feed;
+	int whole; /* input came whole (pd_engine_run): output deflated whole too */
 };
 
 /* ---- small utilities ---------------------------------------------------- */
@@ -1357,10 +1358,12 @@ static int ow_flush(pd_engine *g, pd_err *e)
 	return rc;
 }
 
+/* Streaming mode hands deflate() pieces of OUT_FLUSH_AT bytes; whole mode
+ * keeps the output in g->out for one libdeflate call at the end. */
 static int ow_need(pd_engine *g, size_t n, pd_err *e)
 {
 	int rc;
-	if (g->out.len + n > OUT_FLUSH_AT && g->out.len && (rc = ow_flush(g, e)))
+	if (!g->whole && g->out.len + n > OUT_FLUSH_AT && g->out.len && (rc = ow_flush(g, e)))
 		return rc;
 	return pd_buf_reserve(&g->out, n, e);
 }
@@ -1540,7 +1543,9 @@ static int write_pass(pd_engine *g, int64_t duration, pd_err *e)
 			return rc;
 	if ((rc = write_tail(g, duration, e)))
 		return rc;
-	return ow_flush(g, e);
+	rc = pd_defl_finish_with(&g->defl, g->out.data, g->out.len, e);
+	pd_buf_reset(&g->out);
+	return rc;
 }
 
 /* ---- driver ------------------------------------------------------------------- */
@@ -1615,8 +1620,8 @@ static int process(pd_engine *g, const pd_state *prev, pd_state *next, const pd_
 	t1 = pd_now_ns();
 	res->ns_diff = t1 - t0;
 
-	if ((rc = pd_defl_begin(&g->defl, req->gzip_level, req->chunk, sink, ctx, e)) ||
-	    (rc = write_pass(g, duration, e)) || (rc = pd_defl_finish(&g->defl, e)))
+	if ((rc = pd_defl_begin(&g->defl, req->gzip_level, g->whole, req->chunk, sink, ctx, e)) ||
+	    (rc = write_pass(g, duration, e)))
 		return rc;
 	t0 = pd_now_ns();
 	res->ns_deflate = g->defl.ns;
@@ -1636,6 +1641,7 @@ int pd_engine_finish(pd_engine *g, const pd_state *prev, pd_state *next, const p
 	int rc;
 
 	memset(res, 0, sizeof *res);
+	g->whole = 0;
 	res->bytes_in = g->infl.in_total;
 	if ((rc = pd_infl_end(&g->infl, e)))
 		return rc;
@@ -1660,8 +1666,8 @@ static int load_input(pd_engine *g, const uint8_t *p, size_t n, pd_err *e)
 	if (n == 0)
 		return pd_err_set(e, PD_E_MALFORMED, "empty input");
 	if (p[0] == 0x1f) {
-		pd_engine_begin(g);
-		if ((rc = pd_engine_feed(g, p, n, e)) || (rc = pd_infl_end(&g->infl, e)))
+		/* The whole input is here: inflate it in one call (libdeflate). */
+		if ((rc = pd_infl_whole(&g->infl, p, n, &g->raw, e)))
 			return rc;
 		g->base = g->raw.data;
 		g->len = g->raw.len;
@@ -1682,6 +1688,7 @@ int pd_engine_run(pd_engine *g, const void *in, size_t n, const pd_state *prev, 
 	int rc;
 
 	memset(res, 0, sizeof *res);
+	g->whole = 1;
 	if ((rc = load_input(g, in, n, e)))
 		return rc;
 	t_infl = pd_now_ns() - t0;

@@ -1,6 +1,7 @@
-/* pd_gz: bounded inflate / chunked deflate over zlib. See pd_gz.h. */
+/* pd_gz: bounded inflate / chunked deflate over libdeflate and zlib. See pd_gz.h. */
 #include "pd_gz.h"
 
+#include <libdeflate.h>
 #include <string.h>
 #include <time.h>
 
@@ -21,6 +22,9 @@ void pd_infl_free(pd_inflater *f)
 	if (f->zinit)
 		inflateEnd(&f->zs);
 	f->zinit = 0;
+	if (f->ld)
+		libdeflate_free_decompressor(f->ld);
+	f->ld = NULL;
 }
 
 void pd_infl_begin(pd_inflater *f, pd_buf *out, size_t max_in)
@@ -126,6 +130,79 @@ int pd_infl_end(pd_inflater *f, pd_err *e)
 	return PD_OK;
 }
 
+/* First guess of a member's inflated size: the trailer's ISIZE when the input
+ * is one member (the usual case), but never more than 64x the compressed
+ * bytes (a lying ISIZE must not make us reserve memory up front; real profiles
+ * inflate 2-10x) nor more than the room left under the cap. */
+static size_t whole_guess(const uint8_t *p, size_t n, size_t room)
+{
+	size_t isize = (size_t)p[n - 4] | (size_t)p[n - 3] << 8 | (size_t)p[n - 2] << 16 |
+		       (size_t)p[n - 1] << 24;
+	size_t g = isize + 64;
+
+	if (n < SIZE_MAX / 64 && g > n * 64)
+		g = n * 64;
+	if (g < 65536)
+		g = 65536;
+	return g < room ? g : room;
+}
+
+/* Inflates the member at p (n bytes left in the input) into out, growing the
+ * room until it fits or the cap is reached; *used is its compressed size. */
+static int whole_member(pd_inflater *f, const uint8_t *p, size_t n, pd_buf *out, size_t *used,
+			pd_err *e)
+{
+	size_t cap_room = out->cap - out->len;
+	size_t room = whole_guess(p, n, cap_room);
+
+	for (;;) {
+		size_t got = 0, in_used = 0;
+		enum libdeflate_result r;
+		int rc;
+
+		if ((rc = pd_buf_reserve(out, room, e)))
+			return rc;
+		r = libdeflate_gzip_decompress_ex(f->ld, p, n, out->data + out->len, room, &in_used,
+						  &got);
+		if (r == LIBDEFLATE_SUCCESS) {
+			out->len += got;
+			*used = in_used;
+			return PD_OK;
+		}
+		if (r != LIBDEFLATE_INSUFFICIENT_SPACE)
+			return pd_err_set(e, PD_E_MALFORMED, "corrupt or truncated gzip data");
+		if (room == cap_room)
+			return pd_err_set(e, PD_E_LIMIT,
+					  "inflated profile exceeds the limit of %zu bytes (gzip bomb?)",
+					  out->cap);
+		room = room > cap_room / 2 ? cap_room : room * 2;
+	}
+}
+
+int pd_infl_whole(pd_inflater *f, const uint8_t *p, size_t n, pd_buf *out, pd_err *e)
+{
+	size_t off = 0;
+	int rc;
+
+	pd_buf_reset(out);
+	if (!f->ld && !(f->ld = libdeflate_alloc_decompressor()))
+		return pd_err_set(e, PD_E_NOMEM, "out of memory (decompressor)");
+	if (out->cap == 0)
+		out->cap = SIZE_MAX;
+	while (off < n) {
+		size_t used = 0;
+
+		if (off > 0 && p[off] != 0x1f)
+			return pd_err_set(e, PD_E_MALFORMED, "trailing garbage after gzip data");
+		if (n - off < 18)
+			return pd_err_set(e, PD_E_MALFORMED, "truncated gzip stream");
+		if ((rc = whole_member(f, p + off, n - off, out, &used, e)))
+			return rc;
+		off += used;
+	}
+	return PD_OK;
+}
+
 void pd_defl_init(pd_deflater *d)
 {
 	memset(d, 0, sizeof *d);
@@ -137,10 +214,26 @@ void pd_defl_free(pd_deflater *d)
 	if (d->zinit)
 		deflateEnd(&d->zs);
 	d->zinit = 0;
+	if (d->c)
+		libdeflate_free_compressor(d->c);
+	d->c = NULL;
 	pd_buf_free(&d->zout);
 }
 
-int pd_defl_begin(pd_deflater *d, int level, size_t chunk, pd_sink_fn sink, void *ctx, pd_err *e)
+static int whole_begin(pd_deflater *d, int level, pd_err *e)
+{
+	if (d->c && d->clevel == level)
+		return PD_OK;
+	if (d->c)
+		libdeflate_free_compressor(d->c);
+	if (!(d->c = libdeflate_alloc_compressor(level)))
+		return pd_err_set(e, PD_E_NOMEM, "out of memory (compressor)");
+	d->clevel = level;
+	return PD_OK;
+}
+
+int pd_defl_begin(pd_deflater *d, int level, int whole, size_t chunk, pd_sink_fn sink, void *ctx,
+		  pd_err *e)
 {
 	int zr;
 
@@ -149,11 +242,17 @@ int pd_defl_begin(pd_deflater *d, int level, size_t chunk, pd_sink_fn sink, void
 	d->chunk = chunk ? chunk : 65536;
 	d->total_in = d->total_out = 0;
 	d->ns = 0;
+	d->whole = whole;
 	pd_buf_reset(&d->zout);
 	if (level <= 0) {
 		d->level = 0;
 		return PD_OK;
 	}
+	if (level > 9)
+		level = 9;
+	d->level = level;
+	if (whole)
+		return whole_begin(d, level, e);
 	if (d->zinit && d->zlevel == level) {
 		zr = deflateReset(&d->zs);
 	} else {
@@ -225,9 +324,39 @@ int pd_defl_write(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
 	return defl_run(d, Z_NO_FLUSH, e);
 }
 
-int pd_defl_finish(pd_deflater *d, pd_err *e)
+/* Whole mode: one libdeflate call over the complete output, then the sink
+ * gets it in chunks of d->chunk bytes. */
+static int whole_finish(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
+{
+	static const uint8_t empty;
+	size_t bound = libdeflate_gzip_compress_bound(d->c, n), got, off;
+	uint64_t t0;
+	int rc;
+
+	if ((rc = pd_buf_reserve(&d->zout, bound, e)))
+		return rc;
+	t0 = pd_now_ns();
+	got = libdeflate_gzip_compress(d->c, n ? p : &empty, n, d->zout.data, bound);
+	d->ns += pd_now_ns() - t0;
+	if (got == 0)
+		return pd_err_set(e, PD_E_INTERNAL, "gzip compression failed");
+	d->total_in += n;
+	for (off = 0; off < got; off += d->chunk) {
+		size_t k = got - off < d->chunk ? got - off : d->chunk;
+		if (d->sink(d->ctx, d->zout.data + off, k))
+			return pd_err_set(e, PD_E_IO, "output sink failed");
+	}
+	d->total_out += got;
+	return PD_OK;
+}
+
+int pd_defl_finish_with(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
 {
 	int rc;
+	if (d->level > 0 && d->whole)
+		return whole_finish(d, p, n, e);
+	if (n && (rc = pd_defl_write(d, p, n, e)))
+		return rc;
 	if (d->level == 0)
 		return PD_OK;
 	d->zs.next_in = NULL;

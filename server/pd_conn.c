@@ -88,7 +88,7 @@ struct pd_conn {
 	bool paused;          /* reading stopped: output above budget */
 	bool authed;
 	struct bufferevent *bev;
-	SSL *ssl;
+	SSL *ssl;             /* NULL on the plain test transport */
 	char peer[64];
 	pd_principal who;
 	bool has_token, has_cn; /* the credential, kept to re-check on reload */
@@ -403,6 +403,7 @@ static void conn_submit_ready(pd_conn *c)
 		if (r->state != REQ_WAIT_SUBMIT || earlier_uploading(r))
 			continue;
 		r->state = REQ_RUNNING;
+		c->env->in_service++; /* done exactly once, from run_completion() */
 		pd_job_submit(r->job, r->hash, r->total, job_done_cb, r);
 	}
 }
@@ -562,6 +563,7 @@ static void run_completion(pd_request *r)
 {
 	pd_conn *c = r->conn;
 
+	r->env->in_service--;
 	if (!c) {
 		/* Orphan: its connection closed or it was cancelled meanwhile. */
 		r->env->metrics->orphaned_completions++;
@@ -1064,7 +1066,9 @@ static void on_admin(pd_conn *c, const pd_msg *m)
 	if (rc) {
 		r->state = REQ_DISCARDING;
 		req_fail(c, r, rc, admin_error_detail(rc), 0, "%s", err.msg);
+		return;
 	}
+	c->env->in_service++; /* its completion runs later, on this loop */
 }
 
 /* ---- input: frames out of the bufferevent -------------------------------------------------- */
@@ -1410,8 +1414,12 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t n)
 	}
 }
 
-static pd_conn *conn_new(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa)
+/* The transport: TLS (bufferevent_openssl), or plain for the test entry
+ * point pd_conn_accept_plain() only. Nothing else differs between the two. */
+static pd_conn *conn_new(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa,
+			 bool tls)
 {
+	const int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
 	pd_conn *c = calloc(1, sizeof *c);
 
 	if (!c)
@@ -1419,13 +1427,20 @@ static pd_conn *conn_new(pd_conn_env *env, evutil_socket_t fd, const struct sock
 	c->env = env;
 	c->id = ++env->next_id;
 	format_peer(sa, c->peer, sizeof c->peer);
+	if (!tls) {
+		c->bev = bufferevent_socket_new(env->base, fd, opts);
+		if (!c->bev)
+			goto fail;
+		return c;
+	}
 	c->ssl = SSL_new(env->tls);
 	if (!c->ssl)
 		goto fail;
 	c->bev = bufferevent_openssl_socket_new(env->base, fd, c->ssl, BUFFEREVENT_SSL_ACCEPTING,
-						BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+						opts);
 	if (!c->bev)
 		goto fail;
+	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
 	return c;
 fail:
 	if (c->ssl)
@@ -1434,7 +1449,7 @@ fail:
 	return NULL;
 }
 
-void pd_conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+static void conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa, bool tls)
 {
 	const pd_config *cfg = env->cfg;
 	int one = 1;
@@ -1447,17 +1462,16 @@ void pd_conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr 
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	c = conn_new(env, fd, sa);
+	c = conn_new(env, fd, sa, tls);
 	if (!c) {
 		pd_log(PD_LOG_WARN, "out of memory accepting a connection");
 		evutil_closesocket(fd);
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
 	bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, cfg->output_budget_bytes / 2, 0);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-	c->state = CONN_TLS;
+	c->state = tls ? CONN_TLS : CONN_AWAIT_HELLO;
 	c->max_payload = (uint32_t)cfg->max_frame_preauth;
 	c->peer_max_frame = PD_FRAME_MAX_ABS;
 	c->last_rx = now_ms();
@@ -1469,7 +1483,19 @@ void pd_conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr 
 	env->nconns++;
 	env->metrics->conns_total++;
 	env->metrics->conns_current++;
-	conn_log(c, PD_LOG_DEBUG, "accepted");
+	conn_log(c, PD_LOG_DEBUG, "accepted%s", tls ? "" : " (plaintext test transport)");
+}
+
+void pd_conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+{
+	conn_accept(env, fd, sa, true);
+}
+
+/* Tests and the fuzz driver only (see pd_conn.h); pd_server never calls it. */
+void pd_conn_accept_plain(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa,
+			  int salen)
+{
+	conn_accept(env, fd, sa, false);
 }
 
 /* ---- janitor and server-wide operations ----------------------------------------------------------- */
@@ -1553,9 +1579,10 @@ static void sweep_conn(pd_conn *c, uint64_t now)
 		conn_drive(c);
 }
 
-void pd_conn_sweep(pd_conn_env *env)
+void pd_conn_sweep(pd_conn_env *env) { pd_conn_sweep_at(env, now_ms()); }
+
+void pd_conn_sweep_at(pd_conn_env *env, uint64_t now)
 {
-	uint64_t now = now_ms();
 	pd_conn *c = env->conns, *next;
 
 	for (; c; c = next) {
@@ -1630,6 +1657,7 @@ int pd_conn_env_init(pd_conn_env *env, pd_err *e)
 {
 	env->conns = env->reap = NULL;
 	env->nconns = 0;
+	env->in_service = 0;
 	env->done_head = env->done_tail = NULL;
 	pd_buf_init(&env->scratch, 64 * 1024);
 	if (pthread_mutex_init(&env->done_mu, NULL) != 0)

@@ -69,6 +69,7 @@ typedef struct pd_conn_env {
 	pd_request *done_head, *done_tail;
 	struct event *ev_done;
 	pd_buf scratch; /* frame encoding */
+	size_t in_service; /* requests handed to pd_service, completion not run yet */
 } pd_conn_env;
 
 /* Sets up the private part (events, queue); the public part must be set. */
@@ -81,8 +82,22 @@ void pd_conn_env_fini(pd_conn_env *env);
  * max_connections, closes it at once). Takes ownership of fd. */
 void pd_conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 
+/*
+ * Test transport, NOT for pdeltad: like pd_conn_accept() but without TLS (a
+ * plain bufferevent; the connection starts in AWAIT_HELLO). Everything after
+ * the transport (state machine, frame codec, limits, auth, service) is the
+ * same code. It exists so that the fuzz driver (tests/fuzz/fuzz_conn.c) can
+ * run thousands of connections per second; pd_server never calls it and no
+ * configuration or command line option reaches it: the server is TLS-only.
+ */
+void pd_conn_accept_plain(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa,
+			  int salen);
+
 /* The janitor: enforces every deadline; call a few times per second. */
 void pd_conn_sweep(pd_conn_env *env);
+/* The janitor as if the monotonic clock (ms) read now: lets tests expire
+ * deadlines without sleeping. pd_conn_sweep() is this with the real clock. */
+void pd_conn_sweep_at(pd_conn_env *env, uint64_t now);
 /* SIGTERM: GOODBYE SHUTDOWN to every authenticated connection (they drain),
  * handshaking ones are closed. */
 void pd_conn_shutdown_all(pd_conn_env *env);
@@ -95,5 +110,8 @@ void pd_conn_recheck_auth(pd_conn_env *env);
 void pd_conn_run_completions(pd_conn_env *env);
 
 static inline size_t pd_conn_count(const pd_conn_env *env) { return env->nconns; }
+/* Requests (delta jobs, admin commands) whose completion has not run on the
+ * loop yet, orphans included: 0 means nothing more can arrive from the service. */
+static inline size_t pd_conn_in_service(const pd_conn_env *env) { return env->in_service; }
 
 #endif
