@@ -12,6 +12,11 @@ uint64_t pd_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+uint32_t pd_crc32(uint32_t crc, const void *p, size_t n)
+{
+	return libdeflate_crc32(crc, p, n);
+}
+
 void pd_infl_init(pd_inflater *f)
 {
 	memset(f, 0, sizeof *f);

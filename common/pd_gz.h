@@ -83,5 +83,8 @@ int pd_defl_write(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e);
 int pd_defl_finish_with(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e);
 
 uint64_t pd_now_ns(void);
+/* CRC-32 (the gzip/zlib polynomial: equal to zlib's crc32()), through
+ * libdeflate's carry-less-multiply version, several times faster. Start at 0. */
+uint32_t pd_crc32(uint32_t crc, const void *p, size_t n);
 
 #endif

@@ -6,11 +6,11 @@
  *   | varint incarnation | varint ncols | ncols x (varint len, bytes)
  *   | varint n | n x (16-byte hash, ncols x zigzag varint) | u32 crc32
  */
+#include "pd_gz.h"
 #include "pd_state.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "pd_pb.h"
 
@@ -269,7 +269,7 @@ int pd_state_serialize(const pd_state *s, pd_buf *out, pd_err *e)
 		for (uint32_t c = 0; c < s->ncols; c++)
 			pd_pbw_varint(out, zz((int64_t)en[2 + c]));
 	}
-	crc = (uint32_t)crc32(0, out->data + start, (uInt)(out->len - start));
+	crc = pd_crc32(0, out->data + start, out->len - start);
 	if ((rc = pd_buf_reserve(out, 4, e)))
 		return rc;
 	pd_pbw_raw(out, &crc, 4);
@@ -289,7 +289,7 @@ static int deser(pd_state *s, const uint8_t *p, size_t n, pd_err *e)
 	if (n < 4 + 1 + 8 + 4 || memcmp(p, "PDS1", 4) != 0)
 		return pd_err_set(e, PD_E_STATE, "state blob: bad magic or too short");
 	memcpy(&crc, p + n - 4, 4);
-	if (crc != (uint32_t)crc32(0, p, (uInt)(n - 4)))
+	if (crc != pd_crc32(0, p, n - 4))
 		return pd_err_set(e, PD_E_STATE, "state blob: checksum mismatch");
 	valid = p[4] & 1;
 	memcpy(&schema, p + 5, 8);

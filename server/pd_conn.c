@@ -7,6 +7,7 @@
  * handlers per type; the input loop; the driver, setter and the one close
  * function; libevent callbacks; accept; janitor and server-wide operations.
  */
+#include "pd_gz.h"
 #include "pd_conn.h"
 
 #include <arpa/inet.h>
@@ -24,7 +25,6 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
-#include <zlib.h>
 
 #include "pd_frame.h"
 #include "pd_tls.h"
@@ -546,7 +546,7 @@ static void admin_done(pd_conn *c, pd_request *r)
 	}
 	r->out = (const uint8_t *)r->body;
 	r->out_len = r->body_len;
-	r->out_crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), r->out, (uInt)r->out_len);
+	r->out_crc = pd_crc32(0, r->out, r->out_len);
 	memset(&m, 0, sizeof m);
 	m.type = PD_FT_ADMIN_RESULT;
 	m.request_id = r->id;

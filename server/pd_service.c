@@ -27,8 +27,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
+#include "pd_gz.h"
 #include "pd_service_int.h"
 #include "pdelta_proto.h"
 
@@ -557,8 +557,7 @@ static int fill_from_rec(pd_stream *st, const pd_stream_rec *r)
 	snprintf(st->last_reset_reason, sizeof st->last_reset_reason, "%s",
 		 r->last_reset_reason ? r->last_reset_reason : "");
 	return keep_response(st, r->last_delta, r->last_delta_len,
-			     (uint32_t)crc32(crc32(0L, Z_NULL, 0), r->last_delta,
-					     (uInt)r->last_delta_len));
+			     pd_crc32(0, r->last_delta, r->last_delta_len));
 }
 
 /* Reads the stream's row. A state blob that does not deserialize is treated
@@ -657,7 +656,7 @@ static int job_sink(void *ctx, const uint8_t *p, size_t n)
 
 	if (pd_buf_append(&j->out, p, n, NULL))
 		return -1;
-	j->crc = (uint32_t)crc32(j->crc, p, (uInt)n);
+	j->crc = pd_crc32(j->crc, p, n);
 	return 0;
 }
 
@@ -686,7 +685,7 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 	req.gzip_level = s->o.gzip_level;
 	req.chunk = s->o.chunk_bytes;
 	pd_buf_reset(&j->out);
-	j->crc = (uint32_t)crc32(0L, Z_NULL, 0);
+	j->crc = 0;
 	rc = pd_engine_run(w->eng, j->in.data, j->in.len, has_state(st) ? st->state : w->empty,
 			   w->next, &req, job_sink, j, &j->res.engine, &j->res.err);
 	j->res.ns_engine = pd_now_ns() - t0;

@@ -7,8 +7,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
+#include "pd_gz.h"
 #include "pdl_internal.h"
 
 static int read_only(const char *cmd)
@@ -44,7 +44,7 @@ static int build(pdelta *h, pd_msg *m, const char *cmd, const char *const *kv)
 /* Frames of one admin answer; *done when RESULT_END was verified. */
 static int read_answer(pdelta *h, uint32_t id, pd_buf *body, int *terminal)
 {
-	uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
+	uint32_t crc = 0;
 	int got_head = 0, rc;
 	pd_msg m;
 
@@ -63,7 +63,7 @@ static int read_answer(pdelta *h, uint32_t id, pd_buf *body, int *terminal)
 			continue;
 		}
 		if (m.type == PD_FT_RESULT_DATA && got_head) {
-			crc = (uint32_t)crc32(crc, m.u.data.p, (uInt)m.u.data.len);
+			crc = pd_crc32(crc, m.u.data.p, m.u.data.len);
 			if (pd_buf_append(body, m.u.data.p, m.u.data.len, NULL))
 				return pdl_fail(h, PDELTA_E_LIMIT, 0, "admin answer larger than %u bytes",
 						PDL_ADMIN_MAX_BODY);

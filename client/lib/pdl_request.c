@@ -13,11 +13,11 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
+#include "pd_gz.h"
 #include "pdl_internal.h"
 
-static uint32_t crc0(void) { return (uint32_t)crc32(0L, Z_NULL, 0); }
+static uint32_t crc0(void) { return 0; }
 
 static void reset_attempt(pdl_req *r)
 {
@@ -286,7 +286,7 @@ static int next_body_frame(pdelta *h, const uint8_t **p, size_t *n)
 					   m.request_id, r->id);
 	switch (m.type) {
 	case PD_FT_RESULT_DATA:
-		r->crc_seen = (uint32_t)crc32(r->crc_seen, m.u.data.p, (uInt)m.u.data.len);
+		r->crc_seen = pd_crc32(r->crc_seen, m.u.data.p, m.u.data.len);
 		r->body_seen += m.u.data.len;
 		*p = m.u.data.p;
 		*n = m.u.data.len;
@@ -641,7 +641,7 @@ static int deliver(pdelta *h, const uint8_t *d, size_t len, const void **p, size
 
 	if (start < r->delivered) {
 		skip = r->delivered - start < len ? (size_t)(r->delivered - start) : len;
-		r->crc_prefix = (uint32_t)crc32(r->crc_prefix, d, (uInt)skip);
+		r->crc_prefix = pd_crc32(r->crc_prefix, d, skip);
 		if (start + skip == r->delivered) {
 			if (r->crc_prefix != r->crc_delivered)
 				return restart_body(h);
@@ -651,7 +651,7 @@ static int deliver(pdelta *h, const uint8_t *d, size_t len, const void **p, size
 	*n = len - skip;
 	*p = d + skip;
 	r->delivered += *n;
-	r->crc_delivered = (uint32_t)crc32(r->crc_delivered, d + skip, (uInt)*n);
+	r->crc_delivered = pd_crc32(r->crc_delivered, d + skip, *n);
 	return PDELTA_OK;
 }
 
