@@ -6,7 +6,7 @@
 PREFIX ?= /usr/local
 CC ?= cc
 SANITIZER ?=
-PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate sqlite3
+PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate libisal sqlite3
 
 VARIANT := $(if $(SANITIZER),$(SANITIZER),release)
 BUILD := build/$(VARIANT)
@@ -132,7 +132,7 @@ FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined 
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(COMMON_SRC) -lz -ldeflate
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(COMMON_SRC) -lz -ldeflate -lisal
 # fuzz_conn drives the real connection code over a socketpair (TLS, frames,
 # service, engine, store): it also needs the server and its libraries.
 FUZZ_SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))

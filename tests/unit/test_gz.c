@@ -174,7 +174,8 @@ static int rec_sink(void *ctx, const uint8_t *p, size_t n)
 	return pd_buf_append(&s->all, p, n, NULL);
 }
 
-static void deflate_once(int whole, const uint8_t *raw, size_t n, size_t piece, sink_rec *s)
+static void deflate_lvl(int level, int whole, const uint8_t *raw, size_t n, size_t piece,
+			sink_rec *s)
 {
 	pd_deflater d;
 	pd_err e;
@@ -183,13 +184,72 @@ static void deflate_once(int whole, const uint8_t *raw, size_t n, size_t piece, 
 	pd_defl_init(&d);
 	memset(s, 0, sizeof *s);
 	pd_buf_init(&s->all, 0);
-	CHECK(pd_defl_begin(&d, 1, whole, 16384, rec_sink, s, &e) == PD_OK);
+	CHECK(pd_defl_begin(&d, level, whole, 16384, rec_sink, s, &e) == PD_OK);
 	if (!whole)
 		for (; off + piece < n; off += piece)
 			CHECK(pd_defl_write(&d, raw + off, piece, &e) == PD_OK);
 	CHECK(pd_defl_finish_with(&d, raw + off, n - off, &e) == PD_OK);
 	CHECK(d.total_in == n && d.total_out == s->all.len);
 	pd_defl_free(&d);
+}
+
+static void deflate_once(int whole, const uint8_t *raw, size_t n, size_t piece, sink_rec *s)
+{
+	deflate_lvl(1, whole, raw, n, piece, s);
+}
+
+/* Whole mode at level 1 is ISA-L, at 2-9 libdeflate: one member each, the
+ * same bytes back, including input that does not compress (ISA-L's stored
+ * blocks) and one reused deflater switching levels. */
+static void test_whole_levels(void)
+{
+	size_t n = 3 << 20;
+	uint8_t *raw = make_raw(n), *rnd = malloc(n);
+	uint64_t x = 88172645463325252ULL;
+	size_t sz[10] = {0};
+
+	for (size_t i = 0; i < n; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		rnd[i] = (uint8_t)x;
+	}
+	for (int level = 1; level <= 9; level += level < 2 ? 1 : 4) {
+		for (int k = 0; k < 2; k++) {
+			const uint8_t *src = k ? rnd : raw;
+			sink_rec s;
+			pd_buf back;
+			deflate_lvl(level, 1, src, n, 0, &s);
+			pd_buf_init(&back, 0);
+			CHECK(zgunzip(s.all.data, s.all.len, &back) == 1);
+			CHECK(back.len == n && memcmp(back.data, src, n) == 0);
+			if (k)
+				CHECK(s.all.len <= n + n / 16 + 4096); /* stored, not expanded */
+			else
+				sz[level] = s.all.len;
+			pd_buf_free(&back);
+			pd_buf_free(&s.all);
+		}
+	}
+	CHECK(sz[1] < n * 3 / 4 && sz[2] < n * 3 / 4 && sz[6] <= sz[2]);
+
+	pd_deflater d;
+	pd_err e;
+	pd_defl_init(&d);
+	for (int i = 0; i < 4; i++) {
+		sink_rec s;
+		pd_buf back;
+		memset(&s, 0, sizeof s);
+		pd_buf_init(&s.all, 0);
+		CHECK(pd_defl_begin(&d, i % 2 ? 6 : 1, 1, 65536, rec_sink, &s, &e) == PD_OK);
+		CHECK(pd_defl_finish_with(&d, raw, n / (i + 1), &e) == PD_OK);
+		pd_buf_init(&back, 0);
+		CHECK(zgunzip(s.all.data, s.all.len, &back) == 1 && back.len == n / (i + 1) &&
+		      memcmp(back.data, raw, back.len) == 0);
+		pd_buf_free(&back);
+		pd_buf_free(&s.all);
+	}
+	pd_defl_free(&d);
+	free(raw);
+	free(rnd);
 }
 
 static void test_deflate_modes(void)
@@ -247,6 +307,7 @@ int main(void)
 	test_whole_matches_zlib();
 	test_bomb_lying_trailer();
 	test_deflate_modes();
+	test_whole_levels();
 	test_sink_failure();
 	return TH_DONE();
 }
