@@ -1116,22 +1116,45 @@ static const char *check_reset_meta(pd_engine *g, const pd_state *prev, const pd
 	return NULL;
 }
 
-/* Subtracts previous values; returns 1 if a counter went backwards. */
+/*
+ * Subtracts previous values; returns 1 if a counter went backwards.
+ *
+ * Consecutive profiles of a process list their samples in nearly the same
+ * order (Go prepends new buckets to its bucket lists and walks them in
+ * order), so the previous entry of identity j is first looked for at j plus
+ * the offset of the last match: a sequential read. Only when that guess
+ * misses (new samples, reordering) does the lookup go through the index,
+ * and only then is the index prefetched ahead.
+ */
+/* Is entry q of prev (valid: checked by the caller) identity h? */
+static inline int prev_at(const pd_state *prev, uint32_t pn, int64_t q, pd_h128 h)
+{
+	return q >= 0 && q < (int64_t)pn && pd_h_eq(pd_state_hash_at(prev, (uint32_t)q), h);
+}
+
 static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next)
 {
-	uint32_t n = (uint32_t)pd_state_count(next), nst = g->nst;
+	uint32_t n = (uint32_t)pd_state_count(next), pn = (uint32_t)pd_state_count(prev);
+	uint32_t nst = g->nst;
+	int64_t off = 0; /* expected previous index of identity j: j + off */
 	for (uint32_t j = 0; j < n; j++) {
 		uint32_t pj;
-		if (j + 16 < n)
-			pd_state_prefetch(prev, pd_state_hash_at(next, j + 16));
-		if (j + 8 < n)
-			pd_state_prefetch_entry(prev, pd_state_hash_at(next, j + 8));
-		pj = pd_state_find(prev, pd_state_hash_at(next, j));
+		pd_h128 h;
+		if (j + 16 < n && !prev_at(prev, pn, (int64_t)j + 16 + off, h = pd_state_hash_at(next, j + 16)))
+			pd_state_prefetch(prev, h);
+		if (j + 8 < n && !prev_at(prev, pn, (int64_t)j + 8 + off, h = pd_state_hash_at(next, j + 8)))
+			pd_state_prefetch_entry(prev, h);
+		h = pd_state_hash_at(next, j);
+		if (prev_at(prev, pn, (int64_t)j + off, h)) {
+			pj = (uint32_t)((int64_t)j + off);
+		} else {
+			pj = pd_state_find(prev, h);
+			if (pj == UINT32_MAX)
+				continue;
+			off = (int64_t)pj - (int64_t)j;
+		}
 		int64_t *v = g->vals + (size_t)g->ent_first[j] * nst;
-		const int64_t *pv;
-		if (pj == UINT32_MAX)
-			continue;
-		pv = pd_state_cvals(prev, pj);
+		const int64_t *pv = pd_state_cvals(prev, pj);
 		for (uint32_t k = 0; k < g->ndelta; k++) {
 			int64_t cur = v[g->dcol[k]], old = pv[g->pcol[k]];
 			if (cur < old)

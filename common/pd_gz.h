@@ -14,9 +14,10 @@
  * The deflater writes one gzip member (some consumers, e.g. Python's
  * zlib.decompress, silently stop after the first of several). Two modes:
  * whole (the caller hands the complete output to pd_defl_finish_with(); one
- * call: ISA-L's igzip at level 1, the default and the fastest, about twice
- * as fast as libdeflate's level 1 for ~3 % more bytes; libdeflate at levels
- * 2-9, and as the fallback) for callers that hold their input whole anyway;
+ * call: at level 1, the default and the fastest, ISA-L's igzip (its own
+ * level 2), about twice as fast as libdeflate's level 1 for ~3 % more bytes;
+ * libdeflate at levels 2-9, and as the fallback) for callers that hold their
+ * input whole anyway;
  * streaming (zlib, for libpdelta's streaming mode, whose point is never
  * holding a profile whole). Either way compressed bytes go to
  * a sink in pieces of the chunk threshold (datadog-agent#50396's
@@ -75,6 +76,7 @@ typedef struct pd_deflater {
 	void *ctx;
 	uint64_t total_in, total_out;
 	uint64_t ns; /* time spent inside deflate() */
+	uint64_t fallbacks; /* level-1 whole outputs ISA-L could not take (libdeflate did) */
 } pd_deflater;
 
 void pd_defl_init(pd_deflater *d);

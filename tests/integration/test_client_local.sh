@@ -46,16 +46,9 @@ check() {
 	if "$@"; then ok "$name"; else bad "$name"; fi
 }
 # The same delta: identical profile bytes once inflated (one-call and server outputs are
-# deflated whole with libdeflate, streaming local mode's with zlib: common/pd_gz.h).
-same_profile() { gzip -t "$1" 2>/dev/null && gzip -t "$2" 2>/dev/null && cmp -s <(gzip -dc "$1") <(gzip -dc "$2"); }
-same_dirs() {
-	local f rc=0
-	for f in "$1"/*; do
-		same_profile "$f" "$2/$(basename "$f")" || { echo "  differs: $(basename "$f")"; rc=1; }
-	done
-	[[ $(ls "$1" | wc -l) == $(ls "$2" | wc -l) ]] || rc=1
-	return $rc
-}
+# deflated whole with ISA-L, streaming local mode's with zlib: common/pd_gz.h).
+# shellcheck source=compare.sh
+source "$HERE/compare.sh"
 
 # ---- unit tests of the library ---------------------------------------------------------------
 for s in heap-small block-small; do

@@ -135,16 +135,9 @@ EOF
 }
 
 # The same delta: identical profile bytes once inflated (one-call and server outputs are
-# deflated whole with libdeflate, streaming local mode's with zlib: common/pd_gz.h).
-same_profile() { gzip -t "$1" 2>/dev/null && gzip -t "$2" 2>/dev/null && cmp -s <(gzip -dc "$1") <(gzip -dc "$2"); }
-same_dirs() { # same_dirs A B: every file of A is, once inflated, byte-identical in B
-	local f rc=0
-	for f in "$1"/*; do
-		same_profile "$f" "$2/$(basename "$f")" || { echo "  differs: $(basename "$f") ($1 vs $2)"; rc=1; }
-	done
-	[[ $(ls "$1" | wc -l) == $(ls "$2" | wc -l) ]] || { echo "  file counts differ"; rc=1; }
-	return $rc
-}
+# deflated whole with ISA-L, streaming local mode's with zlib: common/pd_gz.h).
+# shellcheck source=compare.sh
+source "$HERE/compare.sh"
 
 # ---- 1. the APIs agree with each other, with local mode and with the oracle ---------------------
 api_equivalence() {

@@ -15,7 +15,10 @@
 # (default 60; LOAD_WARMUP adds a warm-up) with 5,000 idle sockets when the fd limit allows
 # (raised with ulimit -n). Prints the figures; the target on 2 cores is >= 250 deltas/s and
 # p99 <= 200 ms (checked only with LOAD_STRICT=1; the other p99 bounds are generous). LOAD_SOAK=SECONDS adds an open-loop soak run (LOAD_RATE, default 150)
-# that prints the server's RSS every 10 s.
+# that prints the server's RSS every 10 s. LOAD_IDLE_AB=RATE (with LOAD_FULL=1) instead runs the
+# same open-loop load at RATE twice, without and with the idle sockets, and checks that the
+# idle sockets do not harm p99 (within max(1.25x, +25 ms)). LOAD_CAPACITY=0 skips the two
+# closed-loop runs of LOAD_FULL.
 #
 # Env: BINDIR (default bin), BUILD (default build/release), PDELTA_TESTDATA.
 set -euo pipefail
@@ -151,7 +154,33 @@ start_server
 # open loop at an offered rate (one profile per stream every STREAMS/RATE seconds, as agents
 # send them: latency is the service time under that load).
 rc=0
-if ((FULL)); then
+if ((FULL)) && [[ -n ${LOAD_IDLE_AB:-} ]]; then
+	# Do idle sockets harm the others? The same open-loop run (CONNS connections, STREAMS
+	# streams, LOAD_IDLE_AB deltas/s: a rate the server sustains) without and with IDLE idle
+	# sockets; the p99 with them must stay within max(1.25x, +25 ms) of the p99 without.
+	((IDLE > 0)) || { bad "idle A/B: no idle sockets possible (fd limit $(ulimit -n))"; exit 1; }
+	# Own stream names per arm: both start from first profiles, neither is warmed by the other.
+	for arm in 0 "$IDLE"; do
+		name=ab_idle$arm
+		echo "== idle A/B: $CONNS connections, $STREAMS streams, $LOAD_IDLE_AB deltas/s, $arm idle sockets, ${SECONDS_MAX}s"
+		rc=0
+		run_load "$name" --prefix "ab$arm" --connections "$CONNS" --streams "$STREAMS" --idle "$arm" --rate "$LOAD_IDLE_AB" \
+			--warmup "${LOAD_WARMUP:-5}" --seconds "$SECONDS_MAX" "${SEQ_ARGS[@]}" || rc=$?
+		check_run "$name" "$rc" "${LOAD_P99_MS:-2000}"
+	done
+	pa=$(field ab_idle0 p99_ms)
+	pb=$(field "ab_idle$IDLE" p99_ms)
+	echo "figures: at $LOAD_IDLE_AB deltas/s offered: $(field ab_idle0 rate) deltas/s, p50 $(field ab_idle0 p50_ms) ms," \
+		"p99 $pa ms without idle sockets; $(field "ab_idle$IDLE" rate) deltas/s, p50 $(field "ab_idle$IDLE" p50_ms) ms, p99 $pb ms with $IDLE"
+	if awk -v a="$pa" -v b="$pb" 'BEGIN { exit !(b <= a * 1.25 || b <= a + 25) }'; then
+		ok "idle A/B: p99 with $IDLE idle sockets ($pb ms) within max(1.25x, +25 ms) of $pa ms"
+	else
+		bad "idle A/B: p99 with $IDLE idle sockets $pb ms vs $pa ms without"
+	fi
+	grep -q "$IDLE idle sockets ($IDLE open at the end, 0 closed" "$WORK/ab_idle$IDLE.out" &&
+		ok "idle A/B: all $IDLE idle sockets stayed open" || bad "idle A/B: idle sockets were closed"
+elif ((FULL)); then
+	if [[ ${LOAD_CAPACITY:-1} == 1 ]]; then
 	echo "== capacity, first profiles: $CONNS connections, $STREAMS streams (${SEQS[*]}), closed loop, ${CAP_SECONDS:=30}s"
 	run_load capacity --connections "$CONNS" --streams "$STREAMS" --inflight 1 \
 		--seconds "$CAP_SECONDS" "${SEQ_ARGS[@]}" || rc=$?
@@ -161,6 +190,7 @@ if ((FULL)); then
 	run_load steady --connections "$CONNS" --streams "$CONNS" --inflight 1 --warmup 25 \
 		--seconds "$CAP_SECONDS" "${SEQ_ARGS[@]}" || rc=$?
 	check_run steady "$rc" "${LOAD_CAP_P99_MS:-60000}"
+	fi
 	RATE=${LOAD_RATE:-250}
 	echo "== target: $CONNS connections, $STREAMS streams, $RATE deltas/s offered, $IDLE idle sockets, ${SECONDS_MAX}s"
 	rc=0
@@ -169,8 +199,10 @@ if ((FULL)); then
 	check_run target "$rc" "${LOAD_P99_MS:-2000}"
 	rate=$(field target rate)
 	p99=$(field target p99_ms)
-	echo "figures: capacity $(field capacity rate) deltas/s (first profiles), $(field steady rate) deltas/s" \
-		"(steady state); at $RATE offered: $rate deltas/s, p99 $p99 ms" \
+	if [[ ${LOAD_CAPACITY:-1} == 1 ]]; then
+		echo "figures: capacity $(field capacity rate) deltas/s (first profiles), $(field steady rate) deltas/s (steady state)"
+	fi
+	echo "figures: at $RATE offered: $rate deltas/s, p50 $(field target p50_ms) ms, p99 $p99 ms" \
 		"(target on 2 cores: >= 250 deltas/s, p99 <= 200 ms)"
 	if [[ ${LOAD_STRICT:-0} == 1 ]]; then
 		awk -v r="$rate" 'BEGIN { exit !(r >= 245) }' && ok "target: >= 250 deltas/s" || bad "target: $rate deltas/s < 250"
