@@ -248,6 +248,56 @@ static void test_basic_delta(void)
 	pd_state_free(s2);
 }
 
+/* Samples listed in another order than in the previous profile: new ones
+ * prepended (as Go does), a run reordered, one gone. The diff looks up each
+ * identity first where the last match suggests; every path must give the
+ * same deltas, and a counter going back in the reordered part is a reset. */
+static void test_sample_order(void)
+{
+	static pb p0, p1, p2;
+	smp a[6] = {{1, {1}, {100, 1}, 0, {{0}}, 1},	   {1, {2}, {200, 1}, 0, {{0}}, 1},
+		    {1, {3}, {300, 1}, 0, {{0}}, 1},	   {2, {1, 2}, {400, 1}, 0, {{0}}, 1},
+		    {2, {2, 3}, {500, 1}, 0, {{0}}, 1}, {3, {1, 2, 3}, {600, 1}, 0, {{0}}, 1}};
+	smp b[7], c[7];
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
+	pd_buf out;
+	pd_result r;
+	outsum o;
+	/* b: new, a0, a1, a2 (same run), a5, a4 (reordered), a3 gone, then a new tail */
+	int order[5] = {0, 1, 2, 5, 4};
+
+	memset(b, 0, sizeof b);
+	b[0] = (smp){2, {3, 1}, {7, 0}, 0, {{0}}, 1};
+	for (int i = 0; i < 5; i++) {
+		b[i + 1] = a[order[i]];
+		b[i + 1].v[0] += order[i] + 1; /* delta of a[k] is k + 1 */
+	}
+	b[6] = (smp){2, {3, 3}, {9, 2}, 0, {{0}}, 1};
+	pd_buf_init(&out, 0);
+	build(&p0, a, 6, 1000, 0, 0);
+	build(&p1, b, 7, 2000, 0, 0);
+	CHECK(run(&p0, s0, s1, &out, &r) == PD_OK);
+	CHECK(run(&p1, s1, s2, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_DELTA);
+	summarize(out.data, out.len, &o);
+	CHECK(o.nsamples == 7);
+	CHECK(o.total[0] == 7 + 1 + 2 + 3 + 6 + 5 + 9);
+	CHECK(o.total[1] == 5 + 2);
+
+	/* the same, but a[4] (reordered) went back: a reset, the profile as is */
+	memcpy(c, b, sizeof c);
+	c[5].v[0] = 499;
+	build(&p2, c, 7, 2000, 0, 0);
+	CHECK(run(&p2, s1, s2, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_BASELINE && r.reason == PD_REASON_RESET);
+	summarize(out.data, out.len, &o);
+	CHECK(o.total[0] == 7 + 101 + 202 + 303 + 606 + 499 + 9);
+	pd_buf_free(&out);
+	pd_state_free(s0);
+	pd_state_free(s1);
+	pd_state_free(s2);
+}
+
 /* Packed vs unpacked, label order, renumbered ids, swapped sample types and
  * split duplicates must all give the same identities and deltas. */
 static void test_identity_invariance(void)
@@ -486,6 +536,7 @@ int main(void)
 	pd_req_default(&req);
 	req.gzip_level = 0;
 	test_basic_delta();
+	test_sample_order();
 	test_identity_invariance();
 	test_resets();
 	test_truncation_and_limits();
