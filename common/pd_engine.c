@@ -1116,6 +1116,12 @@ static const char *check_reset_meta(pd_engine *g, const pd_state *prev, const pd
 	return NULL;
 }
 
+/* Is entry q of prev (valid: checked by the caller) identity h? */
+static inline int prev_at(const pd_state *prev, uint32_t pn, int64_t q, pd_h128 h)
+{
+	return q >= 0 && q < (int64_t)pn && pd_h_eq(pd_state_hash_at(prev, (uint32_t)q), h);
+}
+
 /*
  * Subtracts previous values; returns 1 if a counter went backwards.
  *
@@ -1126,12 +1132,6 @@ static const char *check_reset_meta(pd_engine *g, const pd_state *prev, const pd
  * misses (new samples, reordering) does the lookup go through the index,
  * and only then is the index prefetched ahead.
  */
-/* Is entry q of prev (valid: checked by the caller) identity h? */
-static inline int prev_at(const pd_state *prev, uint32_t pn, int64_t q, pd_h128 h)
-{
-	return q >= 0 && q < (int64_t)pn && pd_h_eq(pd_state_hash_at(prev, (uint32_t)q), h);
-}
-
 static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next)
 {
 	uint32_t n = (uint32_t)pd_state_count(next), pn = (uint32_t)pd_state_count(prev);

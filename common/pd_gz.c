@@ -363,8 +363,7 @@ int pd_defl_write(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
 static size_t isal_whole(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e, int *rc)
 {
 	struct isal_zstream *z = &d->iz->zs;
-	size_t room = n + n / 16 + 4096;
-	static uint8_t empty;
+	size_t room = n + n / 16 + 4096; /* < UINT32_MAX below */
 
 	*rc = PD_OK;
 	if (n > UINT32_MAX / 2)
@@ -378,10 +377,10 @@ static size_t isal_whole(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e, 
 	z->gzip_flag = IGZIP_GZIP;
 	z->end_of_stream = 1;
 	z->flush = NO_FLUSH;
-	z->next_in = n ? (uint8_t *)(uintptr_t)p : &empty;
+	z->next_in = (uint8_t *)(uintptr_t)p;
 	z->avail_in = (uint32_t)n;
 	z->next_out = d->zout.data;
-	z->avail_out = (uint32_t)(room > UINT32_MAX ? UINT32_MAX : room);
+	z->avail_out = (uint32_t)room;
 	if (isal_deflate_stateless(z) != COMP_OK)
 		return 0;
 	return z->total_out;
@@ -396,6 +395,8 @@ static int whole_finish(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
 	uint64_t t0 = pd_now_ns();
 	int rc;
 
+	if (!n)
+		p = &empty; /* neither library takes a NULL input */
 	if (d->level == 1 && d->iz && (got = isal_whole(d, p, n, e, &rc)) == 0 && rc)
 		return rc;
 	if (got == 0) {
@@ -406,7 +407,7 @@ static int whole_finish(pd_deflater *d, const uint8_t *p, size_t n, pd_err *e)
 		bound = libdeflate_gzip_compress_bound(d->c, n);
 		if ((rc = pd_buf_reserve(&d->zout, bound, e)))
 			return rc;
-		got = libdeflate_gzip_compress(d->c, n ? p : &empty, n, d->zout.data, bound);
+		got = libdeflate_gzip_compress(d->c, p, n, d->zout.data, bound);
 	}
 	d->ns += pd_now_ns() - t0;
 	if (got == 0)

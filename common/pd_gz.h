@@ -17,9 +17,8 @@
  * call: at level 1, the default and the fastest, ISA-L's igzip (its own
  * level 2), about twice as fast as libdeflate's level 1 for ~3 % more bytes;
  * libdeflate at levels 2-9, and as the fallback) for callers that hold their
- * input whole anyway;
- * streaming (zlib, for libpdelta's streaming mode, whose point is never
- * holding a profile whole). Either way compressed bytes go to
+ * input whole anyway; streaming (zlib, for libpdelta's streaming mode, whose
+ * point is never holding a profile whole). Either way compressed bytes go to
  * a sink in pieces of the chunk threshold (datadog-agent#50396's
  * flush-by-compressed-size idea). Compressor state is kept between requests:
  * no malloc per call in steady state.

@@ -17,15 +17,13 @@
 #include "pd_gz.h"
 #include "pdl_internal.h"
 
-static uint32_t crc0(void) { return 0; }
-
 static void reset_attempt(pdl_req *r)
 {
 	r->id = 0;
 	r->broken = r->end_sent = r->terminal = r->got_result = 0;
 	r->body_seen = 0;
-	r->crc_seen = crc0();
-	r->crc_prefix = crc0();
+	r->crc_seen = 0; /* pd_crc32 starts at 0 */
+	r->crc_prefix = 0; /* pd_crc32 starts at 0 */
 	r->result_total = 0;
 	r->overload_delay_ms = 0;
 }
@@ -234,7 +232,7 @@ static void take_result(pdelta *h, const pd_msg_result *res)
 		/* the server's second answer is another response: start over */
 		r->restart_pending = 1;
 		r->delivered = 0;
-		r->crc_delivered = crc0();
+		r->crc_delivered = 0; /* pd_crc32 starts at 0 */
 	}
 	if (r->delivered == 0) {
 		r->meta.status = res->status;
@@ -513,7 +511,7 @@ static int begin_common(pdelta *h, const char *stream, uint64_t seq, pdelta_repl
 	r->whole = whole;
 	r->whole_len = whole_len;
 	r->attempts = 1;
-	r->crc_delivered = crc0();
+	r->crc_delivered = 0; /* pd_crc32 starts at 0 */
 	r->meta.seq = r->seq;
 	r->phase = PDL_UPLOAD;
 	EVP_DigestInit_ex(h->md, h->sha256, NULL);
@@ -624,7 +622,7 @@ static int restart_body(pdelta *h)
 	pdl_req *r = &h->r;
 
 	r->delivered = 0;
-	r->crc_delivered = crc0();
+	r->crc_delivered = 0; /* pd_crc32 starts at 0 */
 	r->restart_pending = 0;
 	r->need_resend = 1;
 	pdl_conn_close(h, 1);

@@ -128,7 +128,7 @@ static double floor_ms(const pd_buf *gz, const pd_buf *out_raw, int level, pd_bu
 
 /* Library floor: the same two operations through libdeflate's inflate and
  * pd_gz's whole-mode deflater (what the engine calls). */
-static double ldfloor_ms(const pd_buf *gz, const pd_buf *out_raw, int level, pd_buf *scratch)
+static double libfloor_ms(const pd_buf *gz, const pd_buf *out_raw, int level, pd_buf *scratch)
 {
 	static struct libdeflate_decompressor *d;
 	static pd_deflater defl;
@@ -170,7 +170,7 @@ int main(int argc, char **argv)
 	pd_engine *eng;
 	pd_req req;
 	pd_buf scratch, ser;
-	double e2e = 0, core = 0, flo = 0, ldflo = 0, ph[6] = {0};
+	double e2e = 0, core = 0, flo = 0, libflo = 0, ph[6] = {0};
 	double mb_raw = 0;
 	unsigned long allocs = 0, calls = 0;
 	size_t ident = 0, mem = 0, serb = 0;
@@ -242,12 +242,12 @@ int main(int argc, char **argv)
 				      null_sink, NULL, &r, &e);
 			tc[k] = (double)(pd_now_ns() - t0) / 1e6;
 			tf[k] = floor_ms(&fs[i].gz, &fs[i].out_raw, level, &scratch);
-			tl[k] = ldfloor_ms(&fs[i].gz, &fs[i].out_raw, level, &scratch);
+			tl[k] = libfloor_ms(&fs[i].gz, &fs[i].out_raw, level, &scratch);
 		}
 		e2e += median(te, reps);
 		core += median(tc, reps);
 		flo += median(tf, reps);
-		ldflo += median(tl, reps);
+		libflo += median(tl, reps);
 		for (int q = 0; q < 6; q++)
 			ph[q] += median(p[q], reps);
 		mb_raw += (double)fs[i].raw.len / 1e6;
@@ -263,7 +263,7 @@ int main(int argc, char **argv)
 		printf("%-16s files=%d e2e_ms=%.2f core_ms=%.2f floor_ms=%.2f ratio=%.2f "
 		       "libfloor_ms=%.2f lib_ratio=%.2f MB/s=%.0f inflate=%.2f index=%.2f hash=%.2f diff=%.2f encode=%.2f deflate=%.2f "
 		       "state_B/id=%.1f ser_B/id=%.1f mallocs/call=%.1f peak_rss_MB=%.0f\n",
-		       name, nf, e2e / n, core / n, flo / n, e2e / flo, ldflo / n, e2e / ldflo, mb_raw / (e2e / 1e3),
+		       name, nf, e2e / n, core / n, flo / n, e2e / flo, libflo / n, e2e / libflo, mb_raw / (e2e / 1e3),
 		       ph[0] / n, ph[1] / n, ph[2] / n, ph[3] / n, ph[4] / n, ph[5] / n,
 		       ident ? (double)mem / (double)ident : 0, ident ? (double)serb / (double)ident : 0,
 		       calls ? (double)allocs / (double)calls : 0, ru.ru_maxrss / 1024.0);
