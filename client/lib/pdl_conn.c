@@ -577,7 +577,7 @@ static int tls_handshake(pdelta *h, uint64_t deadline)
 {
 	char es[256];
 	long vr;
-	int ret, se, rc;
+	int ret, se, rc, eof;
 
 	h->ssl = SSL_new(h->ssl_ctx);
 	if (!h->ssl || SSL_set_fd(h->ssl, h->fd) != 1)
@@ -598,11 +598,14 @@ static int tls_handshake(pdelta *h, uint64_t deadline)
 			continue;
 		}
 		vr = SSL_get_verify_result(h->ssl);
+		/* OpenSSL 3 reports a peer that vanished mid-handshake (e.g. a server
+		 * killed and restarting) as an SSL error; it is a transport error. */
+		eof = ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
 		ssl_errstr(es, sizeof es);
 		if (vr != X509_V_OK)
 			return pdl_fail(h, PDELTA_E_TLS, 0, "TLS with %s: certificate verification failed: %s",
 					h->server, X509_verify_cert_error_string(vr));
-		if (se == SSL_ERROR_SSL)
+		if (se == SSL_ERROR_SSL && !eof)
 			return pdl_fail(h, PDELTA_E_TLS, 0, "TLS handshake with %s failed: %s", h->server, es);
 		return pdl_fail(h, PDELTA_E_IO, 1, "TLS handshake with %s failed: %s", h->server, es);
 	}
