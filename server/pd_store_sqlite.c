@@ -29,6 +29,13 @@
 #define SQ_APP_ID 0x70644c74 /* "pdLt" */
 #define SQ_SCHEMA_VERSION 1
 #define SQ_JOURNAL_SIZE_LIMIT (64 << 20) /* WAL file truncated to this after checkpoints */
+/* Page size of new database files. A medium stream's row (state + kept
+ * response, ~420 KB) is an overflow chain: 7 pages of 64 KiB instead of 105 of
+ * 4 KiB, so far fewer WAL frames, page reads and syscalls per commit. Measured
+ * (1,000 heap/mutex-medium streams, 1,000 first profiles + 1,599 deltas): the
+ * writer thread's CPU 5.6 s -> 3.5 s; with 2,000 small streams not worse
+ * (2.84 -> 2.60 s); the file grows ~6 % (partly filled last pages). */
+#define SQ_PAGE_SIZE 65536
 
 static const char sq_schema[] =
 	"CREATE TABLE streams ("
@@ -257,7 +264,12 @@ static int sq_writer_pragmas(struct sq_be *b, pd_err *e)
 {
 	char sql[128];
 	int64_t page_size;
-	int rc = sq_set_wal(b->w, e);
+	int rc;
+
+	snprintf(sql, sizeof sql, "PRAGMA page_size=%d", SQ_PAGE_SIZE);
+	rc = sq_exec(b->w, sql, e); /* new files only: WAL fixes it once written */
+	if (!rc)
+		rc = sq_set_wal(b->w, e);
 
 	if (!rc)
 		rc = sq_exec(b->w, b->o.synchronous_full ? "PRAGMA synchronous=FULL"

@@ -6,7 +6,7 @@
  *           [--connections C] [--streams S] [--requests N] [--seconds T]
  *           [--idle K] [--server-pid PID] [--soak SECONDS] [--inflight N]
  *           [--chunk BYTES] [--no-data] [--prefix NAME] [--max-p99-ms MS]
- *           [--rate R] [--warmup SECONDS] [--min-rate R] [--host 127.0.0.1]
+ *           [--rate R] [--warmup SECONDS] [--min-rate R] [--seed] [--host 127.0.0.1]
  *
  * One libevent loop, no threads, non-blocking TLS (bufferevent_openssl). C
  * connections authenticate with a token; S streams are spread over them
@@ -25,6 +25,12 @@
  * second, round-robin over the connections, each on a stream that is not
  * busy; so S streams at R/s means one profile per stream every S/R seconds,
  * as agents send them, and latency is the service time under that load.
+ *
+ * --seed: before the run, every stream sends its first profile (closed loop,
+ * one request per connection) and the run starts only when all of them are
+ * answered, so the measured run sees the steady state of a fleet: deltas
+ * against stored state, not first profiles. The seeding rate (first-profile
+ * capacity) and the server's CPU per seed answer are reported apart.
  *
  * The run is bounded by --requests (new requests started) and --seconds
  * (wall time after every connection is up, plus --warmup: responses that
@@ -86,6 +92,7 @@
 #define IDLE_REOPEN_US 1000000ull
 #define SOAK_PERIOD_US (10 * 1000000ull)
 #define MAX_LOGGED 10
+#define SEED_TIMEOUT_US (900 * 1000000ull)
 
 /* ---- data ---------------------------------------------------------------- */
 
@@ -148,7 +155,7 @@ typedef struct idle_sock {
 	uint64_t reopen_at_us;
 } idle_sock;
 
-enum phase { P_CONNECT, P_RUN, P_DRAIN, P_BYE, P_DONE };
+enum phase { P_CONNECT, P_SEED, P_RUN, P_DRAIN, P_BYE, P_DONE };
 
 typedef struct opts {
 	const char *host, *ca, *token, *prefix;
@@ -157,7 +164,7 @@ typedef struct opts {
 	uint64_t requests;
 	double seconds, soak, max_p99_ms, min_rate, rate, warmup;
 	int server_pid;
-	bool no_data;
+	bool no_data, seed;
 	const char *seq_dirs[64];
 	size_t nseq;
 } opts;
@@ -167,6 +174,7 @@ typedef struct stats {
 	uint64_t by_status[4], by_reason[5];
 	uint64_t req_errors[PD_E__COUNT], conn_errors[PD_E__COUNT];
 	uint64_t conn_lost, connects, idle_closed, laps, unfinished, lagged, warmup_done;
+	uint64_t seed_done, seed_retries; /* --seed: first profiles answered, retries among them */
 	uint64_t bytes_up, bytes_down;
 	uint32_t *lat; /* microseconds, one per completed request */
 	size_t nlat, lat_cap;
@@ -195,6 +203,8 @@ static struct {
 	int phase;
 	uint32_t nready; /* connections that completed HELLO at least once */
 	uint64_t t_begin, t_start, t_measure, t_stop, t_last_done, t_bye, next_soak, t_pace;
+	uint64_t t_seed, t_seed_end; /* --seed phase */
+	double seed_cpu_s;          /* server CPU during it */
 	double allow; /* --rate: requests that may start now */
 	uint32_t rr;  /* --rate: next connection to try */
 	stream *delayed;
@@ -484,7 +494,7 @@ static void send_request(conn *c, stream *s)
 		c->next_rid = 1;
 	*r = (req){.rid = c->next_rid, .s = s, .t0_us = now_us()};
 	c->nopen++;
-	if (!s->retry)
+	if (!s->retry && L.phase != P_SEED)
 		L.st.started++;
 	snprintf(name, sizeof name, "%s/%u", L.o.prefix, s->idx);
 	m.flags = L.o.no_data ? PD_FLAG_BEGIN_NO_DATA : 0;
@@ -518,8 +528,13 @@ static void kick(conn *c)
 {
 	while (can_send(c) && c->ready_head) {
 		const stream *s = c->ready_head;
-		if (s->retry ? L.phase > P_DRAIN : (L.o.rate > 0 || !new_allowed()))
+		if (L.phase == P_SEED) {
+			/* Closed loop, one request per connection, first profiles only. */
+			if (c->nopen >= 1 || s->seq != 1)
+				break;
+		} else if (s->retry ? L.phase > P_DRAIN : (L.o.rate > 0 || !new_allowed())) {
 			break;
+		}
 		send_request(c, ready_pop(c));
 	}
 }
@@ -686,8 +701,8 @@ static void on_result(conn *c, const pd_msg *m)
 	r->status = res->status;
 	r->announced = res->output_bytes;
 	check_status(r->s, res);
-	if (now_us() < L.t_measure)
-		return; /* warm-up: not in the figures */
+	if (L.phase == P_SEED || now_us() < L.t_measure)
+		return; /* seeding or warm-up: not in the figures */
 	L.st.by_status[res->status]++;
 	if (res->reason < 5)
 		L.st.by_reason[res->reason]++;
@@ -715,7 +730,9 @@ static void on_result_end(conn *c, const pd_msg *m)
 		return violation(c, "RESULT_END size or CRC mismatch", m->request_id);
 	if (L.o.no_data && r->got)
 		return violation(c, "RESULT_DATA despite NO_DATA", m->request_id);
-	if (now >= L.t_measure) {
+	if (L.phase == P_SEED) {
+		L.st.seed_done++;
+	} else if (now >= L.t_measure) {
 		lat_push(now - r->t0_us);
 		L.st.completed++;
 		L.t_last_done = now;
@@ -747,6 +764,8 @@ static void on_request_error(conn *c, const pd_msg *m)
 		if (er->detail == PD_DETAIL_OVERLOADED && er->value > delay)
 			delay = er->value;
 		L.st.retries++;
+		if (L.phase == P_SEED)
+			L.st.seed_retries++;
 		r->rid = 0;
 		c->nopen--;
 		stream_delay(s, delay);
@@ -1069,6 +1088,35 @@ static void measure_start_if_due(uint64_t now)
 	snprintf(L.load0, sizeof L.load0, "%s", loadavg());
 }
 
+static void start_run(uint64_t now);
+
+/* --seed: every stream's first profile, closed loop at one request per
+ * connection, before the measured run; the run then sees deltas only. */
+static void start_seed(uint64_t now)
+{
+	L.phase = P_SEED;
+	L.t_seed = now;
+	L.srv0 = server_sample();
+	printf("pd_load: %u connections up in %.2f s; seeding %u streams with their first profiles\n",
+	       L.o.conns, secs(now - L.t_begin), L.o.streams);
+	fflush(stdout);
+	for (uint32_t i = 0; i < L.o.conns; i++)
+		kick(&L.conns[i]);
+}
+
+static void end_seed(uint64_t now)
+{
+	srv_sample s = server_sample();
+
+	L.t_seed_end = now;
+	L.seed_cpu_s = s.ok && L.srv0.ok ? s.cpu_s - L.srv0.cpu_s : 0;
+	printf("pd_load: seeded %llu streams in %.1f s (%.1f first profiles/s)\n",
+	       (unsigned long long)L.st.seed_done, secs(now - L.t_seed),
+	       (double)L.st.seed_done / secs(now - L.t_seed));
+	fflush(stdout);
+	start_run(now);
+}
+
 static void start_run(uint64_t now)
 {
 	L.phase = P_RUN;
@@ -1111,8 +1159,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 	if (L.phase < P_BYE)
 		reconnect_due(now);
-	if (L.phase == P_CONNECT && L.nready >= L.o.conns)
+	if (L.phase == P_CONNECT && L.nready >= L.o.conns && L.o.seed)
+		start_seed(now);
+	else if (L.phase == P_CONNECT && L.nready >= L.o.conns)
 		start_run(now);
+	if (L.phase == P_SEED && L.st.seed_done >= L.o.streams)
+		end_seed(now);
+	else if (L.phase == P_SEED && now - L.t_seed > SEED_TIMEOUT_US)
+		die("seeding: only %llu of %u first profiles answered in %.0f s",
+		    (unsigned long long)L.st.seed_done, L.o.streams, secs(SEED_TIMEOUT_US));
 	else if (L.phase == P_CONNECT && now - L.t_begin > CONNECT_TIMEOUT_US)
 		die("only %u of %u connections came up in %.0f s", L.nready, L.o.conns,
 		    secs(CONNECT_TIMEOUT_US));
@@ -1139,10 +1194,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		event_base_loopbreak(L.base);
 		return;
 	}
-	if (L.phase == P_RUN || L.phase == P_DRAIN) {
+	if (L.phase == P_SEED || L.phase == P_RUN || L.phase == P_DRAIN) {
 		for (uint32_t i = 0; i < L.o.conns; i++)
 			kick(&L.conns[i]);
-		if (L.o.rate > 0)
+		if (L.o.rate > 0 && L.phase != P_SEED)
 			pace(now);
 		keepalive(now);
 	}
@@ -1189,6 +1244,12 @@ static void print_errors(void)
 	printf("%s\n", any ? "" : " none");
 }
 
+static double seed_rate(void)
+{
+	double t = secs(L.t_seed_end - L.t_seed);
+	return t > 0 ? (double)L.st.seed_done / t : 0;
+}
+
 static void report(void)
 {
 	uint64_t end = L.t_last_done > L.t_measure ? L.t_last_done : L.t_stop;
@@ -1212,6 +1273,13 @@ static void report(void)
 	else
 		printf("  offered: closed loop, up to %u requests in flight per connection\n",
 		       L.o.inflight);
+	if (L.o.seed)
+		printf("  seed: %llu first profiles (BASELINE) in %.1f s = %.1f/s, closed loop, one per "
+		       "connection, %llu retries; server CPU %.1f s = %.2f ms per answer; not counted "
+		       "below\n",
+		       (unsigned long long)L.st.seed_done, secs(L.t_seed_end - L.t_seed), seed_rate(),
+		       (unsigned long long)L.st.seed_retries, L.seed_cpu_s,
+		       L.st.seed_done ? 1e3 * L.seed_cpu_s / (double)L.st.seed_done : 0);
 	if (L.o.warmup > 0)
 		printf("  warm-up: %.0f s, %llu responses in it, not counted below\n", L.o.warmup,
 		       (unsigned long long)L.st.warmup_done);
@@ -1235,9 +1303,10 @@ static void report(void)
 	if (s.ok) {
 		srv_cpu = L.srv0.ok ? s.cpu_s - L.srv0.cpu_s : s.cpu_s;
 		printf("  server pid %d: VmRSS %.1f MB, VmHWM %.1f MB, %llu threads, CPU %.1f s during "
-		       "the run (%.0f%% of one core)\n",
+		       "the run (%.0f%% of one core, %.2f ms per response)\n",
 		       L.o.server_pid, (double)s.rss_kb / 1024, (double)s.hwm_kb / 1024,
-		       (unsigned long long)s.threads, srv_cpu, run > 0 ? 100 * srv_cpu / run : 0);
+		       (unsigned long long)s.threads, srv_cpu, run > 0 ? 100 * srv_cpu / run : 0,
+		       L.st.completed ? 1e3 * srv_cpu / (double)L.st.completed : 0);
 	}
 	printf("  client: CPU %.1f s (%.0f%% of one core; it shares the machine with the server); "
 	       "load average %s at the start, %s at the end\n",
@@ -1247,12 +1316,13 @@ static void report(void)
 		       L.soak_rss_first, L.soak_rss_last, L.soak_rss_min, L.soak_rss_max);
 	printf("RESULT rate=%.1f p50_ms=%.1f p90_ms=%.1f p99_ms=%.1f max_ms=%.1f responses=%llu "
 	       "fatal=%llu violations=%llu retries=%llu unexpected=%llu rss_kb=%llu hwm_kb=%llu "
-	       "server_cpu_s=%.1f client_cpu_s=%.1f seconds=%.1f lagged=%llu\n",
+	       "server_cpu_s=%.1f client_cpu_s=%.1f seconds=%.1f lagged=%llu seed_rate=%.1f "
+	       "seed_cpu_s=%.1f\n",
 	       rate, p50, p90, p99, pmax, (unsigned long long)L.st.completed,
 	       (unsigned long long)L.st.fatal, (unsigned long long)L.st.violations,
 	       (unsigned long long)L.st.retries, (unsigned long long)L.st.unexpected,
 	       (unsigned long long)s.rss_kb, (unsigned long long)s.hwm_kb, srv_cpu, me, run,
-	       (unsigned long long)L.st.lagged);
+	       (unsigned long long)L.st.lagged, seed_rate(), L.seed_cpu_s);
 	if (L.st.fatal || L.st.violations || !L.st.completed)
 		L.exit_code = 1;
 	if (L.o.max_p99_ms > 0 && p99 > L.o.max_p99_ms) {
@@ -1273,7 +1343,7 @@ static void usage(void)
 	      "               [--connections 100] [--streams 1000] [--requests 0] [--seconds 30]\n"
 	      "               [--idle 0] [--server-pid PID] [--soak SECONDS] [--inflight 64]\n"
 	      "               [--chunk 65536] [--no-data] [--prefix NAME] [--max-p99-ms MS]\n"
-	      "               [--rate R] [--warmup SECONDS] [--min-rate R] [--host 127.0.0.1]\n",
+	      "               [--rate R] [--warmup SECONDS] [--min-rate R] [--seed] [--host 127.0.0.1]\n",
 	      stderr);
 	exit(2);
 }
@@ -1309,7 +1379,7 @@ static void parse_args(int argc, char **argv)
 		{"soak", 1, 0, 'S'},	    {"inflight", 1, 0, 'f'},   {"chunk", 1, 0, 'k'},
 		{"no-data", 0, 0, 'N'},	    {"prefix", 1, 0, 'x'},     {"max-p99-ms", 1, 0, 'm'},
 		{"min-rate", 1, 0, 'r'},    {"rate", 1, 0, 'R'},       {"warmup", 1, 0, 'w'},
-		{"help", 0, 0, 'h'},	    {0, 0, 0, 0}};
+		{"seed", 0, 0, 'e'},	    {"help", 0, 0, 'h'},	    {0, 0, 0, 0}};
 	opts *o = &L.o;
 	int ch;
 
@@ -1342,6 +1412,7 @@ static void parse_args(int argc, char **argv)
 		case 'r': o->min_rate = atof(optarg); break;
 		case 'R': o->rate = atof(optarg); break;
 		case 'w': o->warmup = atof(optarg); break;
+		case 'e': o->seed = true; break;
 		default: usage();
 		}
 	}
@@ -1350,6 +1421,8 @@ static void parse_args(int argc, char **argv)
 	if (!o->conns || !o->streams || !o->inflight || o->inflight > 4096 || o->chunk < 1 ||
 	    o->chunk > PD_FRAME_MIN_LIMIT)
 		die("bad --connections / --streams / --inflight / --chunk");
+	if (o->seed && o->no_data)
+		die("--seed needs profiles: not with --no-data");
 	if (o->seconds <= 0 && !o->requests && o->soak <= 0)
 		die("unbounded: give --seconds, --requests or --soak");
 }

@@ -450,17 +450,19 @@ static void test_disk_full(void)
 	pd_store *s;
 
 	pd_store_opts_init(&o);
-	o.max_db_bytes = 96 << 10;
+	o.max_db_bytes = 640 << 10; /* ten 64 KiB pages: the schema and a few leaves */
 	s = open_fresh(&o, path, sizeof path);
 	CHECK(s != NULL);
 	if (!s)
 		return;
-	for (i = 0; i < 100 && !rc; i++) {
+	for (i = 0; i < 400 && !rc; i++) {
 		snprintf(name, sizeof name, "big%d", i);
 		rc = put_sync(s, make_rec(&b, "t", name, 1, 4096));
 	}
 	CHECK(rc == PD_E_STORE);
-	CHECK(i > 3 && i < 100);
+	CHECK(i > 3 && i < 400);
+	printf("disk full after %d rows of ~4.6 KB in a %llu-byte budget\n", i - 1,
+	       (unsigned long long)o.max_db_bytes);
 	CHECK(pd_store_get(s, "t", name, &b.r, NULL) == PD_E_NOTFOUND);
 	pd_store_stats(s, &st);
 	CHECK(st.errors == 1 && strstr(st.last_error, "full") != NULL);
@@ -472,12 +474,13 @@ static void test_disk_full(void)
 	{
 		struct done_count d;
 		done_init(&d);
-		for (int k = 0; k < 3; k++) {
+		/* Half of the rows: whole 64 KiB pages become free. */
+		for (int k = 0; k < (i - 1) / 2; k++) {
 			snprintf(name, sizeof name, "big%d", k + 1);
 			pd_store_delete_async(s, "t", name, count_done, &d);
 		}
 		pd_store_flush(s);
-		CHECK(d.ok == 3);
+		CHECK(d.ok == (i - 1) / 2);
 	}
 	CHECK(put_sync(s, make_rec(&b, "t", "again", 1, 4096)) == PD_OK);
 	pd_store_close(s);
