@@ -12,7 +12,7 @@
 
 /* ---- handshake ---------------------------------------------------------- */
 #define PD_PROTO_MAGIC 0x50444C54u /* "PDLT" */
-#define PD_PROTO_VERSION 1         /* the highest version this code speaks */
+#define PD_PROTO_VERSION 2         /* the highest version this code speaks */
 #define PD_PROTO_VERSION_MIN 1     /* the lowest version this code speaks */
 
 /* ---- frame header --------------------------------------------------------- */

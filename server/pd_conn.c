@@ -87,6 +87,7 @@ struct pd_conn {
 	int drain_reason;     /* close reason when DRAINING ends */
 	bool paused;          /* reading stopped: output above budget */
 	bool authed;
+	int version; /* negotiated in HELLO */
 	struct bufferevent *bev;
 	SSL *ssl;             /* NULL on the plain test transport */
 	char peer[64];
@@ -729,6 +730,7 @@ static void on_hello(pd_conn *c, const pd_msg_hello *h)
 		return;
 	}
 	c->authed = true;
+	c->version = version;
 	c->peer_max_frame = h->max_frame ? h->max_frame : PD_FRAME_MAX_ABS;
 	c->max_payload = (uint32_t)c->env->cfg->max_frame;
 	c->handshake_deadline = 0;
@@ -839,6 +841,7 @@ static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b)
 	p.first_policy = engine_first(b->first_policy);
 	p.overrides = ov;
 	p.noverrides = b->n_overrides;
+	p.hash_kind = c->version >= 2 ? PD_CHASH_CRC128 : PD_CHASH_SHA256;
 	rc = pd_job_begin(c->env->svc, &p, &r->job, &err);
 	if (rc) {
 		r->job = NULL;

@@ -243,6 +243,7 @@ static int copy_params(pd_job *j, const pd_job_params *p, pd_err *e)
 	j->incarnation = p->incarnation;
 	j->producer_start_ns = p->producer_start_ns;
 	j->first_policy = p->first_policy;
+	j->hash_kind = p->hash_kind;
 	return PD_OK;
 }
 
@@ -471,19 +472,35 @@ static void job_requeue(pd_job *j)
 
 /* ---- delta job steps (worker, stream busy) ------------------------------------ */
 
-static int verify_upload(pd_worker *w, pd_job *j)
+static int sha256_16(pd_worker *w, const pd_buf *in, uint8_t out[16])
 {
 	uint8_t md[EVP_MAX_MD_SIZE];
 	unsigned mdlen = 0;
+
+	if (!EVP_DigestInit_ex(w->md_ctx, w->svc->sha256, NULL) ||
+	    !EVP_DigestUpdate(w->md_ctx, in->data ? in->data : md, in->len) ||
+	    !EVP_DigestFinal_ex(w->md_ctx, md, &mdlen) || mdlen < 16)
+		return -1;
+	memcpy(out, md, 16);
+	return 0;
+}
+
+/* Length and content hash: the client's claim against the bytes. SHA-256 is
+ * computed only for protocol-1 claims (~1.4 ms for a 300 KB upload here);
+ * the CRC-128 always (~0.07 ms). */
+static int verify_upload(pd_worker *w, pd_job *j)
+{
+	uint8_t md[16];
 
 	if (j->total_len != j->in.len) {
 		pd_err_set(&j->res.err, PD_E_MALFORMED, "upload length %zu, DATA_END says %llu",
 			   j->in.len, (unsigned long long)j->total_len);
 		return job_fail(j, PD_E_MALFORMED, PD_DETAIL_LENGTH_MISMATCH, j->in.len);
 	}
-	if (!EVP_DigestInit_ex(w->md_ctx, w->svc->sha256, NULL) ||
-	    !EVP_DigestUpdate(w->md_ctx, j->in.data ? j->in.data : md, j->in.len) ||
-	    !EVP_DigestFinal_ex(w->md_ctx, md, &mdlen) || mdlen < 16) {
+	pd_crc128_of(j->in.data ? j->in.data : md, j->in.len, j->content);
+	if (j->hash_kind == PD_CHASH_CRC128) {
+		memcpy(md, j->content, sizeof md);
+	} else if (sha256_16(w, &j->in, md)) {
 		pd_err_set(&j->res.err, PD_E_INTERNAL, "SHA-256 failed");
 		return job_fail(j, PD_E_INTERNAL, PD_DETAIL_NONE, 0);
 	}
@@ -595,14 +612,26 @@ static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
 
 static int has_state(const pd_stream *st) { return st->state && pd_state_valid(st->state); }
 
+/* Is this the content of the last applied request? Rows written before the
+ * CRC-128 (pdeltad of protocol 1) hold the client's SHA-256 prefix instead:
+ * checked only when the CRC differs at the same seq, i.e. rarely. */
+static int same_content(pd_worker *w, const pd_stream *st, const pd_job *j)
+{
+	uint8_t md[16];
+
+	if (!memcmp(j->content, st->last_hash, sizeof j->content))
+		return 1;
+	return !sha256_16(w, &j->in, md) && !memcmp(md, st->last_hash, sizeof md);
+}
+
 /* PROTOCOL.md §8: SEQ_APPLY, SEQ_DUPLICATE or a PD_E_SEQ error. */
-static int check_sequence(pd_stream *st, pd_job *j)
+static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
 {
 	if (!st->exists || !has_state(st) || j->incarnation != st->incarnation)
 		return SEQ_APPLY;
 	if (j->seq > st->last_seq)
 		return SEQ_APPLY;
-	if (j->seq == st->last_seq && !memcmp(j->hash, st->last_hash, sizeof j->hash))
+	if (j->seq == st->last_seq && same_content(w, st, j))
 		return SEQ_DUPLICATE;
 	if (j->seq == st->last_seq) {
 		pd_err_set(&j->res.err, PD_E_SEQ, "seq %llu was already applied with other content",
@@ -727,7 +756,7 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 	rec.identities = pd_state_identities(w->next);
 	rec.state_bytes = pd_state_mem_bytes(w->next);
 	rec.last_seq = j->seq;
-	memcpy(rec.last_hash, j->hash, sizeof rec.last_hash);
+	memcpy(rec.last_hash, j->content, sizeof rec.last_hash);
 	rec.last_status = j->res.status;
 	rec.last_reason = reason_str(j->res.reason);
 	rec.last_samples_in = j->res.samples_in;
@@ -765,7 +794,7 @@ static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 		st->created_ms = j->now_ms;
 	st->exists = 1;
 	st->last_seq = j->seq;
-	memcpy(st->last_hash, j->hash, sizeof st->last_hash);
+	memcpy(st->last_hash, j->content, sizeof st->last_hash);
 	st->incarnation = j->incarnation;
 	st->last_status = j->res.status;
 	st->last_reason = j->res.reason;
@@ -844,7 +873,7 @@ static void run_delta(pd_worker *w, pd_job *j)
 	j->t_start = pd_now_ns();
 	j->res.ns_queue = j->t_start - j->t_submit;
 	if (!(rc = prepare(w, j, st))) {
-		rc = check_sequence(st, j);
+		rc = check_sequence(w, st, j);
 		if (rc == SEQ_DUPLICATE) {
 			replay_duplicate(j, st);
 		} else if (rc == SEQ_APPLY && !reserve_new_stream(w->svc, st, j) &&

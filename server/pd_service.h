@@ -83,7 +83,14 @@ typedef struct pd_job_params {
 	int first_policy;       /* enum pd_first */
 	const pd_type_override *overrides;
 	size_t noverrides;      /* copied by pd_job_begin */
+	int hash_kind;          /* enum pd_content_hash: what DATA_END.hash claims */
 } pd_job_params;
+
+/* The content hash a client sends in DATA_END (PROTOCOL.md §5, §8): protocol
+ * version 1 the first 16 bytes of SHA-256, version 2 the CRC-128 of pd_gz.h.
+ * Whatever the client sent, the stream keeps the server's own CRC-128 of the
+ * upload as its last hash, so a retry is recognised across versions. */
+enum pd_content_hash { PD_CHASH_SHA256 = 0, PD_CHASH_CRC128 = 1 };
 
 typedef struct pd_job_result {
 	int rc;            /* PD_OK or a pd_code; err.msg says why */
@@ -115,7 +122,7 @@ int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e)
  * PD_E_BUSY (sticky) when the service's max_queued_bytes would be exceeded and
  * other jobs hold bytes (a job alone always may finish its upload). */
 int pd_job_data(pd_job *j, const void *p, size_t n, pd_err *e);
-/* Upload complete: hash = first 16 bytes of SHA-256 of the uploaded bytes,
+/* Upload complete: hash = the content hash of the uploaded bytes (params.hash_kind),
  * as sent by the client (the service verifies it and the length). The job
  * runs; done(arg, job, result) is called exactly once. */
 void pd_job_submit(pd_job *j, const uint8_t hash[16], uint64_t total_len, pd_job_done_fn done,

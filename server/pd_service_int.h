@@ -117,7 +117,9 @@ struct pd_job {
 	uint64_t qbytes; /* bytes of in counted in svc->queued_bytes */
 	int data_rc;
 	pd_err data_err;
-	uint8_t hash[16];
+	uint8_t hash[16];    /* as the client sent it */
+	int hash_kind;       /* enum pd_content_hash of hash */
+	uint8_t content[16]; /* our CRC-128 of in: the stream's last hash once applied */
 	uint64_t total_len;
 	int submitted;
 	atomic_int cancelled;

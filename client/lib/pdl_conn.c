@@ -641,7 +641,8 @@ static int take_hello_ok(pdelta *h, const pd_msg *m)
 	if (m->type != PD_FT_HELLO_OK)
 		return pdl_proto_violation(h, "%s instead of HELLO_OK", pd_frame_type_name(m->type));
 	if (ok->version < PD_PROTO_VERSION_MIN || ok->version > PD_PROTO_VERSION)
-		return pdl_proto_violation(h, "chose version %s", "outside 1..1");
+		return pdl_proto_violation(h, "chose version %u, outside %d..%d", ok->version,
+					   PD_PROTO_VERSION_MIN, PD_PROTO_VERSION);
 	if (ok->role != PD_ROLE_AGENT && ok->role != PD_ROLE_ADMIN)
 		return pdl_proto_violation(h, "announced an unknown %s", "role");
 	h->version = ok->version;

@@ -25,6 +25,7 @@
 #include "pd_engine.h"
 #include "pd_err.h"
 #include "pd_frame.h"
+#include "pd_gz.h"
 #include "pd_state.h"
 #include "pdelta.h"
 
@@ -68,7 +69,9 @@ typedef struct pdl_req {
 	const uint8_t *whole; /* pdelta_delta(): the input, replayable without a callback */
 	size_t whole_len;
 	uint64_t fed;         /* bytes fed by the caller (first pass) */
-	uint8_t hash[PD_CONTENT_HASH_LEN];
+	uint8_t hash[PD_CONTENT_HASH_LEN];     /* SHA-256/16: protocol 1, replays, local mode */
+	pd_crc128 crc;                         /* protocol 2's content hash, while fed */
+	uint8_t crc_hash[PD_CONTENT_HASH_LEN]; /* ... and its result */
 	int replaying;
 	uint64_t refed;
 	int local;

@@ -207,7 +207,8 @@ static int send_end(pdelta *h)
 	m.type = PD_FT_DATA_END;
 	m.request_id = r->id;
 	m.u.data_end.total_bytes = r->fed;
-	memcpy(m.u.data_end.hash, r->hash, sizeof r->hash);
+	/* The content hash of the negotiated version (PROTOCOL.md, DATA_END). */
+	memcpy(m.u.data_end.hash, h->version >= 2 ? r->crc_hash : r->hash, sizeof r->hash);
 	if ((rc = pdl_send_msg(h, &m)))
 		return rc;
 	r->end_sent = 1;
@@ -515,6 +516,7 @@ static int begin_common(pdelta *h, const char *stream, uint64_t seq, pdelta_repl
 	r->meta.seq = r->seq;
 	r->phase = PDL_UPLOAD;
 	EVP_DigestInit_ex(h->md, h->sha256, NULL);
+	r->crc = pd_crc128_init();
 	if (st->is_local) {
 		r->local = 1;
 		rc = pdl_local_begin(h);
@@ -558,6 +560,8 @@ static int feed(pdelta *h, const void *p, size_t n)
 	else
 		r->fed += n;
 	EVP_DigestUpdate(h->md, p, n);
+	if (!r->replaying)
+		pd_crc128_update(&r->crc, p, n);
 	if (r->local) {
 		rc = pdl_local_feed(h, p, n);
 		return rc && !r->replaying ? fail_request(h, rc) : rc;
@@ -598,6 +602,7 @@ static int finish(pdelta *h)
 		return pdl_fail(h, PDELTA_E_ARG, 0, "pdelta_finish() without pdelta_begin()");
 	EVP_DigestFinal_ex(h->md, dg, NULL);
 	memcpy(r->hash, dg, sizeof r->hash);
+	pd_crc128_final(&r->crc, r->crc_hash);
 	r->meta.bytes_in = r->fed;
 	if (r->local) {
 		rc = pdl_local_finish(h);

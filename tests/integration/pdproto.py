@@ -119,7 +119,35 @@ def admin_payload(cmd, args):
     return p
 
 
-def content_hash(data):
+def _crc64_table(poly):
+    rev = int("{:064b}".format(poly)[::-1], 2)  # reflected polynomial
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ rev if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_XZ = _crc64_table(0x42F0E1EBA9EA3693)     # CRC-64/XZ (ECMA-182)
+_CRC_JONES = _crc64_table(0xAD93D23594C935A9)  # Jones, reflected, init/xorout all ones
+_M64 = (1 << 64) - 1
+
+
+def _crc64(table, data):
+    c = _M64
+    for b in data:
+        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ _M64
+
+
+def content_hash(data, version=VERSION):
+    """DATA_END.hash: protocol 1 the first 16 bytes of SHA-256, protocol 2 the CRC-128
+    (CRC-64/XZ then CRC-64/Jones, each little-endian). Table-driven here (slow, small
+    inputs only); the C code uses ISA-L."""
+    if version >= 2:
+        return struct.pack("<QQ", _crc64(_CRC_XZ, data), _crc64(_CRC_JONES, data))
     return hashlib.sha256(data).digest()[:16]
 
 
@@ -240,17 +268,17 @@ class Client:
 
     @classmethod
     def connect(cls, host, port, ca, token="", cert=None, key=None, timeout=10, client_name="pdproto",
-                max_frame=0):
+                max_frame=0, versions=(VERSION, VERSION)):
         c = cls.tls(host, port, ca, cert, key, timeout)
         try:
-            c.do_hello(token, client_name, max_frame)
+            c.do_hello(token, client_name, max_frame, versions)
         except Exception:
             c.close()
             raise
         return c
 
-    def do_hello(self, token="", client_name="pdproto", max_frame=0):
-        self.send_raw(frame(HELLO, hello_payload(token, client_name, max_frame=max_frame)))
+    def do_hello(self, token="", client_name="pdproto", max_frame=0, versions=(VERSION, VERSION)):
+        self.send_raw(frame(HELLO, hello_payload(token, client_name, versions[0], versions[1], max_frame)))
         t, _, _, payload = self.recv_frame()
         if t == ERROR:
             raise parse_error(payload, 0)
@@ -337,7 +365,8 @@ class Client:
         for off in range(0, len(data), chunk):
             out.append(frame(DATA, data[off:off + chunk], rid))
         end = struct.pack(">Q", len(data) if total is None else total)
-        out.append(frame(DATA_END, end + (content_hash(data) if hash16 is None else hash16), rid))
+        version = self.hello.version if self.hello else VERSION
+        out.append(frame(DATA_END, end + (content_hash(data, version) if hash16 is None else hash16), rid))
         self.send_raw(b"".join(out))
 
     def read_responses(self, rids):

@@ -165,6 +165,25 @@ def cmd_dup(args, rep):
     r3 = c.delta(s, 3, INCARNATION + 1, data0)
     rep.check(r3.status == "BASELINE" and r3.reason == "reset", "dup: new incarnation is BASELINE reset")
     rep.check(c.ping(77) == 77, "dup: connection still usable (PING/PONG)")
+    # Protocol 2: DATA_END carries the CRC-128; a retry is recognised whichever
+    # version the applied request and its retry came over.
+    c2 = connect(args, versions=(1, 2))
+    rep.check(c2.hello.version == 2, "dup: HELLO 1..2 chooses protocol 2", ["got %d" % c2.hello.version])
+    s2 = s + "-v2"
+    a0 = c2.delta(s2, 1, INCARNATION, data0)
+    rep.check(a0.status == "BASELINE", "dup: protocol 2 request applied (CRC-128 hash)")
+    b0 = c.delta(s2, 1, INCARNATION, data0)
+    rep.check(b0.status == "DUPLICATE" and b0.body == a0.body, "dup: its retry over protocol 1 is a DUPLICATE")
+    expect_error(rep, "dup: protocol 2 refuses a SHA-256 hash", lambda: c2.delta(
+        s2, 2, INCARNATION, data1, hash16=pdproto.content_hash(data1, 1)), "malformed", "HASH_MISMATCH")
+    a1 = c.delta(s2, 2, INCARNATION, data1)
+    b1 = c2.delta(s2, 2, INCARNATION, data1)
+    rep.check(a1.status == "DELTA" and b1.status == "DUPLICATE" and b1.body == a1.body,
+              "dup: a protocol 1 request's retry over protocol 2 is a DUPLICATE")
+    expect_error(rep, "dup: protocol 2, same seq, other bytes refused", lambda: c2.delta(s2, 2, INCARNATION, data0),
+                 "sequence", "SEQ_CONFLICT")
+    c2.goodbye()
+    c2.close()
     c.goodbye()
     c.close()
 

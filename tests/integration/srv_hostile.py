@@ -123,8 +123,8 @@ def badtoken(a, rep):
     c.send_raw(frame(pdproto.HELLO, pdproto.hello_payload(token="")))
     expect_conn_error(rep, "badtoken: no credential", c, "auth", "AUTH_FAILED")
     c = pdproto.Client.tls(HOST, a.port, a.ca)
-    c.send_raw(frame(pdproto.HELLO, pdproto.hello_payload(token=a.token, min_v=2, max_v=3)))
-    expect_conn_error(rep, "badtoken: no common version", c, "protocol", "VERSION", value=1 << 16 | 1)
+    c.send_raw(frame(pdproto.HELLO, pdproto.hello_payload(token=a.token, min_v=3, max_v=4)))
+    expect_conn_error(rep, "badtoken: no common version", c, "protocol", "VERSION", value=1 << 16 | 2)
 
 
 def isolation(a, rep):

@@ -174,9 +174,9 @@ pycheck metrics "$METRICS" \
 	"pdeltad_connections_authenticated_total>=7" \
 	"pdeltad_requests_total{status=\"delta\"}>=$((NFILES - 10))" \
 	"pdeltad_requests_total{status=\"baseline\"}>=5" \
-	"pdeltad_requests_total{status=\"duplicate\"}==2" \
-	"pdeltad_request_errors_total{code=\"sequence\"}==2" \
-	"pdeltad_request_errors_total{code=\"malformed\"}==2" \
+	"pdeltad_requests_total{status=\"duplicate\"}==4" \
+	"pdeltad_request_errors_total{code=\"sequence\"}==3" \
+	"pdeltad_request_errors_total{code=\"malformed\"}==3" \
 	"pdeltad_service_requests_total{status=\"delta\"}>=$((NFILES - 10))" \
 	"pdeltad_request_duration_seconds_count{phase=\"total\"}>=$NFILES" \
 	"pdeltad_store_commits_total>=1" \

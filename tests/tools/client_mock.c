@@ -176,7 +176,7 @@ static void send_hello_ok(mconn *c, uint16_t version, uint32_t keepalive)
 	m.u.hello_ok.request_timeout_ms = 60000;
 	m.u.hello_ok.tenant = pd_str_c("mock");
 	m.u.hello_ok.server_name = pd_str_c("mock");
-	if (version > 1) { /* not encodable: write it by hand */
+	if (version > PD_PROTO_VERSION) { /* not encodable: write it by hand */
 		pd_buf b;
 		pd_buf_init(&b, 0);
 		m.u.hello_ok.version = 1;
@@ -542,7 +542,7 @@ static int s_auth(mconn *c, int n)
 
 static int s_version(mconn *c, int n)
 {
-	send_hello_ok(c, 2, 30000);
+	send_hello_ok(c, PD_PROTO_VERSION + 1, 30000);
 	drain(c); /* the client closes (no GOODBYE: it never was READY) */
 	return 1;
 }

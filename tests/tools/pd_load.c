@@ -82,6 +82,7 @@
 
 #include "pd_buf.h"
 #include "pd_frame.h"
+#include "pd_gz.h"
 
 #define TICK_MS 10
 #define CONNECT_TIMEOUT_US (120 * 1000000ull)
@@ -99,7 +100,8 @@
 typedef struct lfile {
 	uint8_t *data;
 	size_t len;
-	uint8_t hash[PD_CONTENT_HASH_LEN];
+	uint8_t hash[PD_CONTENT_HASH_LEN]; /* protocol 1: SHA-256/16 */
+	uint8_t crc[PD_CONTENT_HASH_LEN];  /* protocol 2: CRC-128 */
 } lfile;
 
 typedef struct lseq {
@@ -142,7 +144,7 @@ struct conn {
 	bool failing; /* close after the current callback */
 	bool ever_ready;
 	struct bufferevent *bev;
-	uint32_t max_inflight, max_frame, keepalive_ms, nopen, next_rid;
+	uint32_t max_inflight, max_frame, keepalive_ms, nopen, next_rid, version;
 	req *reqs; /* opts.inflight slots */
 	stream *ready_head, *ready_tail;
 	uint64_t retry_at_us, last_tx_us;
@@ -286,6 +288,7 @@ static void read_file(const char *path, lfile *f)
 			die("sha256 failed");
 		memcpy(f->hash, full, PD_CONTENT_HASH_LEN);
 	}
+	pd_crc128_of(f->data, f->len, f->crc);
 }
 
 static void load_sequence(const char *dir, lseq *s)
@@ -507,7 +510,7 @@ static void send_request(conn *c, stream *s)
 	send_data(c, r->rid, f);
 	m = (pd_msg){.type = PD_FT_DATA_END, .request_id = r->rid};
 	m.u.data_end.total_bytes = f->len;
-	memcpy(m.u.data_end.hash, f->hash, PD_CONTENT_HASH_LEN);
+	memcpy(m.u.data_end.hash, c->version >= 2 ? f->crc : f->hash, PD_CONTENT_HASH_LEN);
 	send_msg(c, &m);
 }
 
@@ -790,6 +793,7 @@ static void on_hello_ok(conn *c, const pd_msg_hello_ok *h)
 {
 	c->max_inflight = h->max_inflight < L.o.inflight ? h->max_inflight : L.o.inflight;
 	c->max_frame = h->max_frame;
+	c->version = h->version;
 	c->keepalive_ms = h->keepalive_ms;
 	c->state = C_READY;
 	c->backoff_ms = 0;

@@ -305,8 +305,39 @@ static void test_sink_failure(void)
 	free(raw);
 }
 
+/* The protocol-2 content hash: published check values of both CRC-64s, the
+ * byte order on the wire, and incremental == whole at every split point. */
+static void test_crc128(void)
+{
+	static const uint8_t want[16] = {0xfa, 0x39, 0x19, 0xdf, 0xbb, 0xc9, 0x5d, 0x99,
+					 0x7e, 0x0d, 0xf6, 0x79, 0xe9, 0xe8, 0x58, 0x35};
+	uint8_t out[16], whole[16], zero[16] = {0};
+	uint8_t buf[1000];
+	int bad = 0;
+
+	pd_crc128_of("123456789", 9, out);
+	CHECK(memcmp(out, want, 16) == 0); /* CRC-64/XZ 0x995dc9bbdf1939fa, Jones 0x3558e8e979f60d7e */
+	pd_crc128_of("", 0, out);
+	CHECK(memcmp(out, zero, 16) == 0);
+	for (size_t i = 0; i < sizeof buf; i++)
+		buf[i] = (uint8_t)(i * 131 + (i >> 3));
+	pd_crc128_of(buf, sizeof buf, whole);
+	for (size_t cut = 0; cut <= sizeof buf; cut += 7) {
+		pd_crc128 c = pd_crc128_init();
+		pd_crc128_update(&c, buf, cut);
+		pd_crc128_update(&c, buf + cut, sizeof buf - cut);
+		pd_crc128_final(&c, out);
+		bad += memcmp(out, whole, 16) != 0;
+	}
+	CHECK(bad == 0);
+	buf[500] ^= 1; /* one flipped bit changes both halves */
+	pd_crc128_of(buf, sizeof buf, out);
+	CHECK(memcmp(out, whole, 8) != 0 && memcmp(out + 8, whole + 8, 8) != 0);
+}
+
 int main(void)
 {
+	test_crc128();
 	test_whole_matches_zlib();
 	test_bomb_lying_trailer();
 	test_deflate_modes();

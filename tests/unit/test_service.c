@@ -17,7 +17,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "pd_gz.h"
 #include "pd_service.h"
+#include "pd_store.h"
 #include "pdelta_proto.h"
 #include "tharness.h"
 
@@ -188,12 +190,16 @@ static void res_clear(struct res *x)
 	memset(x, 0, sizeof *x);
 }
 
+/* What submit() claims: hash (or f's SHA-256/16) is of this kind. */
+static int g_hash_kind = PD_CHASH_SHA256;
+
 /* Begins, uploads (in 7000-byte pieces) and submits; the result lands in x. */
 static int submit(pd_service *s, const char *tenant, const char *stream, uint64_t seq,
 		  const struct file *f, const uint8_t *hash, uint64_t total, struct res *x)
 {
 	pd_job_params p = {.tenant = tenant, .stream = stream, .seq = seq,
-			   .incarnation = INCARNATION, .first_policy = PD_FIRST_KEEP};
+			   .incarnation = INCARNATION, .first_policy = PD_FIRST_KEEP,
+			   .hash_kind = g_hash_kind};
 	pd_job *j;
 	pd_err e = {0};
 	int rc = pd_job_begin(s, &p, &j, &e);
@@ -534,6 +540,91 @@ static void *conc_thread(void *arg)
 			pd_job_submit(j, heap[i].hash, heap[i].n, on_done_order, oa);
 		}
 	return NULL;
+}
+
+/* Protocol 2's CRC-128 claims, retries across protocol versions, and rows
+ * written before the CRC-128 (their last hash is the client's SHA-256/16). */
+static void test_content_hash(void)
+{
+	pd_service_opts o;
+	pd_service *s;
+	char path[128];
+	struct res x, d;
+	uint8_t crc[16], bad[16];
+
+	pd_service_opts_init(&o);
+	s = fresh_svc(&o, path, sizeof path);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	pd_crc128_of(heap[0].p, heap[0].n, crc);
+	g_hash_kind = PD_CHASH_CRC128;
+	/* A SHA-256 claim where a CRC-128 is due, and a wrong CRC-128: refused. */
+	CHECK(submit(s, "t", "h", 1, &heap[0], heap[0].hash, 0, &x) == PD_OK);
+	wait_res(&x);
+	CHECK(x.rc == PD_E_MALFORMED && x.detail == PD_DETAIL_HASH_MISMATCH);
+	res_clear(&x);
+	memcpy(bad, crc, 16);
+	bad[15] ^= 0x80;
+	CHECK(submit(s, "t", "h", 1, &heap[0], bad, 0, &x) == PD_OK);
+	wait_res(&x);
+	CHECK(x.rc == PD_E_MALFORMED && x.detail == PD_DETAIL_HASH_MISMATCH);
+	res_clear(&x);
+	/* The right one applies; its retry is a DUPLICATE in either version. */
+	CHECK(submit(s, "t", "h", 1, &heap[0], crc, 0, &x) == PD_OK);
+	wait_res(&x);
+	CHECK(same_as(&x, &heap_exp, 0));
+	CHECK(submit(s, "t", "h", 1, &heap[0], crc, 0, &d) == PD_OK);
+	wait_res(&d);
+	CHECK(d.rc == PD_OK && d.status == PD_STATUS_DUPLICATE && d.out_len == x.out_len);
+	res_clear(&d);
+	g_hash_kind = PD_CHASH_SHA256;
+	CHECK(run(s, "t", "h", 1, &heap[0], &d) == PD_OK && d.status == PD_STATUS_DUPLICATE);
+	CHECK(d.out_len == x.out_len && !memcmp(d.out, x.out, x.out_len));
+	res_clear(&d);
+	/* Other content at that seq is still a conflict. */
+	CHECK(run(s, "t", "h", 1, &heap[1], &d) == PD_E_SEQ && d.detail == PD_DETAIL_SEQ_CONFLICT);
+	res_clear(&d);
+	res_clear(&x);
+	pd_service_free(s);
+
+	/* A row as an older pdeltad left it: last hash = SHA-256/16. */
+	{
+		struct pd_store_opts so;
+		pd_store *st = NULL;
+		pd_stream_rec rec;
+		pd_err e = {0};
+
+		memset(&rec, 0, sizeof rec);
+		pd_store_opts_init(&so);
+		so.path = path;
+		CHECK(pd_store_open(&so, &st, &e) == PD_OK);
+		if (!st)
+			return;
+		CHECK(pd_store_get(st, "t", "h", &rec, &e) == PD_OK);
+		CHECK(memcmp(rec.last_hash, crc, 16) == 0); /* what this pdeltad stores */
+		memcpy(rec.last_hash, heap[0].hash, 16);
+		CHECK(pd_store_put_async(st, &rec, NULL, NULL) == PD_OK);
+		CHECK(pd_store_flush(st) == PD_OK);
+		pd_store_close(st);
+		pd_stream_rec_free(&rec);
+	}
+	pd_service_opts_init(&o);
+	s = open_svc(&o, path);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	g_hash_kind = PD_CHASH_CRC128;
+	CHECK(submit(s, "t", "h", 1, &heap[0], crc, 0, &d) == PD_OK);
+	wait_res(&d);
+	CHECK(d.rc == PD_OK && d.status == PD_STATUS_DUPLICATE);
+	res_clear(&d);
+	g_hash_kind = PD_CHASH_SHA256;
+	CHECK(run(s, "t", "h", 1, &heap[1], &d) == PD_E_SEQ && d.detail == PD_DETAIL_SEQ_CONFLICT);
+	res_clear(&d);
+	CHECK(run(s, "t", "h", 2, &heap[1], &d) == PD_OK && same_as(&d, &heap_exp, 1));
+	res_clear(&d);
+	pd_service_free(s);
 }
 
 static void test_concurrent(void)
@@ -1079,6 +1170,7 @@ int main(void)
 
 	test_sequence_and_reopen();
 	test_upload_checks();
+	test_content_hash();
 	test_concurrent();
 	test_store_fault();
 	test_tiny_cache();
