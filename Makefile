@@ -80,9 +80,9 @@ $(LIBPDELTA_A): $(CLIENT_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(LIBPDELTA_SO): $(CLIENT_OBJ) $(COMMON_OBJ)
+$(LIBPDELTA_SO): $(CLIENT_OBJ) $(COMMON_OBJ) client/libpdelta.map
 	@mkdir -p $(dir $@)
-	$(CC) -shared -Wl,-soname,libpdelta.so.1 $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(CC) -shared -Wl,-soname,libpdelta.so.1 -Wl,--version-script=client/libpdelta.map $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBS)
 
 PDELTA_CLI_SRC := client/pdelta_cli.c $(wildcard client/pdelta_send.c)
 $(BINDIR)/pdelta: $(call obj,$(PDELTA_CLI_SRC)) $(LIBPDELTA_A)

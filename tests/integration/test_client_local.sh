@@ -150,6 +150,11 @@ agent_test() {
 	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream i -o "$WORK/agent-stdin" - <"${HS[0]}" >"$WORK/agent-stdin.log" 2>&1
 	check "agent reading stdin" same_profile "$WORK/agent-stdin/delta-000001.pb.gz" "$WORK/seq-heap-small/$(basename "${HS[0]}")"
 	check "libpdelta.so does not need libevent or sqlite" bash -c "! ldd '$P/lib/libpdelta.so.1' | grep -Eq 'libevent|sqlite'"
+	# Only the public API is exported (client/libpdelta.map): every function of pdelta.h, no pd_* internals.
+	nm -D --defined-only "$P/lib/libpdelta.so.1" | awk '$2 ~ /^[TtWw]$/ {print $3}' | sed 's/@.*//' | sort >"$WORK/exports"
+	grep -oE '\bpdelta_[a-z0-9_]+ *\(' "$ROOT/client/pdelta.h" | sed 's/ *($//' | sort -u >"$WORK/api"
+	check "libpdelta.so exports exactly the functions of pdelta.h ($(wc -l <"$WORK/api"))" \
+		cmp -s "$WORK/exports" "$WORK/api"
 }
 case $(basename "$BUILD") in
 release | o3) agent_test ;;
