@@ -88,7 +88,9 @@ int main(int argc, char **argv)
 	}
 	switch (action) {
 	case PD_ACT_HELP: pd_config_print_help(stdout, "pdeltad"); goto out;
-	case PD_ACT_VERSION: printf("pdeltad protocol %d\n", PD_PROTO_VERSION); goto out;
+	case PD_ACT_VERSION:
+		printf("pdeltad protocol %d..%d\n", PD_PROTO_VERSION_MIN, PD_PROTO_VERSION);
+		goto out;
 	case PD_ACT_HASH_TOKEN: status = hash_token(); goto out;
 	case PD_ACT_CHECK: status = check_files(&cfg); goto out;
 	default: break;

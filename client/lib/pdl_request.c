@@ -2,7 +2,8 @@
  * pdl_request: delta requests, the public one-call and streaming API, and
  * the retry policy (PROTOCOL.md §6 and §8).
  *
- * An attempt is: DELTA_BEGIN, DATA chunks, DATA_END(total, SHA-256/16), then
+ * An attempt is: DELTA_BEGIN, DATA chunks, DATA_END(total, content hash: the
+ * CRC-128 on protocol 2, SHA-256/16 on protocol 1, per connection), then
  * RESULT, RESULT_DATA*, RESULT_END (CRC-32 and length checked). When an
  * attempt fails in a way a retry can fix (transport, a server error flagged
  * retryable, a bad RESULT_END) the request is sent again, after a backoff,

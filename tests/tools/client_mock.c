@@ -33,6 +33,7 @@
 #include <zlib.h>
 
 #include "pd_frame.h"
+#include "pd_gz.h"
 #include "pdelta.h"
 
 static int pass, fail;
@@ -69,7 +70,8 @@ typedef struct mconn {
 	pd_msg m;
 	uint32_t last_id;
 	uint64_t seq, inc;
-	uint8_t hash[16];
+	int version;     /* what HELLO_OK chose */
+	uint8_t hash[16]; /* SHA-256/16 of the upload, whatever the version sent */
 	uint64_t total;
 	int cancelled, goodbye_reason;
 } mconn;
@@ -167,6 +169,7 @@ static void send_hello_ok(mconn *c, uint16_t version, uint32_t keepalive)
 	memset(&m, 0, sizeof m);
 	m.type = PD_FT_HELLO_OK;
 	m.u.hello_ok.version = version;
+	c->version = version;
 	m.u.hello_ok.role = PD_ROLE_AGENT;
 	m.u.hello_ok.max_frame = 1u << 20;
 	m.u.hello_ok.max_inflight = 64;
@@ -193,7 +196,8 @@ static void send_hello_ok(mconn *c, uint16_t version, uint32_t keepalive)
 static int recv_upload(mconn *c, int stop_after_begin)
 {
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	uint8_t dg[EVP_MAX_MD_SIZE];
+	uint8_t dg[EVP_MAX_MD_SIZE], cr[16];
+	pd_crc128 crc;
 	int rc = -1;
 
 	c->cancelled = 0;
@@ -208,11 +212,13 @@ static int recv_upload(mconn *c, int stop_after_begin)
 		goto out;
 	}
 	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	crc = pd_crc128_init();
 	for (;;) {
 		if (mrecv(c))
 			goto out;
 		if (c->m.type == PD_FT_DATA) {
 			EVP_DigestUpdate(md, c->m.u.data.p, c->m.u.data.len);
+			pd_crc128_update(&crc, c->m.u.data.p, c->m.u.data.len);
 			c->total += c->m.u.data.len;
 			continue;
 		}
@@ -224,9 +230,15 @@ static int recv_upload(mconn *c, int stop_after_begin)
 		if (c->m.type != PD_FT_DATA_END)
 			goto out;
 		EVP_DigestFinal_ex(md, dg, NULL);
-		MOCK_CHECK(memcmp(dg, c->m.u.data_end.hash, 16) == 0, "DATA_END hash = SHA-256 of the data");
+		pd_crc128_final(&crc, cr);
+		if (c->version >= 2)
+			MOCK_CHECK(memcmp(cr, c->m.u.data_end.hash, 16) == 0,
+				   "DATA_END hash = CRC-128 of the data (protocol 2)");
+		else
+			MOCK_CHECK(memcmp(dg, c->m.u.data_end.hash, 16) == 0,
+				   "DATA_END hash = SHA-256 of the data (protocol 1)");
 		MOCK_CHECK(c->m.u.data_end.total_bytes == c->total, "DATA_END total");
-		memcpy(c->hash, c->m.u.data_end.hash, 16);
+		memcpy(c->hash, dg, 16);
 		rc = 0;
 		goto out;
 	}
@@ -349,7 +361,7 @@ static int s_resume(mconn *c, int n)
 {
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 0, 0};
 
-	send_hello_ok(c, 1, 30000);
+	send_hello_ok(c, 2, 30000); /* protocol 2 (CRC-128) on both connections */
 	if (recv_upload(c, 0))
 		return 1;
 	if (n == 1) {
@@ -372,6 +384,27 @@ static int s_restart(mconn *c, int n)
 	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
 
 	send_hello_ok(c, 1, 30000);
+	if (recv_upload(c, 0))
+		return 1;
+	if (n == 1) {
+		remember(c);
+		send_answer(c, &a);
+		return 0;
+	}
+	check_same_request(c);
+	send_answer(c, &b);
+	drain(c);
+	return 1;
+}
+
+/* The first connection speaks protocol 2 and dies mid-answer; the retry lands
+ * on a protocol-1 server: each attempt must carry that version's hash. */
+static int s_downgrade(mconn *c, int n)
+{
+	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
+	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
+
+	send_hello_ok(c, n == 1 ? 2 : 1, 30000);
 	if (recv_upload(c, 0))
 		return 1;
 	if (n == 1) {
@@ -783,6 +816,7 @@ int main(int argc, char **argv)
 	t_resume();
 	t_restart(s_restart, "restart (other answer)", 2);
 	t_restart(s_prefix, "restart (prefix differs)", 3);
+	t_restart(s_downgrade, "restart, protocol 2 then 1", 2);
 	t_onecall(s_badcrc, "bad CRC", 3, 0, 0, 1000, 2, 0);
 	t_onecall(s_busy, "busy/OVERLOADED 300 ms", 3, 0, 0, 1000, 2, 290);
 	t_onecall(s_stale, "stale seq fixed", 3, 7, 0, 1000, 1, 0);

@@ -176,7 +176,8 @@ typedef struct stats {
 	uint64_t by_status[4], by_reason[5];
 	uint64_t req_errors[PD_E__COUNT], conn_errors[PD_E__COUNT];
 	uint64_t conn_lost, connects, idle_closed, laps, unfinished, lagged, warmup_done;
-	uint64_t seed_done, seed_retries; /* --seed: first profiles answered, retries among them */
+	uint64_t seed_done, seed_failed, seed_retries; /* --seed: first profiles answered, refused
+						       * for good, retried */
 	uint64_t bytes_up, bytes_down;
 	uint32_t *lat; /* microseconds, one per completed request */
 	size_t nlat, lat_cap;
@@ -775,6 +776,8 @@ static void on_request_error(conn *c, const pd_msg *m)
 		return;
 	}
 	L.st.fatal++;
+	if (L.phase == P_SEED && s->seq == 1)
+		L.st.seed_failed++; /* seeding ends without it (and the run fails) */
 	note("request %s/%u seq %llu: ERROR %s/%u: %.*s", L.o.prefix, s->idx,
 	     (unsigned long long)s->seq, pd_code_name(er->code), er->detail,
 	     (int)er->message.len, er->message.p);
@@ -1114,9 +1117,9 @@ static void end_seed(uint64_t now)
 
 	L.t_seed_end = now;
 	L.seed_cpu_s = s.ok && L.srv0.ok ? s.cpu_s - L.srv0.cpu_s : 0;
-	printf("pd_load: seeded %llu streams in %.1f s (%.1f first profiles/s)\n",
+	printf("pd_load: seeded %llu streams in %.1f s (%.1f first profiles/s, %llu refused)\n",
 	       (unsigned long long)L.st.seed_done, secs(now - L.t_seed),
-	       (double)L.st.seed_done / secs(now - L.t_seed));
+	       (double)L.st.seed_done / secs(now - L.t_seed), (unsigned long long)L.st.seed_failed);
 	fflush(stdout);
 	start_run(now);
 }
@@ -1129,7 +1132,8 @@ static void start_run(uint64_t now)
 	L.next_soak = now + SOAK_PERIOD_US;
 	L.t_pace = now;
 	measure_start_if_due(now);
-	printf("pd_load: %u connections up in %.2f s; load starts\n", L.o.conns, secs(now - L.t_begin));
+	printf("pd_load: %u connections up, load starts %.2f s after the start\n", L.o.conns,
+	       secs(now - L.t_begin));
 	fflush(stdout);
 	for (uint32_t i = 0; i < L.o.conns; i++)
 		kick(&L.conns[i]);
@@ -1167,7 +1171,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		start_seed(now);
 	else if (L.phase == P_CONNECT && L.nready >= L.o.conns)
 		start_run(now);
-	if (L.phase == P_SEED && L.st.seed_done >= L.o.streams)
+	if (L.phase == P_SEED && L.st.seed_done + L.st.seed_failed >= L.o.streams)
 		end_seed(now);
 	else if (L.phase == P_SEED && now - L.t_seed > SEED_TIMEOUT_US)
 		die("seeding: only %llu of %u first profiles answered in %.0f s",
@@ -1290,7 +1294,7 @@ static void report(void)
 	printf("  run: %.1f s, %llu responses = %.1f deltas/s (%llu requests started, %llu retries, "
 	       "%llu laps, %llu unfinished)\n",
 	       run, (unsigned long long)L.st.completed, rate, (unsigned long long)L.st.started,
-	       (unsigned long long)L.st.retries, (unsigned long long)L.st.laps,
+	       (unsigned long long)(L.st.retries - L.st.seed_retries), (unsigned long long)L.st.laps,
 	       (unsigned long long)L.st.unfinished);
 	printf("  status: DELTA %llu, BASELINE %llu (first %llu, reset %llu, evicted %llu, moved %llu), "
 	       "DUPLICATE %llu; unexpected %llu\n",
@@ -1324,7 +1328,7 @@ static void report(void)
 	       "seed_cpu_s=%.1f\n",
 	       rate, p50, p90, p99, pmax, (unsigned long long)L.st.completed,
 	       (unsigned long long)L.st.fatal, (unsigned long long)L.st.violations,
-	       (unsigned long long)L.st.retries, (unsigned long long)L.st.unexpected,
+	       (unsigned long long)(L.st.retries - L.st.seed_retries), (unsigned long long)L.st.unexpected,
 	       (unsigned long long)s.rss_kb, (unsigned long long)s.hwm_kb, srv_cpu, me, run,
 	       (unsigned long long)L.st.lagged, seed_rate(), L.seed_cpu_s);
 	if (L.st.fatal || L.st.violations || !L.st.completed)
