@@ -532,30 +532,14 @@ static void set_absent(pd_stream *st)
 	st->version = st->last_seq = st->incarnation = st->deltas_served = st->resets = 0;
 	st->last_status = st->last_reason = 0;
 	st->last_samples_in = st->last_samples_out = 0;
-	st->last_out_len = 0;
-	st->last_crc = 0;
 	st->created_ms = st->last_seen_ms = st->last_time_nanos = 0;
 	st->last_reset_reason[0] = 0;
 }
 
-static int keep_response(pd_stream *st, const uint8_t *p, size_t n, uint32_t crc)
-{
-	if (n > st->last_out_alloc) {
-		uint8_t *q = realloc(st->last_out, n);
-		if (!q)
-			return PD_E_NOMEM;
-		st->last_out = q;
-		st->last_out_alloc = n;
-	}
-	if (n)
-		memcpy(st->last_out, p, n);
-	st->last_out_len = n;
-	st->last_crc = crc;
-	return PD_OK;
-}
-
-/* Copies the row's metadata and response into the (busy) stream. */
-static int fill_from_rec(pd_stream *st, const pd_stream_rec *r)
+/* Copies the row's metadata into the (busy) stream. The kept response stays
+ * in the store: only a retry (DUPLICATE) reads it, so the cache holds states,
+ * not ~200 KB of response per medium stream. */
+static void fill_from_rec(pd_stream *st, const pd_stream_rec *r)
 {
 	st->exists = 1;
 	st->version = r->version;
@@ -573,8 +557,6 @@ static int fill_from_rec(pd_stream *st, const pd_stream_rec *r)
 	st->last_time_nanos = r->last_time_nanos;
 	snprintf(st->last_reset_reason, sizeof st->last_reset_reason, "%s",
 		 r->last_reset_reason ? r->last_reset_reason : "");
-	return keep_response(st, r->last_delta, r->last_delta_len,
-			     pd_crc32(0, r->last_delta, r->last_delta_len));
 }
 
 /* Reads the stream's row. A state blob that does not deserialize is treated
@@ -584,15 +566,13 @@ static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
 {
 	pd_service *s = w->svc;
 	pd_state *ps = NULL;
-	int rc = pd_store_get(s->store, st->tenant, st->name, &w->rec, e);
+	int rc = pd_store_get_state(s->store, st->tenant, st->name, &w->rec, e);
 
 	if (rc == PD_E_NOTFOUND) {
 		set_absent(st);
 	} else if (rc) {
 		return rc;
-	} else if ((rc = fill_from_rec(st, &w->rec))) {
-		return pd_err_set(e, rc, "out of memory loading stream");
-	} else if (w->rec.state_len) {
+	} else if (fill_from_rec(st, &w->rec), w->rec.state_len) {
 		pthread_mutex_lock(&s->mu);
 		ps = pd_svc_state_get(s);
 		pthread_mutex_unlock(&s->mu);
@@ -643,12 +623,24 @@ static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
 	return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_STALE, st->last_seq);
 }
 
-static int replay_duplicate(pd_job *j, const pd_stream *st)
+/* The stored response of the last applied request, read from its row: the
+ * stream is busy with this job, so the row is the one its last commit wrote. */
+static int replay_duplicate(pd_worker *w, pd_job *j, const pd_stream *st)
 {
+	int rc = pd_store_get(w->svc->store, st->tenant, st->name, &w->rec, &j->res.err);
+
+	if (rc == PD_OK && (w->rec.version != st->version || w->rec.last_seq != st->last_seq))
+		rc = pd_err_set(&j->res.err, PD_E_STORE,
+				"stream row changed under a retry (version %llu, expected %llu)",
+				(unsigned long long)w->rec.version, (unsigned long long)st->version);
+	if (rc == PD_E_NOTFOUND)
+		rc = pd_err_set(&j->res.err, PD_E_STORE, "stream row vanished under a retry");
+	if (rc)
+		return job_fail(j, rc, PD_DETAIL_NONE, 0);
 	pd_buf_reset(&j->out);
-	if (pd_buf_append(&j->out, st->last_out, st->last_out_len, &j->res.err))
+	if (pd_buf_append(&j->out, w->rec.last_delta, w->rec.last_delta_len, &j->res.err))
 		return job_fail(j, j->res.err.code, PD_DETAIL_NONE, 0);
-	j->crc = st->last_crc;
+	j->crc = pd_crc32(0, w->rec.last_delta, w->rec.last_delta_len);
 	j->res.status = PD_STATUS_DUPLICATE;
 	j->res.orig_status = st->last_status;
 	j->res.reason = st->last_reason;
@@ -786,7 +778,6 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 {
 	int reset = j->res.reason == PD_REASON_RESET;
-	int kept = keep_response(st, j->out.data, j->out.len, j->crc);
 	pd_state *old;
 
 	st->version = st->exists ? st->version + 1 : 1;
@@ -816,8 +807,6 @@ static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 		st->ten->committed++;
 		j->new_stream = 0;
 	}
-	if (kept != PD_OK)
-		pd_svc_unload(s, st); /* no copy of the response: reread the row */
 	pd_svc_account(s, st);
 	pthread_mutex_unlock(&s->mu);
 }
@@ -875,7 +864,7 @@ static void run_delta(pd_worker *w, pd_job *j)
 	if (!(rc = prepare(w, j, st))) {
 		rc = check_sequence(w, st, j);
 		if (rc == SEQ_DUPLICATE) {
-			replay_duplicate(j, st);
+			replay_duplicate(w, j, st);
 		} else if (rc == SEQ_APPLY && !reserve_new_stream(w->svc, st, j) &&
 			   !run_engine(w, j, st) && !commit_async(w, j, st)) {
 			return; /* store_done finishes it */

@@ -87,9 +87,6 @@ typedef struct pd_stream {
 	uint8_t last_hash[PD_STORE_HASH_LEN];
 	int last_status, last_reason;
 	uint64_t last_samples_in, last_samples_out;
-	uint8_t *last_out;
-	size_t last_out_len, last_out_alloc;
-	uint32_t last_crc;
 	int64_t created_ms, last_seen_ms, last_time_nanos;
 	char last_reset_reason[96];
 

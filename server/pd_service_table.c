@@ -55,7 +55,6 @@ int pd_svc_table_init(pd_service *s, pd_err *e)
 static void free_stream(pd_stream *st)
 {
 	pd_state_free(st->state);
-	free(st->last_out);
 	free(st->tenant);
 	free(st);
 }
@@ -220,7 +219,7 @@ void pd_svc_lru_touch(pd_service *s, pd_stream *st)
 
 void pd_svc_account(pd_service *s, pd_stream *st)
 {
-	size_t m = sizeof *st + strlen(st->tenant) + strlen(st->name) + 2 + st->last_out_alloc;
+	size_t m = sizeof *st + strlen(st->tenant) + strlen(st->name) + 2;
 
 	if (st->state)
 		m += pd_state_mem_bytes(st->state);
@@ -232,9 +231,6 @@ void pd_svc_unload(pd_service *s, pd_stream *st)
 {
 	pd_svc_state_put(s, st->state);
 	st->state = NULL;
-	free(st->last_out);
-	st->last_out = NULL;
-	st->last_out_len = st->last_out_alloc = 0;
 	st->loaded = st->exists = 0;
 	pd_svc_account(s, st);
 }

@@ -170,6 +170,10 @@ void pd_store_close(pd_store *s);
 /* Reads one row. PD_E_NOTFOUND when absent, PD_E_STORE on a database error. */
 int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
 		 pd_err *err);
+/* The same without the kept response: last_delta is NULL, last_delta_len its
+ * length. What a stream load needs (the response matters only to a retry). */
+int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
+		       pd_err *err);
 
 /* ---- writes (asynchronous, group-committed) -------------------------------- */
 
@@ -336,8 +340,8 @@ struct pd_store_backend {
 	int (*commit)(void *be, pd_err *e);
 	void (*rollback)(void *be);
 
-	int (*get)(void *be, const char *tenant, const char *name, pd_stream_rec *out,
-		   pd_err *e);
+	int (*get)(void *be, const char *tenant, const char *name, int with_response,
+		   pd_stream_rec *out, pd_err *e);
 	int (*list)(void *be, const char *tenant, const char *prefix, enum pd_store_sort sort,
 		    size_t limit, pd_store_row_fn fn, void *arg, pd_err *e);
 	int (*count)(void *be, const char *tenant, uint64_t *out, pd_err *e);

@@ -124,7 +124,7 @@ static const char *const w_sql[W__N] = {
 };
 
 enum r_stmt {
-	R_GET, R_LIST_T_NAME, R_LIST_A_NAME, R_LIST_T_SEEN, R_LIST_A_SEEN, R_COUNT_T, R_COUNT_A,
+	R_GET, R_GET_STATE, R_LIST_T_NAME, R_LIST_A_NAME, R_LIST_T_SEEN, R_LIST_A_SEEN, R_COUNT_T, R_COUNT_A,
 	R_TOT_T, R_TOT_A, R_CHECK, R__N
 };
 
@@ -133,6 +133,12 @@ enum r_stmt {
 #define SQ_NAME_RANGE "name >= ?2 AND (?3 IS NULL OR name < ?3) "
 static const char *const r_sql[R__N] = {
 	[R_GET] = SQ_SELECT "WHERE tenant = ?1 AND name = ?2",
+	/* Everything but the kept response, of which only the length. */
+	[R_GET_STATE] = "SELECT version, tenant, name, identities, state_bytes, last_seq, last_hash, "
+			"last_status, last_reason, last_samples_in, last_samples_out, incarnation, "
+			"last_time_nanos, created_ms, last_seen_ms, deltas_served, resets, "
+			"last_reset_reason, state, length(last_delta) FROM streams "
+			"WHERE tenant = ?1 AND name = ?2",
 	[R_LIST_T_NAME] = SQ_SELECT_NOBLOB "WHERE tenant = ?1 AND " SQ_NAME_RANGE
 					   "ORDER BY name LIMIT ?4",
 	[R_LIST_A_NAME] = SQ_SELECT_NOBLOB "WHERE " SQ_NAME_RANGE
@@ -699,7 +705,9 @@ static void fill_fixed(sqlite3_stmt *st, pd_stream_rec *r)
 
 /* Fills r from the current row; blobs are copied when with_blobs, else only
  * their lengths (listing columns) are set. Strings go to r's own memory. */
-static int fill_rec(sqlite3_stmt *st, int with_blobs, pd_stream_rec *r, pd_err *e)
+enum { FILL_STATE = 1, FILL_DELTA = 2 }; /* blobs read; the others give their length */
+
+static int fill_rec(sqlite3_stmt *st, int blobs, pd_stream_rec *r, pd_err *e)
 {
 	static const int text_cols[] = {C_TENANT, C_NAME, C_REASON, C_RESET_REASON};
 	size_t need = 0;
@@ -710,10 +718,13 @@ static int fill_rec(sqlite3_stmt *st, int with_blobs, pd_stream_rec *r, pd_err *
 		sqlite3_column_text(st, text_cols[i]); /* converts first, so bytes is right */
 		need += col_len(st, text_cols[i]) + 1;
 	}
-	if (with_blobs) {
+	if (blobs & FILL_STATE) {
 		sqlite3_column_blob(st, C_STATE);
+		need += col_len(st, C_STATE);
+	}
+	if (blobs & FILL_DELTA) {
 		sqlite3_column_blob(st, C_DELTA);
-		need += col_len(st, C_STATE) + col_len(st, C_DELTA);
+		need += col_len(st, C_DELTA);
 	}
 	rc = pd_stream_rec_reserve(r, need, e);
 	if (rc)
@@ -724,18 +735,23 @@ static int fill_rec(sqlite3_stmt *st, int with_blobs, pd_stream_rec *r, pd_err *
 	r->name = take_text(st, C_NAME, &p);
 	r->last_reason = take_text(st, C_REASON, &p);
 	r->last_reset_reason = take_text(st, C_RESET_REASON, &p);
-	if (with_blobs) {
+	if (blobs & FILL_STATE) {
 		r->state = take_blob(st, C_STATE, &r->state_len, &p);
+	} else {
+		r->state = NULL;
+		r->state_len = (size_t)sqlite3_column_int64(st, C_STATE);
+	}
+	if (blobs & FILL_DELTA) {
 		r->last_delta = take_blob(st, C_DELTA, &r->last_delta_len, &p);
 	} else {
-		r->state = r->last_delta = NULL;
-		r->state_len = (size_t)sqlite3_column_int64(st, C_STATE);
+		r->last_delta = NULL;
 		r->last_delta_len = (size_t)sqlite3_column_int64(st, C_DELTA);
 	}
 	return PD_OK;
 }
 
-static int sq_get(void *be, const char *tenant, const char *name, pd_stream_rec *out, pd_err *e)
+static int sq_get(void *be, const char *tenant, const char *name, int with_response,
+		  pd_stream_rec *out, pd_err *e)
 {
 	struct sq_be *b = be;
 	struct sq_reader *r;
@@ -744,14 +760,14 @@ static int sq_get(void *be, const char *tenant, const char *name, pd_stream_rec 
 
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, R_GET, &st, e);
+	rc = sq_reader_stmt(r, with_response ? R_GET : R_GET_STATE, &st, e);
 	if (rc)
 		goto out;
 	bind_text(st, 1, tenant);
 	bind_text(st, 2, name);
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
-		rc = fill_rec(st, 1, out, e);
+		rc = fill_rec(st, with_response ? FILL_STATE | FILL_DELTA : FILL_STATE, out, e);
 		break;
 	case SQLITE_DONE:
 		rc = pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);

@@ -259,6 +259,19 @@ static void test_round_trip(void)
 	CHECK(!strcmp(got.last_reset_reason, "incarnation"));
 	CHECK(got.version == 1);
 
+	/* Without the kept response: the same row, the response only by length. */
+	{
+		pd_stream_rec st = {0};
+		CHECK(pd_store_get_state(s, "acme", "api/heap", &st, &e) == PD_OK);
+		CHECK(st.state_len == 3000 && pattern_ok(st.state, st.state_len, 7));
+		CHECK(st.last_delta == NULL && st.last_delta_len == 512);
+		CHECK(st.last_seq == 7 && st.version == 1 && !strcmp(st.last_reason, "first") &&
+		      !strcmp(st.last_reset_reason, "incarnation") &&
+		      !memcmp(st.last_hash, in->last_hash, PD_STORE_HASH_LEN));
+		CHECK(pd_store_get_state(s, "acme", "nope", &st, &e) == PD_E_NOTFOUND);
+		pd_stream_rec_free(&st);
+	}
+
 	/* An update keeps created_ms, bumps the version; empty blobs stay empty. */
 	in = make_rec(&b, "acme", "api/heap", 8, 0);
 	in->created_ms = 5555;
