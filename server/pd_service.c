@@ -623,18 +623,26 @@ static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
 	return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_STALE, st->last_seq);
 }
 
+#define REPLAY_REQUEUED 1
+
 /* The stored response of the last applied request, read from its row: the
- * stream is busy with this job, so the row is the one its last commit wrote. */
+ * stream is busy with this job, so the row is normally the one its last
+ * commit wrote. When it is not (another service on the same file moved the
+ * stream on, an admin change or TTL expiry reached the disk behind the
+ * cache), the cached stream is dropped and the job runs again from the row,
+ * as after a put_if conflict: REPLAY_REQUEUED, the job is not finished here. */
 static int replay_duplicate(pd_worker *w, pd_job *j, const pd_stream *st)
 {
 	int rc = pd_store_get(w->svc->store, st->tenant, st->name, &w->rec, &j->res.err);
+	int stale = rc == PD_E_NOTFOUND || (rc == PD_OK && (w->rec.version != st->version ||
+							      w->rec.last_seq != st->last_seq));
 
-	if (rc == PD_OK && (w->rec.version != st->version || w->rec.last_seq != st->last_seq))
-		rc = pd_err_set(&j->res.err, PD_E_STORE,
-				"stream row changed under a retry (version %llu, expected %llu)",
-				(unsigned long long)w->rec.version, (unsigned long long)st->version);
-	if (rc == PD_E_NOTFOUND)
-		rc = pd_err_set(&j->res.err, PD_E_STORE, "stream row vanished under a retry");
+	if (stale && j->retries < PD_SVC_CAS_RETRIES) {
+		job_requeue(j);
+		return REPLAY_REQUEUED;
+	}
+	if (stale)
+		rc = pd_err_set(&j->res.err, PD_E_STORE, "stream row changed under a retry; retry");
 	if (rc)
 		return job_fail(j, rc, PD_DETAIL_NONE, 0);
 	pd_buf_reset(&j->out);
@@ -774,7 +782,8 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 	return PD_OK;
 }
 
-/* The commit succeeded: the new state and response become the cached row. */
+/* The commit succeeded: the new state and metadata become the cached row
+ * (the response stays in the store, read back only for a DUPLICATE). */
 static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 {
 	int reset = j->res.reason == PD_REASON_RESET;
@@ -864,7 +873,8 @@ static void run_delta(pd_worker *w, pd_job *j)
 	if (!(rc = prepare(w, j, st))) {
 		rc = check_sequence(w, st, j);
 		if (rc == SEQ_DUPLICATE) {
-			replay_duplicate(w, j, st);
+			if (replay_duplicate(w, j, st) == REPLAY_REQUEUED)
+				return; /* runs again from the row */
 		} else if (rc == SEQ_APPLY && !reserve_new_stream(w->svc, st, j) &&
 			   !run_engine(w, j, st) && !commit_async(w, j, st)) {
 			return; /* store_done finishes it */

@@ -6,7 +6,7 @@
  *
  * Locking (see also the top of pd_service.c): one mutex, svc->mu, guards
  * every shared field below, except the fields of a *busy* stream's cached
- * row (state, last response, sequence, ...), which only the stream's current
+ * row (state, sequence, hash, ...), which only the stream's current
  * owner (the worker that took its op, then the store completion of that op)
  * touches. busy is set and cleared under mu, which orders the owners. mu is
  * never held while calling into pd_store or a caller's callback.

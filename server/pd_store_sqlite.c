@@ -703,9 +703,10 @@ static void fill_fixed(sqlite3_stmt *st, pd_stream_rec *r)
 	r->resets = (uint64_t)sqlite3_column_int64(st, C_RESETS);
 }
 
-/* Fills r from the current row; blobs are copied when with_blobs, else only
- * their lengths (listing columns) are set. Strings go to r's own memory. */
-enum { FILL_STATE = 1, FILL_DELTA = 2 }; /* blobs read; the others give their length */
+/* Fills r from the current row: the blobs named in `blobs` are copied, the
+ * others only have their lengths set (their columns hold length(...)).
+ * Strings go to r's own memory. */
+enum { FILL_STATE = 1, FILL_DELTA = 2 };
 
 static int fill_rec(sqlite3_stmt *st, int blobs, pd_stream_rec *r, pd_err *e)
 {

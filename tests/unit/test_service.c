@@ -726,6 +726,17 @@ static void test_tiny_cache(void)
 	CHECK(run(s, "t", "a", NFILES, &heap[NFILES - 1], &x) == PD_OK);
 	CHECK(x.status == PD_STATUS_DUPLICATE && x.out_len == heap_exp.len[NFILES - 1] &&
 	      !memcmp(x.out, heap_exp.out[NFILES - 1], x.out_len));
+	CHECK(x.crc == (uint32_t)crc32(0L, x.out, (uInt)x.out_len) && x.orig == PD_STATUS_DELTA);
+	res_clear(&x);
+	/* A BASELINE (first profile) replayed after eviction: status, reason, bytes, CRC. */
+	CHECK(run(s, "t", "c", 1, &heap[0], &x) == PD_OK && same_as(&x, &heap_exp, 0));
+	res_clear(&x);
+	CHECK(run(s, "t", "b", NFILES + 1, &block[0], &x) == PD_OK); /* evicts c */
+	res_clear(&x);
+	CHECK(run(s, "t", "c", 1, &heap[0], &x) == PD_OK && x.status == PD_STATUS_DUPLICATE);
+	CHECK(x.orig == PD_STATUS_BASELINE && x.reason == PD_REASON_FIRST);
+	CHECK(x.out_len == heap_exp.len[0] && !memcmp(x.out, heap_exp.out[0], x.out_len) &&
+	      x.crc == (uint32_t)crc32(0L, x.out, (uInt)x.out_len));
 	res_clear(&x);
 	/* The last release (and its eviction) runs just after the callback. */
 	for (int i = 0; i < 200; i++) {
@@ -955,6 +966,18 @@ static void test_cas_conflict(void)
 	res_clear(&x);
 	pd_service_stats_get(a, &st);
 	CHECK(st.store_conflicts == 1);
+	/* b moves on to 4; a retry of 3 on a finds its cache behind the row: it
+	 * reloads and answers SEQ_STALE (not a replay of the wrong row). */
+	CHECK(run(b, "t", "m", 4, &heap[3], &x) == PD_OK && same_as(&x, &heap_exp, 3));
+	res_clear(&x);
+	CHECK(run(a, "t", "m", 3, &heap[2], &x) == PD_E_SEQ);
+	CHECK(x.detail == PD_DETAIL_SEQ_STALE && x.value == 4);
+	res_clear(&x);
+	/* ... and a retry of 4 on a is the DUPLICATE of what b sent. */
+	CHECK(run(a, "t", "m", 4, &heap[3], &x) == PD_OK && x.status == PD_STATUS_DUPLICATE);
+	CHECK(x.out_len == heap_exp.len[3] && !memcmp(x.out, heap_exp.out[3], x.out_len));
+	CHECK(x.crc == (uint32_t)crc32(0L, x.out, (uInt)x.out_len));
+	res_clear(&x);
 	pd_service_free(b);
 	pd_service_free(a);
 }
