@@ -378,12 +378,15 @@ static int s_resume(mconn *c, int n)
 	return 1;
 }
 
-static int s_restart(mconn *c, int n)
+/* First connection: the answer breaks off after two chunks (the server
+ * "dies"); the retry gets another answer. v1, v2: the protocol version each
+ * connection chooses (each attempt must carry that version's content hash). */
+static int restart_versions(mconn *c, int n, int v1, int v2)
 {
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
 	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
 
-	send_hello_ok(c, 1, 30000);
+	send_hello_ok(c, (uint16_t)(n == 1 ? v1 : v2), 30000);
 	if (recv_upload(c, 0))
 		return 1;
 	if (n == 1) {
@@ -397,26 +400,10 @@ static int s_restart(mconn *c, int n)
 	return 1;
 }
 
-/* The first connection speaks protocol 2 and dies mid-answer; the retry lands
- * on a protocol-1 server: each attempt must carry that version's hash. */
-static int s_downgrade(mconn *c, int n)
-{
-	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
-	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
+static int s_restart(mconn *c, int n) { return restart_versions(c, n, 1, 1); }
 
-	send_hello_ok(c, n == 1 ? 2 : 1, 30000);
-	if (recv_upload(c, 0))
-		return 1;
-	if (n == 1) {
-		remember(c);
-		send_answer(c, &a);
-		return 0;
-	}
-	check_same_request(c);
-	send_answer(c, &b);
-	drain(c);
-	return 1;
-}
+/* Protocol 2 first, then a protocol-1 server. */
+static int s_downgrade(mconn *c, int n) { return restart_versions(c, n, 2, 1); }
 
 /* Second answer has the same RESULT but other bytes: the prefix check fails. */
 static int s_prefix(mconn *c, int n)
