@@ -633,7 +633,7 @@ static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
  * as after a put_if conflict: REPLAY_REQUEUED, the job is not finished here. */
 static int replay_duplicate(pd_worker *w, pd_job *j, const pd_stream *st)
 {
-	int rc = pd_store_get(w->svc->store, st->tenant, st->name, &w->rec, &j->res.err);
+	int rc = pd_store_get_response(w->svc->store, st->tenant, st->name, &w->rec, &j->res.err);
 	int stale = rc == PD_E_NOTFOUND || (rc == PD_OK && (w->rec.version != st->version ||
 							      w->rec.last_seq != st->last_seq));
 

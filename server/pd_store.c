@@ -671,7 +671,7 @@ int pd_store_expire(pd_store *s, int64_t older_than_ms, uint64_t *n_deleted, pd_
 
 /* ---- reads (straight to the backend) --------------------------------------- */
 
-static int get(pd_store *s, const char *tenant, const char *name, int with_response,
+static int get(pd_store *s, const char *tenant, const char *name, unsigned what,
 	       pd_stream_rec *rec_out, pd_err *err)
 {
 	int rc;
@@ -679,7 +679,7 @@ static int get(pd_store *s, const char *tenant, const char *name, int with_respo
 	if (!tenant || !name || !rec_out)
 		return pd_err_set(err, PD_E_ARG, "pd_store_get: tenant, name and record are required");
 	atomic_fetch_add_explicit(&s->reads, 1, memory_order_relaxed);
-	rc = s->ops->get(s->be, tenant, name, with_response, rec_out, err);
+	rc = s->ops->get(s->be, tenant, name, what, rec_out, err);
 	if (rc && rc != PD_E_NOTFOUND)
 		atomic_fetch_add_explicit(&s->read_errors, 1, memory_order_relaxed);
 	return rc;
@@ -688,13 +688,19 @@ static int get(pd_store *s, const char *tenant, const char *name, int with_respo
 int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
 		 pd_err *err)
 {
-	return get(s, tenant, name, 1, rec_out, err);
+	return get(s, tenant, name, PD_STORE_GET_STATE | PD_STORE_GET_RESPONSE, rec_out, err);
 }
 
 int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
 		       pd_err *err)
 {
-	return get(s, tenant, name, 0, rec_out, err);
+	return get(s, tenant, name, PD_STORE_GET_STATE, rec_out, err);
+}
+
+int pd_store_get_response(pd_store *s, const char *tenant, const char *name,
+			  pd_stream_rec *rec_out, pd_err *err)
+{
+	return get(s, tenant, name, PD_STORE_GET_RESPONSE, rec_out, err);
 }
 
 int pd_store_list(pd_store *s, const char *tenant, const char *prefix, enum pd_store_sort sort,

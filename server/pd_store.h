@@ -170,10 +170,13 @@ void pd_store_close(pd_store *s);
 /* Reads one row. PD_E_NOTFOUND when absent, PD_E_STORE on a database error. */
 int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
 		 pd_err *err);
-/* The same without the kept response: last_delta is NULL, last_delta_len its
- * length. What a stream load needs (the response matters only to a retry). */
+/* The same with one blob only; the other is NULL and its length is set. A
+ * stream load needs the state, a retry (DUPLICATE) only the kept response. */
+enum { PD_STORE_GET_STATE = 1, PD_STORE_GET_RESPONSE = 2 };
 int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
 		       pd_err *err);
+int pd_store_get_response(pd_store *s, const char *tenant, const char *name,
+			  pd_stream_rec *rec_out, pd_err *err);
 
 /* ---- writes (asynchronous, group-committed) -------------------------------- */
 
@@ -340,7 +343,8 @@ struct pd_store_backend {
 	int (*commit)(void *be, pd_err *e);
 	void (*rollback)(void *be);
 
-	int (*get)(void *be, const char *tenant, const char *name, int with_response,
+	/* what: PD_STORE_GET_STATE and/or PD_STORE_GET_RESPONSE, the blobs to read */
+	int (*get)(void *be, const char *tenant, const char *name, unsigned what,
 		   pd_stream_rec *out, pd_err *e);
 	int (*list)(void *be, const char *tenant, const char *prefix, enum pd_store_sort sort,
 		    size_t limit, pd_store_row_fn fn, void *arg, pd_err *e);

@@ -88,11 +88,13 @@ static const char sq_schema[] =
 /* Result columns of reads: version, then SQ_COLS order (blob lengths in
  * listings). */
 #define SQ_SELECT "SELECT version, " SQ_COLS " FROM streams "
-#define SQ_SELECT_NOBLOB                                                                    \
+/* Every column but the two blobs, which the reads below add (or their lengths). */
+#define SQ_SELECT_META                                                                      \
 	"SELECT version, tenant, name, identities, state_bytes, last_seq, last_hash, "        \
 	"last_status, last_reason, last_samples_in, last_samples_out, incarnation, "          \
 	"last_time_nanos, created_ms, last_seen_ms, deltas_served, resets, "                  \
-	"last_reset_reason, length(state), length(last_delta) FROM streams "
+	"last_reset_reason, "
+#define SQ_SELECT_NOBLOB SQ_SELECT_META "length(state), length(last_delta) FROM streams "
 enum {
 	C_VERSION, C_TENANT, C_NAME, C_IDENT, C_STATE_BYTES, C_SEQ, C_HASH, C_STATUS,
 	C_REASON, C_IN, C_OUT, C_INCARN, C_TIME, C_CREATED, C_SEEN, C_SERVED, C_RESETS,
@@ -124,7 +126,7 @@ static const char *const w_sql[W__N] = {
 };
 
 enum r_stmt {
-	R_GET, R_GET_STATE, R_LIST_T_NAME, R_LIST_A_NAME, R_LIST_T_SEEN, R_LIST_A_SEEN, R_COUNT_T, R_COUNT_A,
+	R_GET, R_GET_STATE, R_GET_RESPONSE, R_LIST_T_NAME, R_LIST_A_NAME, R_LIST_T_SEEN, R_LIST_A_SEEN, R_COUNT_T, R_COUNT_A,
 	R_TOT_T, R_TOT_A, R_CHECK, R__N
 };
 
@@ -133,12 +135,11 @@ enum r_stmt {
 #define SQ_NAME_RANGE "name >= ?2 AND (?3 IS NULL OR name < ?3) "
 static const char *const r_sql[R__N] = {
 	[R_GET] = SQ_SELECT "WHERE tenant = ?1 AND name = ?2",
-	/* Everything but the kept response, of which only the length. */
-	[R_GET_STATE] = "SELECT version, tenant, name, identities, state_bytes, last_seq, last_hash, "
-			"last_status, last_reason, last_samples_in, last_samples_out, incarnation, "
-			"last_time_nanos, created_ms, last_seen_ms, deltas_served, resets, "
-			"last_reset_reason, state, length(last_delta) FROM streams "
-			"WHERE tenant = ?1 AND name = ?2",
+	/* One blob of the two, the other by length (PD_STORE_GET_*). */
+	[R_GET_STATE] = SQ_SELECT_META "state, length(last_delta) FROM streams "
+				       "WHERE tenant = ?1 AND name = ?2",
+	[R_GET_RESPONSE] = SQ_SELECT_META "length(state), last_delta FROM streams "
+					  "WHERE tenant = ?1 AND name = ?2",
 	[R_LIST_T_NAME] = SQ_SELECT_NOBLOB "WHERE tenant = ?1 AND " SQ_NAME_RANGE
 					   "ORDER BY name LIMIT ?4",
 	[R_LIST_A_NAME] = SQ_SELECT_NOBLOB "WHERE " SQ_NAME_RANGE
@@ -751,7 +752,7 @@ static int fill_rec(sqlite3_stmt *st, int blobs, pd_stream_rec *r, pd_err *e)
 	return PD_OK;
 }
 
-static int sq_get(void *be, const char *tenant, const char *name, int with_response,
+static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
 		  pd_stream_rec *out, pd_err *e)
 {
 	struct sq_be *b = be;
@@ -761,14 +762,19 @@ static int sq_get(void *be, const char *tenant, const char *name, int with_respo
 
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, with_response ? R_GET : R_GET_STATE, &st, e);
+	rc = sq_reader_stmt(r, what == PD_STORE_GET_STATE      ? R_GET_STATE
+			       : what == PD_STORE_GET_RESPONSE ? R_GET_RESPONSE
+							       : R_GET,
+			    &st, e);
 	if (rc)
 		goto out;
 	bind_text(st, 1, tenant);
 	bind_text(st, 2, name);
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
-		rc = fill_rec(st, with_response ? FILL_STATE | FILL_DELTA : FILL_STATE, out, e);
+		rc = fill_rec(st, (what & PD_STORE_GET_STATE ? FILL_STATE : 0) |
+					  (what & PD_STORE_GET_RESPONSE ? FILL_DELTA : 0),
+			      out, e);
 		break;
 	case SQLITE_DONE:
 		rc = pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);

@@ -269,6 +269,9 @@ static void test_round_trip(void)
 		      !strcmp(st.last_reset_reason, "incarnation") &&
 		      !memcmp(st.last_hash, in->last_hash, PD_STORE_HASH_LEN));
 		CHECK(pd_store_get_state(s, "acme", "nope", &st, &e) == PD_E_NOTFOUND);
+		CHECK(pd_store_get_response(s, "acme", "api/heap", &st, &e) == PD_OK);
+		CHECK(st.last_delta_len == 512 && pattern_ok(st.last_delta, 512, 8));
+		CHECK(st.state == NULL && st.state_len == 3000 && st.version == 1 && st.last_seq == 7);
 		pd_stream_rec_free(&st);
 	}
 
