@@ -1,31 +1,65 @@
 #!/usr/bin/env bash
-# demo.sh (`make demo`): installs missing packages, builds, makes dev
-# certificates, starts pdeltad on a temporary SQLite store on a free loopback
-# port, streams a sample sequence through it with `pdelta send`, shows the
-# stream with pdeltactl and a few /metrics lines, then stops the server.
-# DEMO_SEQ=heap-medium picks another sequence; DEMO_KEEP=1 keeps the work dir.
+# demo.sh (`make demo`): pdelta on a live Go service, from a fresh clone.
+#
+# Installs missing packages, builds, makes dev certificates, starts the
+# repository's Go workload service (tests/workload: allocates, contends on
+# mutexes, blocks on channels, serves net/http/pprof on a loopback port) and
+# pdeltad on a temporary SQLite store. Then, every DEMO_INTERVAL seconds for
+# DEMO_ROUNDS rounds, it takes the cumulative heap, mutex and block profiles
+# from the live service's /debug/pprof endpoints, sends each through pdeltad
+# (one stream per kind) and prints each delta's status, size and top entries.
+# Ends with a retried request answered DUPLICATE, pdeltactl, /metrics, and a
+# graceful stop. DEMO_KEEP=1 keeps the work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TD=${PDELTA_TESTDATA:-$ROOT/../shared/testdata}
-SEQ=${DEMO_SEQ:-heap-small}
+ROUNDS=${DEMO_ROUNDS:-4}
+INTERVAL=${DEMO_INTERVAL:-2}
+KINDS=(heap mutex block)
 
 bash deploy/install-deps.sh
 make -s -j2 all
+WORKLOAD=build/release/pdelta-workload
+bash tests/workload/build.sh "$WORKLOAD"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-demo.XXXXXX")
-pid=
+pids=()
 cleanup() {
-	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-	[ "${DEMO_KEEP:-0}" = 1 ] && echo "work dir kept: $work" || rm -rf "$work"
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [ "${DEMO_KEEP:-0}" = 1 ]; then echo "work dir kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+http_get() { # http_get URL FILE: fails on any HTTP error
+	python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r, open(sys.argv[2], "wb") as f:
+    f.write(r.read())
+PY
+}
+wait_http() { # wait_http URL PID: until URL answers (or PID died)
+	for _ in $(seq 100); do
+		http_get "$1" /dev/null 2>/dev/null && return 0
+		kill -0 "$2" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "demo: $1 did not come up" >&2
+	return 1
+}
+
+echo "== starting the Go workload service (tests/workload) on a loopback port"
+"$WORKLOAD" serve -listen 127.0.0.1:0 -addr-file "$work/workload.addr" -size small >"$work/workload.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/workload.addr" ] && break; sleep 0.1; done
+svc=$(cat "$work/workload.addr")
+wait_http "http://$svc/debug/pprof/" "${pids[0]}"
+echo "   Go service at http://$svc/debug/pprof/"
+
 port=$(free_port)
 mport=$(free_port)
-
-echo "== dev certificates (deploy/certs/gen-certs.sh)"
+echo "== dev certificates (deploy/certs/gen-certs.sh) and tokens"
 bash deploy/certs/gen-certs.sh "$work/certs" >/dev/null
 agent_token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 admin_token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
@@ -38,46 +72,55 @@ echo "== starting pdeltad on 127.0.0.1:$port (metrics on :$mport, state in $work
 bin/pdeltad --listen "127.0.0.1:$port" --metrics_listen "127.0.0.1:$mport" \
 	--tls_cert "$work/certs/server.pem" --tls_key "$work/certs/server.key" \
 	--tenants "$work/tenants" --db "$work/state.db" >"$work/pdeltad.log" 2>&1 &
-pid=$!
-for _ in $(seq 50); do
-	python3 - "$mport" <<'PY' 2>/dev/null && break
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=1).read()
-PY
-	sleep 0.1
+pids+=($!)
+pdeltad_pid=$!
+wait_http "http://127.0.0.1:$mport/healthz" "$pdeltad_pid"
+
+send=(bin/pdelta send --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token "$agent_token" --incarnation 42)
+top_index() { case $1 in heap) echo alloc_space ;; *) echo delay ;; esac; }
+
+echo "== $ROUNDS rounds, ${INTERVAL}s apart: scrape /debug/pprof/{${KINDS[*]// /,}}, send through pdeltad"
+for round in $(seq 1 "$ROUNDS"); do
+	[ "$round" -gt 1 ] && sleep "$INTERVAL"
+	for kind in "${KINDS[@]}"; do
+		in=$work/in/$kind/$(printf '%03d' "$round").pb.gz
+		mkdir -p "$(dirname "$in")"
+		http_get "http://$svc/debug/pprof/$kind" "$in"
+		printf 'round %d %-6s cumulative %6d bytes -> ' "$round" "$kind" "$(stat -c %s "$in")"
+		"${send[@]}" --stream "demo/$kind" --seq "$round" -o "$work/out/$kind" "$in"
+	done
 done
 
-echo "== pdelta send: $SEQ ($(ls "$TD/profiles/$SEQ" | wc -l) cumulative profiles) as stream demo/$SEQ"
-send=(bin/pdelta send --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token "$agent_token"
-	--stream "demo/$SEQ" --incarnation 42)
-"${send[@]}" -o "$work/out" "$TD/profiles/$SEQ"/*.pb.gz
+echo "== top of the last heap and mutex deltas (go tool pprof -top)"
+last=$(printf '%03d' "$ROUNDS").pb.gz
+for kind in heap mutex; do
+	echo "-- $kind delta, round $ROUNDS ($(top_index "$kind"))"
+	go tool pprof -top -nodecount=6 -sample_index="$(top_index "$kind")" "$work/out/$kind/$last" 2>/dev/null |
+		sed -n '1,/flat%/p;/flat%/,$p' | awk '!seen[$0]++' | head -n 12
+done
+echo "-- pdelta inspect of the last heap delta"
+bin/pdelta inspect "$work/out/heap/$last"
 
-last=$(ls "$TD/profiles/$SEQ"/*.pb.gz | tail -n 1)
-n=$(ls "$TD/profiles/$SEQ"/*.pb.gz | wc -l)
-echo "== a retry of the last request (same sequence number $n, same bytes): DUPLICATE, same delta"
-"${send[@]}" --seq "$n" -o "$work/retry" "$last"
-cmp "$work/out/$(basename "$last")" "$work/retry/$(basename "$last")" && echo "retry returned byte-identical delta"
-
-echo "== a delta opened with the local engine (pdelta inspect)"
-bin/pdelta inspect "$work/out/001.pb.gz"
+echo "== a retry of the last heap request (same sequence number $ROUNDS, same bytes): DUPLICATE, same delta"
+"${send[@]}" --stream demo/heap --seq "$ROUNDS" -o "$work/retry" "$work/in/heap/$last"
+cmp "$work/out/heap/$last" "$work/retry/$last" && echo "retry returned a byte-identical delta"
 
 echo "== pdeltactl (admin token)"
 ctl=(bin/pdeltactl --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token "$admin_token")
 "${ctl[@]}" streams --tenant demo
-"${ctl[@]}" stream "demo/$SEQ" --tenant demo
+"${ctl[@]}" stream demo/heap --tenant demo
 
 echo "== /metrics (excerpt)"
 python3 - "$mport" <<'PY'
 import sys, urllib.request
 body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=2).read().decode()
 for line in body.splitlines():
-    if line.startswith(("pdeltad_requests_total", "pdeltad_connections_total", "pdeltad_streams_cached", "pdeltad_store_commits_total", "pdeltad_profile_bytes")):
+    if line.startswith(("pdeltad_requests_total", "pdeltad_streams_cached", "pdeltad_store_commits_total", "pdeltad_profile_bytes")):
         print(line)
 PY
 
-echo "== stopping pdeltad (SIGTERM drains)"
-kill -TERM "$pid"
-wait "$pid" || true
-pid=
-tail -n 3 "$work/pdeltad.log"
+echo "== stopping pdeltad (SIGTERM drains) and the Go service"
+kill -TERM "$pdeltad_pid"
+wait "$pdeltad_pid" || true
+tail -n 2 "$work/pdeltad.log"
 echo "demo done"

@@ -5,7 +5,7 @@
 set -euo pipefail
 PKGS=(build-essential pkg-config clang libclang-rt-14-dev valgrind openssl
 	libevent-dev libssl-dev zlib1g-dev libdeflate-dev libisal-dev libsqlite3-dev sqlite3
-	python3 python3-protobuf golang-go golang-github-google-pprof-dev)
+	python3 python3-protobuf curl golang-go golang-github-google-pprof-dev)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -11,11 +11,14 @@ for t in "$@"; do
 	case " ${VALGRIND_SKIP:-} " in *" $(basename "$t") "*) continue ;; esac
 	if "${vg[@]}" "$t" >/dev/null; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL valgrind $t"; fi
 done
-td=../shared/testdata
-[ -d "$td" ] || td=$(dirname "$0")/../../shared/testdata
+td=$(dirname "$0")/data/profiles
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-if "${vg[@]}" "$BINDIR/pdelta" seq -o "$out" "$td"/profiles/heap-small/*.pb.gz "$td"/fastdelta/heap.before.pprof >/dev/null; then
+# gzipped and raw inputs, a counter reset (restart) and a period change (rate)
+gzip -dc "$td/block-small/000.pb.gz" >"$out/raw-block.pprof"
+if "${vg[@]}" "$BINDIR/pdelta" seq -o "$out/a" "$td"/heap-small/*.pb.gz "$out/raw-block.pprof" >/dev/null &&
+	"${vg[@]}" "$BINDIR/pdelta" seq -o "$out/b" "$td"/heap-restart/*.pb.gz >/dev/null &&
+	"${vg[@]}" "$BINDIR/pdelta" seq -o "$out/c" "$td"/heap-rate/*.pb.gz >/dev/null; then
 	pass=$((pass + 1))
 else
 	fail=$((fail + 1)); echo "FAIL valgrind pdelta seq"

@@ -4,13 +4,27 @@
 # identity, mallocs per steady-state call, peak RSS, ratio to the zlib floor);
 # for the last pair of each sequence, godelta (parse + scale -1 + merge with
 # github.com/google/pprof, the usual way) is timed on the same input in the
-# same run, and the speed-up is printed. BENCH_REPS (default 5),
-# BENCH_SEQS (default: all), BENCH_NO_GO=1 skips the baseline.
+# same run, and the speed-up is printed. Sequences: the repository's fixtures
+# (tests/data, small and medium) and large ones that tests/workload generates
+# into $BUILD/testdata on first use (cached). BENCH_REPS (default 5),
+# BENCH_SEQS (default: all), BENCH_NO_GO=1 skips the baseline,
+# BENCH_NO_LARGE=1 skips generating and measuring the large sequences.
 set -euo pipefail
 BUILD=${BUILD:-build/release}
-TD=${PDELTA_TESTDATA:-../shared/testdata}
 REPS=${BENCH_REPS:-5}
-SEQS=${BENCH_SEQS:-$(cd "$TD/profiles" && for d in */; do echo "${d%/}"; done)}
+LARGE=$BUILD/testdata
+if [ "${BENCH_NO_LARGE:-0}" != 1 ]; then
+	bash tests/workload/gen-large.sh "$LARGE" >&2
+fi
+seq_dir() { # the directory of sequence $1: fixture or generated
+	if [ -d "tests/data/profiles/$1" ]; then echo "tests/data/profiles/$1"; else echo "$LARGE/profiles/$1"; fi
+}
+all_seqs() {
+	(cd tests/data/profiles && for d in */; do echo "${d%/}"; done)
+	[ -d "$LARGE/profiles" ] && (cd "$LARGE/profiles" && for d in */; do echo "${d%/}"; done)
+	true
+}
+SEQS=${BENCH_SEQS:-$(all_seqs)}
 bench=$BUILD/tests/bench/pd_bench
 godelta=$BUILD/godelta
 [ -x "$bench" ] || { echo "bench: $bench not built" >&2; exit 1; }
@@ -24,7 +38,7 @@ fi
 
 echo "pdelta engine benchmark ($(nproc) cores, reps=$REPS; ms are medians per call, averaged over the pairs of a sequence)"
 for s in $SEQS; do
-	files=("$TD/profiles/$s"/*.pb.gz)
+	files=("$(seq_dir "$s")"/*.pb.gz)
 	line=$("$bench" --reps "$REPS" "$s" "${files[@]}")
 	extra=""
 	if [ -n "$godelta" ]; then

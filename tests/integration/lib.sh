@@ -9,12 +9,15 @@
 #   pd_stop_server [SIG]    stop it (default TERM) and wait
 #   pd_finish               prints "N passed, N failed" and exits 1 on any failure
 #
-# Env: BINDIR (default bin), PDELTA_TESTDATA (default ../shared/testdata next to the repo).
+# Env: BINDIR (default bin); PDELTA_TESTDATA=DIR names an optional extra corpus
+# (DIR/profiles/<seq>/*.pb.gz, DIR/fastdelta/*.pprof) that the oracle suites also run over.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BINDIR=${BINDIR:-bin}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
-TESTDATA=$(cd "${PDELTA_TESTDATA:-$ROOT/../shared/testdata}" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
+EXTRA_TESTDATA=${PDELTA_TESTDATA:-}
+if [[ -n $EXTRA_TESTDATA ]]; then EXTRA_TESTDATA=$(cd "$EXTRA_TESTDATA" && pwd); fi
 PY=/usr/bin/python3
 PASS=0
 FAIL=0

@@ -13,7 +13,7 @@
 #   - client/examples/agent.c builds with `cc agent.c $(pkg-config --cflags --libs pdelta)`
 #     against an install-like tree made from client/pdelta.pc.in, and its deltas match.
 #
-# Env: BINDIR (default bin), BUILD (default build/release), PDELTA_TESTDATA.
+# Env: BINDIR (default bin), BUILD (default build/release).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,8 +23,7 @@ BUILD=${BUILD:-build/release}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 TOOLS=$BUILD/tests/tools
-TESTDATA=${PDELTA_TESTDATA:-$ROOT/../shared/testdata}
-TESTDATA=$(cd "$TESTDATA" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 PROFILES=$TESTDATA/profiles
 PY=/usr/bin/python3
 PDELTA=$BINDIR/pdelta

@@ -17,7 +17,7 @@
 #     streaming API on heap-medium and heap-large (tests/tools/client_mem.c);
 #   - with CLIENT_VALGRIND=1: the client programs under valgrind memcheck.
 #
-# Env: BINDIR (default bin), BUILD (default build/release), PDELTA_TESTDATA, PDELTA_LARGE=1
+# Env: BINDIR (default bin), BUILD (default build/release), PDELTA_LARGE=1
 # (also the heap-large kill test, ~1.5 min more), PDELTA_NO_GO=1 (no `go tool pprof` on outputs),
 # KEEP_WORK=1, ONLY="equiv kill fork rules auth ctl footprint valgrind fallback" (a subset).
 set -uo pipefail
@@ -29,8 +29,7 @@ BUILD=${BUILD:-build/release}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 TOOLS=$BUILD/tests/tools
-TESTDATA=${PDELTA_TESTDATA:-$ROOT/../shared/testdata}
-TESTDATA=$(cd "$TESTDATA" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 PROFILES=$TESTDATA/profiles
 PY=/usr/bin/python3
 PDELTA=$BINDIR/pdelta

@@ -8,13 +8,12 @@
 #   - `pdelta inspect bad`: non-zero exit below 128 (only for cases that need no limit flag).
 # The gzip bombs (2 GiB inflated) run under a virtual-memory cap and a time limit.
 #
-# Env: BINDIR (default bin), PDELTA_TESTDATA, PDELTA_JOBS (default 2).
+# Env: BINDIR (default bin), PDELTA_JOBS (default 2).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-TESTDATA=${PDELTA_TESTDATA:-$(dirname "$0")/../../../shared/testdata}
-TESTDATA=$(cd "$TESTDATA" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 BINDIR=${BINDIR:-bin}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 PDELTA=$BINDIR/pdelta

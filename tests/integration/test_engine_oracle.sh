@@ -3,15 +3,14 @@
 # every synthetic variant goes through `pdelta seq` (and some through `pdelta diff`), and each
 # output is judged by the independent Python oracle (tests/oracle/check_seq.py).
 #
-# Env: BINDIR (default bin), PDELTA_TESTDATA (default ../shared/testdata next to the repo),
-#      PDELTA_QUICK=1 skips the *-large sequences, PDELTA_JOBS parallel checks (default 2),
+# Env: BINDIR (default bin), PDELTA_TESTDATA=DIR an optional extra corpus (DIR/profiles/<seq>/,
+#      DIR/fastdelta/*.pprof pairs) checked too, PDELTA_QUICK=1 skips the *-large sequences, PDELTA_JOBS parallel checks (default 2),
 #      PDELTA_NO_GO=1 skips `go tool pprof` on the outputs.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-TESTDATA=${PDELTA_TESTDATA:-$(dirname "$0")/../../../shared/testdata}
-TESTDATA=$(cd "$TESTDATA" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 BINDIR=${BINDIR:-bin}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 PDELTA=$BINDIR/pdelta
@@ -55,27 +54,46 @@ check() { # check NAME [check_seq options] FILE...
 
 seq_files() { ls "$TESTDATA/profiles/$1"/*.pb.gz; }
 
-# --- real sequences, biggest first so the two workers stay busy ---------------------------
-mapfile -t SEQS < <(ls "$TESTDATA/profiles" | grep -v README | sort -t- -k2,2r)
-for s in "${SEQS[@]}"; do
-	[[ -d $TESTDATA/profiles/$s ]] || continue
-	if [[ -n ${PDELTA_QUICK:-} && $s == *-large ]]; then continue; fi
-	mapfile -t files < <(seq_files "$s")
-	gosample=()
-	# go tool pprof needs ~5 s per large output: check the first and last only.
-	[[ $s == *-large ]] && gosample=(--go-sample 2)
-	check "$s" "${gosample[@]}" "${files[@]}"
-done
+# --- real sequences (the fixtures, then the extra corpus), biggest first so the two workers
+# stay busy --------------------------------------------------------------------------------
+real_seqs() { # real_seqs ROOT LABEL_PREFIX
+	local root=$1 prefix=$2 s
+	for s in $(ls "$root/profiles" | grep -v README | sort -t- -k2,2r); do
+		[[ -d $root/profiles/$s ]] || continue
+		if [[ -n ${PDELTA_QUICK:-} && $s == *-large ]]; then continue; fi
+		mapfile -t files < <(ls "$root/profiles/$s"/*.pb.gz)
+		gosample=()
+		# go tool pprof needs ~5 s per large output: check the first and last only.
+		[[ $s == *-large ]] && gosample=(--go-sample 2)
+		check "$prefix$s" "${gosample[@]}" "${files[@]}"
+	done
+}
+real_seqs "$TESTDATA" ""
+EXTRA=${PDELTA_TESTDATA:-}
+if [[ -n $EXTRA ]]; then
+	EXTRA=$(cd "$EXTRA" && pwd)
+	[[ -d $EXTRA/profiles ]] && real_seqs "$EXTRA" extra-
+fi
 
-# --- fastdelta pairs (raw, uncompressed inputs) --------------------------------------------
-FD=$TESTDATA/fastdelta
-for pair in heap.before:heap.after block.before:block.after \
-	stress-failure.before:stress-failure.after stress-failure.2.before:stress-failure.2.after \
-	stress-failure.3.before:stress-failure.3.after heap:heap big-heap:big-heap; do
-	a=${pair%%:*} b=${pair##*:}
-	check "fastdelta-$a" "$FD/$a.pprof" "$FD/$b.pprof"
-	check "fastdelta-diff-$a" --mode diff "$FD/$a.pprof" "$FD/$b.pprof"
-done
+# --- fastdelta pairs of the extra corpus (raw, uncompressed inputs) ------------------------
+FD=${EXTRA:+$EXTRA/fastdelta}
+if [[ -n $FD && -d $FD ]]; then
+	for pair in heap.before:heap.after block.before:block.after \
+		stress-failure.before:stress-failure.after stress-failure.2.before:stress-failure.2.after \
+		stress-failure.3.before:stress-failure.3.after heap:heap big-heap:big-heap; do
+		a=${pair%%:*} b=${pair##*:}
+		check "fastdelta-$a" "$FD/$a.pprof" "$FD/$b.pprof"
+		check "fastdelta-diff-$a" --mode diff "$FD/$a.pprof" "$FD/$b.pprof"
+	done
+fi
+
+# --- raw (uncompressed) inputs, and a repeated profile (an all-zero delta) -----------------
+RAW=$WORK/raw
+mkdir -p "$RAW"
+for i in 000 001 002; do gzip -dc "$TESTDATA/profiles/heap-medium/$i.pb.gz" >"$RAW/heap-$i.pprof"; done
+check raw-heap-medium "$RAW"/heap-*.pprof
+check raw-diff-heap-medium --mode diff "$RAW/heap-000.pprof" "$RAW/heap-001.pprof"
+check same-twice "$RAW/heap-001.pprof" "$RAW/heap-001.pprof"
 
 # --- policies and the diff command ---------------------------------------------------------
 mapfile -t HS < <(seq_files heap-small)
@@ -98,8 +116,8 @@ while IFS='|' read -r name args files; do
 done <"$WORK/variants/manifest.txt"
 
 # --- inspect --json on a few files ---------------------------------------------------------
-run_job inspect "$PY" "$ORACLE/inspect_check.py" --pdelta "$PDELTA" "${HS[0]}" "$FD/big-heap.pprof" \
-	"$TESTDATA/profiles/cpu-small/000.pb.gz"
+run_job inspect "$PY" "$ORACLE/inspect_check.py" --pdelta "$PDELTA" "${HS[0]}" "$RAW/heap-002.pprof" \
+	"$TESTDATA/profiles/cpu-small/000.pb.gz" "$TESTDATA/profiles/goroutine-medium/000.pb.gz"
 
 wait
 

@@ -12,7 +12,7 @@
 #     byte-identical (what a client received was committed);
 #   - at the end every stream's responses equal tests/oracle/oracle.py's, one per seq.
 #
-# Env: BINDIR (default bin), PDELTA_TESTDATA, KILL_CYCLES, KILL_SEED (replay a run),
+# Env: BINDIR (default bin), KILL_CYCLES, KILL_SEED (replay a run),
 # KILL_MIN_MS / KILL_MAX_MS (default 50 / 500).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BINDIR=${BINDIR:-bin}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 PDELTAD=$BINDIR/pdeltad
-TESTDATA=$(cd "${PDELTA_TESTDATA:-$ROOT/../shared/testdata}" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 PY=/usr/bin/python3
 
 [[ -x $PDELTAD ]] || { echo "test_kill9: $PDELTAD not built" >&2; exit 1; }

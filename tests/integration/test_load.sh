@@ -22,7 +22,7 @@
 # checks that the idle sockets do not harm p99 (within max(1.25x, +25 ms) of the larger A). LOAD_CAPACITY=0 skips the two
 # closed-loop runs of LOAD_FULL.
 #
-# Env: BINDIR (default bin), BUILD (default build/release), PDELTA_TESTDATA.
+# Env: BINDIR (default bin), BUILD (default build/release).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,7 +33,7 @@ case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 PDELTAD=$BINDIR/pdeltad
 LOAD=$BUILD/tests/tools/pd_load
-TESTDATA=$(cd "${PDELTA_TESTDATA:-$ROOT/../shared/testdata}" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 PY=/usr/bin/python3
 FULL=${LOAD_FULL:-0}
 

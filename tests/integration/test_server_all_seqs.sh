@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test_server_all_seqs.sh: every shared sequence (profiles/*) and every fastdelta pair
+# test_server_all_seqs.sh: every fixture sequence (tests/data/profiles/*), and with
+# PDELTA_TESTDATA=DIR every sequence and fastdelta pair of that extra corpus,
 # through the real pdeltad over TLS (`pdelta send`), compared with the local engine
 # (`pdelta seq`, which test_engine_oracle.sh judges against the independent oracle):
 # statuses must be equal and every delta byte-identical (same engine, same gzip level),
@@ -36,21 +37,26 @@ compare() { # compare NAME FILE...
 }
 
 for dir in "$TESTDATA"/profiles/*/; do
-	s=$(basename "$dir")
-	[[ -n ${PDELTA_QUICK:-} && $s == *-large ]] && continue
-	compare "$s" "$dir"*.pb.gz
+	compare "$(basename "$dir")" "$dir"*.pb.gz
 done
-fd=$TESTDATA/fastdelta
-for p in heap block stress-failure stress-failure.2 stress-failure.3; do
-	compare "fastdelta-$p" "$fd/$p.before.pprof" "$fd/$p.after.pprof"
-done
+if [[ -n $EXTRA_TESTDATA ]]; then
+	for dir in "$EXTRA_TESTDATA"/profiles/*/; do
+		s=$(basename "$dir")
+		[[ -n ${PDELTA_QUICK:-} && $s == *-large ]] && continue
+		compare "extra-$s" "$dir"*.pb.gz
+	done
+	fd=$EXTRA_TESTDATA/fastdelta
+	for p in heap block stress-failure stress-failure.2 stress-failure.3; do
+		if [[ -f $fd/$p.before.pprof ]]; then compare "fastdelta-$p" "$fd/$p.before.pprof" "$fd/$p.after.pprof"; fi
+	done
+fi
 
 # The oracle directly on some server outputs (independent of the local engine).
-for s in mutex-medium cpu-medium goroutine-medium fastdelta-stress-failure; do
+for s in mutex-medium cpu-medium goroutine-medium allocs-medium heap-restart heap-rate fastdelta-stress-failure; do
 	[[ -d $WORK/srv/$s ]] || continue
 	if [[ $s == fastdelta-* ]]; then
 		p=${s#fastdelta-}
-		files=("$TESTDATA/fastdelta/$p.before.pprof" "$TESTDATA/fastdelta/$p.after.pprof")
+		files=("$EXTRA_TESTDATA/fastdelta/$p.before.pprof" "$EXTRA_TESTDATA/fastdelta/$p.after.pprof")
 	else
 		files=("$TESTDATA/profiles/$s"/*.pb.gz)
 	fi

@@ -11,7 +11,7 @@
 #   - /metrics and /healthz answer and count what happened
 #   - SIGTERM with an upload open: GOODBYE, 503, the open request still answered, exit 0
 #
-# Env: BINDIR (default bin), PDELTA_TESTDATA (default ../shared/testdata next to the repo).
+# Env: BINDIR (default bin).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +19,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BINDIR=${BINDIR:-bin}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 PDELTAD=$BINDIR/pdeltad
-TESTDATA=$(cd "${PDELTA_TESTDATA:-$ROOT/../shared/testdata}" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 PY=/usr/bin/python3
 CHECK=$HERE/srv_check.py
 

@@ -6,7 +6,7 @@
 # the server serving a normal client. Server B requires client certificates. Then SIGHUP:
 # a broken certificate keeps the old one; a tenants file without a token revokes it.
 #
-# Env: BINDIR (default bin), PDELTA_TESTDATA (default ../shared/testdata next to the repo).
+# Env: BINDIR (default bin).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -14,7 +14,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BINDIR=${BINDIR:-bin}
 case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
 PDELTAD=$BINDIR/pdeltad
-TESTDATA=$(cd "${PDELTA_TESTDATA:-$ROOT/../shared/testdata}" && pwd)
+TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
 PY=/usr/bin/python3
 
 [[ -x $PDELTAD ]] || { echo "test_server_hostile: $PDELTAD not built" >&2; exit 1; }

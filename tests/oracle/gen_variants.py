@@ -51,8 +51,9 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pprof_pb  # noqa: E402
 
+# The repository's own fixtures (real profiles of tests/workload, see tests/data/README.md).
 DEFAULT_TESTDATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "../../../shared/testdata"))
+                                                 "../data"))
 
 
 class Gen:
@@ -785,11 +786,15 @@ def hostile_cases(g):
     pb.ParseFromString(raw1)
     pb.string_table[pb.function[2].name] = b"\xff\xfe not utf-8 \xc3"
     yield "non-utf8-string", _gzip(pb.SerializeToString()), "", GOOD0, GOOD1, False
-    yield ("too-many-samples", open(g.src("mutex-small/002.pb.gz"), "rb").read(), "--max-samples 300",
+    # Each limit is set one below what the file needs, so the case holds for any fixture set.
+    big = open(g.src("mutex-small/002.pb.gz"), "rb").read()
+    nsamples = len(pprof_pb.load(g.src("mutex-small/002.pb.gz")).sample)
+    yield ("too-many-samples", big, "--max-samples %d" % (nsamples - 1),
            "mutex-small/000.pb.gz", "mutex-small/001.pb.gz", True)
-    yield ("max-input", open(g.src("heap-small/006.pb.gz"), "rb").read(), "--max-input 32000",
-           GOOD0, GOOD1, True)
-    yield ("max-inflated", open(g.src("block-small/007.pb.gz"), "rb").read(), "--max-inflated 100000",
+    comp = open(g.src("heap-small/006.pb.gz"), "rb").read()
+    yield ("max-input", comp, "--max-input %d" % (len(comp) - 1), GOOD0, GOOD1, True)
+    blk = open(g.src("block-small/007.pb.gz"), "rb").read()
+    yield ("max-inflated", blk, "--max-inflated %d" % (len(gzip.decompress(blk)) - 1),
            "block-small/000.pb.gz", "block-small/001.pb.gz", True)
     yield ("gzip-bomb-capped", gzip_bomb(b"\x32\x00", 256 << 20), "--max-inflated 1000000",
            GOOD0, GOOD1, True)
@@ -809,7 +814,7 @@ def gen_hostile(g):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--testdata", default=os.environ.get("PDELTA_TESTDATA", DEFAULT_TESTDATA))
+    ap.add_argument("--testdata", default=DEFAULT_TESTDATA)
     ap.add_argument("--hostile", action="store_true")
     ap.add_argument("--only", action="append")
     ap.add_argument("outdir")

@@ -45,6 +45,8 @@ def check(cond, what, details=()):
 
 def seq_files(testdata, name):
     d = os.path.join(testdata, "profiles", name)
+    if not os.path.isdir(d):
+        return []
     return [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".pb.gz")]
 
 
@@ -271,7 +273,7 @@ def test_speed(testdata):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--testdata", default=os.environ.get("PDELTA_TESTDATA", gen_variants.DEFAULT_TESTDATA))
+    ap.add_argument("--testdata", default=gen_variants.DEFAULT_TESTDATA)
     ap.add_argument("--quick", action="store_true", help="skip medium sequences and the speed check")
     ap.add_argument("--no-mock", action="store_true", help="skip the check_seq/mock harness test")
     ap.add_argument("--full", action="store_true", help="run the harness on every hostile case, both modes")

@@ -1175,10 +1175,11 @@ static void cleanup_dir(void)
 
 int main(void)
 {
-	const char *td = getenv("PDELTA_TESTDATA");
+	/* The repository's fixtures; the tests run from the repository root. */
+	const char *td = getenv("PDELTA_FIXTURES");
 
 	if (!td)
-		td = access("../shared/testdata", R_OK) == 0 ? "../shared/testdata" : "/work/shared/testdata";
+		td = "tests/data";
 	if (load_set(td, "heap-small", heap) || load_set(td, "block-small", block)) {
 		CHECK(0);
 		return TH_DONE();
