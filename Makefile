@@ -6,7 +6,7 @@
 PREFIX ?= /usr/local
 CC ?= cc
 SANITIZER ?=
-PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate libisal sqlite3
+PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate libisal sqlite3 libcurl
 
 VARIANT := $(if $(SANITIZER),$(SANITIZER),release)
 BUILD := build/$(VARIANT)
@@ -84,7 +84,7 @@ $(LIBPDELTA_SO): $(CLIENT_OBJ) $(COMMON_OBJ) client/libpdelta.map
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libpdelta.so.1 -Wl,--version-script=client/libpdelta.map $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBS)
 
-PDELTA_CLI_SRC := client/pdelta_cli.c $(wildcard client/pdelta_send.c)
+PDELTA_CLI_SRC := client/pdelta_cli.c client/pdelta_send.c client/pdelta_scrape.c
 $(BINDIR)/pdelta: $(call obj,$(PDELTA_CLI_SRC)) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)

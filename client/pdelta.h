@@ -273,6 +273,76 @@ typedef struct pdelta_stats {
 } pdelta_stats;
 void pdelta_stats_get(const pdelta *h, pdelta_stats *out);
 
+/* ---- pull mode: the scrape loop (`pdelta scrape`) ------------------------
+ * Takes cumulative profiles from Go services over HTTP(S) (their
+ * net/http/pprof endpoints, through libcurl), turns each into a delta (through
+ * pdeltad, or in process) and delivers it: files, and/or an HTTP POST to a
+ * Pyroscope-compatible /ingest endpoint through an on-disk spool. One stream
+ * per target and profile type, named PREFIX NAME/TYPE. Sequence numbers and
+ * the incarnation are kept in a state file, and each profile is written to a
+ * pending file before it is sent, so a restarted agent resends an unanswered
+ * request with the same sequence number (answered DUPLICATE if it had been
+ * applied) and continues its streams: no interval lost or counted twice. */
+
+typedef struct pdelta_scrape pdelta_scrape;
+
+/* One target. Strings are copied by pdelta_scrape_new(). */
+typedef struct pdelta_scrape_target {
+	const char *name;        /* stream name part; [A-Za-z0-9._-] */
+	const char *url;         /* base URL, e.g. http://10.0.0.7:6060 */
+	const char *path_prefix; /* NULL = "/debug/pprof" */
+	const char *labels;      /* "k=v,k2=v2" for the push sink; NULL = none */
+	const char *ca_file;     /* CA bundle for an https target; NULL = system */
+	const char *bearer_token; /* Authorization: Bearer; NULL = none */
+	const char *basic_auth;   /* "user:password"; NULL = none */
+	unsigned timeout_ms;      /* 0 = the loop's default */
+	size_t max_body;          /* largest profile accepted; 0 = the loop's default */
+} pdelta_scrape_target;
+
+typedef void (*pdelta_scrape_log_fn)(void *ctx, int is_error, const char *line);
+
+typedef struct pdelta_scrape_opts {
+	pdelta_opts delta;        /* server (or none: local mode), TLS, token, policies;
+				     incarnation comes from the state file */
+	const pdelta_scrape_target *targets; /* from the command line */
+	size_t ntargets;
+	const char *targets_file; /* one target a line (see `pdelta scrape --help`);
+				     re-read when it changes; NULL = none */
+	const char *types;        /* "heap,mutex,block" (default); also allocs, goroutine, cpu */
+	const char *stream_prefix; /* prepended to NAME/TYPE; NULL = "" */
+	unsigned interval_ms;     /* between two scrapes of a stream (default 60000) */
+	unsigned count;           /* rounds per stream, 0 = until pdelta_scrape_stop() */
+	unsigned concurrency;     /* scrapes in flight (default 8) */
+	unsigned cpu_seconds;     /* ?seconds= of a cpu scrape (default 10) */
+	unsigned timeout_ms;      /* default per-target HTTP timeout (default 10000) */
+	size_t max_body;          /* default per-target body cap (default 64 MiB) */
+	const char *state_file;   /* NULL = no state across runs (a temporary one) */
+	const char *out_dir;      /* sink: DIR/NAME/TYPE/NNN.pb.gz; NULL = none */
+	unsigned keep;            /* out_dir retention per stream, 0 = all */
+	const char *save_input_dir; /* the cumulative profiles as scraped, same layout */
+	const char *push_url;     /* sink: base URL of a Pyroscope-compatible server */
+	const char *push_token;   /* Authorization: Bearer for the push; NULL = none */
+	const char *spool_dir;    /* push spool; NULL = STATE_FILE.spool (or temporary) */
+	uint64_t spool_max_bytes; /* oldest dropped (counted) beyond it (default 256 MiB) */
+	unsigned push_timeout_ms; /* per POST (default 10000) */
+	int push_first;           /* also push BASELINE first (default 0: skipped) */
+	pdelta_scrape_log_fn log; /* one line per delivery / error; NULL = stdout/stderr */
+	void *log_ctx;
+} pdelta_scrape_opts;
+
+void pdelta_scrape_opts_init(pdelta_scrape_opts *o);
+/* Checks the options, loads the state file, starts nothing yet. */
+int pdelta_scrape_new(const pdelta_scrape_opts *o, pdelta_scrape **out, char *errbuf, size_t errlen);
+/* Runs the loop in the calling thread (workers in their own) until every
+ * stream has done `count` rounds and the spool is empty or its backend stays
+ * down, or until pdelta_scrape_stop(). PDELTA_OK, or the first setup error. */
+int pdelta_scrape_run(pdelta_scrape *s);
+/* Asks the loop to finish the scrapes in flight and return. Async-signal-safe. */
+void pdelta_scrape_stop(pdelta_scrape *s);
+/* The loop's counters in the Prometheus text format (NUL-terminated, free()). */
+char *pdelta_scrape_metrics(pdelta_scrape *s);
+void pdelta_scrape_free(pdelta_scrape *s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -38,6 +38,7 @@ static void usage(FILE *f)
 		   "  pdelta seq [options] -o OUTDIR FILE...\n"
 		   "  pdelta inspect [--json] FILE\n"
 		   "  pdelta send --help   (send profiles to a pdeltad server)\n"
+		   "  pdelta scrape --help (pull mode: scrape Go services, deliver deltas)\n"
 		   "options:\n"
 		   "  -o, --out PATH          output file (diff) or directory (seq)\n"
 		   "  --first keep|drop|auto  first-profile policy (default keep)\n"
@@ -407,6 +408,8 @@ out:
 
 /* Provided by client/pdelta_send.c when the client library is built. */
 int pdelta_cmd_send(int argc, char **argv) __attribute__((weak));
+/* Provided by client/pdelta_scrape.c. */
+int pdelta_cmd_scrape(int argc, char **argv) __attribute__((weak));
 
 int main(int argc, char **argv)
 {
@@ -429,6 +432,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		return pdelta_cmd_send(argc - 1, argv + 1);
+	}
+	if (strcmp(cmd, "scrape") == 0) {
+		if (!pdelta_cmd_scrape) {
+			fprintf(stderr, "pdelta: scrape is not built into this binary\n");
+			return 2;
+		}
+		return pdelta_cmd_scrape(argc - 1, argv + 1);
 	}
 	if ((rc = parse_opts(&c, argc - 1, argv + 1, &e)))
 		goto out;

@@ -1,0 +1,146 @@
+/*
+ * pdl_scrape.h: internals of the scrape loop (pdelta_scrape_* in pdelta.h),
+ * shared by its four files:
+ *   pdl_scrape.c          the loop: scheduler, workers, one job per stream round
+ *   pdl_scrape_targets.c  targets from options and from the targets file
+ *   pdl_scrape_files.c    HTTP fetch, the state file, pending uploads, file sinks
+ *   pdl_scrape_push.c     the push sink: an on-disk spool drained in order by one thread
+ * Locking: s->mu guards the stream table, the state map and the spool list;
+ * a lane's mutex guards its pdelta handle; counters are atomics.
+ */
+#ifndef PDL_SCRAPE_H
+#define PDL_SCRAPE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "pdelta.h"
+
+#define SC_MAX_LANES 8
+#define SC_NAME_MAX 200
+
+typedef struct sc_buf {
+	unsigned char *p;
+	size_t n, cap, max;
+} sc_buf;
+
+typedef struct sc_target {
+	char *name, *url, *prefix, *labels, *ca, *bearer, *basic;
+	unsigned timeout_ms;
+	size_t max_body;
+	int from_file;
+	int removed;
+} sc_target;
+
+typedef struct sc_stream {
+	sc_target *t;
+	char type[16];
+	char name[SC_NAME_MAX + 40]; /* PREFIX NAME/TYPE */
+	char rel[SC_NAME_MAX + 20];  /* NAME/TYPE: the sinks' directory */
+	uint64_t seq;                /* last delivered sequence number */
+	unsigned rounds;             /* rounds done in this run */
+	int64_t due_ms;
+	int64_t last_scrape_ms;      /* previous scrape, for the push's from= */
+	int running, removed;
+} sc_stream;
+
+typedef struct sc_state_ent {
+	char *name;
+	uint64_t seq;
+} sc_state_ent;
+
+enum {
+	SCM_SCRAPES, SCM_SCRAPE_ERRORS, SCM_SCRAPE_TOO_LARGE, SCM_SCRAPE_HTTP, SCM_SCRAPE_TIMEOUT,
+	SCM_DELTA, SCM_BASELINE, SCM_DUPLICATE, SCM_DELTA_ERRORS, SCM_RESENT, SCM_RESYNC,
+	SCM_OUT_FILES, SCM_PUSH_OK, SCM_PUSH_RETRY, SCM_PUSH_PERMANENT, SCM_SPOOL_DROPPED,
+	SCM_SINK_ERRORS, SCM_TARGET_RELOADS, SCM_BYTES_IN, SCM_BYTES_OUT, SCM_NCOUNTERS
+};
+
+typedef struct sc_lane {
+	pthread_mutex_t mu;
+	pdelta *h;
+} sc_lane;
+
+struct pdelta_scrape {
+	pdelta_scrape_opts o;
+	char *types[8];
+	size_t ntypes;
+	char *prefix, *state_file, *pending_dir, *out_dir, *save_dir, *push_url, *push_token;
+	char *spool_dir, *targets_file, *tmp_dir;
+	pdelta_override ovr[32];
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	sc_target **targets;
+	size_t ntargets;
+	sc_stream **streams;
+	size_t nstreams;
+	sc_state_ent *state;
+	size_t nstate;
+	uint64_t incarnation;
+	int64_t targets_mtime_ns;
+	off_t targets_size;
+	int64_t targets_change_ms;
+
+	/* job queue: streams waiting for a worker */
+	sc_stream **queue;
+	size_t qhead, qlen, qcap;
+	unsigned inflight;
+	pthread_t *workers;
+	unsigned nworkers;
+
+	sc_lane lanes[SC_MAX_LANES];
+	unsigned nlanes;
+
+	/* push spool */
+	pthread_t pusher;
+	int pusher_started;
+	uint64_t spool_next;
+	uint64_t spool_bytes, spool_files;
+	int loop_done;
+
+	volatile int stop;
+	uint64_t m[SCM_NCOUNTERS];
+};
+
+/* counters */
+static inline void sc_count(pdelta_scrape *s, int c, uint64_t n)
+{
+	__atomic_add_fetch(&s->m[c], n, __ATOMIC_RELAXED);
+}
+int64_t sc_now_ms(void);
+void sc_log(pdelta_scrape *s, int is_error, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* buffers */
+int sc_buf_add(sc_buf *b, const void *p, size_t n);
+void sc_buf_free(sc_buf *b);
+
+/* targets */
+int sc_targets_init(pdelta_scrape *s, char *err, size_t errlen);
+void sc_targets_poll(pdelta_scrape *s);     /* with s->mu held */
+void sc_targets_free(pdelta_scrape *s);
+int sc_parse_duration_ms(const char *v, unsigned *out);
+int sc_parse_size(const char *v, size_t *out);
+
+/* files: fetch, state, pending, sinks */
+int sc_fetch(pdelta_scrape *s, const sc_stream *st, void *curl, sc_buf *body, char *err, size_t errlen);
+int sc_state_load(pdelta_scrape *s, char *err, size_t errlen);
+int sc_state_save(pdelta_scrape *s);        /* with s->mu held */
+uint64_t sc_state_get(pdelta_scrape *s, const char *stream);
+void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq);
+int sc_pending_write(pdelta_scrape *s, const sc_stream *st, uint64_t seq, const sc_buf *b);
+int sc_pending_read(pdelta_scrape *s, const sc_stream *st, uint64_t *seq, sc_buf *b);
+void sc_pending_remove(pdelta_scrape *s, const sc_stream *st);
+int sc_write_seq_file(pdelta_scrape *s, const char *root, const sc_stream *st, uint64_t seq,
+		      const void *p, size_t n, unsigned keep);
+int sc_mkdirs(const char *path);
+int sc_write_atomic(const char *path, const void *a, size_t na, const void *b, size_t nb);
+
+/* push */
+int sc_push_init(pdelta_scrape *s, char *err, size_t errlen);
+int sc_push_enqueue(pdelta_scrape *s, const sc_stream *st, int64_t from_ms, int64_t until_ms,
+		    const void *p, size_t n);
+void sc_push_start(pdelta_scrape *s);
+void sc_push_join(pdelta_scrape *s);
+
+#endif

@@ -1,0 +1,358 @@
+/*
+ * pdl_scrape_files: what the scrape loop reads and writes.
+ *  - sc_fetch: one profile from a target over HTTP(S) with libcurl: timeout,
+ *    TLS CA, bearer or basic auth, and a hard cap on the body (never buffered
+ *    past it);
+ *  - the state file: the incarnation and each stream's last delivered
+ *    sequence number, rewritten atomically (temporary file, fsync, rename);
+ *  - pending uploads: a profile is written to PENDING/<stream> before it is
+ *    sent and removed once its delta was delivered and the state saved, so a
+ *    restarted agent sends it again with the same sequence number;
+ *  - the file sinks: ROOT/NAME/TYPE/NNN.pb.gz (NNN = sequence - 1) written
+ *    atomically, with retention.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pdl_scrape.h"
+
+int sc_buf_add(sc_buf *b, const void *p, size_t n)
+{
+	if (b->max && b->n + n > b->max)
+		return -1;
+	if (b->n + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 65536;
+		while (cap < b->n + n)
+			cap *= 2;
+		unsigned char *np = realloc(b->p, cap);
+		if (!np)
+			return -1;
+		b->p = np;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, p, n);
+	b->n += n;
+	return 0;
+}
+
+void sc_buf_free(sc_buf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof *b);
+}
+
+/* ---- HTTP fetch ------------------------------------------------------------ */
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ctx)
+{
+	return sc_buf_add(ctx, p, sz * n) ? 0 : sz * n;
+}
+
+int sc_fetch(pdelta_scrape *s, const sc_stream *st, void *curl, sc_buf *body, char *err, size_t errlen)
+{
+	const sc_target *t = st->t;
+	char url[4096];
+	unsigned timeout = t->timeout_ms ? t->timeout_ms : s->o.timeout_ms;
+	size_t max = t->max_body ? t->max_body : s->o.max_body;
+	const char *type = strcmp(st->type, "cpu") == 0 ? "profile" : st->type;
+	long status = 0;
+	CURLcode rc;
+
+	body->n = 0;
+	body->max = max;
+	if (strcmp(st->type, "cpu") == 0) {
+		snprintf(url, sizeof url, "%s%s/%s?seconds=%u", t->url, t->prefix, type, s->o.cpu_seconds);
+		timeout += s->o.cpu_seconds * 1000;
+	} else {
+		snprintf(url, sizeof url, "%s%s/%s", t->url, t->prefix, type);
+	}
+	curl_easy_reset(curl);
+	curl_easy_setopt(curl, CURLOPT_URL, url);
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout < 5000 ? timeout : 5000));
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "pdelta-scrape/" PDELTA_VERSION);
+	if (t->ca)
+		curl_easy_setopt(curl, CURLOPT_CAINFO, t->ca);
+	if (t->bearer) {
+		curl_easy_setopt(curl, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
+		curl_easy_setopt(curl, CURLOPT_XOAUTH2_BEARER, t->bearer);
+	} else if (t->basic) {
+		curl_easy_setopt(curl, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+		curl_easy_setopt(curl, CURLOPT_USERPWD, t->basic);
+	}
+	rc = curl_easy_perform(curl);
+	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+	if (rc == CURLE_WRITE_ERROR || rc == CURLE_FILESIZE_EXCEEDED) {
+		sc_count(s, SCM_SCRAPE_TOO_LARGE, 1);
+		snprintf(err, errlen, "%s: body larger than max_body (%zu bytes)", url, max);
+		return -1;
+	}
+	if (rc == CURLE_OPERATION_TIMEDOUT) {
+		sc_count(s, SCM_SCRAPE_TIMEOUT, 1);
+		snprintf(err, errlen, "%s: timeout after %u ms", url, timeout);
+		return -1;
+	}
+	if (rc != CURLE_OK) {
+		snprintf(err, errlen, "%s: %s", url, curl_easy_strerror(rc));
+		return -1;
+	}
+	if (status != 200) {
+		sc_count(s, SCM_SCRAPE_HTTP, 1);
+		snprintf(err, errlen, "%s: HTTP %ld", url, status);
+		return -1;
+	}
+	if (body->n == 0) {
+		snprintf(err, errlen, "%s: empty body", url);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+int sc_mkdirs(const char *path)
+{
+	char tmp[4096];
+	size_t n = strlen(path);
+
+	if (n == 0 || n >= sizeof tmp)
+		return -1;
+	memcpy(tmp, path, n + 1);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(tmp, 0755) && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	const unsigned char *c = p;
+
+	while (n) {
+		ssize_t w = write(fd, c, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* path gets a then b, or nothing: temporary file, fsync, rename. */
+int sc_write_atomic(const char *path, const void *a, size_t na, const void *b, size_t nb)
+{
+	char tmp[4200];
+	int fd, rc = -1;
+
+	snprintf(tmp, sizeof tmp, "%s.tmp.%d.%lx", path, (int)getpid(), (unsigned long)pthread_self());
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	if (write_all(fd, a, na) == 0 && (!nb || write_all(fd, b, nb) == 0) && fsync(fd) == 0)
+		rc = 0;
+	if (close(fd))
+		rc = -1;
+	if (rc == 0 && rename(tmp, path))
+		rc = -1;
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
+
+static int read_whole(const char *path, sc_buf *b)
+{
+	FILE *f = fopen(path, "rb");
+	unsigned char chunk[65536];
+	size_t n;
+	int rc = 0;
+
+	if (!f)
+		return -1;
+	b->n = 0;
+	while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+		if (sc_buf_add(b, chunk, n)) {
+			rc = -1;
+			break;
+		}
+	if (ferror(f))
+		rc = -1;
+	fclose(f);
+	return rc;
+}
+
+/* ---- the state file ------------------------------------------------------- */
+
+uint64_t sc_state_get(pdelta_scrape *s, const char *stream)
+{
+	for (size_t i = 0; i < s->nstate; i++)
+		if (strcmp(s->state[i].name, stream) == 0)
+			return s->state[i].seq;
+	return 0;
+}
+
+void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq)
+{
+	sc_state_ent *ns;
+
+	for (size_t i = 0; i < s->nstate; i++)
+		if (strcmp(s->state[i].name, stream) == 0) {
+			s->state[i].seq = seq;
+			return;
+		}
+	ns = realloc(s->state, (s->nstate + 1) * sizeof *ns);
+	if (!ns)
+		return;
+	s->state = ns;
+	s->state[s->nstate].name = strdup(stream);
+	s->state[s->nstate].seq = seq;
+	if (s->state[s->nstate].name)
+		s->nstate++;
+}
+
+int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
+{
+	FILE *f = fopen(s->state_file, "r");
+	char line[1024], name[512];
+	unsigned long long v;
+	unsigned lineno = 0;
+
+	if (!f) {
+		if (errno != ENOENT) {
+			snprintf(err, errlen, "cannot read state file %s: %s", s->state_file, strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
+	while (fgets(line, sizeof line, f)) {
+		lineno++;
+		if (line[0] == '#' || line[0] == '\n')
+			continue;
+		if (sscanf(line, "incarnation %llu", &v) == 1) {
+			s->incarnation = v;
+		} else if (sscanf(line, "stream %511s %llu", name, &v) == 2) {
+			sc_state_set(s, name, v);
+		} else {
+			snprintf(err, errlen, "%s:%u: not a state line (move the file away to start afresh)",
+				 s->state_file, lineno);
+			fclose(f);
+			return -1;
+		}
+	}
+	fclose(f);
+	return 0;
+}
+
+int sc_state_save(pdelta_scrape *s)
+{
+	size_t cap = 128 + s->nstate * (SC_NAME_MAX + 80), n;
+	char *text = malloc(cap);
+	int rc;
+
+	if (!text)
+		return -1;
+	n = (size_t)snprintf(text, cap, "# pdelta scrape state (rewritten by the agent)\nincarnation %" PRIu64 "\n",
+			     s->incarnation);
+	for (size_t i = 0; i < s->nstate && n < cap; i++)
+		n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64 "\n", s->state[i].name,
+				      s->state[i].seq);
+	rc = sc_write_atomic(s->state_file, text, n, NULL, 0);
+	free(text);
+	return rc;
+}
+
+/* ---- pending uploads ------------------------------------------------------- */
+
+static void pending_path(pdelta_scrape *s, const sc_stream *st, char *out, size_t len)
+{
+	size_t n = (size_t)snprintf(out, len, "%s/", s->pending_dir);
+
+	for (const char *p = st->name; *p && n + 4 < len; p++) {
+		if (*p == '/' || *p == '%')
+			n += (size_t)snprintf(out + n, len - n, "%%%02X", (unsigned char)*p);
+		else
+			out[n++] = *p;
+	}
+	out[n] = 0;
+}
+
+int sc_pending_write(pdelta_scrape *s, const sc_stream *st, uint64_t seq, const sc_buf *b)
+{
+	char path[4096], head[64];
+	int hn = snprintf(head, sizeof head, "pdelta-pending %" PRIu64 "\n", seq);
+
+	pending_path(s, st, path, sizeof path);
+	return sc_write_atomic(path, head, (size_t)hn, b->p, b->n);
+}
+
+/* 1 and the profile when the stream has a pending upload, 0 when not. */
+int sc_pending_read(pdelta_scrape *s, const sc_stream *st, uint64_t *seq, sc_buf *b)
+{
+	char path[4096];
+	unsigned long long v;
+	unsigned char *nl;
+	size_t skip;
+
+	pending_path(s, st, path, sizeof path);
+	if (access(path, F_OK))
+		return 0;
+	b->max = 0;
+	if (read_whole(path, b) || b->n < 16 || !(nl = memchr(b->p, '\n', b->n < 64 ? b->n : 64)) ||
+	    sscanf((const char *)b->p, "pdelta-pending %llu", &v) != 1 || v == 0) {
+		sc_log(s, 1, "%s: unreadable pending upload %s removed", st->name, path);
+		unlink(path);
+		return 0;
+	}
+	skip = (size_t)(nl - b->p) + 1;
+	memmove(b->p, b->p + skip, b->n - skip);
+	b->n -= skip;
+	*seq = v;
+	return 1;
+}
+
+void sc_pending_remove(pdelta_scrape *s, const sc_stream *st)
+{
+	char path[4096];
+
+	pending_path(s, st, path, sizeof path);
+	unlink(path);
+}
+
+/* ---- file sinks ----------------------------------------------------------- */
+
+int sc_write_seq_file(pdelta_scrape *s, const char *root, const sc_stream *st, uint64_t seq,
+		      const void *p, size_t n, unsigned keep)
+{
+	char dir[4096], path[4200];
+
+	snprintf(dir, sizeof dir, "%s/%s", root, st->rel);
+	if (sc_mkdirs(dir))
+		return -1;
+	snprintf(path, sizeof path, "%s/%03" PRIu64 ".pb.gz", dir, seq - 1);
+	if (sc_write_atomic(path, p, n, NULL, 0))
+		return -1;
+	if (keep && seq > keep) {
+		snprintf(path, sizeof path, "%s/%03" PRIu64 ".pb.gz", dir, seq - 1 - keep);
+		unlink(path);
+	}
+	(void)s;
+	return 0;
+}
