@@ -5,20 +5,28 @@
  *   pdelta diff [opts] PREV CUR -o OUT     delta of CUR against PREV's state
  *   pdelta seq  [opts] -o OUTDIR FILE...   one state through a sequence
  *   pdelta inspect [--json] FILE           what a profile holds
+ *   pdelta --version
  *
  * Outputs are written to a temporary file and renamed into place, so an
- * error never leaves a partial output behind.
+ * error never leaves a partial output behind. `-o -` writes the delta to
+ * standard output instead (diff, and seq of one FILE), whole and only on
+ * success (it is built in memory first); the status line then goes to stderr
+ * so that stdout carries nothing but the profile.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "pd_engine.h"
+#include "pd_version.h"
 
 #define MAX_OVERRIDES 16
 
@@ -39,8 +47,10 @@ static void usage(FILE *f)
 		   "  pdelta inspect [--json] FILE\n"
 		   "  pdelta send --help   (send profiles to a pdeltad server)\n"
 		   "  pdelta scrape --help (pull mode: scrape Go services, deliver deltas)\n"
+		   "  pdelta --version\n"
 		   "options:\n"
-		   "  -o, --out PATH          output file (diff) or directory (seq)\n"
+		   "  -o, --out PATH          output file (diff) or directory (seq); '-' = stdout\n"
+		   "                          (diff, or seq of one FILE; status line to stderr)\n"
 		   "  --first keep|drop|auto  first-profile policy (default keep)\n"
 		   "  --type NAME=delta|gauge per-sample-type policy override (repeatable)\n"
 		   "  --level N               gzip level of the output 1..9 (default 1), 0 = raw\n"
@@ -91,6 +101,28 @@ static int file_sink(void *ctx, const uint8_t *p, size_t n)
 	return fwrite(p, 1, n, (FILE *)ctx) == n ? 0 : -1;
 }
 
+static int buf_sink(void *ctx, const uint8_t *p, size_t n)
+{
+	return pd_buf_append(ctx, p, n, NULL) == PD_OK ? 0 : -1;
+}
+
+static bool is_stdout(const char *out) { return strcmp(out, "-") == 0; }
+
+/* -o -: the delta is built in memory and written whole, only on success. */
+static int delta_to_stdout(pd_engine *eng, cli *c, pd_buf *in, const pd_state *prev,
+			   pd_state *next, pd_result *res, pd_err *e)
+{
+	pd_buf out;
+	int rc;
+
+	pd_buf_init(&out, 0);
+	rc = pd_engine_run(eng, in->data, in->len, prev, next, &c->req, buf_sink, &out, res, e);
+	if (!rc && (fwrite(out.data, 1, out.len, stdout) != out.len || fflush(stdout) != 0))
+		rc = pd_err_set(e, PD_E_IO, "standard output: %s", strerror(errno));
+	pd_buf_free(&out);
+	return rc;
+}
+
 /* Runs the engine on one file, writing OUT atomically. */
 static int delta_to_file(pd_engine *eng, cli *c, pd_buf *in, const char *path, const pd_state *prev,
 			 pd_state *next, const char *out, pd_result *res, pd_err *e)
@@ -101,6 +133,8 @@ static int delta_to_file(pd_engine *eng, cli *c, pd_buf *in, const char *path, c
 
 	if ((rc = read_file(path, in, c->lim.max_input, e)))
 		return rc;
+	if (is_stdout(out))
+		return delta_to_stdout(eng, c, in, prev, next, res, e);
 	if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", out, (int)getpid()) >= (int)sizeof tmp)
 		return pd_err_set(e, PD_E_ARG, "output path too long");
 	f = fopen(tmp, "wb");
@@ -116,12 +150,14 @@ static int delta_to_file(pd_engine *eng, cli *c, pd_buf *in, const char *path, c
 	return rc;
 }
 
-static void print_status(const char *name, const pd_result *r)
+/* The status line: on stdout, or on stderr when stdout carries the delta. */
+static void print_status(const cli *c, const char *name, const pd_result *r)
 {
+	FILE *f = is_stdout(c->out) ? stderr : stdout;
 	double ms = (double)(r->ns_inflate + r->ns_index + r->ns_hash + r->ns_diff + r->ns_encode +
 			     r->ns_deflate) /
 		    1e6;
-	printf("%s %s %s samples_in=%u samples_out=%u bytes_in=%llu bytes_out=%llu ms=%.2f\n", name,
+	fprintf(f, "%s %s %s samples_in=%u samples_out=%u bytes_in=%llu bytes_out=%llu ms=%.2f\n", name,
 	       pd_status_name(r->status), pd_reason_name(r->reason), r->samples_in, r->samples_out,
 	       (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, ms);
 	if (getenv("PDELTA_PHASES"))
@@ -257,7 +293,7 @@ static int cmd_diff(cli *c, int argc, char **argv, pd_err *e)
 		pd_err_set(e, rc, "%s: %s", argv[1], m);
 		goto out;
 	}
-	print_status(c->out, &res);
+	print_status(c, c->out, &res);
 out:
 	if (devnull)
 		fclose(devnull);
@@ -275,6 +311,7 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 	pd_state *prev = pd_state_new(), *next = pd_state_new();
 	pd_buf in;
 	int failures = 0, rc = PD_OK;
+	bool to_stdout;
 
 	pd_buf_init(&in, 0);
 	if (!eng || !prev || !next) {
@@ -285,7 +322,12 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 		rc = pd_err_set(e, PD_E_ARG, "seq wants -o OUTDIR FILE...");
 		goto out;
 	}
-	if (mkdir(c->out, 0777) != 0 && errno != EEXIST) {
+	to_stdout = is_stdout(c->out);
+	if (to_stdout && argc != 1) {
+		rc = pd_err_set(e, PD_E_ARG, "seq -o - takes one FILE (one delta on stdout)");
+		goto out;
+	}
+	if (!to_stdout && mkdir(c->out, 0777) != 0 && errno != EEXIST) {
 		rc = pd_err_set(e, PD_E_IO, "%s: %s", c->out, strerror(errno));
 		goto out;
 	}
@@ -295,14 +337,18 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 		pd_result res;
 		pd_err fe = {0, ""};
 
-		snprintf(outp, sizeof outp, "%s/%s", c->out, base);
+		if (to_stdout)
+			snprintf(outp, sizeof outp, "-");
+		else
+			snprintf(outp, sizeof outp, "%s/%s", c->out, base);
 		if (delta_to_file(eng, c, &in, argv[i], prev, next, outp, &res, &fe) == PD_OK) {
 			pd_state *t = prev;
 			prev = next;
 			next = t;
-			print_status(base, &res);
+			print_status(c, base, &res);
 		} else {
-			printf("%s ERROR %s %s\n", base, pd_code_name(fe.code), fe.msg);
+			fprintf(to_stdout ? stderr : stdout, "%s ERROR %s %s\n", base,
+				pd_code_name(fe.code), fe.msg);
 			failures++;
 		}
 		fflush(stdout);
@@ -424,6 +470,12 @@ int main(int argc, char **argv)
 	if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(argv[1], "--version") == 0) {
+		char libs[64];
+		snprintf(libs, sizeof libs, "OpenSSL %s", OpenSSL_version(OPENSSL_VERSION_STRING));
+		pd_version_print(stdout, "pdelta", libs);
+		return 0;
 	}
 	cmd = argv[1];
 	if (strcmp(cmd, "send") == 0) {

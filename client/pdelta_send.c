@@ -13,7 +13,9 @@
  *   <basename> DELTA|BASELINE|DUPLICATE <reason> [orig=STATUS] samples_in=N
  *       samples_out=N bytes_in=N bytes_out=N ms=F attempts=N
  *
- * or `<basename> ERROR <code> <message>`. An invalid file is reported and
+ * or `<basename> ERROR <code> <message>`. With `-o -` (one FILE) the delta
+ * goes to standard output, whole and only on success (it is gathered in
+ * memory), and the status line to stderr. An invalid file is reported and
  * skipped (the stream's state is unchanged); a failure that leaves the
  * request's fate unknown (server unreachable after all retries) stops the
  * run, since later deltas would silently miss that interval: the message says
@@ -29,7 +31,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
+#include "pd_buf.h"
 #include "pd_err.h"
+#include "pd_version.h"
 #include "pdelta.h"
 
 #define SEND_MAX_TYPES 32
@@ -44,6 +50,7 @@ typedef struct send_opts {
 	const char *stream, *outdir;
 	uint64_t seq;
 	int local;
+	int to_stdout; /* -o -: the one delta to stdout, status lines to stderr */
 } send_opts;
 
 typedef struct file_ctx {
@@ -63,7 +70,8 @@ static void send_usage(FILE *f)
 		"  --token T               tenant token (or --token-file F, first line)\n"
 		"  --server-name NAME      name to verify in the server certificate (default: HOST)\n"
 		"  --stream NAME           stream the files belong to\n"
-		"  -o, --out DIR           where the deltas go (DIR/<basename of FILE>)\n"
+		"  -o, --out DIR           where the deltas go (DIR/<basename of FILE>);\n"
+		"                          '-' = the delta of one FILE to stdout, status to stderr\n"
 		"  --first keep|drop|auto  first-profile policy (default keep)\n"
 		"  --type NAME=delta|gauge per-sample-type policy override (repeatable)\n"
 		"  --seq N                 sequence number of the first file (default: 1, 2, ...)\n"
@@ -73,7 +81,8 @@ static void send_usage(FILE *f)
 		"  --connect-timeout MS    TCP+TLS+HELLO deadline (default 5000)\n"
 		"  --timeout MS            longest silence of the server (default 30000)\n"
 		"  --local                 no server: run the engine in this process\n"
-		"  --local-fallback        run locally when the server stays unreachable\n");
+		"  --local-fallback        run locally when the server stays unreachable\n"
+		"  --version               version, protocols and libraries\n");
 }
 
 static int read_token_file(send_opts *s, const char *path)
@@ -150,7 +159,8 @@ static int parse_first(send_opts *s, const char *v)
 
 enum {
 	O_SERVER = 256, O_CA, O_CERT, O_KEY, O_TOKEN, O_TOKEN_FILE, O_SNI, O_STREAM, O_FIRST,
-	O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT, O_LOCAL, O_FALLBACK
+	O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT, O_LOCAL, O_FALLBACK,
+	O_VERSION
 };
 
 static const struct option send_long[] = {
@@ -174,6 +184,7 @@ static const struct option send_long[] = {
 	{"local", no_argument, NULL, O_LOCAL},
 	{"local-fallback", no_argument, NULL, O_FALLBACK},
 	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, O_VERSION},
 	{NULL, 0, NULL, 0},
 };
 
@@ -225,6 +236,12 @@ static int parse_args(send_opts *s, int argc, char **argv)
 			send_usage(stdout);
 			exit(0);
 		}
+		if (ch == O_VERSION) {
+			char libs[64];
+			snprintf(libs, sizeof libs, "OpenSSL %s", OpenSSL_version(OPENSSL_VERSION_STRING));
+			pd_version_print(stdout, "pdelta", libs);
+			exit(0);
+		}
 		if (ch == '?' || parse_one(s, ch, optarg))
 			return -1;
 	}
@@ -234,6 +251,11 @@ static int parse_args(send_opts *s, int argc, char **argv)
 	}
 	if (!s->local && !s->o.server) {
 		fprintf(stderr, "pdelta send: --server HOST:PORT is required (or --local)\n");
+		return -1;
+	}
+	s->to_stdout = strcmp(s->outdir, "-") == 0;
+	if (s->to_stdout && argc - optind != 1) {
+		fprintf(stderr, "pdelta send: -o - takes one FILE (one delta on stdout)\n");
 		return -1;
 	}
 	if (s->local)
@@ -275,6 +297,47 @@ static int out_sink(void *ctx, const void *p, size_t n)
 	return fwrite(p, 1, n, f) != n;
 }
 
+/* -o -: the delta gathered in memory, written once it is complete. */
+static int mem_sink(void *ctx, const void *p, size_t n)
+{
+	pd_buf *b = ctx;
+
+	if (!p) { /* PDELTA_RESTART */
+		pd_buf_reset(b);
+		return 0;
+	}
+	return pd_buf_append(b, p, n, NULL) != PD_OK;
+}
+
+/* Reads the delta to stdout (s->to_stdout): all of it or nothing. */
+static int read_to_stdout(pdelta *h, char *msg, size_t msglen, int *local_err)
+{
+	pd_buf b;
+	int rc;
+
+	pd_buf_init(&b, 0);
+	rc = pdelta_read_all(h, mem_sink, &b);
+	if (!rc && (fwrite(b.data, 1, b.len, stdout) != b.len || fflush(stdout) != 0)) {
+		snprintf(msg, msglen, "standard output: %s", strerror(errno));
+		rc = PDELTA_E_IO;
+		*local_err = 1;
+	}
+	pd_buf_free(&b);
+	return rc;
+}
+
+/* Reads the delta into the temporary file tmp (opened here, *of). */
+static int read_to_file(pdelta *h, const char *tmp, FILE **of, char *msg, size_t msglen,
+			int *local_err)
+{
+	if (!(*of = fopen(tmp, "wb"))) {
+		snprintf(msg, msglen, "%.300s: %s", tmp, strerror(errno));
+		*local_err = 1;
+		return PDELTA_E_IO;
+	}
+	return pdelta_read_all(h, out_sink, *of);
+}
+
 static double now_ms(void)
 {
 	struct timespec ts;
@@ -287,12 +350,12 @@ static const char *code_name(int code)
 	return code == PDELTA_E_TLS ? "tls" : pd_code_name(code);
 }
 
-static void print_line(const char *base, const pdelta_result *r, double ms)
+static void print_line(FILE *f, const char *base, const pdelta_result *r, double ms)
 {
-	printf("%s %s %s", base, pdelta_status_name(r->status), pdelta_reason_name(r->reason));
+	fprintf(f, "%s %s %s", base, pdelta_status_name(r->status), pdelta_reason_name(r->reason));
 	if (r->status == PDELTA_DUPLICATE)
-		printf(" orig=%s", pdelta_status_name(r->orig_status));
-	printf(" samples_in=%llu samples_out=%llu bytes_in=%llu bytes_out=%llu ms=%.2f attempts=%u%s\n",
+		fprintf(f, " orig=%s", pdelta_status_name(r->orig_status));
+	fprintf(f, " samples_in=%llu samples_out=%llu bytes_in=%llu bytes_out=%llu ms=%.2f attempts=%u%s\n",
 	       (unsigned long long)r->samples_in, (unsigned long long)r->samples_out,
 	       (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, ms, r->attempts,
 	       r->local ? " local=1" : "");
@@ -324,13 +387,9 @@ static int send_file(pdelta *h, send_opts *s, const char *path, const char *base
 	}
 	if (!rc)
 		rc = pdelta_finish(h, res);
-	if (!rc && !(of = fopen(tmp, "wb"))) {
-		snprintf(msg, msglen, "%.300s: %s", tmp, strerror(errno));
-		rc = PDELTA_E_IO;
-		local_err = 1;
-	}
 	if (!rc)
-		rc = pdelta_read_all(h, out_sink, of);
+		rc = s->to_stdout ? read_to_stdout(h, msg, msglen, &local_err)
+				  : read_to_file(h, tmp, &of, msg, msglen, &local_err);
 	if (rc && !local_err) {
 		snprintf(msg, msglen, "%s", pdelta_last_error(h));
 		pdelta_last_error_info(h, ei);
@@ -342,7 +401,7 @@ static int send_file(pdelta *h, send_opts *s, const char *path, const char *base
 		snprintf(msg, msglen, "%.300s: write error", tmp);
 		rc = PDELTA_E_IO;
 	}
-	if (!rc && rename(tmp, out) != 0) {
+	if (!rc && !s->to_stdout && rename(tmp, out) != 0) {
 		snprintf(msg, msglen, "%.300s: %s", out, strerror(errno));
 		rc = PDELTA_E_IO;
 	}
@@ -352,9 +411,37 @@ static int send_file(pdelta *h, send_opts *s, const char *path, const char *base
 	return rc;
 }
 
+/*
+ * Why the run stops after a retryable failure, and how to resend. The request
+ * can only have been applied if some of it went out: if no connection came up
+ * during this file (connection refused, TLS or HELLO failed) and no profile
+ * byte was queued, the server never saw it.
+ */
+static void explain_stop(pdelta *h, const pdelta_stats *before, const pdelta_result *res,
+			 const char *path)
+{
+	pdelta_stats now;
+	unsigned long long seq = res->seq, inc = pdelta_incarnation(h);
+
+	pdelta_stats_get(h, &now);
+	if (now.connects == before->connects && now.bytes_sent == before->bytes_sent)
+		fprintf(stderr,
+			"pdelta send: stopping: the server was not reached, nothing of seq %llu was "
+			"sent and the stream is unchanged;\n  to go on, resend %s and the files after "
+			"it (--seq %llu --incarnation %llu continues this run exactly)\n",
+			seq, path, seq, inc);
+	else
+		fprintf(stderr,
+			"pdelta send: stopping: seq %llu may have been applied without its delta "
+			"reaching us, and later deltas would not cover it;\n  to retry, resend %s and "
+			"the files after it with --seq %llu --incarnation %llu\n",
+			seq, path, seq, inc);
+}
+
 static int send_all(pdelta *h, send_opts *s, int nfiles, char **files)
 {
 	file_ctx *fc = malloc(sizeof *fc);
+	FILE *status = s->to_stdout ? stderr : stdout;
 	int failures = 0;
 
 	if (!fc)
@@ -366,26 +453,26 @@ static int send_all(pdelta *h, send_opts *s, int nfiles, char **files)
 		double t0 = now_ms();
 		pdelta_result res;
 		pdelta_error_info ei;
+		pdelta_stats before;
 		char msg[600];
-		int rc = send_file(h, s, files[i], base, seq, fc, &res, &ei, msg, sizeof msg);
+		int rc;
+
+		pdelta_stats_get(h, &before);
+		rc = send_file(h, s, files[i], base, seq, fc, &res, &ei, msg, sizeof msg);
 
 		if (rc == PDELTA_OK) {
-			print_line(base, &res, now_ms() - t0);
+			print_line(status, base, &res, now_ms() - t0);
 			free(dup);
-			fflush(stdout);
+			fflush(status);
 			continue;
 		}
 		failures++;
-		printf("%s ERROR %s %s\n", base, code_name(rc), msg[0] ? msg : pdelta_strerror(rc));
-		fflush(stdout);
+		fprintf(status, "%s ERROR %s %s\n", base, code_name(rc),
+			msg[0] ? msg : pdelta_strerror(rc));
+		fflush(status);
 		fprintf(stderr, "pdelta send: %s: %s\n", base, msg[0] ? msg : pdelta_strerror(rc));
 		if (ei.retryable && ei.code == rc && !s->local) {
-			fprintf(stderr,
-				"pdelta send: stopping: seq %llu may have been applied without its delta reaching "
-				"us, and later deltas would not cover it;\n  to retry, resend %s with --seq %llu "
-				"--incarnation %llu\n",
-				(unsigned long long)res.seq, files[i],
-				(unsigned long long)res.seq, (unsigned long long)pdelta_incarnation(h));
+			explain_stop(h, &before, &res, files[i]);
 			free(dup);
 			break;
 		}
@@ -409,7 +496,7 @@ int pdelta_cmd_send(int argc, char **argv)
 		rc = 2;
 		goto out;
 	}
-	if (mkdir(s.outdir, 0777) != 0 && errno != EEXIST) {
+	if (!s.to_stdout && mkdir(s.outdir, 0777) != 0 && errno != EEXIST) {
 		fprintf(stderr, "pdelta send: %s: %s\n", s.outdir, strerror(errno));
 		rc = 1;
 		goto out;

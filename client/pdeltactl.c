@@ -12,7 +12,13 @@
  *     tenants [--limit N]
  *
  * By default the server's JSON answer is rendered as aligned tables (or
- * key/value lines); --json prints the server's document unchanged. A tiny
+ * key/value lines); --json prints the server's document unchanged.
+ *
+ * Exit status: 0 done, 1 failed (not found, refused, unreachable), 2 usage.
+ * A delete that removed nothing is "not found" like reset and stream: the
+ * server answers it {"deleted":0} (deleting is idempotent on the wire), and
+ * this tool reports it on stderr and exits 1, whether a NAME, a prefix or the
+ * tenant was misspelled. A tiny
  * JSON reader below is all the parsing needed: numbers are kept as their
  * text, so u64 values print exactly.
  */
@@ -23,6 +29,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
+#include "pd_version.h"
 #include "pdelta.h"
 #include "pdelta_proto.h"
 
@@ -412,6 +421,27 @@ static void render(const char *cmd, const jv *doc)
 		printf("(truncated: raise --limit to see more)\n");
 }
 
+/* delete that removed nothing: not found, like stream and reset (exit 1). */
+static int delete_found(const char *cmd, const jv *doc, const char *const *kv)
+{
+	const char *name = NULL, *prefix = NULL, *tenant = jv_text(jv_get(doc, "tenant"));
+
+	if (strcmp(cmd, "delete") != 0 || strcmp(jv_text(jv_get(doc, "deleted")), "0") != 0)
+		return 1;
+	for (const char *const *p = kv; *p; p += 2) {
+		if (strcmp(p[0], "name") == 0)
+			name = p[1];
+		else if (strcmp(p[0], "prefix") == 0)
+			prefix = p[1];
+	}
+	if (name)
+		fprintf(stderr, "pdeltactl: delete: no such stream '%s' of tenant '%s'\n", name, tenant);
+	else
+		fprintf(stderr, "pdeltactl: delete: no stream of tenant '%s' starts with '%s'\n", tenant,
+			prefix ? prefix : "");
+	return 0;
+}
+
 /* ---- command line --------------------------------------------------------------- */
 
 typedef struct ctl {
@@ -433,7 +463,9 @@ static void usage(FILE *f)
 		"  delete NAME [--tenant T]      delete a stream (or: delete --prefix P)\n"
 		"  stats                         server counters\n"
 		"  tenants [--limit N]           tenants and their streams\n"
-		"--json prints the server's JSON document unchanged.\n");
+		"--json prints the server's JSON document unchanged. --version prints the version.\n"
+		"Exit status: 0 done; 1 failed, or not found (stream, reset, and a delete\n"
+		"that removed nothing); 2 usage.\n");
 }
 
 static int read_token_file(ctl *c, const char *path)
@@ -459,7 +491,7 @@ static int read_token_file(ctl *c, const char *path)
 }
 
 enum { C_SERVER = 256, C_CA, C_CERT, C_KEY, C_TOKEN, C_TOKEN_FILE, C_SNI, C_JSON, C_TENANT,
-       C_PREFIX, C_SORT, C_LIMIT, C_TIMEOUT };
+       C_PREFIX, C_SORT, C_LIMIT, C_TIMEOUT, C_VERSION };
 
 static const struct option ctl_long[] = {
 	{"server", required_argument, NULL, C_SERVER}, {"ca", required_argument, NULL, C_CA},
@@ -469,7 +501,7 @@ static const struct option ctl_long[] = {
 	{"tenant", required_argument, NULL, C_TENANT}, {"prefix", required_argument, NULL, C_PREFIX},
 	{"sort", required_argument, NULL, C_SORT},     {"limit", required_argument, NULL, C_LIMIT},
 	{"timeout", required_argument, NULL, C_TIMEOUT}, {"help", no_argument, NULL, 'h'},
-	{NULL, 0, NULL, 0},
+	{"version", no_argument, NULL, C_VERSION},     {NULL, 0, NULL, 0},
 };
 
 static int parse_opt(ctl *c, int ch, const char *a)
@@ -576,24 +608,28 @@ static int run(ctl *c, const char *cmd, const char *const *kv)
 		return 1;
 	}
 	pdelta_free(h);
+	doc = jv_parse(json, len);
 	if (c->json) {
 		fwrite(json, 1, len, stdout);
 		if (!len || json[len - 1] != '\n')
 			putchar('\n');
+		rc = doc && !delete_found(cmd, doc, kv) ? 1 : 0;
+		jv_free(doc);
 		free(json);
-		return 0;
+		return rc;
 	}
-	doc = jv_parse(json, len);
 	if (!doc || doc->t != J_OBJ) {
 		fprintf(stderr, "pdeltactl: the server's answer is not a JSON object; raw:\n%s\n", json);
 		jv_free(doc);
 		free(json);
 		return 1;
 	}
-	render(cmd, doc);
+	rc = delete_found(cmd, doc, kv) ? 0 : 1;
+	if (!rc)
+		render(cmd, doc);
 	jv_free(doc);
 	free(json);
-	return 0;
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -610,6 +646,12 @@ int main(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "h", ctl_long, NULL)) != -1) {
 		if (ch == 'h') {
 			usage(stdout);
+			return 0;
+		}
+		if (ch == C_VERSION) {
+			char libs[64];
+			snprintf(libs, sizeof libs, "OpenSSL %s", OpenSSL_version(OPENSSL_VERSION_STRING));
+			pd_version_print(stdout, "pdeltactl", libs);
 			return 0;
 		}
 		if (parse_opt(&c, ch, optarg)) {

@@ -10,10 +10,15 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/event.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+
 #include "pd_auth.h"
 #include "pd_config.h"
 #include "pd_server.h"
 #include "pd_tls.h"
+#include "pd_version.h"
 #include "pdelta_proto.h"
 
 /* Reads one token from stdin (one line; the newline is not part of it). */
@@ -57,7 +62,9 @@ static int check_files(const pd_config *cfg)
 	pd_auth *auth = NULL;
 	pd_err err;
 
-	if (pd_tls_ctx_new(&o, &tls, &err) || pd_auth_load(cfg->tenants, &auth, &err)) {
+	if (pd_tls_ctx_new(&o, &tls, &err) || pd_auth_load(cfg->tenants, &auth, &err) ||
+	    pd_auth_check_usable(auth, cfg->tenants, &err)) {
+		pd_auth_free(auth);
 		fprintf(stderr, "pdeltad: %s\n", err.msg);
 		if (tls)
 			SSL_CTX_free(tls);
@@ -67,6 +74,15 @@ static int check_files(const pd_config *cfg)
 	SSL_CTX_free(tls);
 	pd_auth_free(auth);
 	return 0;
+}
+
+static void print_version(void)
+{
+	char libs[256];
+
+	snprintf(libs, sizeof libs, "OpenSSL %s, libevent %s, SQLite %s",
+		 OpenSSL_version(OPENSSL_VERSION_STRING), event_get_version(), sqlite3_libversion());
+	pd_version_print(stdout, "pdeltad", libs);
 }
 
 int main(int argc, char **argv)
@@ -88,9 +104,7 @@ int main(int argc, char **argv)
 	}
 	switch (action) {
 	case PD_ACT_HELP: pd_config_print_help(stdout, "pdeltad"); goto out;
-	case PD_ACT_VERSION:
-		printf("pdeltad protocol %d..%d\n", PD_PROTO_VERSION_MIN, PD_PROTO_VERSION);
-		goto out;
+	case PD_ACT_VERSION: print_version(); goto out;
 	case PD_ACT_HASH_TOKEN: status = hash_token(); goto out;
 	case PD_ACT_CHECK: status = check_files(&cfg); goto out;
 	default: break;

@@ -27,6 +27,7 @@ typedef struct cred {
 struct pd_auth {
 	cred *v;
 	size_t n, cap;
+	bool allow_empty; /* the file said `allow_empty = true` */
 };
 
 const char *pd_role_name(int role)
@@ -180,15 +181,47 @@ static int add_cred(pd_auth *a, const cred *c, pd_err *e)
 	return PD_OK;
 }
 
+/* `allow_empty = true|false` (blanks optional, `-` for `_`): *found tells
+ * whether line is that directive (then a->allow_empty is set). */
+static int load_directive(pd_auth *a, const char *line, bool *found, pd_err *e)
+{
+	static const char *const yes[] = {"true", "yes", "1"}, *const no[] = {"false", "no", "0"};
+	char val[16];
+	int n = 0;
+
+	*found = false;
+	line += strspn(line, " \t");
+	if (strncmp(line, "allow_empty", 11) != 0 && strncmp(line, "allow-empty", 11) != 0)
+		return PD_OK;
+	*found = true;
+	line += 11;
+	line += strspn(line, " \t");
+	if (*line++ != '=')
+		return pd_err_set(e, PD_E_ARG, "expected 'allow_empty = true' or 'allow_empty = false'");
+	if (sscanf(line, " %15[^ \t\r\n] %n", val, &n) != 1 || line[n])
+		return pd_err_set(e, PD_E_ARG, "expected 'allow_empty = true' or 'allow_empty = false'");
+	for (size_t i = 0; i < 3; i++) {
+		if (strcasecmp(val, yes[i]) == 0 || strcasecmp(val, no[i]) == 0) {
+			a->allow_empty = strcasecmp(val, yes[i]) == 0;
+			return PD_OK;
+		}
+	}
+	return pd_err_set(e, PD_E_ARG, "allow_empty: '%s' is not true or false", val);
+}
+
 static int load_line(pd_auth *a, char *line, pd_err *e)
 {
 	char *hash = strchr(line, '#');
 	line_words w;
+	bool directive;
 	cred c;
 	int rc;
 
 	if (hash)
 		*hash = 0;
+	rc = load_directive(a, line, &directive, e);
+	if (rc || directive)
+		return rc;
 	rc = split_words(line, &w, e);
 	if (rc || (!w.tenant && !w.role && !w.token && !w.cn))
 		return rc; /* an error, or a blank line */
@@ -249,6 +282,16 @@ void pd_auth_free(pd_auth *a)
 }
 
 size_t pd_auth_count(const pd_auth *a) { return a ? a->n : 0; }
+
+int pd_auth_check_usable(const pd_auth *a, const char *path, pd_err *e)
+{
+	if (pd_auth_count(a) > 0 || (a && a->allow_empty))
+		return PD_OK;
+	return pd_err_set(e, PD_E_ARG,
+			  "tenants file %s has no credentials: every client would be locked out "
+			  "(a file meant to be empty says 'allow_empty = true')",
+			  path);
+}
 
 bool pd_auth_by_token_hash(const pd_auth *a, const uint8_t h[PD_TOKEN_HASH_LEN], pd_principal *p)
 {

@@ -12,6 +12,11 @@
  * certificate itself is verified by TLS against tls_client_ca). It names one
  * tenant and one role (agent or admin). A token hash or CN may appear once.
  *
+ * A file without credentials locks every client out, which is nearly always a
+ * mistake (a truncated deploy, the wrong path): the server refuses it at start
+ * and on SIGHUP (keeping the credentials it has) unless the file says so with
+ * a line `allow_empty = true` (pd_auth_check_usable()).
+ *
  * A pd_auth is immutable once loaded: a reload builds a new one and the
  * server swaps pointers (pd_server.c), so lookups never see a half-read file.
  * Token lookups compare every stored hash with CRYPTO_memcmp (constant time,
@@ -41,6 +46,9 @@ typedef struct pd_principal {
 int pd_auth_load(const char *path, pd_auth **out, pd_err *e);
 void pd_auth_free(pd_auth *a);
 size_t pd_auth_count(const pd_auth *a);
+/* PD_OK if a holds credentials or its file says `allow_empty = true`; else
+ * PD_E_ARG with a message naming path. */
+int pd_auth_check_usable(const pd_auth *a, const char *path, pd_err *e);
 
 /* SHA-256 of a token. */
 void pd_auth_hash_token(const void *token, size_t len, uint8_t out[PD_TOKEN_HASH_LEN]);

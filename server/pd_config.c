@@ -48,7 +48,8 @@ static const setting settings[] = {
 	STR(tls_client_ca, "", "CA file for client certificates; enables mTLS"),
 	NUM("require_client_cert", T_BOOL, require_client_cert, 0, 0, 1,
 	    "refuse TLS clients without a valid client certificate"),
-	STR(tenants, "", "credentials file: tenant=.. role=.. token_sha256=..|cert_cn=.. (required)"),
+	STR(tenants, "", "credentials file: tenant=.. role=.. token_sha256=..|cert_cn=.. (required;\n"
+	    "        refused without credentials unless it says allow_empty = true)"),
 	STR(db, "pdeltad.db", "SQLite database of stream state"),
 	NUM("db_sync", T_BOOL, db_sync, 1, 0, 1, "fsync the WAL at every commit (power-loss safe)"),
 	NUM("workers", T_COUNT, workers, 0, 0, 1024, "delta worker threads; 0 = one per CPU"),
@@ -415,9 +416,13 @@ static int apply_flag(pd_config *c, int argc, char **argv, int *i, pd_err *e)
 	if ((eq ? (size_t)(eq - a) : strlen(a)) >= sizeof name)
 		return pd_err_set(e, PD_E_ARG, "unknown setting '%.40s...'", a);
 	snprintf(name, sizeof name, "%.*s", eq ? (int)(eq - a) : (int)strlen(a), a);
+	s = find_setting(name);
+	/* Named before its value is looked for: `--bogus` alone is an unknown
+	 * setting, not a setting missing its value. */
+	if (!s && !find_limit(name))
+		return pd_err_set(e, PD_E_ARG, "unknown setting '%s' (see --help)", name);
 	if (eq)
 		return pd_config_set(c, name, eq + 1, e);
-	s = find_setting(name);
 	/* A bare boolean flag means yes. */
 	if (s && s->type == T_BOOL && (*i + 1 >= argc || is_flag(argv[*i + 1])))
 		return pd_config_set(c, name, "yes", e);
@@ -453,8 +458,30 @@ int pd_config_from_args(pd_config *c, int argc, char **argv, int *action, pd_err
 	return pd_config_check(c, e);
 }
 
+/* host:port or [v6]:port with a port in 1..65535. An address without a port
+ * would parse (libevent takes port 0) and bind a random port nobody can find. */
+static int check_addr(const char *setting_name, const char *addr, pd_err *e)
+{
+	const char *colon = strrchr(addr, ':'), *p;
+	unsigned long port = 0;
+	bool bracketed = addr[0] == '[';
+
+	if (!colon || colon == addr || (bracketed && colon[-1] != ']') ||
+	    (!bracketed && strchr(addr, ':') != colon))
+		return pd_err_set(e, PD_E_ARG, "%s: '%s' has no port (want host:port or [v6]:port)",
+				  setting_name, addr);
+	for (p = colon + 1; isdigit((unsigned char)*p) && port <= 65535; p++)
+		port = port * 10 + (unsigned long)(*p - '0');
+	if (p == colon + 1 || *p || port == 0 || port > 65535)
+		return pd_err_set(e, PD_E_ARG, "%s: '%s': the port must be 1..65535", setting_name,
+				  addr);
+	return PD_OK;
+}
+
 int pd_config_check(const pd_config *c, pd_err *e)
 {
+	int rc;
+
 	if (!c->tls_cert[0] || !c->tls_key[0])
 		return pd_err_set(e, PD_E_ARG, "tls_cert and tls_key are required");
 	if (!c->tenants[0])
@@ -471,6 +498,11 @@ int pd_config_check(const pd_config *c, pd_err *e)
 		return pd_err_set(e, PD_E_ARG, "chunk_bytes must not exceed max_frame");
 	if (!c->listen[0] || !c->metrics_listen[0])
 		return pd_err_set(e, PD_E_ARG, "listen and metrics_listen must not be empty");
+	if ((rc = check_addr("listen", c->listen, e)))
+		return rc;
+	if (strcmp(c->metrics_listen, "off") != 0 &&
+	    (rc = check_addr("metrics_listen", c->metrics_listen, e)))
+		return rc;
 	return PD_OK;
 }
 
@@ -504,6 +536,15 @@ static void fmt_default(const setting *s, char *out, size_t n)
 	}
 }
 
+/* A setting's flag spelling: dashes (the config file keeps underscores). */
+static void flag_name(const char *setting_name, char *out, size_t n)
+{
+	snprintf(out, n, "%s", setting_name);
+	for (char *p = out; *p; p++)
+		if (*p == '_')
+			*p = '-';
+}
+
 void pd_config_print_help(FILE *f, const char *prog)
 {
 	char def[64], name[64];
@@ -515,21 +556,21 @@ void pd_config_print_help(FILE *f, const char *prog)
 		"       %s --help | --version\n\n"
 		"pdeltad: the pdelta delta-profile server (TLS, proto/PROTOCOL.md).\n"
 		"Config file: 'setting = value' lines, '#' comments; flags override it.\n"
+		"Flags are spelled with dashes (--metrics-listen); the config file uses\n"
+		"underscores (metrics_listen = ...); both places accept either spelling.\n"
 		"Sizes take k/m/g, durations ms/s/m/h/d (bare number = ms).\n"
 		"Signals: SIGHUP reloads TLS files and tenants; SIGTERM/SIGINT drain and exit.\n\n"
 		"Settings (default in brackets):\n",
 		prog, prog, prog, prog);
 	for (size_t i = 0; i < NSETTINGS; i++) {
 		fmt_default(&settings[i], def, sizeof def);
-		fprintf(f, "  --%-24s [%s]\n        %s\n", settings[i].name, def, settings[i].help);
+		flag_name(settings[i].name, name, sizeof name);
+		fprintf(f, "  --%-24s [%s]\n        %s\n", name, def, settings[i].help);
 	}
-	fprintf(f, "\nEngine input limits (request limit/INPUT_LIMIT; max_input is also the\n"
+	fprintf(f, "\nEngine input limits (request limit/INPUT_LIMIT; max-input is also the\n"
 		   "announced max_profile_bytes):\n");
 	for (size_t i = 0; i < pd_limit_count; i++) {
-		snprintf(name, sizeof name, "%s", pd_limit_table[i].name);
-		for (char *p = name; *p; p++)
-			if (*p == '-')
-				*p = '_';
+		flag_name(pd_limit_table[i].name, name, sizeof name);
 		fprintf(f, "  --%-24s [%llu]\n        %s\n", name,
 			(unsigned long long)pd_limit_table[i].def, pd_limit_table[i].help);
 	}

@@ -7,7 +7,9 @@
  * settings like any other (`max_input`, `max_samples`, ...). A config file is
  * `key = value` lines with `#` comments; `--key value` / `--key=value` flags
  * override it (`--config FILE` names the file). In names, `-` and `_` are the
- * same character. Values: sizes take k/m/g suffixes (binary), durations take
+ * same character: --help spells flags with dashes (`--metrics-listen`), the
+ * config file's documented keys use underscores, both accept either. `listen`
+ * and `metrics_listen` need an explicit port (1..65535). Values: sizes take k/m/g suffixes (binary), durations take
  * ms/s/m/h/d (a bare number is milliseconds), booleans yes/no/true/false/1/0.
  *
  * Every error is a PD_E_ARG with a message naming the setting; main() exits 2.

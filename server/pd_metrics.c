@@ -150,6 +150,9 @@ static void render_net(const pd_metrics_view *v, struct evbuffer *b, uint64_t no
 		 m->limit_hits, PD_LIM__COUNT, false);
 	labelled(b, "pdeltad_tls_reloads_total", "SIGHUP reloads of TLS files and tenants", "result",
 		 reload_names, reloads, 2, false);
+	one(b, "pdeltad_tenants_refused_empty_total", "counter",
+	    "SIGHUP reloads refused: tenants file without credentials (no allow_empty = true)",
+	    m->reloads_refused_empty);
 	one(b, "pdeltad_orphaned_completions_total", "counter",
 	    "requests that finished after their connection was gone", m->orphaned_completions);
 	one(b, "pdeltad_credentials", "gauge", "credentials in the tenants file",

@@ -81,6 +81,7 @@ typedef struct pd_metrics {
 	uint64_t frames_in, frames_out;
 	uint64_t limit_hits[PD_LIM__COUNT];
 	uint64_t reloads_ok, reloads_failed;
+	uint64_t reloads_refused_empty; /* of reloads_failed: tenants file without credentials */
 	uint64_t orphaned_completions;  /* job finished after its connection went away */
 } pd_metrics;
 

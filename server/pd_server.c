@@ -46,14 +46,23 @@ struct pd_server {
 
 /* ---- TLS and credentials (loaded together: the reload is atomic) ---- */
 
-static int load_credentials(const pd_config *cfg, SSL_CTX **tls, pd_auth **auth, pd_err *e)
+/* *empty is set when the tenants file parsed but holds no credentials and
+ * does not say allow_empty (pd_auth_check_usable): refused like an error. */
+static int load_credentials(const pd_config *cfg, SSL_CTX **tls, pd_auth **auth, bool *empty,
+			    pd_err *e)
 {
 	pd_tls_opts o = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->require_client_cert};
 	int rc = pd_tls_ctx_new(&o, tls, e);
 
+	*empty = false;
 	if (rc)
 		return rc;
 	rc = pd_auth_load(cfg->tenants, auth, e);
+	if (!rc && (rc = pd_auth_check_usable(*auth, cfg->tenants, e))) {
+		*empty = true;
+		pd_auth_free(*auth);
+		*auth = NULL;
+	}
 	if (rc) {
 		SSL_CTX_free(*tls);
 		*tls = NULL;
@@ -66,9 +75,12 @@ static void reload(pd_server *s)
 	SSL_CTX *tls;
 	pd_auth *auth;
 	pd_err err;
+	bool empty;
 
-	if (load_credentials(s->cfg, &tls, &auth, &err)) {
+	if (load_credentials(s->cfg, &tls, &auth, &empty, &err)) {
 		s->metrics.reloads_failed++;
+		if (empty)
+			s->metrics.reloads_refused_empty++;
 		pd_log(PD_LOG_ERROR, "reload failed, keeping the current TLS files and tenants: %s",
 		       err.msg);
 		return;
@@ -249,6 +261,7 @@ static void stats_hook(void *arg, pd_buf *out)
 	json_u64(out, ",", "sent_bytes", m.bytes_out);
 	json_u64(out, ",", "tls_reloads_ok", m.reloads_ok);
 	json_u64(out, ",", "tls_reloads_failed", m.reloads_failed);
+	json_u64(out, ",", "tenants_refused_empty", m.reloads_refused_empty);
 	json_map(out, "connection_closes", m.closes, PD_CLOSE__COUNT, pd_close_reason_name);
 	json_map(out, "network_limit_hits", m.limit_hits, PD_LIM__COUNT, pd_limit_name);
 	json_map(out, "request_errors_sent", m.request_errors + 1, PD_E__COUNT - 1,
@@ -298,7 +311,8 @@ static int add_events(pd_server *s, pd_err *e)
 
 static int init_env(pd_server *s, pd_err *e)
 {
-	int rc = load_credentials(s->cfg, &s->env.tls, &s->env.auth, e);
+	bool empty;
+	int rc = load_credentials(s->cfg, &s->env.tls, &s->env.auth, &empty, e);
 
 	if (rc)
 		return rc;

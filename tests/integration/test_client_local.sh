@@ -10,6 +10,10 @@
 #     peer reset while writing without SIGPIPE, failed HELLO, timeouts);
 #   - `pdelta send --local` gives byte-identical outputs to `pdelta seq`, and passes the oracle;
 #   - usage errors of `pdelta send` and pdeltactl exit 2 with a message;
+#   - --version of pdelta, pdeltactl and pdeltad: one format, one version (also client/pdelta.h's
+#     PDELTA_VERSION and pdelta.pc.in's Version), the protocol range of proto/pdelta_proto.h;
+#   - `-o -` (diff, seq of one file, send of one file): the delta alone on stdout, status on stderr;
+#   - `pdelta send` to a refused port says nothing was sent (not "may have been applied");
 #   - client/examples/agent.c builds with `cc agent.c $(pkg-config --cflags --libs pdelta)`
 #     against an install-like tree made from client/pdelta.pc.in, and its deltas match.
 #
@@ -122,6 +126,55 @@ usage_err "ctl without --server" "--server" "$CTL" stats
 check "send of a missing file: ERROR line, exit 1" bash -c "[[ $? == 1 ]] && grep -q '^file.pb.gz ERROR' '$WORK/missing.out'"
 "$CTL" --server 127.0.0.1:1 --ca "$WORK/none.pem" stats >"$WORK/noca.out" 2>&1
 check "ctl with a missing CA file: clear error" grep -q "none.pem" "$WORK/noca.out"
+
+# ---- --version: one format and one version for the three programs ---------------------------------
+want_ver=$(sed -n 's/^#define PD_VERSION "\(.*\)"/\1/p' "$ROOT/common/pd_version.h")
+pmin=$(sed -n 's/^#define PD_PROTO_VERSION_MIN \([0-9]*\).*/\1/p' "$ROOT/proto/pdelta_proto.h")
+pmax=$(sed -n 's/^#define PD_PROTO_VERSION \([0-9]*\).*/\1/p' "$ROOT/proto/pdelta_proto.h")
+check "PDELTA_VERSION (pdelta.h) and pdelta.pc.in's Version are PD_VERSION ($want_ver)" bash -c \
+	"grep -q '^#define PDELTA_VERSION \"$want_ver\"' '$ROOT/client/pdelta.h' && grep -q '^Version: $want_ver\$' '$ROOT/client/pdelta.pc.in'"
+version_ok() { # version_ok PROG CMD...: exit 0, one line "PROG V (protocol A..B; built D C; OpenSSL ...)"
+	local prog=$1 out
+	shift
+	out=$("$@" 2>&1) && [[ $(wc -l <<<"$out") == 1 ]] &&
+		[[ $out =~ ^$prog\ ${want_ver//./\\.}\ \(protocol\ $pmin\.\.$pmax\;\ built\ [0-9]{4}-[0-9]{2}-[0-9]{2}\ [^\;]+\;\ OpenSSL\ .*zlib\ .*\)$ ]] ||
+		{ echo "  got: $out"; return 1; }
+}
+check "pdelta --version" version_ok pdelta "$PDELTA" --version
+check "pdelta send --version" version_ok pdelta "$PDELTA" send --version
+check "pdeltactl --version" version_ok pdeltactl "$CTL" --version
+if [[ -x $BINDIR/pdeltad ]]; then
+	check "pdeltad --version" version_ok pdeltad "$BINDIR/pdeltad" --version
+	check "pdeltad --version names SQLite and libevent" bash -c "'$BINDIR/pdeltad' --version | grep -q 'libevent .*SQLite '"
+fi
+
+# ---- -o -: the delta on stdout, the status line on stderr -----------------------------------------
+pushd "$WORK" >/dev/null # a pdelta that took "-" for a file name writes it here, not in the tree
+F1=${HS[1]}
+"$PDELTA" diff "$F0" "$F1" -o "$WORK/diff-file.pb.gz" >/dev/null 2>&1
+"$PDELTA" diff "$F0" "$F1" -o - >"$WORK/diff-stdout.pb.gz" 2>"$WORK/diff-stdout.err"
+check "diff -o -: exit 0, stdout is the delta, byte-identical to -o FILE" bash -c \
+	"[[ $? == 0 ]] && cmp -s '$WORK/diff-file.pb.gz' '$WORK/diff-stdout.pb.gz'"
+check "diff -o -: status line on stderr" grep -q '^- DELTA ' "$WORK/diff-stdout.err"
+"$PDELTA" diff "$F0" /nonexistent.pb.gz -o - >"$WORK/diff-bad.out" 2>/dev/null
+check "diff -o - of a missing file: exit 1, nothing on stdout" bash -c "[[ $? == 1 && ! -s '$WORK/diff-bad.out' ]]"
+"$PDELTA" seq -o - "$F0" >"$WORK/seq-stdout.pb.gz" 2>"$WORK/seq-stdout.err"
+check "seq -o - FILE: the delta on stdout, status on stderr" bash -c \
+	"cmp -s '$WORK/seq-heap-small/$(basename "$F0")' '$WORK/seq-stdout.pb.gz' && grep -q BASELINE '$WORK/seq-stdout.err'"
+usage_err "seq -o - with two files" "one FILE" "$PDELTA" seq -o - "$F0" "$F1"
+"$PDELTA" send --local --stream so -o - "$F0" >"$WORK/send-stdout.pb.gz" 2>"$WORK/send-stdout.err"
+check "send --local -o - FILE: the delta on stdout (same profile as seq), status on stderr" bash -c \
+	"[[ $? == 0 ]] && grep -q '^$(basename "$F0") BASELINE' '$WORK/send-stdout.err' && cmp -s <(gzip -dc '$WORK/seq-stdout.pb.gz') <(gzip -dc '$WORK/send-stdout.pb.gz')"
+usage_err "send -o - with two files" "one FILE" "$PDELTA" send --local --stream so -o - "$F0" "$F1"
+popd >/dev/null
+
+# ---- send to a refused port: nothing was sent, and the message says so ----------------------------
+[[ -f $WORK/pki/ca.pem ]] || bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/pki" >/dev/null
+NOPORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$PDELTA" send --server "127.0.0.1:$NOPORT" --ca "$WORK/pki/ca.pem" --token t --attempts 2 --stream r \
+	-o "$WORK/refused" "$F0" "$F1" >"$WORK/refused.out" 2>"$WORK/refused.err"
+check "send to a refused port: exit 1, says nothing was sent, not 'may have been applied'" bash -c \
+	"[[ $? == 1 ]] && grep -q 'not reached, nothing of seq 1 was sent' '$WORK/refused.err' && ! grep -q 'may have been applied' '$WORK/refused.err'"
 
 # ---- the example agent, built through pkg-config ------------------------------------------------------
 agent_test() {

@@ -10,7 +10,8 @@
 #   - the local fallback when the server is gone;
 #   - sequence rules seen from the client (DUPLICATE replays the same bytes, stale, conflict);
 #   - authentication: bad token, wrong CA, host-name mismatch, mTLS, rogue client certificate;
-#   - pdeltactl: streams/stream/reset/delete/stats/tenants as tables and --json; a non-admin
+#   - pdeltactl: streams/stream/reset/delete/stats/tenants as tables and --json (a delete that
+#     removes nothing, a misspelled tenant too, is not-found, exit 1); a non-admin
 #     credential is refused with a clear message.
 #
 #   - footprint: libpdelta.so size, the client's peak RSS and allocations per request with the
@@ -291,6 +292,16 @@ import json; d=json.load(open('$o/stream.json')); assert d['name']=='eq/heap-sma
 import json; d=json.load(open('$o/after-del.json')); assert 'eq/heap-small/send' not in [s['name'] for s in d['streams']], d"
 	"$CTL" "${ADMIN[@]}" delete --prefix pol/ >"$o/delete2" 2>&1
 	check "ctl delete --prefix" grep -q "deleted 1 stream" "$o/delete2"
+	# a delete that removes nothing is "not found" like stream and reset: exit 1
+	"$CTL" "${ADMIN[@]}" delete eq/heap-small/send >"$o/del-nf" 2>"$o/del-nf.err"
+	check "ctl delete of a missing stream: not found, exit 1" \
+		bash -c "[[ $? == 1 ]] && grep -q \"no such stream 'eq/heap-small/send' of tenant 'acme'\" '$o/del-nf.err' && ! grep -q deleted '$o/del-nf'"
+	"$CTL" "${ADMIN[@]}" delete eq/heap-medium/send --tenant acmee >"$o/del-nt" 2>"$o/del-nt.err"
+	check "ctl delete with a misspelled tenant: not found, exit 1" \
+		bash -c "[[ $? == 1 ]] && grep -q \"no such stream 'eq/heap-medium/send' of tenant 'acmee'\" '$o/del-nt.err'"
+	"$CTL" "${ADMIN[@]}" --json delete --prefix no/such/ >"$o/del-np.json" 2>"$o/del-np.err"
+	check "ctl --json delete --prefix matching nothing: the document, and exit 1" \
+		bash -c "[[ $? == 1 ]] && grep -q '\"deleted\":0' '$o/del-np.json' && grep -q \"no stream of tenant 'acme' starts with 'no/such/'\" '$o/del-np.err'"
 	"$CTL" "${ADMIN[@]}" stats >"$o/stats" 2>&1
 	check "ctl stats: key/value lines" grep -Eq '^uptime_s +[0-9]+' "$o/stats"
 	"$CTL" "${ADMIN[@]}" --json stats >"$o/stats.json" 2>&1
@@ -311,7 +322,7 @@ import json; d=json.load(open('$o/after-del.json')); assert 'eq/heap-small/send'
 			bash -c "[[ $rc == 1 ]] && grep -q 'not an admin credential' '$o/agent'"
 	done
 	"$CTL" "${ADMIN[@]}" stream eq/heap-medium/send >"$o/still" 2>&1
-	check "the refused reset/delete changed nothing" grep -Eq '^name +eq/heap-medium/send' "$o/still"
+	check "the refused reset/delete (and the misspelled tenant's delete) changed nothing" grep -Eq '^name +eq/heap-medium/send' "$o/still"
 	"$CTL" "${ADMIN[@]}" bogus >"$o/bogus" 2>&1
 	check "ctl unknown command: usage, exit 2" bash -c "[[ $? == 2 ]]"
 }

@@ -2,7 +2,11 @@
 # test_server_basic.sh: the real pdeltad over TLS, judged by the independent client
 # (pdproto.py) and the oracle (tests/oracle/oracle.py).
 #
-#   - --help lists every setting; bad settings exit 2; --hash-token
+#   - --help lists every setting (with dashes); flags take dashes and underscores; bad or
+#     unknown settings (`--bogus` alone too) exit 2; a listen address without a port is
+#     refused; --hash-token
+#   - a tenants file without credentials is refused (--check, start, SIGHUP: the old ones
+#     stay, refusal logged and counted) unless it says `allow_empty = true`
 #   - every profile of heap/block/mutex/goroutine-small and heap-medium through the server:
 #     statuses and outputs equal the oracle's (token auth and client-certificate auth)
 #   - retry of the last request: DUPLICATE, byte-identical; stale / conflicting seq refused
@@ -107,9 +111,11 @@ for s in listen metrics_listen tls_cert tls_key tls_client_ca require_client_cer
 	cache_bytes stream_ttl max_connections max_inflight max_frame max_frame_preauth \
 	handshake_timeout_ms frame_timeout_ms idle_timeout_ms keepalive_ms output_budget_bytes \
 	drain_timeout_ms chunk_bytes gzip_level log_level max_input max_inflated max_samples max_depth; do
-	grep -q -- "--$s " <<<"$HELP" || missing+=("$s")
+	grep -q -- "--${s//_/-} " <<<"$HELP" || missing+=("$s")
 done
-((${#missing[@]} == 0)) && ok "--help lists every setting" || bad "--help misses: ${missing[*]}"
+((${#missing[@]} == 0)) && ok "--help lists every setting, spelled with dashes" || bad "--help misses: ${missing[*]}"
+grep -Eq -- '^  --[a-z-]*_' <<<"$HELP" && bad "--help spells a flag with an underscore" ||
+	ok "--help spells no flag with an underscore"
 grep -q '\[127.0.0.1:7433\]' <<<"$HELP" && ok "--help shows defaults" || bad "--help shows no defaults"
 rc=0
 "$PDELTAD" --config "$WORK/pdeltad.conf" --no_such_setting 1 2>"$WORK/err" || rc=$?
@@ -118,6 +124,69 @@ rc=0
 rc=0
 "$PDELTAD" --config "$WORK/pdeltad.conf" --max_frame=1k 2>"$WORK/err" || rc=$?
 [[ $rc == 2 ]] && grep -q max_frame "$WORK/err" && ok "bad value: exit 2" || bad "bad value: exit $rc"
+rc=0
+"$PDELTAD" --config "$WORK/pdeltad.conf" --bogus 2>"$WORK/err" || rc=$?
+[[ $rc == 2 ]] && grep -q "unknown setting 'bogus'" "$WORK/err" && ok "--bogus alone: unknown setting 'bogus', exit 2" ||
+	bad "--bogus: exit $rc: $(cat "$WORK/err")"
+# both spellings of a flag (dashes documented, underscores kept for existing deploys)
+out=$("$PDELTAD" --config "$WORK/pdeltad.conf" --metrics-listen "127.0.0.1:$MPORT" --tls-cert "$WORK/certs/server.pem" \
+	--max-input=1m --check 2>&1) && out2=$("$PDELTAD" --config "$WORK/pdeltad.conf" --metrics_listen "127.0.0.1:$MPORT" \
+	--tls_cert "$WORK/certs/server.pem" --max_input=1m --check 2>&1) && ok "flags accept dashes and underscores" ||
+	bad "flag spellings: $out ${out2:-}"
+# a listen address without a port would bind a random port
+for a in "--listen 127.0.0.1" "--metrics-listen 127.0.0.1" "--listen [::1]" "--listen ::1" "--listen 127.0.0.1:0" \
+	"--metrics_listen 127.0.0.1:" "--listen=127.0.0.1:70000"; do
+	rc=0
+	# shellcheck disable=SC2086
+	"$PDELTAD" --config "$WORK/pdeltad.conf" $a --check >/dev/null 2>"$WORK/err" || rc=$?
+	[[ $rc == 2 ]] && grep -Eq "listen: .*(no port|port must be)" "$WORK/err" && ok "$a: refused, exit 2" ||
+		bad "$a: exit $rc: $(cat "$WORK/err")"
+done
+out=$("$PDELTAD" --config "$WORK/pdeltad.conf" --listen "[::1]:$PORT" --metrics-listen off --check 2>&1) &&
+	ok "[::1]:port and metrics off pass --check" || bad "[::1]:port: $out"
+# a tenants file without credentials locks everyone out: refused unless it says allow_empty
+printf '# nothing here\n' >"$WORK/empty-tenants"
+rc=0
+"$PDELTAD" --config "$WORK/pdeltad.conf" --tenants "$WORK/empty-tenants" --check >/dev/null 2>"$WORK/err" || rc=$?
+[[ $rc == 2 ]] && grep -q "no credentials" "$WORK/err" && ok "--check: empty tenants file refused" ||
+	bad "--check empty tenants: exit $rc: $(cat "$WORK/err")"
+rc=0
+timeout 20 "$PDELTAD" --config "$WORK/pdeltad.conf" --tenants "$WORK/empty-tenants" >/dev/null 2>"$WORK/err" || rc=$?
+[[ $rc == 1 ]] && grep -q "no credentials" "$WORK/err" && ok "start with an empty tenants file: refused, exit 1" ||
+	bad "start with empty tenants: exit $rc: $(cat "$WORK/err")"
+printf '# no clients on purpose\nallow_empty = true\n' >"$WORK/allowed-empty"
+out=$("$PDELTAD" --config "$WORK/pdeltad.conf" --tenants "$WORK/allowed-empty" --check 2>&1) &&
+	grep -q "0 credentials" <<<"$out" && ok "allow_empty = true: an empty tenants file is accepted" ||
+	bad "allow_empty: $out"
+printf 'allow_empty = maybe\n' >"$WORK/bad-empty"
+rc=0
+"$PDELTAD" --config "$WORK/pdeltad.conf" --tenants "$WORK/bad-empty" --check >/dev/null 2>"$WORK/err" || rc=$?
+[[ $rc == 2 ]] && grep -q "bad-empty:1" "$WORK/err" && ok "allow_empty = maybe: refused naming file:line" ||
+	bad "allow_empty = maybe: exit $rc: $(cat "$WORK/err")"
+# SIGHUP with an emptied tenants file: refused, the old credentials stay, counted in /metrics
+cp "$WORK/tenants" "$WORK/hup-tenants"
+"$PDELTAD" --config "$WORK/pdeltad.conf" --tenants "$WORK/hup-tenants" --db "$WORK/hup.db" >"$WORK/hup.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do
+	"$PY" -c "import urllib.request; urllib.request.urlopen('$HEALTHZ', timeout=1)" 2>/dev/null && break
+	sleep 0.1
+done
+: >"$WORK/hup-tenants"
+kill -HUP "$SERVER_PID"
+sleep 0.5
+pycheck metrics "$METRICS" 'pdeltad_tenants_refused_empty_total==1' 'pdeltad_tls_reloads_total{result="failed"}==1' \
+	'pdeltad_credentials==3'
+pycheck "${TOKCONN[@]}" seq --stream hup/heap --to 1 "$TESTDATA/profiles/heap-small"/*.pb.gz
+grep -q "reload failed.*no credentials" "$WORK/hup.log" && ok "SIGHUP with an empty tenants file: refusal logged" ||
+	bad "SIGHUP empty tenants: not logged: $(tail -3 "$WORK/hup.log")"
+printf 'allow_empty = true\n' >"$WORK/hup-tenants"
+kill -HUP "$SERVER_PID"
+sleep 0.5
+pycheck metrics "$METRICS" 'pdeltad_tls_reloads_total{result="ok"}==1' 'pdeltad_credentials==0'
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" || true
+SERVER_PID=
+
 printf 'listen 127.0.0.1:1\n' >"$WORK/bad.conf"
 rc=0
 "$PDELTAD" --config "$WORK/bad.conf" 2>"$WORK/err" || rc=$?
