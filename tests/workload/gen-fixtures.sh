@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerates the committed profile fixtures, tests/data/profiles/<sequence>/NNN.pb.gz, with
+# the Go workload program (built by build.sh into build/workload/). Each sequence comes from
+# its own process so its profiles show only that activity. The binary runs from a temporary
+# directory, because its path ends up in every profile's mapping table.
+#
+#   tests/workload/gen-fixtures.sh            (then update the table in tests/data/README.md
+#                                               from the summary it prints)
+# Env: GO (default go).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DEST=$ROOT/tests/data/profiles
+"$HERE/build.sh" "$ROOT/build/workload/pdelta-workload"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-workload.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+WL=$WORK/pdelta-workload
+cp "$ROOT/build/workload/pdelta-workload" "$WL"
+
+# gen NAME... -- WRITE OPTIONS: one process; kind K of it becomes sequence NAME (K-size).
+gen() {
+	local names=() out
+	while [[ $1 != -- ]]; do
+		names+=("$1")
+		shift
+	done
+	shift
+	out=$WORK/run-${names[0]}
+	local t0=$SECONDS
+	(cd "$WORK" && "$WL" write -out "$out" "$@")
+	for n in "${names[@]}"; do
+		local kind=${n%%-*}
+		rm -rf "${DEST:?}/$n"
+		mkdir -p "$DEST/$n"
+		mv "$out/$kind"/*.pb.gz "$DEST/$n/"
+	done
+	echo "${names[*]}: $((SECONDS - t0)) s"
+}
+
+rm -rf "$DEST"
+mkdir -p "$DEST"
+S=(-size small -n 8 -interval 300ms)
+gen heap-small allocs-small -- "${S[@]}" -seed 1 -kinds heap,allocs
+gen mutex-small -- "${S[@]}" -seed 2 -kinds mutex
+gen block-small -- "${S[@]}" -seed 3 -kinds block
+gen goroutine-small -- "${S[@]}" -seed 4 -kinds goroutine
+gen cpu-small -- -size small -n 8 -interval 700ms -seed 5 -kinds cpu
+gen heap-restart -- "${S[@]}" -seed 6 -kinds heap -restart-at 4
+gen mutex-restart -- "${S[@]}" -seed 7 -kinds mutex -restart-at 4
+gen heap-rate -- "${S[@]}" -seed 8 -kinds heap -memrate-change 4:512
+
+M=(-size medium -n 6 -interval 500ms)
+gen heap-medium allocs-medium -- "${M[@]}" -seed 11 -kinds heap,allocs
+gen mutex-medium -- "${M[@]}" -seed 12 -kinds mutex
+gen block-medium -- "${M[@]}" -seed 13 -kinds block
+gen goroutine-medium -- "${M[@]}" -seed 14 -kinds goroutine
+gen cpu-medium -- -size medium -n 6 -interval 1500ms -seed 15 -kinds cpu
+
+"$HERE/summarize.py" "$DEST"
+du -sh "$DEST"

@@ -1,0 +1,3 @@
+module pdelta/workload
+
+go 1.19
