@@ -40,6 +40,9 @@ func main() {
 	default:
 		usage()
 	}
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
 	if err != nil {
 		var ex exitError
 		if errors.As(err, &ex) {

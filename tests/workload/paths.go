@@ -16,7 +16,7 @@ type sizeSpec struct {
 var sizes = map[string]sizeSpec{
 	"small":  {allocPaths: 900, lockPaths: 2000, blockPaths: 2000, parkPaths: 500, burnPaths: 60},
 	"medium": {allocPaths: 10000, lockPaths: 20000, blockPaths: 20000, parkPaths: 2500, burnPaths: 300},
-	"large":  {allocPaths: 75000, lockPaths: 140000, blockPaths: 140000, parkPaths: 4000, burnPaths: 600},
+	"large":  {allocPaths: 90000, lockPaths: 180000, blockPaths: 180000, parkPaths: 4000, burnPaths: 600},
 }
 
 const (
