@@ -4,18 +4,18 @@
 # Installs missing packages, builds, makes dev certificates, starts the
 # repository's Go workload service (tests/workload: allocates, contends on
 # mutexes, blocks on channels, serves net/http/pprof on a loopback port) and
-# pdeltad on a temporary SQLite store. Then, every DEMO_INTERVAL seconds for
-# DEMO_ROUNDS rounds, it takes the cumulative heap, mutex and block profiles
-# from the live service's /debug/pprof endpoints, sends each through pdeltad
-# (one stream per kind) and prints each delta's status, size and top entries.
-# Ends with a retried request answered DUPLICATE, pdeltactl, /metrics, and a
-# graceful stop. DEMO_KEEP=1 keeps the work dir.
+# pdeltad on a temporary SQLite store. Then `pdelta scrape` (the pull-mode
+# agent) takes the cumulative heap, mutex and block profiles from the live
+# service's /debug/pprof endpoints every DEMO_INTERVAL for DEMO_ROUNDS rounds,
+# sends each through pdeltad (one stream per kind) and writes the deltas; the
+# demo prints each delivery, the top entries of the last deltas, an agent
+# restart that continues its streams, a retried request answered DUPLICATE,
+# pdeltactl, /metrics, and a graceful stop. DEMO_KEEP=1 keeps the work dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${DEMO_ROUNDS:-4}
-INTERVAL=${DEMO_INTERVAL:-2}
-KINDS=(heap mutex block)
+INTERVAL=${DEMO_INTERVAL:-2s}
 
 bash deploy/install-deps.sh
 make -s -j2 all
@@ -76,39 +76,41 @@ pids+=($!)
 pdeltad_pid=$!
 wait_http "http://127.0.0.1:$mport/healthz" "$pdeltad_pid"
 
-send=(bin/pdelta send --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token "$agent_token" --incarnation 42)
+printf '%s\n' "$agent_token" >"$work/agent.token"
+scrape=(bin/pdelta scrape --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token-file "$work/agent.token"
+	--target "demo-svc=http://$svc" --types heap,mutex,block --state "$work/scrape.state"
+	--out-dir "$work/out" --save-input "$work/in")
 top_index() { case $1 in heap) echo alloc_space ;; *) echo delay ;; esac; }
 
-echo "== $ROUNDS rounds, ${INTERVAL}s apart: scrape /debug/pprof/{${KINDS[*]// /,}}, send through pdeltad"
-for round in $(seq 1 "$ROUNDS"); do
-	[ "$round" -gt 1 ] && sleep "$INTERVAL"
-	for kind in "${KINDS[@]}"; do
-		in=$work/in/$kind/$(printf '%03d' "$round").pb.gz
-		mkdir -p "$(dirname "$in")"
-		http_get "http://$svc/debug/pprof/$kind" "$in"
-		printf 'round %d %-6s cumulative %6d bytes -> ' "$round" "$kind" "$(stat -c %s "$in")"
-		"${send[@]}" --stream "demo/$kind" --seq "$round" -o "$work/out/$kind" "$in"
-	done
-done
+echo "== pdelta scrape: $ROUNDS rounds, $INTERVAL apart, of /debug/pprof/{heap,mutex,block} through pdeltad"
+echo "   (one line per delivery: target, type, sequence, status, bytes scraped -> delta bytes, ms)"
+"${scrape[@]}" --interval "$INTERVAL" --count "$ROUNDS"
 
 echo "== top of the last heap and mutex deltas (go tool pprof -top)"
-last=$(printf '%03d' "$ROUNDS").pb.gz
+last=$(printf '%03d' $((ROUNDS - 1))).pb.gz
 for kind in heap mutex; do
-	echo "-- $kind delta, round $ROUNDS ($(top_index "$kind"))"
-	go tool pprof -top -nodecount=6 -sample_index="$(top_index "$kind")" "$work/out/$kind/$last" 2>/dev/null |
-		sed -n '1,/flat%/p;/flat%/,$p' | awk '!seen[$0]++' | head -n 12
+	echo "-- $kind delta of the last round ($(top_index "$kind"))"
+	go tool pprof -top -nodecount=6 -sample_index="$(top_index "$kind")" "$work/out/demo-svc/$kind/$last" 2>/dev/null |
+		head -n 12
 done
 echo "-- pdelta inspect of the last heap delta"
-bin/pdelta inspect "$work/out/heap/$last"
+bin/pdelta inspect "$work/out/demo-svc/heap/$last"
 
-echo "== a retry of the last heap request (same sequence number $ROUNDS, same bytes): DUPLICATE, same delta"
-"${send[@]}" --stream demo/heap --seq "$ROUNDS" -o "$work/retry" "$work/in/heap/$last"
-cmp "$work/out/heap/$last" "$work/retry/$last" && echo "retry returned a byte-identical delta"
+echo "== the agent restarts (--once, same --state): its streams continue with a DELTA, not a BASELINE"
+"${scrape[@]}" --once
+
+seq=$((ROUNDS + 1))
+last=$(printf '%03d' "$ROUNDS").pb.gz
+echo "== a retry of the last request (same sequence number $seq, same bytes): DUPLICATE, same delta"
+inc=$(awk '$1 == "incarnation" {print $2}' "$work/scrape.state")
+bin/pdelta send --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token-file "$work/agent.token" \
+	--incarnation "$inc" --stream demo-svc/heap --seq "$seq" -o "$work/retry" "$work/in/demo-svc/heap/$last"
+cmp "$work/out/demo-svc/heap/$last" "$work/retry/$last" && echo "retry returned a byte-identical delta"
 
 echo "== pdeltactl (admin token)"
 ctl=(bin/pdeltactl --server "127.0.0.1:$port" --ca "$work/certs/ca.pem" --token "$admin_token")
 "${ctl[@]}" streams --tenant demo
-"${ctl[@]}" stream demo/heap --tenant demo
+"${ctl[@]}" stream demo-svc/heap --tenant demo
 
 echo "== /metrics (excerpt)"
 python3 - "$mport" <<'PY'

@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# test_scrape.sh: `pdelta scrape` end to end against live Go services (tests/workload,
+# several instances on loopback ports) and a real pdeltad over TLS. Every delivery tree
+# (--out-dir deltas next to --save-input inputs) is judged by the oracle
+# (tests/oracle/check_tree.py: each delta equal to the oracle's for its interval, no negative
+# value, no interval missing or counted twice):
+#   1. through pdeltad and 2. in process (--local);
+#   3. a target killed and restarted in the middle: one BASELINE reset, no negative value;
+#   4. pdeltad and the agent both SIGKILLed in the middle and restarted (state file);
+#   5. a targets-file edit adds and removes targets without a restart;
+#   6. --push to a local Pyroscope-style receiver that is down for a while: every delta
+#      arrives, in order, byte-identical, with labels and __delta__=false; a full spool drops
+#      the oldest (counted), a 4xx is dropped for good (counted);
+#   7. the agent's /metrics parses (Prometheus text) and counts what happened;
+#   8. bad options and targets are refused with a clear message.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+pd_init scrape
+pd_pki
+
+WL=$ROOT/${BUILD:-build/release}/pdelta-workload
+bash "$ROOT/tests/workload/build.sh" "$WL" >/dev/null
+PDELTA=$BINDIR/pdelta
+CHECK=("$PY" "$ROOT/tests/oracle/check_tree.py")
+WL_PIDS=()
+AGENT_PID=
+RECV_PID=
+
+cleanup_scrape() {
+	for p in "${WL_PIDS[@]}" $AGENT_PID $RECV_PID; do kill -KILL "$p" 2>/dev/null || true; done
+	pd_cleanup
+}
+trap cleanup_scrape EXIT
+
+# start_workload NAME [LISTEN]: a Go service; its address in $WORK/NAME.addr
+start_workload() {
+	local name=$1 listen=${2:-127.0.0.1:0}
+	rm -f "$WORK/$name.addr"
+	# the seed is the name's: a restarted target runs the same code paths, as a real one does
+	"$WL" serve -listen "$listen" -addr-file "$WORK/$name.addr" -size small -seed "$(cksum <<<"$name" | cut -c1-6)" \
+		>>"$WORK/$name.log" 2>&1 &
+	WL_PIDS+=($!)
+	eval "WLPID_$name=$!"
+	for _ in $(seq 100); do [[ -s $WORK/$name.addr ]] && return 0; sleep 0.05; done
+	echo "workload $name did not come up" >&2
+	return 1
+}
+addr() { cat "$WORK/$1.addr"; }
+
+judge() { # judge WHAT IN OUT [check_tree options]
+	local what=$1 in=$2 out=$3
+	shift 3
+	if "${CHECK[@]}" "$@" "$in" "$out" >"$WORK/judge.out" 2>&1; then
+		ok "$what: $(tail -n 1 "$WORK/judge.out")"
+	else
+		bad "$what: $(tail -n 1 "$WORK/judge.out")"
+		head -n 30 "$WORK/judge.out"
+	fi
+}
+
+start_workload w1
+start_workload w2
+start_workload w3
+pd_start_server --workers 2
+SRV=(--server "127.0.0.1:$PORT" --ca "$CA" --token-file "$WORK/agent.token")
+# Each part below has its own stream names on the server (--stream-prefix tN/).
+printf '%s\n' "$AGENT_TOKEN" >"$WORK/agent.token"
+
+# --- 1. through pdeltad ----------------------------------------------------------------------
+T1=$WORK/t1
+"$PDELTA" scrape "${SRV[@]}" --stream-prefix t1/ --target "w1=http://$(addr w1)" --target "w2=http://$(addr w2)" \
+	--types heap,allocs,mutex,block,goroutine --interval 400ms --count 5 --state "$T1/state" \
+	--out-dir "$T1/out" --save-input "$T1/in" >"$T1.log" 2>"$T1.err" || bad "scrape via pdeltad exited $?"
+n=$(grep -c ' seq=' "$T1.log" || true)
+[[ $n -eq 50 ]] && ok "via pdeltad: 50 deliveries logged (2 targets x 5 types x 5 rounds)" ||
+	bad "via pdeltad: $n deliveries logged, expected 50: $(head -n 3 "$T1.err")"
+grep -q '^.* w1 heap seq=5 DELTA' "$T1.log" && ok "via pdeltad: round 5 is a DELTA" || bad "via pdeltad: no DELTA at seq 5"
+judge "via pdeltad, oracle" "$T1/in" "$T1/out" --min-files 5
+
+# A second run with the same state continues the streams (DELTA, not BASELINE), numbering on.
+"$PDELTA" scrape "${SRV[@]}" --stream-prefix t1/ --target "w1=http://$(addr w1)" --types heap --once --state "$T1/state" \
+	--out-dir "$T1/out" --save-input "$T1/in" >"$T1.once.log" 2>&1 || true
+grep -q ' w1 heap seq=6 DELTA' "$T1.once.log" && ok "--once with --state continues the stream (seq 6 DELTA)" ||
+	bad "--once with --state: $(cat "$T1.once.log")"
+[[ -f $T1/out/w1/heap/005.pb.gz ]] && ok "--once wrote out/w1/heap/005.pb.gz" || bad "--once: no 005.pb.gz"
+
+# --- 2. in process --------------------------------------------------------------------------
+T2=$WORK/t2
+"$PDELTA" scrape --local --target "w2=http://$(addr w2)" --target "w3=http://$(addr w3)" \
+	--types heap,mutex,block,goroutine --interval 300ms --count 4 --out-dir "$T2/out" --save-input "$T2/in" \
+	--keep 0 >"$T2.log" 2>"$T2.err" || bad "scrape --local exited $?"
+judge "--local, oracle" "$T2/in" "$T2/out" --min-files 4
+
+# --- 3. a target restarts in the middle --------------------------------------------------------
+T3=$WORK/t3
+w3addr=$(addr w3)
+"$PDELTA" scrape "${SRV[@]}" --stream-prefix t3/ --target "w3=http://$w3addr" --types heap,mutex,block --interval 400ms --count 8 \
+	--state "$T3/state" --out-dir "$T3/out" --save-input "$T3/in" >"$T3.log" 2>"$T3.err" &
+AGENT_PID=$!
+for _ in $(seq 100); do [[ -f $T3/out/w3/heap/002.pb.gz ]] && break; sleep 0.1; done
+kill -KILL "$WLPID_w3"
+wait "$WLPID_w3" 2>/dev/null || true
+sleep 0.5
+start_workload w3 "$w3addr"
+wait "$AGENT_PID" || true
+AGENT_PID=
+grep -q 'scrape failed' "$T3.err" && ok "target down: the failed scrape is logged" ||
+	echo "info: no round fell into the target's downtime"
+judge "target restarted, oracle (one BASELINE reset per stream)" "$T3/in" "$T3/out" \
+	--expect-resets w3/heap=1 --expect-resets w3/mutex=1 --expect-resets w3/block=1
+grep -q 'w3 heap seq=[0-9]* BASELINE reset' "$T3.log" && ok "target restarted: pdeltad answered BASELINE reset" ||
+	bad "target restarted: no BASELINE reset in the log"
+
+# --- 4. pdeltad and the agent killed with SIGKILL, both restarted --------------------------
+T4=$WORK/t4
+agent4() {
+	"$PDELTA" scrape "${SRV[@]}" --stream-prefix t4/ --target "w1=http://$(addr w1)" --target "w2=http://$(addr w2)" \
+		--types heap,mutex,block --interval 250ms --count "$1" --state "$T4/state" \
+		--out-dir "$T4/out" --save-input "$T4/in" >>"$T4.log" 2>>"$T4.err" &
+	AGENT_PID=$!
+}
+agent4 12
+sleep 1.2
+# pdeltad dies; while the agent retries its uploads (pending files written), it dies too
+pd_stop_server KILL
+sleep 0.6
+kill -KILL "$AGENT_PID"
+wait "$AGENT_PID" 2>/dev/null || true
+pending=$(ls "$T4/state.pending" | wc -l)
+pd_start_server --workers 2
+agent4 6
+wait "$AGENT_PID" || bad "agent after SIGKILL exited $?"
+AGENT_PID=
+judge "pdeltad and agent SIGKILLed, oracle over the whole tree" "$T4/in" "$T4/out" --min-files 6
+echo "info: $pending pending upload(s) after the agent's SIGKILL; $(grep -c ' resent' "$T4.log" || true) resent, $(grep -c ' DUPLICATE' "$T4.log" || true) DUPLICATE"
+[[ $(ls "$T4/state.pending" | wc -l) -eq 0 ]] && ok "no pending upload left after the restarted agent finished" ||
+	bad "pending uploads left: $(ls "$T4/state.pending")"
+
+# --- 5. targets file edited while running --------------------------------------------------------
+T5=$WORK/t5
+mkdir -p "$T5"
+echo "w1 http://$(addr w1) label.env=test" >"$T5/targets"
+"$PDELTA" scrape "${SRV[@]}" --stream-prefix t5/ --targets "$T5/targets" --types heap --interval 250ms --state "$T5/state" \
+	--out-dir "$T5/out" >"$T5.log" 2>"$T5.err" &
+AGENT_PID=$!
+for _ in $(seq 100); do [[ -f $T5/out/w1/heap/002.pb.gz ]] && break; sleep 0.1; done
+printf '# edited\nw2 http://%s\n' "$(addr w2)" >"$T5/targets.new"
+mv "$T5/targets.new" "$T5/targets"
+for _ in $(seq 100); do [[ -f $T5/out/w2/heap/002.pb.gz ]] && break; sleep 0.1; done
+w1_at_edit=$(ls "$T5/out/w1/heap" | wc -l)
+sleep 1
+w1_later=$(ls "$T5/out/w1/heap" | wc -l)
+echo "w1 http://$(addr w1)" >>"$T5/targets"
+for _ in $(seq 100); do
+	[[ $(ls "$T5/out/w1/heap" | wc -l) -gt $w1_later ]] && break
+	sleep 0.1
+done
+kill -TERM "$AGENT_PID"
+wait "$AGENT_PID" && ok "SIGTERM: the agent stops with status 0" || bad "SIGTERM: exit status $?"
+AGENT_PID=
+[[ -f $T5/out/w2/heap/002.pb.gz ]] && ok "targets file edit: w2 added without a restart" || bad "w2 never scraped"
+[[ $w1_later -eq $w1_at_edit ]] && ok "targets file edit: w1 removed (no file after the edit)" ||
+	bad "w1 still scraped after its removal ($w1_at_edit -> $w1_later files)"
+grep -q ' w1 heap seq=[0-9]* DELTA' <(tail -n 3 "$T5.log") && ok "w1 re-added: continues with a DELTA (state kept)" ||
+	bad "w1 re-added: $(tail -n 3 "$T5.log")"
+[[ $(grep -c 'targets: reloaded' "$T5.log") -ge 2 ]] && ok "two reloads logged" || bad "reloads not logged"
+echo "w9 ftp://nowhere" >"$T5/targets"
+"$PDELTA" scrape "${SRV[@]}" --stream-prefix t5/ --targets "$T5/targets" --out-dir "$T5/x" --once >/dev/null 2>"$T5.bad" &&
+	bad "a bad targets file was accepted" ||
+	{ grep -q 'targets:1: target w9: URL .ftp://nowhere. is not http' "$T5.bad" && ok "bad targets file: clear error" ||
+		bad "bad targets file: $(cat "$T5.bad")"; }
+
+# --- 6. push to a backend that is down for a while ------------------------------------------
+T6=$WORK/t6
+mkdir -p "$T6"
+touch "$T6/down"
+"$PY" "$ROOT/tests/integration/push_receiver.py" --port-file "$T6/port" --out "$T6/recv" \
+	--down-file "$T6/down" --reject-file "$T6/reject" &
+RECV_PID=$!
+for _ in $(seq 100); do [[ -s $T6/port ]] && break; sleep 0.05; done
+PUSH=http://127.0.0.1:$(cat "$T6/port")
+MPORT2=$(free_port)
+printf 'w1 http://%s label.env=prod label.team=core\n' "$(addr w1)" >"$T6/targets"
+"$PDELTA" scrape "${SRV[@]}" --stream-prefix t6/ --targets "$T6/targets" --types heap,mutex --interval 300ms --count 7 \
+	--state "$T6/state" --out-dir "$T6/out" --push "$PUSH" --metrics-listen "127.0.0.1:$MPORT2" \
+	>"$T6.log" 2>"$T6.err" &
+AGENT_PID=$!
+sleep 1.5
+"$PY" - "$MPORT2" >"$T6/metrics" 2>&1 <<'PYEOF' || true
+import sys, urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode(), end="")
+PYEOF
+rm -f "$T6/down"
+wait "$AGENT_PID" || bad "push run exited $?"
+AGENT_PID=
+"$PY" - "$T6" >"$T6/check.out" 2>&1 <<'PYEOF' && ok "push: $(tail -n 1 "$T6/check.out")" || { bad "push: $(tail -n 3 "$T6/check.out")"; }
+import json, os, sys
+t6 = sys.argv[1]
+log = [json.loads(l) for l in open(os.path.join(t6, "recv", "log.jsonl"))]
+by = {}
+for e in log:
+    name = e["query"]["name"]
+    assert "__delta__=false" in name and "env=prod" in name and "team=core" in name, name
+    typ = [kv.split("=")[1] for kv in name[name.index("{") + 1:-1].split(",") if kv.startswith("pdelta_type=")][0]
+    by.setdefault(typ, []).append(e)
+for typ in ("heap", "mutex"):
+    got = by.get(typ, [])
+    outs = sorted(os.listdir(os.path.join(t6, "out", "w1", typ)))[1:]  # 000 is BASELINE first: not pushed
+    assert len(got) == len(outs) == 6, (typ, len(got), len(outs))
+    untils = [int(e["query"]["until"]) for e in got]
+    assert untils == sorted(untils), untils
+    for e, f in zip(got, outs):
+        body = open(os.path.join(t6, "recv", "%06d.pb.gz" % e["n"]), "rb").read()
+        assert body == open(os.path.join(t6, "out", "w1", typ, f), "rb").read(), (typ, f)
+print("12 deltas received in order after the outage, byte-identical to out-dir, labels and __delta__=false")
+PYEOF
+grep -q 'HTTP 503 (will retry)' "$T6.err" && ok "push: the outage is logged as retryable" || bad "push: no retry logged"
+if "$PY" - "$T6/metrics" <<'PYEOF' >"$T6/m.out" 2>&1; then ok "agent /metrics: $(cat "$T6/m.out")"; else bad "agent /metrics: $(tail -n 3 "$T6/m.out")"; fi
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+v = {}
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in fam.samples:
+        v[(s.name, tuple(sorted(s.labels.items())))] = s.value
+scr = v[("pdelta_scrape_scrapes_total", ())]
+retry = v[("pdelta_scrape_push_errors_total", (("kind", "retryable"),))]
+spool = v[("pdelta_scrape_spool_files", ())]
+assert scr >= 2 and retry >= 1 and spool >= 1, (scr, retry, spool)
+print("parsed; %d scrapes, %d retryable push errors, %d deltas spooled during the outage" % (scr, retry, spool))
+PYEOF
+
+# A spool that overflows while the backend is down drops the oldest, counted; a 4xx drops for good.
+touch "$T6/down"
+"$PDELTA" scrape --local --target "w2=http://$(addr w2)" --types heap --interval 200ms --count 6 --push-first \
+	--spool "$T6/spool2" --spool-max 1 --push "$PUSH" --out-dir "$T6/out2" >"$T6.2.log" 2>"$T6.2.err" || true
+grep -q 'dropped the 1 oldest' "$T6.2.err" && ok "spool over --spool-max: oldest dropped and logged" ||
+	bad "spool overflow: $(tail -n 2 "$T6.2.err")"
+left=$(ls "$T6/spool2" | wc -l)
+[[ $left -eq 1 ]] && ok "spool bounded: 1 file left for the next run" || bad "spool: $left files left"
+rm -f "$T6/down"
+touch "$T6/reject"
+"$PDELTA" scrape --local --target "w2=http://$(addr w2)" --types heap --once --push-first \
+	--spool "$T6/spool2" --push "$PUSH" --out-dir "$T6/out2" >"$T6.3.log" 2>"$T6.3.err" || true
+grep -q 'refused with HTTP 400 (permanent)' "$T6.3.err" && ok "push: 4xx is permanent, delta dropped and logged" ||
+	bad "push 4xx: $(tail -n 2 "$T6.3.err")"
+[[ $(ls "$T6/spool2" | wc -l) -eq 0 ]] && ok "push: a permanent refusal leaves nothing in the spool" || bad "spool not empty after 4xx"
+rm -f "$T6/reject"
+
+# --- 8. usage errors --------------------------------------------------------------------------
+usage_err() { # usage_err WHAT PATTERN ARGS...
+	local what=$1 pat=$2
+	shift 2
+	if "$PDELTA" scrape "$@" >"$WORK/u.out" 2>&1; then
+		bad "$what: accepted"
+	elif grep -q -- "$pat" "$WORK/u.out"; then
+		ok "$what: refused ($(head -n 1 "$WORK/u.out" | cut -c1-80))"
+	else
+		bad "$what: $(head -n 1 "$WORK/u.out")"
+	fi
+}
+usage_err "no targets" "no targets" --local --out-dir "$WORK/u"
+usage_err "no sink" "nowhere to deliver" --local --target a=http://127.0.0.1:1
+usage_err "no server" "give --server" --target a=http://127.0.0.1:1 --out-dir "$WORK/u"
+usage_err "bad type" "unknown profile type 'heapz'" --local --target a=http://127.0.0.1:1 --types heapz --out-dir "$WORK/u"
+usage_err "bad name" "target name 'a/b'" --local --target a/b=http://127.0.0.1:1 --out-dir "$WORK/u"
+usage_err "bad interval" "wants a duration" --local --target a=http://127.0.0.1:1 --interval 5x --out-dir "$WORK/u"
+usage_err "twice" "given twice" --local --target a=http://127.0.0.1:1 --target a=http://127.0.0.1:2 --out-dir "$WORK/u"
+"$PDELTA" scrape --local --target a=http://127.0.0.1:1 --types heap --once --timeout 1s --out-dir "$WORK/u" \
+	>"$WORK/u.out" 2>&1 || true
+grep -q 'scrape failed: http://127.0.0.1:1/debug/pprof/heap' "$WORK/u.out" && ok "dead target: logged, the run ends" ||
+	bad "dead target: $(head -n 2 "$WORK/u.out")"
+
+pd_finish
