@@ -173,8 +173,9 @@ fi
 
 # ---- 2. SIGKILL in the middle of a sequence -------------------------------------------------------
 kill_test() {
-	local seqname=$1 api=$2 kills=$3
-	mapfile -t F < <(ls "$PROFILES/$seqname"/*.pb.gz)
+	local seqname=$1 api=$2 kills=$3 d=$PROFILES/$1
+	[[ -d $d ]] || d=$ROOT/${BUILD:-build/release}/testdata/profiles/$seqname # large: make bench made it
+	mapfile -t F < <(ls "$d"/*.pb.gz)
 	local out=$WORK/kill-$seqname-$api
 	"$TOOLS/client_run" "${AUTH[@]}" --api "$api" --stream "kill/$seqname/$api" --attempts 40 \
 		--backoff 50 --backoff-max 400 --delay-ms 150 -o "$out" "${F[@]}" \
@@ -343,9 +344,13 @@ fi
 footprint() {
 	local so=$BUILD/libpdelta.so
 	echo "  libpdelta.so: $(stat -c %s "$so") bytes ($(size "$so" | awk 'NR==2{print $1}') text; stripped $(strip -o "$WORK/so.stripped" "$so" && stat -c %s "$WORK/so.stripped"))"
-	for s in heap-medium heap-large; do
+	# heap-large when `make bench` has generated it ($BUILD/testdata), else the medium ones only
+	local seqs=(heap-medium:$PROFILES mutex-medium:$PROFILES) large=$ROOT/${BUILD:-build/release}/testdata/profiles
+	[[ -d $large/heap-large ]] && seqs+=("heap-large:$large")
+	for sd in "${seqs[@]}"; do
+		local s=${sd%%:*} dir=${sd#*:}
 		for api in stream onecall; do
-			"$TOOLS/client_mem" "${AUTH[@]}" --api $api "$PROFILES/$s"/*.pb.gz >"$WORK/mem-$s-$api" 2>&1 ||
+			"$TOOLS/client_mem" "${AUTH[@]}" --api $api "$dir/$s"/*.pb.gz >"$WORK/mem-$s-$api" 2>&1 ||
 				{ bad "client_mem $s $api"; cat "$WORK/mem-$s-$api"; continue; }
 			local line rss
 			line=$(grep '^summary' "$WORK/mem-$s-$api")

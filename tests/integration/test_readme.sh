@@ -10,9 +10,10 @@ set -euo pipefail
 pd_init readme
 
 script=$WORK/readme.sh
-"$PY" - "$ROOT/README.md" "$script" "$PORT" "$MPORT" "$BINDIR" <<'PY'
+WPORT=$(free_port)
+"$PY" - "$ROOT/README.md" "$script" "$PORT" "$MPORT" "$BINDIR" "$WPORT" <<'PY'
 import re, sys
-readme, out, port, mport, bindir = sys.argv[1:]
+readme, out, port, mport, bindir, wport = sys.argv[1:]
 text = open(readme).read()
 blocks = re.findall(r"<!-- runnable -->\n```sh\n(.*?)```", text, re.S)
 if not blocks:
@@ -21,9 +22,10 @@ with open(out, "w") as f:
     f.write("set -euo pipefail\n")
     # the walk-through's work dir and server go away even when a block fails
     f.write("trap '[ -n \"${PDELTAD_PID:-}\" ] && { kill -KILL $PDELTAD_PID 2>/dev/null || true; }; "
+            "[ -n \"${WORKLOAD_PID:-}\" ] && { kill -KILL $WORKLOAD_PID 2>/dev/null || true; }; "
             "[ -n \"${PD:-}\" ] && rm -rf \"$PD\"; true' EXIT\n")
     for i, b in enumerate(blocks, 1):
-        b = b.replace("7433", port).replace("7434", mport)
+        b = b.replace("7433", port).replace("7434", mport).replace("6060", wport)
         b = re.sub(r"(?<![\w/.-])bin/", bindir + "/", b)
         f.write("echo '>>> README block %d'\n%s\n" % (i, b))
 print(len(blocks), "runnable blocks")
@@ -39,6 +41,7 @@ fi
 grep -q 'DELTA' "$WORK/out" && ok "README: pdelta send answered DELTA" || bad "README: no DELTA in the send example"
 grep -q '^pdeltad_requests_total' "$WORK/out" && ok "README: /metrics example" || bad "README: /metrics example printed nothing"
 grep -q '^ok$' "$WORK/out" && ok "README: backup passes integrity_check" || bad "README: backup example"
+grep -q 'web-2 heap seq=3 DELTA' "$WORK/out" && ok "README: the scrape example delivers deltas" || bad "README: scrape example"
 # Nothing the blocks started may survive them.
 if pgrep -f "pdeltad --listen 127.0.0.1:$PORT" >/dev/null; then
 	bad "README: pdeltad still running after the examples"
