@@ -278,52 +278,74 @@ pd_engine *pd_engine_new(const pd_limits *lim)
 	return g;
 }
 
-void pd_engine_free(pd_engine *g)
+/* Every array and buffer a request grows, as (pointer, capacity) pairs: freed
+ * by pd_engine_free, released by pd_engine_trim, counted by
+ * pd_engine_mem_bytes. */
+#define ENGINE_VECS(X)                                                                             \
+	X(st) X(smp) X(map) X(loc) X(fn) X(str) X(unk) X(comments) X(str_h) X(str_map)           \
+	X(str_mark) X(str_cnt) X(loc_cnt) X(lh) X(lvalid) X(ids) X(mi) X(map_mark) X(fi)          \
+	X(fn_mark) X(li) X(loc_mark) X(vals) X(ent_first) X(keep) X(idh)
+
+static void idmap_release(idmap *m)
 {
-	if (!g)
-		return;
-	pd_infl_free(&g->infl);
-	pd_defl_free(&g->defl);
+	idmap_free(m);
+	memset(m, 0, sizeof *m);
+}
+
+static size_t idmap_bytes(const idmap *m)
+{
+	return m->dense_cap * sizeof *m->dense + m->hcap * (sizeof *m->hk + sizeof *m->hv);
+}
+
+/* Frees the growable memory; the engine stays usable (it regrows). */
+static void engine_release(pd_engine *g)
+{
+#define RELEASE(v)                                                                                 \
+	free(g->v);                                                                                \
+	g->v = NULL;                                                                               \
+	g->v##_cap = 0;
+	ENGINE_VECS(RELEASE)
+#undef RELEASE
 	pd_buf_free(&g->raw);
 	pd_buf_free(&g->out);
 	pd_buf_free(&g->scratch);
 	pd_buf_free(&g->scratch2);
-	free(g->st);
-	free(g->smp);
-	free(g->map);
-	free(g->loc);
-	free(g->fn);
-	free(g->str);
-	free(g->unk);
-	free(g->comments);
-	free(g->str_h);
-	free(g->str_map);
-	free(g->str_mark);
-	free(g->str_cnt);
-	free(g->loc_cnt);
-	free(g->lh);
-	free(g->lvalid);
-	free(g->ids);
-	free(g->mi);
-	free(g->map_mark);
-	free(g->fi);
-	free(g->fn_mark);
-	free(g->li);
-	free(g->loc_mark);
-	idmap_free(&g->loc_ids);
-	idmap_free(&g->fn_ids);
-	idmap_free(&g->map_ids);
-	free(g->vals);
-	free(g->ent_first);
-	free(g->keep);
-	free(g->idh);
+	pd_buf_free(&g->defl.zout);
+	idmap_release(&g->loc_ids);
+	idmap_release(&g->fn_ids);
+	idmap_release(&g->map_ids);
+}
+
+void pd_engine_free(pd_engine *g)
+{
+	if (!g)
+		return;
+	engine_release(g);
+	pd_infl_free(&g->infl);
+	pd_defl_free(&g->defl);
 	free(g);
+}
+
+size_t pd_engine_trim(pd_engine *g, size_t keep)
+{
+	size_t held = pd_engine_mem_bytes(g);
+
+	if (held <= keep)
+		return 0;
+	engine_release(g);
+	return held;
 }
 
 size_t pd_engine_mem_bytes(const pd_engine *g)
 {
-	return g->raw.alloc + g->out.alloc + g->scratch.alloc + g->defl.zout.alloc +
-	       g->smp_cap * sizeof(span) + g->vals_cap * 8 + g->ent_first_cap * 4 + g->keep_cap;
+	size_t n = g->raw.alloc + g->out.alloc + g->scratch.alloc + g->scratch2.alloc +
+		   g->defl.zout.alloc + idmap_bytes(&g->loc_ids) + idmap_bytes(&g->fn_ids) +
+		   idmap_bytes(&g->map_ids);
+
+#define COUNT(v) n += g->v##_cap * sizeof *g->v;
+	ENGINE_VECS(COUNT)
+#undef COUNT
+	return n;
 }
 
 /* ---- index pass: top-level spans ------------------------------------------ */

@@ -125,7 +125,12 @@ typedef struct pd_inspect {
 } pd_inspect;
 int pd_engine_inspect(pd_engine *eng, const void *in, size_t n, pd_inspect *out, pd_err *e);
 
-/* Pre-sizes buffers (bytes of the largest expected profile); optional. */
+/* Bytes the engine holds in its growable buffers and arrays (they keep their
+ * size between requests: steady state does no malloc). */
 size_t pd_engine_mem_bytes(const pd_engine *eng);
+/* When the engine holds more than keep bytes (one large input, a gzip bomb
+ * stopped at max_inflated), frees all of it; the next request regrows what it
+ * needs. Returns the bytes released (0 when under keep). */
+size_t pd_engine_trim(pd_engine *eng, size_t keep);
 
 #endif

@@ -39,9 +39,10 @@ typedef struct pd_config {
 	/* state and workers */
 	char *db;       /* SQLite database path */
 	bool db_sync;   /* fsync the WAL at every commit */
+	uint64_t db_max_bytes; /* database size budget, 0 = none */
 	uint64_t workers, cache_bytes, stream_ttl_ms, max_streams_per_tenant, max_queued_jobs;
 	uint64_t max_queued_bytes;
-	uint64_t chunk_bytes, gzip_level;
+	uint64_t chunk_bytes, gzip_level, worker_keep_bytes;
 	/* connection limits and deadlines */
 	uint64_t max_connections, max_inflight, max_frame, max_frame_preauth;
 	uint64_t handshake_timeout_ms, frame_timeout_ms, request_timeout_ms;

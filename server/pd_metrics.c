@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -38,6 +39,19 @@ const char *pd_close_reason_name(int r)
 const char *pd_limit_name(int k) { return k >= 0 && k < PD_LIM__COUNT ? limit_names[k] : "unknown"; }
 
 /* ---- exposition helpers ---------------------------------------------------- */
+
+/* A label value in the text format: backslash, quote and newline escaped. */
+static void label_value(struct evbuffer *b, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			evbuffer_add_printf(b, "\\%c", *s);
+		else if (*s == '\n')
+			evbuffer_add(b, "\\n", 2);
+		else
+			evbuffer_add(b, s, 1);
+	}
+}
 
 static void family(struct evbuffer *b, const char *name, const char *type, const char *help)
 {
@@ -183,6 +197,19 @@ static void render_store(const struct pd_store_stats *st, struct evbuffer *b)
 	    st->writes_failed);
 	one(b, "pdeltad_store_busy_rejects_total", "counter", "writes refused: store queue full",
 	    st->busy_rejects);
+	one(b, "pdeltad_store_read_errors_total", "counter", "failed store reads", st->read_errors);
+	one(b, "pdeltad_store_log_suppressed_total", "counter",
+	    "store error lines left out by the log rate limit", st->log_suppressed);
+	family(b, "pdeltad_store_last_error_timestamp_seconds", "gauge",
+	       "unix time of the last store error (0: none since start)");
+	evbuffer_add_printf(b, "pdeltad_store_last_error_timestamp_seconds %.3f\n",
+			    (double)st->last_error_ms / 1e3);
+	if (st->last_error[0]) {
+		family(b, "pdeltad_store_last_error_info", "gauge", "the last store error's message");
+		evbuffer_add_printf(b, "pdeltad_store_last_error_info{message=\"");
+		label_value(b, st->last_error);
+		evbuffer_add_printf(b, "\"} 1\n");
+	}
 	one(b, "pdeltad_store_queue_length", "gauge", "queued and in-flight writes", st->queue_len);
 	one(b, "pdeltad_store_batch_max", "gauge", "largest group commit", st->batch_max);
 	family(b, "pdeltad_store_commit_seconds", "histogram", "BEGIN..COMMIT duration");
@@ -230,6 +257,15 @@ static void render_service(const pd_service_stats *s, struct evbuffer *b)
 	    s->bytes_in);
 	one(b, "pdeltad_profile_bytes_out_total", "counter", "delta output bytes produced",
 	    s->bytes_out);
+	family(b, "pdeltad_store_corrupt_rows_total", "counter",
+	       "stored rows found corrupt: state blob (stream restarted from a BASELINE), kept "
+	       "response (retry refused)");
+	sample(b, "pdeltad_store_corrupt_rows_total", "what=\"state\"", s->states_corrupt);
+	sample(b, "pdeltad_store_corrupt_rows_total", "what=\"response\"", s->responses_corrupt);
+	one(b, "pdeltad_worker_trims_total", "counter",
+	    "requests after which a worker freed memory past worker_keep_bytes", s->worker_trims);
+	one(b, "pdeltad_worker_trimmed_bytes_total", "counter", "bytes those trims released",
+	    s->worker_trimmed_bytes);
 	render_latency(s, b);
 	render_store(&s->store, b);
 }
@@ -280,6 +316,28 @@ out:
 		evbuffer_free(b);
 }
 
+/* The detail lines of /healthz about the state store: its last error (when,
+ * what) if there was one since the start. */
+static void healthz_store(const struct pd_store_stats *st, struct evbuffer *b)
+{
+	struct timeval tv;
+	time_t t = (time_t)(st->last_error_ms / 1000);
+	struct tm tm;
+	char when[32];
+
+	if (!st->last_error_ms) {
+		evbuffer_add_printf(b, "store: ok, no error since start\n");
+		return;
+	}
+	evutil_gettimeofday(&tv, NULL);
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	evbuffer_add_printf(b, "store: last error at %s (%lld s ago; %llu failed transactions, "
+			    "%llu failed reads since start): %s\n", when,
+			    (long long)(tv.tv_sec - t), (unsigned long long)st->errors,
+			    (unsigned long long)st->read_errors, st->last_error);
+}
+
 static void on_healthz(struct evhttp_request *req, void *arg)
 {
 	pd_metrics_http *h = arg;
@@ -292,6 +350,7 @@ static void on_healthz(struct evhttp_request *req, void *arg)
 	}
 	h->fn(h->arg, v);
 	evbuffer_add_printf(b, "%s\n", v->draining ? "draining" : "ok");
+	healthz_store(&v->svc.store, b);
 	reply_text(req, v->draining ? 503 : HTTP_OK, v->draining ? "Service Unavailable" : "OK", b);
 out:
 	free(v);

@@ -284,9 +284,11 @@ static int start_service(pd_server *s, pd_err *e)
 	o.max_queued_bytes = c->max_queued_bytes;
 	o.chunk_bytes = c->chunk_bytes;
 	o.gzip_level = (int)c->gzip_level;
+	o.worker_keep_bytes = c->worker_keep_bytes;
 	o.limits = c->limits;
 	o.store.path = c->db;
 	o.store.synchronous_full = c->db_sync;
+	o.store.max_db_bytes = c->db_max_bytes;
 	return pd_service_new(&o, &s->svc, e);
 }
 

@@ -27,7 +27,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
+#include "pd_config.h"
 #include "pd_gz.h"
 #include "pd_service_int.h"
 #include "pdelta_proto.h"
@@ -54,6 +58,7 @@ void pd_service_opts_init(pd_service_opts *o)
 	o->max_queued_bytes = 256ull << 20;
 	o->chunk_bytes = 65536;
 	o->gzip_level = 1;
+	o->worker_keep_bytes = (size_t)128 << 20;
 	o->janitor_interval_ms = 5000;
 	pd_limits_default(&o->limits);
 	pd_store_opts_init(&o->store);
@@ -559,15 +564,29 @@ static void fill_from_rec(pd_stream *st, const pd_stream_rec *r)
 		 r->last_reset_reason ? r->last_reset_reason : "");
 }
 
-/* Reads the stream's row. A state blob that does not deserialize is treated
- * as no state (the next profile is a BASELINE): better than a stream that
- * fails forever. */
+/* A state blob that does not deserialize (its CRC, its version) is logged,
+ * counted and treated as lost: the next profile is a BASELINE `evicted`
+ * (PROTOCOL.md §8), better than a stream that fails forever. */
+static void state_corrupt(pd_service *s, pd_stream *st, pd_state *ps, const pd_err *why)
+{
+	pd_log(PD_LOG_ERROR, "stream %s/%s: stored state is corrupt (%s); the next profile is a "
+	       "BASELINE (evicted, state-corrupt)", st->tenant, st->name, why->msg);
+	pd_state_clear(ps);
+	st->state_corrupt = 1;
+	pthread_mutex_lock(&s->mu);
+	s->st.states_corrupt++;
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* Reads the stream's row (state, metadata; not the kept response). */
 static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
 {
 	pd_service *s = w->svc;
 	pd_state *ps = NULL;
+	pd_err why = {0};
 	int rc = pd_store_get_state(s->store, st->tenant, st->name, &w->rec, e);
 
+	st->state_corrupt = 0;
 	if (rc == PD_E_NOTFOUND) {
 		set_absent(st);
 	} else if (rc) {
@@ -578,8 +597,8 @@ static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
 		pthread_mutex_unlock(&s->mu);
 		if (!ps)
 			return pd_err_set(e, PD_E_NOMEM, "out of memory loading stream");
-		if (pd_state_deserialize(ps, w->rec.state, w->rec.state_len, NULL))
-			pd_state_clear(ps);
+		if (pd_state_deserialize(ps, w->rec.state, w->rec.state_len, &why))
+			state_corrupt(s, st, ps, &why);
 	}
 	pthread_mutex_lock(&s->mu);
 	pd_svc_state_put(s, st->state);
@@ -625,6 +644,22 @@ static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
 
 #define REPLAY_REQUEUED 1
 
+/* The kept response failed its checksum (pd_store_get_response): never
+ * replayed, a non-retryable `state` error instead; later seqs are unaffected. */
+static int response_corrupt(pd_service *s, pd_job *j, const pd_stream *st)
+{
+	pd_log(PD_LOG_ERROR, "%s; retry of seq %llu refused", j->res.err.msg,
+	       (unsigned long long)j->seq);
+	pthread_mutex_lock(&s->mu);
+	s->st.responses_corrupt++;
+	pthread_mutex_unlock(&s->mu);
+	pd_err_set(&j->res.err, PD_E_STATE,
+		   "the kept response of seq %llu is corrupt on the server and cannot be "
+		   "replayed; later sequences are not affected",
+		   (unsigned long long)st->last_seq);
+	return job_fail(j, PD_E_STATE, PD_DETAIL_NONE, 0);
+}
+
 /* The stored response of the last applied request, read from its row: the
  * stream is busy with this job, so the row is normally the one its last
  * commit wrote. When it is not (another service on the same file moved the
@@ -643,6 +678,8 @@ static int replay_duplicate(pd_worker *w, pd_job *j, const pd_stream *st)
 	}
 	if (stale)
 		rc = pd_err_set(&j->res.err, PD_E_STORE, "stream row changed under a retry; retry");
+	if (rc == PD_E_STATE)
+		return response_corrupt(w->svc, j, st);
 	if (rc)
 		return job_fail(j, rc, PD_DETAIL_NONE, 0);
 	pd_buf_reset(&j->out);
@@ -732,6 +769,10 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 	j->res.samples_out = j->res.engine.samples_out;
 	if (j->res.reason == PD_REASON_RESET)
 		snprintf(j->reset_why, sizeof j->reset_why, "%s", j->res.engine.why);
+	if (st->state_corrupt && j->res.reason == PD_REASON_FIRST) {
+		j->res.reason = PD_REASON_EVICTED;
+		snprintf(j->reset_why, sizeof j->reset_why, "state-corrupt");
+	}
 	return PD_OK;
 }
 
@@ -742,7 +783,7 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 {
 	pd_service *s = w->svc;
 	pd_stream_rec rec;
-	int reset = j->res.reason == PD_REASON_RESET, rc;
+	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED, rc;
 
 	pd_buf_reset(&w->ser);
 	if ((rc = pd_state_serialize(w->next, &w->ser, &j->res.err)))
@@ -786,7 +827,7 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
  * (the response stays in the store, read back only for a DUPLICATE). */
 static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 {
-	int reset = j->res.reason == PD_REASON_RESET;
+	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED;
 	pd_state *old;
 
 	st->version = st->exists ? st->version + 1 : 1;
@@ -806,6 +847,7 @@ static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 	st->resets += (uint64_t)reset;
 	if (reset)
 		memcpy(st->last_reset_reason, j->reset_why, sizeof st->last_reset_reason);
+	st->state_corrupt = 0;
 	pthread_mutex_lock(&s->mu);
 	old = st->state;
 	st->state = j->next_state;
@@ -901,6 +943,35 @@ static void run_global_op(pd_worker *w, pd_job *j)
 		pd_svc_admin_run(w, j);
 }
 
+static size_t worker_held(const pd_worker *w)
+{
+	return pd_engine_mem_bytes(w->eng) + w->ser.alloc + w->json.alloc + w->rec.own_alloc;
+}
+
+/* Gives back what one large request grew (a gzip bomb leaves the inflate
+ * buffer at max_inflated): past worker_keep_bytes everything is freed, and
+ * the heap trimmed, since glibc keeps freed pages of its arenas otherwise.
+ * Runs only after such a request, so steady state still does no malloc. */
+static void worker_trim(pd_worker *w)
+{
+	pd_service *s = w->svc;
+	size_t held = worker_held(w);
+
+	if (held <= s->o.worker_keep_bytes)
+		return;
+	pd_engine_trim(w->eng, 0);
+	pd_buf_free(&w->ser);
+	pd_buf_free(&w->json);
+	pd_stream_rec_free(&w->rec);
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+	pthread_mutex_lock(&s->mu);
+	s->st.worker_trims++;
+	s->st.worker_trimmed_bytes += held;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void *worker_main(void *arg)
 {
 	pd_worker *w = arg;
@@ -915,6 +986,7 @@ static void *worker_main(void *arg)
 				s->gq_tail = NULL;
 			pthread_mutex_unlock(&s->mu);
 			run_global_op(w, j);
+			worker_trim(w);
 			pthread_mutex_lock(&s->mu);
 		} else if ((st = s->run_head)) {
 			if (!(s->run_head = st->run_next))
@@ -928,6 +1000,7 @@ static void *worker_main(void *arg)
 			s->st.jobs_running++;
 			pthread_mutex_unlock(&s->mu);
 			run_stream_op(w, j);
+			worker_trim(w);
 			pthread_mutex_lock(&s->mu);
 		} else if (s->quit) {
 			break;

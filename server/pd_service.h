@@ -62,6 +62,12 @@ typedef struct pd_service_opts {
 	uint64_t max_queued_bytes;     /* upload bytes of those jobs (default 256 MiB) */
 	size_t chunk_bytes;            /* compressed bytes per output chunk (default 64 KiB) */
 	int gzip_level;                /* output gzip level (default 1) */
+	/* Memory a worker keeps between requests (engine buffers, serialized
+	 * state, admin document, read row). After a request that grew them past
+	 * it (a large profile, a gzip bomb stopped at max_inflated) they are freed
+	 * and the heap trimmed. Default 128 MiB; 0 = free after every request. Not
+	 * normalised: pd_service_opts_init sets it. */
+	size_t worker_keep_bytes;
 	pd_limits limits;              /* engine input limits (pd_limits_default) */
 	struct pd_store_opts store;    /* path etc. (pd_store_opts_init) */
 	unsigned janitor_interval_ms;  /* TTL sweep period (default 5000) */
@@ -181,6 +187,11 @@ typedef struct pd_service_stats {
 	uint64_t jobs_cancelled, admin_requests;
 	uint64_t tenants;         /* tenants known (with streams or activity) */
 	uint64_t bytes_in, bytes_out;
+	/* stored rows found corrupt: state blobs (the stream restarted from a
+	 * BASELINE) and kept responses (a retry refused with `state`) */
+	uint64_t states_corrupt, responses_corrupt;
+	/* worker_keep_bytes: trims after a request, and the bytes they released */
+	uint64_t worker_trims, worker_trimmed_bytes;
 	/* latency histograms, cumulative counts per bucket (ms):
 	 * 1 2 5 10 20 50 100 200 500 1000 +Inf */
 	uint64_t lat_total[11], lat_engine[11], lat_commit[11];

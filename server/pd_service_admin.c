@@ -550,7 +550,8 @@ static void state_facts(pd_worker *w, const pd_stream_rec *r, jw *out)
 static int adm_stream(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
 {
 	const pd_stream_rec *r = &w->rec;
-	int rc = pd_store_get(w->svc->store, j->tenant, j->name, &w->rec, e);
+	/* The state only: the kept response is read (and checked) by retries. */
+	int rc = pd_store_get_state(w->svc->store, j->tenant, j->name, &w->rec, e);
 
 	if (rc == PD_E_NOTFOUND)
 		return pd_err_set(e, rc, "no stream %s in tenant %s", j->name, j->tenant);

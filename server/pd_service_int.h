@@ -89,6 +89,9 @@ typedef struct pd_stream {
 	uint64_t last_samples_in, last_samples_out;
 	int64_t created_ms, last_seen_ms, last_time_nanos;
 	char last_reset_reason[96];
+	/* The stored state blob failed to deserialize (checksum, version): the
+	 * next applied profile is a BASELINE `evicted` recorded as "state-corrupt". */
+	uint8_t state_corrupt;
 
 	size_t mem; /* what the cache budget counts for this stream */
 } pd_stream;

@@ -231,7 +231,7 @@ void pd_svc_unload(pd_service *s, pd_stream *st)
 {
 	pd_svc_state_put(s, st->state);
 	st->state = NULL;
-	st->loaded = st->exists = 0;
+	st->loaded = st->exists = st->state_corrupt = 0;
 	pd_svc_account(s, st);
 }
 

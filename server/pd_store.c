@@ -12,6 +12,7 @@
  */
 #include "pd_store.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -19,6 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "pd_config.h"
+#include "pd_gz.h"
 
 /* Rows one expire step may delete, so the writer lock is never held long. */
 #define PD_STORE_EXPIRE_CHUNK 1000u
@@ -62,8 +66,12 @@ struct pd_store {
 	pthread_t writer;
 	int writer_running;
 
-	struct pd_store_stats st; /* under mu, except the two atomics below */
-	atomic_uint_fast64_t reads, read_errors;
+	struct pd_store_stats st; /* under mu, except the atomics below */
+	/* error log rate limit (under mu) */
+	uint64_t log_last_ms; /* monotonic ms of the last error line; 0 = none yet */
+	uint64_t log_pending; /* errors not logged since that line */
+	uint64_t failing;     /* transactions failed since the last success */
+	atomic_uint_fast64_t reads, read_errors, responses_corrupt;
 };
 
 static uint64_t mono_ns(void)
@@ -72,6 +80,8 @@ static uint64_t mono_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
+static uint64_t mono_ms(void) { return mono_ns() / 1000000u; }
 
 static int64_t wall_ms(void)
 {
@@ -262,6 +272,9 @@ static int put_common(pd_store *s, const pd_stream_rec *rec, int has_expect, uin
 	if (rc)
 		return rc;
 	w->kind = WOP_PUT;
+	/* On our own copy: what reaches the disk is what the checksum covers. */
+	w->rec.last_delta_crc = pd_crc32(0, w->rec.last_delta, w->rec.last_delta_len);
+	w->rec.has_delta_crc = 1;
 	w->has_expect = has_expect;
 	w->expect_version = expect;
 	w->done = done;
@@ -389,9 +402,58 @@ static int run_batch(pd_store *s, struct wop *batch, int fault, pd_err *e)
 	return rc;
 }
 
+/* Records a store error and logs it, rate-limited (PD_STORE_LOG_INTERVAL_MS).
+ * Takes mu. */
+static void store_error(pd_store *s, const char *what, const pd_err *e)
+{
+	uint64_t now = mono_ms(), left_out = 0;
+	const char *msg = e->msg;
+	int emit;
+
+	pthread_mutex_lock(&s->mu);
+	snprintf(s->st.last_error, sizeof s->st.last_error, "%s", e->msg);
+	s->st.last_error_ms = wall_ms();
+	emit = !s->log_last_ms || now - s->log_last_ms >= PD_STORE_LOG_INTERVAL_MS;
+	if (emit) {
+		left_out = s->log_pending;
+		s->log_pending = 0;
+		s->log_last_ms = now;
+	} else {
+		s->log_pending++;
+		s->st.log_suppressed++;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (!emit)
+		return;
+	if (!strncmp(msg, "state store: ", 13))
+		msg += 13;
+	if (left_out)
+		pd_log(PD_LOG_ERROR, "state store: %s failed: %s (and %llu more store errors since "
+		       "the previous line, not logged)", what, msg, (unsigned long long)left_out);
+	else
+		pd_log(PD_LOG_ERROR, "state store: %s failed: %s", what, msg);
+}
+
+/* The first commit after failed ones: says so, with what was left out. */
+static void store_recovered(pd_store *s)
+{
+	uint64_t failed, left_out;
+
+	pthread_mutex_lock(&s->mu);
+	failed = s->failing;
+	left_out = s->log_pending;
+	s->failing = 0;
+	s->log_pending = 0;
+	s->log_last_ms = 0;
+	pthread_mutex_unlock(&s->mu);
+	pd_log(PD_LOG_INFO, "state store: commits succeed again after %llu failed transactions "
+	       "(%llu error lines not logged)", (unsigned long long)failed,
+	       (unsigned long long)left_out);
+}
+
 /* Counts the outcome of a finished batch; called with mu held. */
 static void account_batch(pd_store *s, struct wop *batch, size_t n, int rc, uint64_t t0,
-			  uint64_t t1, const pd_err *e)
+			  uint64_t t1)
 {
 	struct pd_store_stats *st = &s->st;
 
@@ -402,7 +464,7 @@ static void account_batch(pd_store *s, struct wop *batch, size_t n, int rc, uint
 	if (rc) {
 		st->errors++;
 		st->writes_failed += n;
-		snprintf(st->last_error, sizeof st->last_error, "%s", e->msg);
+		s->failing++;
 		return;
 	}
 	st->commits++;
@@ -448,12 +510,20 @@ static void writer_batch(pd_store *s, struct wop *batch, size_t n, int fault)
 	pd_err e = {0};
 	uint64_t t0 = mono_ns(), t1, last_ticket = 0;
 	size_t bytes;
-	int rc = run_batch(s, batch, fault, &e);
+	int rc = run_batch(s, batch, fault, &e), recovered;
+	char what[64];
 
 	t1 = mono_ns();
 	pthread_mutex_lock(&s->mu);
-	account_batch(s, batch, n, rc, t0, t1, &e);
+	recovered = !rc && s->failing;
+	account_batch(s, batch, n, rc, t0, t1);
 	pthread_mutex_unlock(&s->mu);
+	if (rc) {
+		snprintf(what, sizeof what, "commit of %zu write%s", n, n == 1 ? "" : "s");
+		store_error(s, what, &e);
+	} else if (recovered) {
+		store_recovered(s);
+	}
 
 	complete_batch(batch, rc, t1, &bytes, &last_ticket);
 
@@ -550,6 +620,7 @@ int pd_store_open(const struct pd_store_opts *opts, pd_store **out, pd_err *err)
 	pthread_cond_init(&s->cv_done, NULL);
 	atomic_init(&s->reads, 0);
 	atomic_init(&s->read_errors, 0);
+	atomic_init(&s->responses_corrupt, 0);
 
 	s->ops = pick_backend(opts->path, err);
 	rc = s->ops ? s->ops->open(&s->opts, &s->be, err) : PD_E_ARG;
@@ -671,6 +742,24 @@ int pd_store_expire(pd_store *s, int64_t older_than_ms, uint64_t *n_deleted, pd_
 
 /* ---- reads (straight to the backend) --------------------------------------- */
 
+/* The kept response must be the bytes its put checksummed: a DUPLICATE
+ * replays them to the client as valid. */
+static int check_response(pd_store *s, const pd_stream_rec *r, pd_err *err)
+{
+	uint32_t crc;
+
+	if (!r->has_delta_crc)
+		return PD_OK; /* written before schema 2 */
+	crc = pd_crc32(0, r->last_delta, r->last_delta_len);
+	if (crc == r->last_delta_crc)
+		return PD_OK;
+	atomic_fetch_add_explicit(&s->responses_corrupt, 1, memory_order_relaxed);
+	return pd_err_set(err, PD_E_STATE,
+			  "stored response of %s/%s (seq %" PRIu64 ", %zu bytes) fails its "
+			  "checksum (crc32 %08" PRIx32 ", stored %08" PRIx32 "): the row is corrupt",
+			  r->tenant, r->name, r->last_seq, r->last_delta_len, crc, r->last_delta_crc);
+}
+
 static int get(pd_store *s, const char *tenant, const char *name, unsigned what,
 	       pd_stream_rec *rec_out, pd_err *err)
 {
@@ -680,8 +769,12 @@ static int get(pd_store *s, const char *tenant, const char *name, unsigned what,
 		return pd_err_set(err, PD_E_ARG, "pd_store_get: tenant, name and record are required");
 	atomic_fetch_add_explicit(&s->reads, 1, memory_order_relaxed);
 	rc = s->ops->get(s->be, tenant, name, what, rec_out, err);
-	if (rc && rc != PD_E_NOTFOUND)
+	if (!rc && (what & PD_STORE_GET_RESPONSE))
+		rc = check_response(s, rec_out, err);
+	if (rc && rc != PD_E_NOTFOUND && rc != PD_E_STATE) {
 		atomic_fetch_add_explicit(&s->read_errors, 1, memory_order_relaxed);
+		store_error(s, "read", err ? err : &(pd_err){rc, "(no message)"});
+	}
 	return rc;
 }
 
@@ -740,6 +833,7 @@ void pd_store_stats(pd_store *s, struct pd_store_stats *out)
 	pthread_mutex_unlock(&s->mu);
 	out->reads = atomic_load_explicit(&s->reads, memory_order_relaxed);
 	out->read_errors = atomic_load_explicit(&s->read_errors, memory_order_relaxed);
+	out->responses_corrupt = atomic_load_explicit(&s->responses_corrupt, memory_order_relaxed);
 }
 
 void pd_store_inject_fault(pd_store *s, unsigned n)

@@ -133,6 +133,12 @@ typedef struct pd_stream_rec {
 	uint64_t last_samples_out;
 	const uint8_t *last_delta; /* gzipped delta pprof as sent */
 	size_t last_delta_len;
+	/* CRC-32 of last_delta, computed by the store when it copies a put and
+	 * checked by every read of the response (a mismatch is PD_E_STATE, never
+	 * the bytes). Rows written before schema 2 have none: has_delta_crc 0,
+	 * their response is returned unchecked. Ignored on put. */
+	uint32_t last_delta_crc;
+	int has_delta_crc;
 
 	uint64_t incarnation;    /* producer incarnation */
 	int64_t last_time_nanos; /* time_nanos of the last applied profile */
@@ -167,7 +173,9 @@ void pd_store_close(pd_store *s);
 
 /* ---- reads ------------------------------------------------------------------ */
 
-/* Reads one row. PD_E_NOTFOUND when absent, PD_E_STORE on a database error. */
+/* Reads one row. PD_E_NOTFOUND when absent, PD_E_STORE on a database error,
+ * PD_E_STATE when the kept response fails its checksum (the row is corrupt:
+ * rec_out is then not to be used; counted in responses_corrupt). */
 int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
 		 pd_err *err);
 /* The same with one blob only; the other is NULL and its length is set. A
@@ -294,6 +302,7 @@ struct pd_store_stats {
 	uint64_t expired;         /* rows removed by pd_store_expire */
 	uint64_t reads;           /* pd_store_get calls */
 	uint64_t read_errors;     /* of which failed with PD_E_STORE */
+	uint64_t responses_corrupt; /* reads whose kept response failed its checksum */
 	uint64_t queue_len;       /* now: queued + in-flight writes */
 	uint64_t queue_bytes;     /* now */
 	uint64_t queue_len_peak;  /* since open */
@@ -301,7 +310,15 @@ struct pd_store_stats {
 	struct pd_store_hist commit; /* BEGIN..COMMIT duration of successful commits */
 	struct pd_store_hist wait;   /* enqueue..completion per write (what callers see) */
 	char last_error[sizeof(((pd_err *)0)->msg)]; /* most recent store error, "" if none */
+	int64_t last_error_ms;    /* its unix time, ms; 0 if none */
+	uint64_t log_suppressed;  /* store error lines left out by the rate limit */
 };
+
+/* Store errors (failed transactions, failed reads) are logged with their
+ * cause (the backend's message, errno text): the first at once, then at most
+ * one line per PD_STORE_LOG_INTERVAL_MS carrying the count of the ones left
+ * out; the first success after failed transactions is logged too. */
+#define PD_STORE_LOG_INTERVAL_MS 10000
 
 /* Consistent snapshot of the counters; thread-safe. */
 void pd_store_stats(pd_store *s, struct pd_store_stats *out);

@@ -24,10 +24,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define SQ_APP_ID 0x70644c74 /* "pdLt" */
-#define SQ_SCHEMA_VERSION 1
+/* 1: first schema. 2: last_delta_crc (CRC-32 of the kept response; NULL in
+ * rows written by schema 1, see sq_migrate). */
+#define SQ_SCHEMA_VERSION 2
 #define SQ_JOURNAL_SIZE_LIMIT (64 << 20) /* WAL file truncated to this after checkpoints */
 /* Page size of new database files. A medium stream's row (state + kept
  * response, ~420 KB) is an overflow chain: 7 pages of 64 KiB instead of 105 of
@@ -65,6 +68,7 @@ static const char sq_schema[] =
 	" deltas_served INTEGER NOT NULL,"
 	" resets INTEGER NOT NULL,"
 	" last_reset_reason TEXT NOT NULL,"
+	" last_delta_crc INTEGER,"
 	" state BLOB NOT NULL,"
 	" last_delta BLOB NOT NULL,"
 	" UNIQUE (tenant, name));"
@@ -74,16 +78,18 @@ static const char sq_schema[] =
 #define SQ_COLS                                                                             \
 	"tenant, name, identities, state_bytes, last_seq, last_hash, last_status, last_reason, " \
 	"last_samples_in, last_samples_out, incarnation, last_time_nanos, created_ms, "         \
-	"last_seen_ms, deltas_served, resets, last_reset_reason, state, last_delta"
-#define SQ_VALS "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19"
+	"last_seen_ms, deltas_served, resets, last_reset_reason, state, last_delta, "          \
+	"last_delta_crc"
+#define SQ_VALS                                                                             \
+	"?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20"
 /* Everything a put replaces (not tenant, name, created_ms). */
 #define SQ_SET                                                                              \
 	"version = version + 1, identities = ?3, state_bytes = ?4, last_seq = ?5, "           \
 	"last_hash = ?6, last_status = ?7, last_reason = ?8, last_samples_in = ?9, "          \
 	"last_samples_out = ?10, incarnation = ?11, last_time_nanos = ?12, "                  \
 	"last_seen_ms = ?14, deltas_served = ?15, resets = ?16, last_reset_reason = ?17, "    \
-	"state = ?18, last_delta = ?19"
-#define SQ_P_EXPECT 20
+	"state = ?18, last_delta = ?19, last_delta_crc = ?20"
+#define SQ_P_EXPECT 21
 
 /* Result columns of reads: version, then SQ_COLS order (blob lengths in
  * listings). */
@@ -98,7 +104,7 @@ static const char sq_schema[] =
 enum {
 	C_VERSION, C_TENANT, C_NAME, C_IDENT, C_STATE_BYTES, C_SEQ, C_HASH, C_STATUS,
 	C_REASON, C_IN, C_OUT, C_INCARN, C_TIME, C_CREATED, C_SEEN, C_SERVED, C_RESETS,
-	C_RESET_REASON, C_STATE, C_DELTA
+	C_RESET_REASON, C_STATE, C_DELTA, C_DELTA_CRC /* only in reads of the response */
 };
 
 /* ---- statements ------------------------------------------------------------ */
@@ -116,7 +122,8 @@ static const char *const w_sql[W__N] = {
 		     "ON CONFLICT (tenant, name) DO UPDATE SET " SQ_SET,
 	[W_INSERT_NEW] = "INSERT INTO streams (version, " SQ_COLS ") VALUES (1, " SQ_VALS ") "
 			 "ON CONFLICT (tenant, name) DO NOTHING",
-	[W_UPDATE_IF] = "UPDATE streams SET " SQ_SET " WHERE tenant = ?1 AND name = ?2 AND version = ?20",
+	[W_UPDATE_IF] = "UPDATE streams SET " SQ_SET " WHERE tenant = ?1 AND name = ?2 "
+			"AND version = ?21", /* SQ_P_EXPECT */
 	[W_DELETE] = "DELETE FROM streams WHERE tenant = ?1 AND name = ?2",
 	[W_RESET] = "UPDATE streams SET version = version + 1, state = x'', identities = 0, "
 		    "state_bytes = 0, last_time_nanos = 0, resets = resets + 1, "
@@ -138,7 +145,7 @@ static const char *const r_sql[R__N] = {
 	/* One blob of the two, the other by length (PD_STORE_GET_*). */
 	[R_GET_STATE] = SQ_SELECT_META "state, length(last_delta) FROM streams "
 				       "WHERE tenant = ?1 AND name = ?2",
-	[R_GET_RESPONSE] = SQ_SELECT_META "length(state), last_delta FROM streams "
+	[R_GET_RESPONSE] = SQ_SELECT_META "length(state), last_delta, last_delta_crc FROM streams "
 					  "WHERE tenant = ?1 AND name = ?2",
 	[R_LIST_T_NAME] = SQ_SELECT_NOBLOB "WHERE tenant = ?1 AND " SQ_NAME_RANGE
 					   "ORDER BY name LIMIT ?4",
@@ -178,11 +185,34 @@ struct sq_be {
 	size_t n_readers; /* open, idle or borrowed */
 };
 
+/* The cause behind an SQLite error: the errno text of the failed system
+ * call for I/O and open errors; for SQLITE_FULL (which SQLite reports
+ * without errno, whether the disk is full or max_page_count, db_max_bytes,
+ * was reached) the room left on the database's file system. */
+static void sq_cause(sqlite3 *db, int code, char *out, size_t n)
+{
+	int prim = code & 0xff, sys = sqlite3_system_errno(db);
+	const char *file = sqlite3_db_filename(db, "main");
+	struct statvfs vfs;
+	char ebuf[128];
+
+	out[0] = 0;
+	if (sys && (prim == SQLITE_IOERR || prim == SQLITE_CANTOPEN))
+		snprintf(out, n, ", errno %d: %s", sys, strerror_r(sys, ebuf, sizeof ebuf));
+	else if (prim == SQLITE_FULL && file && file[0] && statvfs(file, &vfs) == 0)
+		snprintf(out, n, ", %llu bytes free on its file system",
+			 (unsigned long long)vfs.f_bavail * vfs.f_frsize);
+}
+
 static int sq_fail(pd_err *e, sqlite3 *db, const char *what)
 {
-	return pd_err_set(e, PD_E_STORE, "state store: %s: %s (sqlite %d)", what,
-			  db ? sqlite3_errmsg(db) : "cannot allocate connection",
-			  db ? sqlite3_extended_errcode(db) : SQLITE_NOMEM);
+	int code = db ? sqlite3_extended_errcode(db) : SQLITE_NOMEM;
+	char cause[160] = "";
+
+	if (db)
+		sq_cause(db, code, cause, sizeof cause);
+	return pd_err_set(e, PD_E_STORE, "state store: %s: %s (sqlite %d%s)", what,
+			  db ? sqlite3_errmsg(db) : "cannot allocate connection", code, cause);
 }
 
 static int sq_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, pd_err *e)
@@ -317,8 +347,22 @@ static int sq_stamp(sqlite3 *db, pd_err *e)
 	return sq_exec(db, sql, e);
 }
 
-/* Creates the schema in an empty file, accepts our current one, refuses the
- * rest. Runs in one transaction so a crash leaves no half schema. */
+/* Brings a schema-1 database to the current schema in the caller's
+ * transaction. Schema 1 rows keep a NULL last_delta_crc: their kept response
+ * (at most one retry's worth per stream) is replayed unchecked until the
+ * stream's next request rewrites the row with a checksum. Computing one now
+ * would vouch for bytes nobody checked. */
+static int sq_migrate(sqlite3 *db, int64_t from, pd_err *e)
+{
+	int rc = PD_OK;
+
+	if (from < 2)
+		rc = sq_exec(db, "ALTER TABLE streams ADD COLUMN last_delta_crc INTEGER", e);
+	return rc ? rc : sq_stamp(db, e);
+}
+
+/* Creates the schema in an empty file, migrates an older one (sq_migrate),
+ * accepts our current one, refuses the rest. Runs in one transaction so a crash leaves no half schema. */
 static int sq_schema_check(sqlite3 *db, pd_err *e)
 {
 	int64_t app_id, version, tables;
@@ -342,6 +386,8 @@ static int sq_schema_check(sqlite3 *db, pd_err *e)
 		rc = sq_exec(db, sq_schema, e);
 		if (!rc)
 			rc = sq_stamp(db, e);
+	} else if (version < SQ_SCHEMA_VERSION) {
+		rc = sq_migrate(db, version, e);
 	}
 out:
 	if (!rc)
@@ -555,6 +601,10 @@ static void bind_rec(sqlite3_stmt *st, const pd_stream_rec *r, int64_t now_ms)
 	bind_text(st, 17, r->last_reset_reason);
 	bind_blob(st, 18, r->state, r->state_len);
 	bind_blob(st, 19, r->last_delta, r->last_delta_len);
+	if (r->has_delta_crc)
+		sqlite3_bind_int64(st, 20, (sqlite3_int64)r->last_delta_crc);
+	else
+		sqlite3_bind_null(st, 20);
 }
 
 /* Steps a bound write statement; *changed = rows it touched. Bindings are
@@ -743,8 +793,12 @@ static int fill_rec(sqlite3_stmt *st, int blobs, pd_stream_rec *r, pd_err *e)
 		r->state = NULL;
 		r->state_len = (size_t)sqlite3_column_int64(st, C_STATE);
 	}
+	r->has_delta_crc = 0;
+	r->last_delta_crc = 0;
 	if (blobs & FILL_DELTA) {
 		r->last_delta = take_blob(st, C_DELTA, &r->last_delta_len, &p);
+		r->has_delta_crc = sqlite3_column_type(st, C_DELTA_CRC) != SQLITE_NULL;
+		r->last_delta_crc = (uint32_t)sqlite3_column_int64(st, C_DELTA_CRC);
 	} else {
 		r->last_delta = NULL;
 		r->last_delta_len = (size_t)sqlite3_column_int64(st, C_DELTA);

@@ -461,32 +461,40 @@ static void test_truncation_and_limits(void)
 	pd_state_free(s2);
 }
 
+/* gz = gzip of mib MiB of zeros (~1 KiB per MiB). */
+static void make_bomb(pd_buf *gz, int mib)
+{
+	static uint8_t zeros[1 << 16];
+	z_stream z;
+	int n = mib * 16;
+
+	pd_buf_init(gz, 0);
+	memset(&z, 0, sizeof z);
+	deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+	pd_buf_reserve(gz, 1 << 20, NULL);
+	for (int i = 0; i < n; i++) {
+		z.next_in = zeros;
+		z.avail_in = sizeof zeros;
+		z.next_out = gz->data + gz->len;
+		z.avail_out = (uInt)(gz->alloc - gz->len);
+		deflate(&z, i == n - 1 ? Z_FINISH : Z_NO_FLUSH);
+		gz->len = gz->alloc - z.avail_out;
+	}
+	deflateEnd(&z);
+}
+
 /* A gzip bomb stops at the inflated cap with a limit error. */
 static void test_gzip_bomb(void)
 {
 	pd_limits lim;
 	pd_engine *small;
 	pd_state *s0 = pd_state_new(), *s1 = pd_state_new();
-	static uint8_t zeros[1 << 16];
 	pd_buf gz;
-	z_stream z;
 	size_t sunk = 0;
 	pd_result r;
 	pd_err e;
 
-	pd_buf_init(&gz, 0);
-	memset(&z, 0, sizeof z);
-	deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
-	pd_buf_reserve(&gz, 1 << 20, NULL);
-	for (int i = 0; i < 1024; i++) { /* 64 MiB of zeros */
-		z.next_in = zeros;
-		z.avail_in = sizeof zeros;
-		z.next_out = gz.data + gz.len;
-		z.avail_out = (uInt)(gz.alloc - gz.len);
-		deflate(&z, i == 1023 ? Z_FINISH : Z_NO_FLUSH);
-		gz.len = gz.alloc - z.avail_out;
-	}
-	deflateEnd(&z);
+	make_bomb(&gz, 64);
 	pd_limits_default(&lim);
 	lim.max_inflated = 1 << 20;
 	small = pd_engine_new(&lim);
@@ -496,6 +504,50 @@ static void test_gzip_bomb(void)
 	CHECK(pd_engine_mem_bytes(small) < (2u << 20));
 	pd_engine_free(small);
 	pd_buf_free(&gz);
+	pd_state_free(s0);
+	pd_state_free(s1);
+}
+
+/* What a bomb grew (the inflate buffer up to max_inflated) is released by
+ * pd_engine_trim; a normal request's working set under the bound is kept;
+ * the engine works after a trim. */
+static void test_trim(void)
+{
+	static pb p0;
+	smp a[] = {{2, {1, 2}, {100, 5}, 0, {{0}}, 1}, {1, {3}, {50, 0}, 0, {{0}}, 1}};
+	pd_limits lim;
+	pd_engine *g;
+	pd_state *s0 = pd_state_new(), *s1 = pd_state_new();
+	pd_buf gz, out;
+	size_t sunk = 0, held;
+	pd_result r;
+	pd_err e;
+
+	make_bomb(&gz, 16);
+	pd_buf_init(&out, 0);
+	pd_limits_default(&lim);
+	lim.max_inflated = 8 << 20;
+	g = pd_engine_new(&lim);
+	CHECK(pd_engine_run(g, gz.data, gz.len, s0, s1, &req, count_sink, &sunk, &r, &e) ==
+	      PD_E_LIMIT);
+	held = pd_engine_mem_bytes(g);
+	CHECK(held >= (8u << 20));
+	CHECK(pd_engine_trim(g, 4u << 20) == held);
+	CHECK(pd_engine_mem_bytes(g) == 0);
+	CHECK(pd_engine_trim(g, 4u << 20) == 0);
+
+	build(&p0, a, 2, 1000, 0, 0);
+	CHECK(pd_engine_run(g, p0.d, p0.n, s0, s1, &req, buf_sink, &out, &r, &e) == PD_OK);
+	CHECK(r.status == PD_STATUS_BASELINE && r.samples_out == 2);
+	held = pd_engine_mem_bytes(g);
+	CHECK(held > 0 && held < (4u << 20));
+	CHECK(pd_engine_trim(g, 4u << 20) == 0); /* under the bound: kept for reuse */
+	CHECK(pd_engine_mem_bytes(g) == held);
+	CHECK(pd_engine_run(g, gz.data, gz.len, s0, s1, &req, count_sink, &sunk, &r, &e) ==
+	      PD_E_LIMIT);
+	pd_engine_free(g);
+	pd_buf_free(&gz);
+	pd_buf_free(&out);
 	pd_state_free(s0);
 	pd_state_free(s1);
 }
@@ -541,6 +593,7 @@ int main(void)
 	test_resets();
 	test_truncation_and_limits();
 	test_gzip_bomb();
+	test_trim();
 	test_state_roundtrip();
 	pd_engine_free(eng);
 	return TH_DONE();
