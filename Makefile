@@ -24,7 +24,15 @@ endif
 ifeq ($(SANITIZER),address)
 OPT += -fsanitize=undefined -fno-sanitize-recover=all
 endif
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+# libsystemd is optional: with it pdeltad speaks sd_notify (Type=notify,
+# WatchdogSec); SYSTEMD=no builds without it even when it is installed.
+SYSTEMD ?= $(if $(shell pkg-config --exists libsystemd 2>/dev/null && echo y),yes,no)
+# Only pdeltad (and what links the server library) gets -lsystemd.
+ifeq ($(SYSTEMD),yes)
+SYSTEMD_CFLAGS := -DPD_HAVE_SYSTEMD $(shell pkg-config --cflags libsystemd)
+SYSTEMD_LIBS := $(shell pkg-config --libs libsystemd)
+endif
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(SYSTEMD_CFLAGS)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS ?= -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(CFLAGS) \
@@ -59,8 +67,17 @@ endif
 UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
 TOOL_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 
-.PHONY: all check unit integration bench fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools
-all: $(PROGS) $(LIBPDELTA_A) $(LIBPDELTA_SO) tools
+.PHONY: all check unit integration bench fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools man
+all: $(PROGS) $(LIBPDELTA_A) $(LIBPDELTA_SO) tools man
+
+# Man pages: doc/man/*.in with the built programs' --help (and client/pdelta.h)
+# pasted in by doc/man/gen-man.sh, so they cannot drift from the programs.
+MAN_IN := $(wildcard doc/man/*.in)
+MANDIR := $(BUILD)/man
+MAN_PAGES := $(patsubst doc/man/%.in,$(MANDIR)/%,$(MAN_IN))
+man: $(MAN_PAGES)
+$(MAN_PAGES) &: $(MAN_IN) doc/man/gen-man.sh $(PROGS) client/pdelta.h
+	@bash doc/man/gen-man.sh $(BINDIR) $(MANDIR)
 
 tools: $(TOOL_BINS)
 
@@ -89,9 +106,17 @@ $(BINDIR)/pdelta: $(call obj,$(PDELTA_CLI_SRC)) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
+# Rebuild what reads PD_HAVE_SYSTEMD when SYSTEMD=yes/no changes.
+$(BUILD)/systemd.flag: FORCE
+	@mkdir -p $(dir $@)
+	@echo $(SYSTEMD) | cmp -s - $@ || echo $(SYSTEMD) >$@
+$(call obj,server/pd_notify.c): $(BUILD)/systemd.flag
+.PHONY: FORCE
+FORCE:
+
 $(BINDIR)/pdeltad: $(call obj,server/main.c) $(LIBSERVER) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(SYSTEMD_LIBS)
 
 $(BINDIR)/pdeltactl: $(call obj,client/pdeltactl.c) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
@@ -103,7 +128,7 @@ $(BUILD)/tests/%.o: tests/unit/%.c
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBSERVER) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(SYSTEMD_LIBS)
 
 # ---- tests ---------------------------------------------------------------
 unit: $(UNIT_BINS)
@@ -142,7 +167,7 @@ FUZZ_SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
 build/fuzz/fuzz_conn: tests/fuzz/fuzz_conn.c $(COMMON_SRC) $(FUZZ_SERVER_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DPD_FUZZ_WITH_SERVER -o $@ $< $(FUZZ_SERVER_SRC) $(COMMON_SRC) \
-		$(PKG_LIBS) -lpthread -lm
+		$(PKG_LIBS) $(SYSTEMD_LIBS) -lpthread -lm
 fuzz-build: $(FUZZ_BINS)
 fuzz-short: $(FUZZ_BINS)
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh $(FUZZ_BINS)
@@ -163,6 +188,11 @@ install: all
 	ln -sf libpdelta.so.1 $(DESTDIR)$(PREFIX)/lib/libpdelta.so
 	install -m 644 client/pdelta.h $(DESTDIR)$(PREFIX)/include/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' client/pdelta.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pdelta.pc
+	for s in 1 3 8; do install -d $(DESTDIR)$(PREFIX)/share/man/man$$s && \
+		install -m 644 $(MANDIR)/*.$$s $(DESTDIR)$(PREFIX)/share/man/man$$s/ || exit 1; done
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/share/doc/pdelta
+	sed -e 's|/usr/local/|$(PREFIX)/|g' deploy/pdeltad.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/pdeltad.service
+	install -m 644 deploy/pdeltad.conf.example deploy/tenants.example README.md $(DESTDIR)$(PREFIX)/share/doc/pdelta/
 
 clean:
 	rm -rf build bin

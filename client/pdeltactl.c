@@ -5,14 +5,19 @@
  *   pdeltactl --server H:P --ca CA [--cert C --key K | --token T | --token-file F]
  *             [--json] COMMAND [ARGS]
  *     streams [--tenant T] [--prefix P] [--sort name|last_seen|samples|bytes] [--limit N]
+ *             (without --tenant: every tenant's streams)
  *     stream NAME [--tenant T]
  *     reset NAME [--tenant T]
  *     delete NAME [--tenant T] | delete --prefix P [--tenant T]
  *     stats
  *     tenants [--limit N]
+ *     top [--interval S] [--once] [--limit N]
  *
  * By default the server's JSON answer is rendered as aligned tables (or
- * key/value lines); --json prints the server's document unchanged.
+ * key/value lines); --json prints the server's document unchanged, a
+ * failure as {"error":{...}}, and `top` one JSON object per frame.
+ * `top` samples `stats` every interval and shows rates computed from two
+ * samples (requests/s, p99 from the latency buckets, per tenant).
  *
  * Exit status: 0 done, 1 failed (not found, refused, unreachable), 2 usage.
  * A delete that removed nothing is "not found" like reset and stream: the
@@ -28,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -395,6 +401,12 @@ static const col stream_cols[] = {
 	{"last_seen_ms", "LAST_SEEN (UTC)", 1}, {"samples", "SAMPLES", 0}, {"state_bytes", "STATE_BYTES", 0},
 	{"last_status", "STATUS", 0}, {"last_reason", "REASON", 0},
 };
+static const col stream_cols_all[] = {
+	{"tenant", "TENANT", 0}, {"name", "NAME", 0}, {"seq", "SEQ", 0},
+	{"incarnation", "INCARNATION", 0}, {"last_seen_ms", "LAST_SEEN (UTC)", 1},
+	{"samples", "SAMPLES", 0}, {"state_bytes", "STATE_BYTES", 0}, {"last_status", "STATUS", 0},
+	{"last_reason", "REASON", 0},
+};
 static const col tenant_cols[] = {
 	{"name", "TENANT", 0}, {"streams", "STREAMS", 0}, {"state_bytes", "STATE_BYTES", 0},
 };
@@ -403,7 +415,11 @@ static void render(const char *cmd, const jv *doc)
 {
 	const jv *t = jv_get(doc, "truncated");
 
-	if (strcmp(cmd, "streams") == 0) {
+	if (strcmp(cmd, "streams") == 0 && !jv_get(doc, "tenant")) {
+		printf("all tenants\n");
+		print_table(jv_get(doc, "streams"), stream_cols_all,
+			    sizeof stream_cols_all / sizeof *stream_cols_all);
+	} else if (strcmp(cmd, "streams") == 0) {
 		printf("tenant %s\n", jv_text(jv_get(doc, "tenant")));
 		print_table(jv_get(doc, "streams"), stream_cols, sizeof stream_cols / sizeof *stream_cols);
 	} else if (strcmp(cmd, "tenants") == 0) {
@@ -449,6 +465,8 @@ typedef struct ctl {
 	char token[1024];
 	const char *tenant, *prefix, *sort, *limit;
 	int json;
+	double interval_s; /* top */
+	int once;          /* top: one frame, then exit */
 } ctl;
 
 static void usage(FILE *f)
@@ -458,12 +476,20 @@ static void usage(FILE *f)
 		"                 --token-file F] [--server-name N] [--json] COMMAND [ARGS]\n"
 		"commands (an admin credential is needed):\n"
 		"  streams [--tenant T] [--prefix P] [--sort name|last_seen|samples|bytes] [--limit N]\n"
+		"                                streams of tenant T; without --tenant, of every tenant\n"
 		"  stream NAME [--tenant T]      one stream's state\n"
 		"  reset NAME [--tenant T]       forget a stream's state\n"
 		"  delete NAME [--tenant T]      delete a stream (or: delete --prefix P)\n"
 		"  stats                         server counters\n"
 		"  tenants [--limit N]           tenants and their streams\n"
-		"--json prints the server's JSON document unchanged. --version prints the version.\n"
+		"  top [--interval S] [--once] [--limit N]\n"
+		"                                live load: requests/s, p99 latency, cache, queues,\n"
+		"                                and the busiest N tenants (default 10), from two\n"
+		"                                `stats` samples S seconds apart (default 2);\n"
+		"                                refreshes until interrupted, --once: one frame\n"
+		"--json prints the server's JSON document unchanged (a failure as {\"error\":...},\n"
+		"top one object per frame). --timeout MS bounds connect and I/O.\n"
+		"--version prints the version.\n"
 		"Exit status: 0 done; 1 failed, or not found (stream, reset, and a delete\n"
 		"that removed nothing); 2 usage.\n");
 }
@@ -491,7 +517,7 @@ static int read_token_file(ctl *c, const char *path)
 }
 
 enum { C_SERVER = 256, C_CA, C_CERT, C_KEY, C_TOKEN, C_TOKEN_FILE, C_SNI, C_JSON, C_TENANT,
-       C_PREFIX, C_SORT, C_LIMIT, C_TIMEOUT, C_VERSION };
+       C_PREFIX, C_SORT, C_LIMIT, C_TIMEOUT, C_VERSION, C_INTERVAL, C_ONCE };
 
 static const struct option ctl_long[] = {
 	{"server", required_argument, NULL, C_SERVER}, {"ca", required_argument, NULL, C_CA},
@@ -501,7 +527,8 @@ static const struct option ctl_long[] = {
 	{"tenant", required_argument, NULL, C_TENANT}, {"prefix", required_argument, NULL, C_PREFIX},
 	{"sort", required_argument, NULL, C_SORT},     {"limit", required_argument, NULL, C_LIMIT},
 	{"timeout", required_argument, NULL, C_TIMEOUT}, {"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, C_VERSION},     {NULL, 0, NULL, 0},
+	{"version", no_argument, NULL, C_VERSION},     {"interval", required_argument, NULL, C_INTERVAL},
+	{"once", no_argument, NULL, C_ONCE},           {NULL, 0, NULL, 0},
 };
 
 static int parse_opt(ctl *c, int ch, const char *a)
@@ -520,6 +547,16 @@ static int parse_opt(ctl *c, int ch, const char *a)
 	case C_SORT: c->sort = a; break;
 	case C_LIMIT: c->limit = a; break;
 	case C_TIMEOUT: c->o.io_timeout_ms = c->o.connect_timeout_ms = (unsigned)atoi(a); break;
+	case C_INTERVAL: {
+		char *end;
+		c->interval_s = strtod(a, &end);
+		if (*end || !(c->interval_s >= 0.1 && c->interval_s <= 3600)) {
+			fprintf(stderr, "pdeltactl: --interval: seconds, 0.1..3600\n");
+			return -1;
+		}
+		break;
+	}
+	case C_ONCE: c->once = 1; break;
 	default: return -1;
 	}
 	return 0;
@@ -544,6 +581,8 @@ static int build_args(ctl *c, const char *cmd, int npos, char **pos, const char 
 		}                     \
 	} while (0)
 	KV("tenant", c->tenant);
+	if (!c->tenant && strcmp(cmd, "streams") == 0)
+		KV("all_tenants", "true");
 	if (npos == 1)
 		KV("name", pos[0]);
 	KV("prefix", c->prefix);
@@ -554,7 +593,7 @@ static int build_args(ctl *c, const char *cmd, int npos, char **pos, const char 
 	return 0;
 }
 
-static const char *const commands[] = {"streams", "stream", "reset", "delete", "stats", "tenants"};
+static const char *const commands[] = {"streams", "stream", "reset", "delete", "stats", "tenants", "top"};
 
 static int known_command(const char *cmd)
 {
@@ -589,6 +628,34 @@ static void explain(pdelta *h, const char *cmd, int rc, const char *const *kv)
 	fprintf(stderr, "pdeltactl: %s: %s\n", cmd, pdelta_last_error(h));
 }
 
+/* A JSON string on stdout: quotes, backslashes and control bytes escaped. */
+static void put_json_str(const char *v)
+{
+	putchar('"');
+	for (; v && *v; v++) {
+		unsigned char ch = (unsigned char)*v;
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+/* --json: a failure is a document too, so scripts never parse stderr. */
+static void json_error(const char *cmd, int code, const char *message)
+{
+	printf("{\"error\":{\"command\":");
+	put_json_str(cmd);
+	printf(",\"code\":%d,\"name\":", code);
+	put_json_str(code ? pdelta_strerror(code) : "usage");
+	printf(",\"message\":");
+	put_json_str(message);
+	printf("}}\n");
+}
+
 static int run(ctl *c, const char *cmd, const char *const *kv)
 {
 	char err[512], *json = NULL;
@@ -599,11 +666,15 @@ static int run(ctl *c, const char *cmd, const char *const *kv)
 
 	if ((rc = pdelta_new(&c->o, &h, err, sizeof err))) {
 		fprintf(stderr, "pdeltactl: %s\n", err);
+		if (c->json)
+			json_error(cmd, rc, err);
 		return 1;
 	}
 	rc = pdelta_admin(h, cmd, kv, &json, &len);
 	if (rc) {
 		explain(h, cmd, rc, kv);
+		if (c->json)
+			json_error(cmd, rc, pdelta_last_error(h));
 		pdelta_free(h);
 		return 1;
 	}
@@ -629,6 +700,231 @@ static int run(ctl *c, const char *cmd, const char *const *kv)
 		render(cmd, doc);
 	jv_free(doc);
 	free(json);
+	return rc;
+}
+
+/* ---- top ----------------------------------------------------------------------------- */
+
+/* The number at a dotted path ("latency.count"); 0 when absent. */
+static double num_at(const jv *doc, const char *path)
+{
+	char key[128];
+	const jv *v = doc;
+
+	while (v && *path) {
+		size_t n = strcspn(path, ".");
+		snprintf(key, sizeof key, "%.*s", (int)n, path);
+		v = jv_get(v, key);
+		path += n + (path[n] == '.');
+	}
+	return v && v->t == J_NUM ? strtod(v->s, NULL) : 0;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* p99 in ms from the cumulative buckets of `stats` latency.total_le_ms, over
+ * the requests between two samples: the bound of the first bucket that holds
+ * 99 % of them (">1000" past the last bound); -1 without requests. */
+static double p99_ms(const jv *a, const jv *b, int *above)
+{
+	const jv *la = jv_get(jv_get(a, "latency"), "total_le_ms");
+	const jv *lb = jv_get(jv_get(b, "latency"), "total_le_ms");
+	double total, want;
+	const jv *k;
+
+	*above = 0;
+	if (!lb)
+		return -1;
+	total = num_at(lb, "+Inf") - (la ? num_at(la, "+Inf") : 0);
+	if (total <= 0)
+		return -1;
+	want = 0.99 * total;
+	for (k = lb->kids; k; k = k->next) {
+		double in = strtod(k->s, NULL) - (la ? num_at(la, k->key) : 0);
+		if (strcmp(k->key, "+Inf") != 0 && in >= want)
+			return strtod(k->key, NULL);
+	}
+	*above = 1;
+	return 1000;
+}
+
+typedef struct tenant_rate {
+	const char *name;
+	double req_s, err_s, in_kbs, out_kbs, new_streams;
+} tenant_rate;
+
+static int by_req_desc(const void *x, const void *y)
+{
+	const tenant_rate *a = x, *b = y;
+
+	if (a->req_s != b->req_s)
+		return a->req_s < b->req_s ? 1 : -1;
+	return strcmp(a->name, b->name);
+}
+
+/* Per-tenant rates between samples a and b, busiest first; returns the count. */
+static size_t tenant_rates(const jv *a, const jv *b, double dt, tenant_rate *out, size_t max)
+{
+	const jv *ta = jv_get(a, "by_tenant"), *tb = jv_get(b, "by_tenant");
+	size_t n = 0;
+
+	for (const jv *t = tb ? tb->kids : NULL; t && n < max; t = t->next) {
+		const jv *p = jv_get(ta, t->key);
+		tenant_rate *r = &out[n++];
+		r->name = t->key;
+		r->req_s = (num_at(t, "requests") - num_at(p, "requests")) / dt;
+		r->err_s = (num_at(t, "request_errors") - num_at(p, "request_errors")) / dt;
+		r->in_kbs = (num_at(t, "received_bytes") - num_at(p, "received_bytes")) / dt / 1024;
+		r->out_kbs = (num_at(t, "sent_bytes") - num_at(p, "sent_bytes")) / dt / 1024;
+		r->new_streams = num_at(t, "new_streams") - num_at(p, "new_streams");
+	}
+	qsort(out, n, sizeof *out, by_req_desc);
+	return n;
+}
+
+#define TOP_MAX_TENANTS 10001
+
+static void top_json(const jv *b, double dt, double req_s, double p99, int above,
+		     const tenant_rate *t, size_t n)
+{
+	printf("{\"interval_s\":%.3f,\"requests_per_s\":%.3f,\"p99_ms\":", dt, req_s);
+	if (p99 < 0)
+		printf("null");
+	else
+		printf("%g", p99);
+	printf(",\"p99_above_last_bucket\":%s,\"connections\":%.0f,\"streams_cached\":%.0f,"
+	       "\"cache_bytes\":%.0f,\"jobs_queued\":%.0f,\"jobs_running\":%.0f,"
+	       "\"store_queue\":%.0f,\"tenants\":[",
+	       above ? "true" : "false", num_at(b, "connections"), num_at(b, "streams_cached"),
+	       num_at(b, "cache_bytes"), num_at(b, "jobs_queued"), num_at(b, "jobs_running"),
+	       num_at(b, "store.queue_len"));
+	for (size_t i = 0; i < n; i++) {
+		printf("%s{\"tenant\":", i ? "," : "");
+		put_json_str(t[i].name);
+		printf(",\"requests_per_s\":%.3f,\"errors_per_s\":%.3f,\"received_kib_per_s\":%.3f,"
+		       "\"sent_kib_per_s\":%.3f,\"new_streams\":%.0f}",
+		       t[i].req_s, t[i].err_s, t[i].in_kbs, t[i].out_kbs, t[i].new_streams);
+	}
+	printf("]}\n");
+}
+
+static void top_text(const jv *a, const jv *b, double dt, double req_s, double p99, int above,
+		     const tenant_rate *t, size_t n, size_t limit)
+{
+	char p[32];
+	double ev = num_at(b, "cache_evictions") - num_at(a, "cache_evictions");
+
+	if (p99 < 0)
+		snprintf(p, sizeof p, "-");
+	else
+		snprintf(p, sizeof p, "%s%g ms", above ? ">" : "", p99);
+	printf("pdeltad top: every %.1f s, up %.0f s\n", dt, num_at(b, "uptime_s"));
+	printf("requests  %9.1f/s   p99 %-10s  connections %.0f\n", req_s, p, num_at(b, "connections"));
+	printf("cache     %9.0f streams  %.1f MiB  evictions %.0f/s\n", num_at(b, "streams_cached"),
+	       num_at(b, "cache_bytes") / 1048576, ev / dt);
+	printf("queue     %9.0f queued  %.0f running  %.0f admitted  store %.0f\n\n",
+	       num_at(b, "jobs_queued"), num_at(b, "jobs_running"), num_at(b, "jobs_admitted"),
+	       num_at(b, "store.queue_len"));
+	printf("%-24s %10s %9s %11s %11s %11s\n", "TENANT", "REQ/S", "ERR/S", "IN KiB/s",
+	       "OUT KiB/s", "NEW_STREAMS");
+	for (size_t i = 0; i < n && i < limit; i++)
+		printf("%-24s %10.1f %9.1f %11.1f %11.1f %11.0f\n", t[i].name, t[i].req_s, t[i].err_s,
+		       t[i].in_kbs, t[i].out_kbs, t[i].new_streams);
+	if (n > limit)
+		printf("(%zu more tenants: raise --limit)\n", n - limit);
+}
+
+static jv *stats_sample(ctl *c, pdelta *h)
+{
+	char *json = NULL;
+	size_t len = 0;
+	jv *doc;
+	int rc = pdelta_admin(h, "stats", NULL, &json, &len);
+
+	if (rc) {
+		explain(h, "top", rc, NULL);
+		if (c->json)
+			json_error("top", rc, pdelta_last_error(h));
+		return NULL;
+	}
+	doc = jv_parse(json, len);
+	free(json);
+	if (!doc || doc->t != J_OBJ) {
+		fprintf(stderr, "pdeltactl: top: the server's stats are not a JSON object\n");
+		jv_free(doc);
+		return NULL;
+	}
+	return doc;
+}
+
+static void sleep_s(double s)
+{
+	struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static int top(ctl *c, int npos)
+{
+	char err[512];
+	size_t limit = c->limit ? (size_t)strtoul(c->limit, NULL, 10) : 10;
+	double interval = c->interval_s > 0 ? c->interval_s : 2, ta, tb;
+	tenant_rate *rates = calloc(TOP_MAX_TENANTS, sizeof *rates);
+	pdelta *h = NULL;
+	jv *a = NULL, *b = NULL;
+	int rc = 1, tty = isatty(1);
+
+	if (npos || c->tenant || c->prefix || c->sort || !limit || !rates) {
+		fprintf(stderr, "pdeltactl: top takes [--interval S] [--once] [--limit N]\n");
+		free(rates);
+		return 2;
+	}
+	if (pdelta_new(&c->o, &h, err, sizeof err)) {
+		fprintf(stderr, "pdeltactl: %s\n", err);
+		if (c->json)
+			json_error("top", PDELTA_E_IO, err);
+		goto out;
+	}
+	ta = now_s();
+	if (!(a = stats_sample(c, h)))
+		goto out;
+	for (;;) {
+		sleep_s(interval);
+		tb = now_s();
+		if (!(b = stats_sample(c, h)))
+			goto out;
+		double dt = tb - ta, req_s = (num_at(b, "requests") - num_at(a, "requests")) / dt, p99;
+		int above;
+		size_t n = tenant_rates(a, b, dt, rates, TOP_MAX_TENANTS);
+		p99 = p99_ms(a, b, &above);
+		if (tty && !c->once && !c->json)
+			printf("\033[H\033[2J");
+		if (c->json)
+			top_json(b, dt, req_s, p99, above, rates, n < limit ? n : limit);
+		else
+			top_text(a, b, dt, req_s, p99, above, rates, n, limit);
+		fflush(stdout);
+		jv_free(a);
+		a = b;
+		b = NULL;
+		ta = tb;
+		if (c->once) {
+			rc = 0;
+			goto out;
+		}
+	}
+out:
+	jv_free(a);
+	jv_free(b);
+	pdelta_free(h);
+	free(rates);
 	return rc;
 }
 
@@ -670,6 +966,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cmd = argv[optind];
+	if (strcmp(cmd, "top") == 0)
+		return top(&c, argc - optind - 1);
 	if (build_args(&c, cmd, argc - optind - 1, argv + optind + 1, kv))
 		return 2;
 	return run(&c, cmd, kv);

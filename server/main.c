@@ -2,10 +2,13 @@
  * pdeltad: the pdelta delta-profile server.
  *
  * Parses the settings (pd_config), then either prints help / version /
- * a token hash, checks the configuration (--check), or runs the server
- * (pd_server) until SIGTERM/SIGINT.
+ * a token hash, checks the configuration (--check), probes a running
+ * server's /healthz (--healthcheck), or runs the server (pd_server) until
+ * SIGTERM/SIGINT.
  * Exit status: 0 after a clean drain, 1 on a runtime failure (cannot bind,
  * cannot open the database, bad TLS file at start), 2 on a usage error.
+ * --healthcheck exits 0 (healthy) or 1 (anything else, a bad configuration
+ * included): Docker reserves 2.
  */
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +19,8 @@
 
 #include "pd_auth.h"
 #include "pd_config.h"
+#include "pd_healthcheck.h"
+#include "pd_notify.h"
 #include "pd_server.h"
 #include "pd_tls.h"
 #include "pd_version.h"
@@ -76,12 +81,24 @@ static int check_files(const pd_config *cfg)
 	return 0;
 }
 
+#define HEALTHCHECK_TIMEOUT_MS 2000
+
+static int healthcheck(const pd_config *cfg)
+{
+	char why[512];
+	int rc = pd_healthcheck(cfg->metrics_listen, HEALTHCHECK_TIMEOUT_MS, why, sizeof why);
+
+	fprintf(rc ? stderr : stdout, "pdeltad: %s\n", why);
+	return rc;
+}
+
 static void print_version(void)
 {
 	char libs[256];
 
-	snprintf(libs, sizeof libs, "OpenSSL %s, libevent %s, SQLite %s",
-		 OpenSSL_version(OPENSSL_VERSION_STRING), event_get_version(), sqlite3_libversion());
+	snprintf(libs, sizeof libs, "OpenSSL %s, libevent %s, SQLite %s, systemd %s",
+		 OpenSSL_version(OPENSSL_VERSION_STRING), event_get_version(), sqlite3_libversion(),
+		 pd_notify_available() ? "yes" : "no");
 	pd_version_print(stdout, "pdeltad", libs);
 }
 
@@ -99,7 +116,7 @@ int main(int argc, char **argv)
 	rc = pd_config_from_args(&cfg, argc, argv, &action, &err);
 	if (rc) {
 		fprintf(stderr, "pdeltad: %s\n", err.msg);
-		status = 2;
+		status = action == PD_ACT_HEALTHCHECK ? 1 : 2;
 		goto out;
 	}
 	switch (action) {
@@ -107,9 +124,14 @@ int main(int argc, char **argv)
 	case PD_ACT_VERSION: print_version(); goto out;
 	case PD_ACT_HASH_TOKEN: status = hash_token(); goto out;
 	case PD_ACT_CHECK: status = check_files(&cfg); goto out;
+	case PD_ACT_HEALTHCHECK: status = healthcheck(&cfg); goto out;
 	default: break;
 	}
 	pd_log_set_level(cfg.log_level);
+	pd_log_set_format(cfg.log_format);
+	if (cfg.env_ignored)
+		pd_log(PD_LOG_WARN, "ignoring environment variables that name no setting: %s",
+		       cfg.env_ignored);
 	rc = pd_server_new(&cfg, &srv, &err);
 	if (!rc)
 		rc = pd_server_run(srv, &err);

@@ -1,22 +1,18 @@
 /*
  * pd_config: the settings table of pdeltad (defaults, --help, config file and
- * flag parser all read the one table below), plus the stderr log sink.
+ * flag parser all read the one table below), and the environment overlay.
  */
 #include "pd_config.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "pdelta_proto.h"
 
-enum set_type { T_STR, T_BOOL, T_COUNT, T_BYTES, T_MS, T_LEVEL };
+enum set_type { T_STR, T_BOOL, T_COUNT, T_BYTES, T_MS, T_LEVEL, T_LOGFMT };
 
 typedef struct setting {
 	const char *name;
@@ -94,11 +90,17 @@ static const setting settings[] = {
 	    "output above budget this long: GOODBYE OVERLOAD, close"),
 	NUM("drain_timeout_ms", T_MS, drain_timeout_ms, PD_DEFAULT_DRAIN_TIMEOUT_MS, 1, U32,
 	    "GOODBYE -> close, and SIGTERM -> exit, at most"),
+	NUM("metrics_tenants", T_COUNT, metrics_tenants, 100, 0, 10000,
+	    "tenants with their own per-tenant metric series (first seen first);\n"
+	    "        the others are summed under tenant=\"_other\""),
 	NUM("log_level", T_LEVEL, log_level, PD_LOG_INFO, 0, 3, "error, warn, info or debug"),
+	NUM("log_format", T_LOGFMT, log_format, PD_LOG_TEXT, 0, 1,
+	    "text (one line per event) or json (one JSON object per line)"),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+static const char *const format_names[] = {"text", "json"};
 
 /* ---- names ---------------------------------------------------------------- */
 
@@ -208,12 +210,15 @@ static int parse_bool(const char *name, const char *v, uint64_t *out, pd_err *e)
 	return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a boolean (yes/no)", name, v);
 }
 
-static int parse_level(const char *name, const char *v, uint64_t *out, pd_err *e)
+static int parse_word(const char *name, const char *v, const char *const *words, uint64_t n,
+		      uint64_t *out, pd_err *e)
 {
-	for (uint64_t i = 0; i < 4; i++)
-		if (strcasecmp(v, level_names[i]) == 0)
+	for (uint64_t i = 0; i < n; i++)
+		if (strcasecmp(v, words[i]) == 0)
 			return *out = i, PD_OK;
-	return pd_err_set(e, PD_E_ARG, "%s: '%s' is not one of error, warn, info, debug", name, v);
+	return pd_err_set(e, PD_E_ARG, "%s: '%s' is not one of %s%s%s%s%s%s%s", name, v, words[0],
+			  n > 1 ? ", " : "", n > 1 ? words[1] : "", n > 2 ? ", " : "",
+			  n > 2 ? words[2] : "", n > 3 ? ", " : "", n > 3 ? words[3] : "");
 }
 
 /* ---- storing values ------------------------------------------------------------ */
@@ -236,7 +241,7 @@ static void store_num(pd_config *c, const setting *s, uint64_t x)
 {
 	if (s->type == T_BOOL)
 		*(bool *)field(c, s) = x != 0;
-	else if (s->type == T_LEVEL)
+	else if (s->type == T_LEVEL || s->type == T_LOGFMT)
 		*(int *)field(c, s) = (int)x;
 	else
 		*(uint64_t *)field(c, s) = x;
@@ -253,7 +258,8 @@ static int set_one(pd_config *c, const setting *s, const char *v, pd_err *e)
 	case T_COUNT: rc = parse_bytes(s->name, v, &x, e); break; /* 10k reads well for counts too */
 	case T_BYTES: rc = parse_bytes(s->name, v, &x, e); break;
 	case T_MS: rc = parse_ms(s->name, v, &x, e); break;
-	case T_LEVEL: rc = parse_level(s->name, v, &x, e); break;
+	case T_LEVEL: rc = parse_word(s->name, v, level_names, 4, &x, e); break;
+	case T_LOGFMT: rc = parse_word(s->name, v, format_names, 2, &x, e); break;
 	}
 	if (rc)
 		return rc;
@@ -296,6 +302,8 @@ int pd_config_init(pd_config *c, pd_err *e)
 
 void pd_config_free(pd_config *c)
 {
+	free(c->env_ignored);
+	c->env_ignored = NULL;
 	for (size_t i = 0; i < NSETTINGS; i++) {
 		if (settings[i].type != T_STR)
 			continue;
@@ -383,6 +391,8 @@ static int scan_actions(int argc, char **argv, int *action, const char **cfg, pd
 			*action = PD_ACT_VERSION;
 		else if (strcmp(a, "--check") == 0)
 			*action = PD_ACT_CHECK;
+		else if (strcmp(a, "--healthcheck") == 0)
+			*action = PD_ACT_HEALTHCHECK;
 		else if (strcmp(a, "--hash-token") == 0 || strcmp(a, "--hash_token") == 0)
 			*action = PD_ACT_HASH_TOKEN;
 		else if (strncmp(a, "--config=", 9) == 0)
@@ -399,7 +409,7 @@ static int scan_actions(int argc, char **argv, int *action, const char **cfg, pd
 static bool is_action_or_config(const char *a)
 {
 	static const char *const words[] = {"--help", "-h", "--version", "--hash-token",
-					    "--hash_token", "--check"};
+					    "--hash_token", "--check", "--healthcheck"};
 	for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
 		if (strcmp(a, words[i]) == 0)
 			return true;
@@ -436,18 +446,78 @@ static int apply_flag(pd_config *c, int argc, char **argv, int *i, pd_err *e)
 	return pd_config_set(c, name, val, e);
 }
 
+/* ---- environment ---------------------------------------------------------------------- */
+
+#define ENV_PREFIX "PDELTAD_"
+#define ENV_PREFIX_LEN (sizeof ENV_PREFIX - 1)
+
+extern char **environ;
+
+/* Remembers an unknown PDELTAD_ variable for main() to warn about. They are
+ * not errors: container platforms invent such names (Kubernetes service
+ * links make PDELTAD_PORT for a Service called pdeltad). */
+static void note_ignored(pd_config *c, const char *var, size_t len)
+{
+	size_t old = c->env_ignored ? strlen(c->env_ignored) : 0;
+	char *p = realloc(c->env_ignored, old + len + 3);
+
+	if (!p)
+		return;
+	snprintf(p + old, len + 3, "%s%.*s", old ? ", " : "", (int)len, var);
+	c->env_ignored = p;
+}
+
+/* PDELTAD_<SETTING> (upper case, underscores) for every setting and engine
+ * limit; PDELTAD_CONFIG names the config file (read by the caller). */
+static int apply_env(pd_config *c, pd_err *e)
+{
+	char name[128];
+
+	for (char **ep = environ; ep && *ep; ep++) {
+		const char *kv = *ep, *eq = strchr(kv, '=');
+		size_t len;
+
+		if (!eq || strncmp(kv, ENV_PREFIX, ENV_PREFIX_LEN) != 0)
+			continue;
+		len = (size_t)(eq - kv) - ENV_PREFIX_LEN;
+		if (len == 0 || len >= sizeof name)
+			continue;
+		for (size_t i = 0; i < len; i++)
+			name[i] = (char)tolower((unsigned char)kv[ENV_PREFIX_LEN + i]);
+		name[len] = 0;
+		if (strcmp(name, "config") == 0)
+			continue;
+		if (!find_setting(name) && !find_limit(name)) {
+			note_ignored(c, kv, (size_t)(eq - kv));
+			continue;
+		}
+		int rc = pd_config_set(c, name, eq + 1, e);
+		if (rc) {
+			pd_err inner = *e;
+			return pd_err_set(e, rc, "%.*s: %s", (int)(eq - kv), kv, inner.msg);
+		}
+	}
+	return PD_OK;
+}
+
 int pd_config_from_args(pd_config *c, int argc, char **argv, int *action, pd_err *e)
 {
 	const char *cfg;
 	int rc = scan_actions(argc, argv, action, &cfg, e);
 
-	if (rc || (*action != PD_ACT_RUN && *action != PD_ACT_CHECK))
+	if (rc || (*action != PD_ACT_RUN && *action != PD_ACT_CHECK &&
+		   *action != PD_ACT_HEALTHCHECK))
 		return rc;
+	if (!cfg && getenv(ENV_PREFIX "CONFIG") && *getenv(ENV_PREFIX "CONFIG"))
+		cfg = getenv(ENV_PREFIX "CONFIG");
 	if (cfg) {
 		rc = pd_config_load_file(c, cfg, e);
 		if (rc)
 			return rc;
 	}
+	rc = apply_env(c, e);
+	if (rc)
+		return rc;
 	for (int i = 1; i < argc; i++) {
 		if (is_action_or_config(argv[i]) || strncmp(argv[i], "--config=", 9) == 0)
 			continue;
@@ -520,6 +590,7 @@ static void fmt_default(const setting *s, char *out, size_t n)
 	case T_STR: snprintf(out, n, "%s", s->str[0] ? s->str : "(none)"); return;
 	case T_BOOL: snprintf(out, n, "%s", v ? "yes" : "no"); return;
 	case T_LEVEL: snprintf(out, n, "%s", level_names[v]); return;
+	case T_LOGFMT: snprintf(out, n, "%s", format_names[v]); return;
 	case T_BYTES:
 		if (v && v % MIB == 0)
 			snprintf(out, n, "%llum", (unsigned long long)(v / MIB));
@@ -557,15 +628,20 @@ void pd_config_print_help(FILE *f, const char *prog)
 		"usage: %s [--config FILE] [--SETTING VALUE | --SETTING=VALUE]...\n"
 		"       %s --hash-token < token     print the token_sha256 of a token\n"
 		"       %s [--config FILE] ... --check   validate settings, TLS files, tenants\n"
+		"       %s [--config FILE] ... --healthcheck   GET /healthz of metrics_listen:\n"
+		"              exit 0 if it answers 200 within 2 s, else 1 (container HEALTHCHECK)\n"
 		"       %s --help | --version\n\n"
 		"pdeltad: the pdelta delta-profile server (TLS, proto/PROTOCOL.md).\n"
-		"Config file: 'setting = value' lines, '#' comments; flags override it.\n"
+		"Config file: 'setting = value' lines, '#' comments.\n"
+		"Environment: PDELTAD_<SETTING> (upper case, underscores: PDELTAD_METRICS_LISTEN)\n"
+		"sets any setting below; PDELTAD_CONFIG names the config file when --config\n"
+		"is not given. Precedence: flag > environment > config file > default.\n"
 		"Flags are spelled with dashes (--metrics-listen); the config file uses\n"
 		"underscores (metrics_listen = ...); both places accept either spelling.\n"
 		"Sizes take k/m/g, durations ms/s/m/h/d (bare number = ms).\n"
 		"Signals: SIGHUP reloads TLS files and tenants; SIGTERM/SIGINT drain and exit.\n\n"
 		"Settings (default in brackets):\n",
-		prog, prog, prog, prog);
+		prog, prog, prog, prog, prog);
 	for (size_t i = 0; i < NSETTINGS; i++) {
 		fmt_default(&settings[i], def, sizeof def);
 		flag_name(settings[i].name, name, sizeof name);
@@ -578,39 +654,4 @@ void pd_config_print_help(FILE *f, const char *prog)
 		fprintf(f, "  --%-24s [%llu]\n        %s\n", name,
 			(unsigned long long)pd_limit_table[i].def, pd_limit_table[i].help);
 	}
-}
-
-/* ---- logging ---------------------------------------------------------------------------- */
-
-static int log_level = PD_LOG_INFO;
-
-void pd_log_set_level(int level) { log_level = level; }
-
-bool pd_log_enabled(int level) { return level <= log_level; }
-
-void pd_log(int level, const char *fmt, ...)
-{
-	static const char *const tags[] = {"ERROR", "WARN", "INFO", "DEBUG"};
-	char line[2048];
-	struct timeval tv;
-	struct tm tm;
-	size_t n;
-	va_list ap;
-
-	if (!pd_log_enabled(level))
-		return;
-	gettimeofday(&tv, NULL);
-	gmtime_r(&tv.tv_sec, &tm);
-	n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-	n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ pdeltad[%d] %s ",
-			      (long)tv.tv_usec / 1000, (int)getpid(), tags[level]);
-	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof line - n, fmt, ap);
-	va_end(ap);
-	n = strlen(line);
-	if (n + 1 >= sizeof line)
-		n = sizeof line - 2;
-	line[n++] = '\n';
-	/* One write per line so that lines of different threads do not mix. */
-	fwrite(line, 1, n, stderr);
 }

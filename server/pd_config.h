@@ -1,18 +1,22 @@
 /*
- * pd_config: the settings of pdeltad, and the log sink they configure.
+ * pd_config: the settings of pdeltad (the log sink they configure is pd_log).
  *
  * ONE table in pd_config.c (name, type, default, bounds, help) is the single
  * source of the defaults, of `pdeltad --help` and of the config-file parser;
  * the engine input limits come from pd_limit_table (pd_engine.h) and are
  * settings like any other (`max_input`, `max_samples`, ...). A config file is
  * `key = value` lines with `#` comments; `--key value` / `--key=value` flags
- * override it (`--config FILE` names the file). In names, `-` and `_` are the
- * same character: --help spells flags with dashes (`--metrics-listen`), the
- * config file's documented keys use underscores, both accept either. `listen`
- * and `metrics_listen` need an explicit port (1..65535). Values: sizes take k/m/g suffixes (binary), durations take
+ * override it (`--config FILE` or $PDELTAD_CONFIG names the file).
+ * PDELTAD_<SETTING> environment variables (upper case, underscores) sit
+ * between the two: flag > environment > file > default. In names, `-` and
+ * `_` are the same character: --help spells flags with dashes
+ * (`--metrics-listen`), the config file's documented keys use underscores,
+ * both accept either. `listen` and `metrics_listen` need an explicit port
+ * (1..65535). Values: sizes take k/m/g suffixes (binary), durations take
  * ms/s/m/h/d (a bare number is milliseconds), booleans yes/no/true/false/1/0.
  *
- * Every error is a PD_E_ARG with a message naming the setting; main() exits 2.
+ * Every error is a PD_E_ARG with a message naming the setting (and the
+ * variable, for one from the environment); main() exits 2.
  */
 #ifndef PD_CONFIG_H
 #define PD_CONFIG_H
@@ -23,8 +27,8 @@
 
 #include "pd_engine.h"
 #include "pd_err.h"
+#include "pd_log.h" /* the log sink the settings configure */
 
-enum pd_log_level { PD_LOG_ERROR = 0, PD_LOG_WARN = 1, PD_LOG_INFO = 2, PD_LOG_DEBUG = 3 };
 
 typedef struct pd_config {
 	/* network */
@@ -48,12 +52,17 @@ typedef struct pd_config {
 	uint64_t handshake_timeout_ms, frame_timeout_ms, request_timeout_ms;
 	uint64_t idle_timeout_ms, keepalive_ms, write_timeout_ms, drain_timeout_ms;
 	uint64_t output_budget_bytes;
-	int log_level; /* enum pd_log_level */
+	uint64_t metrics_tenants; /* tenants with their own series; the rest: "_other" */
+	int log_level;  /* enum pd_log_level */
+	int log_format; /* enum pd_log_format */
+	char *env_ignored; /* PDELTAD_* variables that name no setting (warned about) */
 	pd_limits limits; /* engine input caps; max_input is also max_profile_bytes */
 } pd_config;
 
 /* What the command line asked for besides running the server. */
-enum pd_config_action { PD_ACT_RUN, PD_ACT_CHECK, PD_ACT_HELP, PD_ACT_VERSION, PD_ACT_HASH_TOKEN };
+enum pd_config_action {
+	PD_ACT_RUN, PD_ACT_CHECK, PD_ACT_HELP, PD_ACT_VERSION, PD_ACT_HASH_TOKEN, PD_ACT_HEALTHCHECK
+};
 
 /* Fills c with the table's defaults (strings are heap copies). */
 int pd_config_init(pd_config *c, pd_err *e);
@@ -62,17 +71,13 @@ void pd_config_free(pd_config *c);
 int pd_config_set(pd_config *c, const char *name, const char *value, pd_err *e);
 /* Reads a `key = value` file; errors name the file and line. */
 int pd_config_load_file(pd_config *c, const char *path, pd_err *e);
-/* Defaults, then --config FILE, then every other flag; then pd_config_check()
- * (skipped for --help / --version / --hash-token; done for --check). */
+/* Defaults, then --config FILE (or $PDELTAD_CONFIG), then PDELTAD_* variables,
+ * then every other flag; then pd_config_check() (skipped for --help /
+ * --version / --hash-token; done for --check and --healthcheck). */
 int pd_config_from_args(pd_config *c, int argc, char **argv, int *action, pd_err *e);
 /* Cross-setting rules (required files, idle > keepalive, ...). */
 int pd_config_check(const pd_config *c, pd_err *e);
 /* Usage and every setting with its default and help. */
 void pd_config_print_help(FILE *f, const char *prog);
-
-/* ---- logging (stderr, one line per call) ---------------------------------- */
-void pd_log_set_level(int level);
-bool pd_log_enabled(int level);
-void pd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

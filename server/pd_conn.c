@@ -92,6 +92,7 @@ struct pd_conn {
 	SSL *ssl;             /* NULL on the plain test transport */
 	char peer[64];
 	pd_principal who;
+	pd_tenant_counters *tstats; /* the tenant's metrics slot, once authenticated */
 	bool has_token, has_cn; /* the credential, kept to re-check on reload */
 	uint8_t token_hash[PD_TOKEN_HASH_LEN];
 	char cn[257];
@@ -119,12 +120,16 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void conn_log(const pd_conn *c, int level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+static void conn_logx(const pd_conn *c, const char *stream, const char *event, int level,
+		      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-/* The one logging call of a connection: `[c17 127.0.0.1:5432 acme] ...`. */
-static void conn_log(const pd_conn *c, int level, const char *fmt, ...)
+/* The one logging call of a connection: text lines get the prefix
+ * `[c17 127.0.0.1:5432 acme]`, JSON lines the members connection, peer,
+ * tenant, and stream / event where the caller knows them. */
+static void conn_logx(const pd_conn *c, const char *stream, const char *event, int level,
+		      const char *fmt, ...)
 {
+	pd_log_ctx x = {c->id, c->peer, c->authed ? c->who.tenant : "-", stream, event};
 	char msg[1024];
 	va_list ap;
 
@@ -133,9 +138,10 @@ static void conn_log(const pd_conn *c, int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	pd_log(level, "[c%llu %s %s] %s", (unsigned long long)c->id, c->peer,
-	       c->authed ? c->who.tenant : "-", msg);
+	pd_logx(level, &x, "%s", msg);
 }
+
+#define conn_log(c, level, ...) conn_logx(c, NULL, NULL, level, __VA_ARGS__)
 
 static bool conn_alive(const pd_conn *c) { return c->state <= CONN_DRAINING; }
 
@@ -150,6 +156,8 @@ static void count_out(pd_conn *c, size_t n)
 {
 	c->env->metrics->frames_out++;
 	c->env->metrics->bytes_out += n;
+	if (c->tstats)
+		c->tstats->bytes_out += n;
 }
 
 /* Queues one encoded frame. An encoding failure is a server bug. */
@@ -371,8 +379,10 @@ static void req_fail(pd_conn *c, pd_request *r, int code, int detail, uint64_t v
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	conn_log(c, PD_LOG_DEBUG, "request %u failed: %s/%d: %s", r->id, pd_code_name(code), detail,
-		 msg);
+	if (c->tstats && !r->admin)
+		c->tstats->request_errors++;
+	conn_logx(c, r->stream[0] ? r->stream : NULL, "request_error", PD_LOG_DEBUG,
+		  "request %u failed: %s/%d: %s", r->id, pd_code_name(code), detail, msg);
 	send_error(c, r->id, code, detail, value, msg);
 	req_drop_job(r);
 	send_queue_remove(c, r);
@@ -503,6 +513,11 @@ static void delta_done(pd_conn *c, pd_request *r)
 		return;
 	}
 	c->env->metrics->results[status - 1]++;
+	if (c->tstats) {
+		c->tstats->requests++;
+		c->tstats->new_streams += res->status == PD_STATUS_BASELINE &&
+					  res->reason == PD_REASON_FIRST;
+	}
 	r->out = r->no_data ? NULL : res->out;
 	r->out_len = r->no_data ? 0 : res->out_len;
 	r->out_crc = r->no_data ? 0 : res->out_crc32;
@@ -516,7 +531,8 @@ static void delta_done(pd_conn *c, pd_request *r)
 	m.u.result.samples_in = res->samples_in;
 	m.u.result.samples_out = res->samples_out;
 	m.u.result.output_bytes = r->out_len;
-	conn_log(c, PD_LOG_DEBUG, "request %u %s seq %llu: %s/%s, %zu bytes", r->id, r->stream,
+	conn_logx(c, r->stream, "result", PD_LOG_DEBUG, "request %u %s seq %llu: %s/%s, %zu bytes",
+		  r->id, r->stream,
 		 (unsigned long long)r->seq, pd_status_name(res->status),
 		 pd_reason_name(res->reason), r->out_len);
 	if (conn_send(c, &m)) {
@@ -735,9 +751,10 @@ static void on_hello(pd_conn *c, const pd_msg_hello *h)
 	c->max_payload = (uint32_t)c->env->cfg->max_frame;
 	c->handshake_deadline = 0;
 	c->env->metrics->conns_authenticated++;
+	c->tstats = pd_metrics_tenant(c->env->metrics, c->who.tenant);
 	send_hello_ok(c, version);
 	conn_set_state(c, CONN_READY);
-	conn_log(c, PD_LOG_INFO, "authenticated: role %s via %s%s, client '%.*s'",
+	conn_logx(c, NULL, "auth", PD_LOG_INFO, "authenticated: role %s via %s%s, client '%.*s'",
 		 pd_role_name(c->who.role), c->has_token ? "token" : "certificate",
 		 c->has_token && c->has_cn ? "+certificate" : "", (int)h->client_name.len,
 		 h->client_name.p);
@@ -1017,7 +1034,8 @@ static int admin_args_build(const pd_conn *c, const pd_msg_admin *a, admin_args 
 	for (unsigned i = 0; i < a->n_args; i++) {
 		out->kv[k++] = copy_str(&p, &a->args[i].key);
 		out->kv[k++] = copy_str(&p, &a->args[i].value);
-		has_tenant |= strcmp(out->kv[k - 2], "tenant") == 0;
+		has_tenant |= strcmp(out->kv[k - 2], "tenant") == 0 ||
+			      strcmp(out->kv[k - 2], "all_tenants") == 0;
 	}
 	if (!has_tenant && admin_scoped(&a->command)) {
 		out->kv[k++] = "tenant";
@@ -1125,6 +1143,8 @@ static bool handle_frame(pd_conn *c, struct evbuffer *in, const pd_frame_hdr *h)
 
 	c->env->metrics->frames_in++;
 	c->env->metrics->bytes_in += PD_FRAME_HDR_LEN + (size_t)h->len;
+	if (c->tstats)
+		c->tstats->bytes_in += PD_FRAME_HDR_LEN + (size_t)h->len;
 	if (h->type == PD_FT_DATA) {
 		on_data(c, h->request_id, in, h->len); /* no copy, no decode: bytes as they are */
 	} else {
@@ -1311,7 +1331,7 @@ static void conn_close(pd_conn *c, int reason, bool flush, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	conn_log(c,
+	conn_logx(c, NULL, "close",
 		 reason == PD_CLOSE_PEER || reason == PD_CLOSE_GOODBYE ||
 				 reason == PD_CLOSE_SHUTDOWN
 			 ? PD_LOG_DEBUG

@@ -4,17 +4,26 @@
  */
 #include "pd_metrics.h"
 
+#include <dirent.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
 
+#include "pd_notify.h"
 #include "pd_store.h"
+#include "pd_version.h"
 
 static const char *const close_names[PD_CLOSE__COUNT] = {
 	"peer_closed",	  "io_error",	     "tls_handshake",	"handshake_timeout",
@@ -40,31 +49,47 @@ const char *pd_limit_name(int k) { return k >= 0 && k < PD_LIM__COUNT ? limit_na
 
 /* ---- exposition helpers ---------------------------------------------------- */
 
+typedef struct expo {
+	struct evbuffer *b;
+	bool om; /* OpenMetrics 1.0, else Prometheus text 0.0.4 */
+} expo;
+
 /* A label value in the text format: backslash, quote and newline escaped. */
-static void label_value(struct evbuffer *b, const char *s)
+static void label_value(expo *b, const char *s)
 {
 	for (; *s; s++) {
 		if (*s == '\\' || *s == '"')
-			evbuffer_add_printf(b, "\\%c", *s);
+			evbuffer_add_printf(b->b, "\\%c", *s);
 		else if (*s == '\n')
-			evbuffer_add(b, "\\n", 2);
+			evbuffer_add(b->b, "\\n", 2);
 		else
-			evbuffer_add(b, s, 1);
+			evbuffer_add(b->b, s, 1);
 	}
 }
 
-static void family(struct evbuffer *b, const char *name, const char *type, const char *help)
+/* HELP and TYPE of a family. OpenMetrics names a counter family without
+ * its _total suffix (the samples keep it) and has an `info` type. */
+static void family(expo *b, const char *name, const char *type, const char *help)
 {
-	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	size_t n = strlen(name);
+
+	if (b->om && strcmp(type, "counter") == 0 && n > 6 && strcmp(name + n - 6, "_total") == 0)
+		n -= 6;
+	if (b->om && strcmp(type, "info") == 0 && n > 5 && strcmp(name + n - 5, "_info") == 0)
+		n -= 5;
+	if (!b->om && strcmp(type, "info") == 0)
+		type = "gauge";
+	evbuffer_add_printf(b->b, "# HELP %.*s %s\n# TYPE %.*s %s\n", (int)n, name, help, (int)n,
+			    name, type);
 }
 
-static void sample(struct evbuffer *b, const char *name, const char *labels, uint64_t v)
+static void sample(expo *b, const char *name, const char *labels, uint64_t v)
 {
-	evbuffer_add_printf(b, "%s%s%s%s %llu\n", name, labels ? "{" : "", labels ? labels : "",
+	evbuffer_add_printf(b->b, "%s%s%s%s %llu\n", name, labels ? "{" : "", labels ? labels : "",
 			    labels ? "}" : "", (unsigned long long)v);
 }
 
-static void one(struct evbuffer *b, const char *name, const char *type, const char *help,
+static void one(expo *b, const char *name, const char *type, const char *help,
 		uint64_t v)
 {
 	family(b, name, type, help);
@@ -72,7 +97,7 @@ static void one(struct evbuffer *b, const char *name, const char *type, const ch
 }
 
 /* A counter family with one label over a name table. */
-static void labelled(struct evbuffer *b, const char *name, const char *help, const char *label,
+static void labelled(expo *b, const char *name, const char *help, const char *label,
 		     const char *const *names, const uint64_t *v, int n, bool skip_zero)
 {
 	char lab[128];
@@ -87,7 +112,7 @@ static void labelled(struct evbuffer *b, const char *name, const char *help, con
 }
 
 /* Counters indexed by pd_code (index 0, PD_OK, is never used). */
-static void by_code(struct evbuffer *b, const char *name, const char *help, const uint64_t *v)
+static void by_code(expo *b, const char *name, const char *help, const uint64_t *v)
 {
 	char lab[64];
 
@@ -98,14 +123,14 @@ static void by_code(struct evbuffer *b, const char *name, const char *help, cons
 	}
 }
 
-static void seconds_line(struct evbuffer *b, const char *name, const char *labels, uint64_t ns)
+static void seconds_line(expo *b, const char *name, const char *labels, uint64_t ns)
 {
-	evbuffer_add_printf(b, "%s%s%s%s %.6f\n", name, labels ? "{" : "", labels ? labels : "",
+	evbuffer_add_printf(b->b, "%s%s%s%s %.6f\n", name, labels ? "{" : "", labels ? labels : "",
 			    labels ? "}" : "", (double)ns / 1e9);
 }
 
 /* A histogram whose cumulative buckets are given in milliseconds. */
-static void histogram(struct evbuffer *b, const char *name, const char *extra,
+static void histogram(expo *b, const char *name, const char *extra,
 		      const double *bounds_ms, const uint64_t *le, int nb, uint64_t count,
 		      uint64_t sum_ns)
 {
@@ -125,9 +150,193 @@ static void histogram(struct evbuffer *b, const char *name, const char *extra,
 	sample(b, cname, extra, count);
 }
 
+/* ---- per-tenant table ------------------------------------------------------------------ */
+
+int pd_metrics_tenants_init(pd_metrics *m, size_t max_tenants, pd_err *e)
+{
+	m->tenants = calloc(max_tenants + 1, sizeof *m->tenants);
+	if (!m->tenants)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory (metrics_tenants)");
+	m->max_tenants = max_tenants;
+	m->n_tenants = 0;
+	snprintf(m->tenants[max_tenants].name, sizeof m->tenants[0].name, "%s", PD_TENANT_OTHER);
+	return PD_OK;
+}
+
+void pd_metrics_tenants_fini(pd_metrics *m)
+{
+	free(m->tenants);
+	m->tenants = NULL;
+	m->n_tenants = m->max_tenants = 0;
+}
+
+/* Linear: called once per authenticated connection, over at most
+ * metrics_tenants names. */
+pd_tenant_counters *pd_metrics_tenant(pd_metrics *m, const char *tenant)
+{
+	pd_tenant_counters *t;
+
+	if (!m->tenants)
+		return NULL;
+	for (size_t i = 0; i < m->n_tenants; i++)
+		if (strcmp(m->tenants[i].name, tenant) == 0)
+			return &m->tenants[i];
+	if (m->n_tenants == m->max_tenants || strcmp(tenant, PD_TENANT_OTHER) == 0)
+		return &m->tenants[m->max_tenants];
+	t = &m->tenants[m->n_tenants++];
+	snprintf(t->name, sizeof t->name, "%s", tenant);
+	return t;
+}
+
 /* ---- rendering ---------------------------------------------------------------------- */
 
-static void render_net(const pd_metrics_view *v, struct evbuffer *b, uint64_t now_ms)
+static void render_build_info(expo *b)
+{
+	char v[16];
+
+	snprintf(v, sizeof v, "%d..%d", PD_PROTO_VERSION_MIN, PD_PROTO_VERSION);
+	family(b, "pdeltad_build_info", "info", "version, protocol range and libraries of this build");
+	evbuffer_add_printf(b->b, "pdeltad_build_info{version=\"");
+	label_value(b, PD_VERSION);
+	evbuffer_add_printf(b->b, "\",protocol=\"%s\",openssl=\"", v);
+	label_value(b, OpenSSL_version(OPENSSL_VERSION_STRING));
+	evbuffer_add_printf(b->b, "\",libevent=\"");
+	label_value(b, event_get_version());
+	evbuffer_add_printf(b->b, "\",sqlite=\"");
+	label_value(b, sqlite3_libversion());
+	evbuffer_add_printf(b->b, "\",systemd=\"%s\"} 1\n", pd_notify_available() ? "yes" : "no");
+}
+
+/* The process_* metrics of the Prometheus client libraries, from
+ * /proc/self/stat (fields 14-15 utime/stime, 22 starttime, 23 vsize, 24 rss),
+ * /proc/stat's btime, /proc/self/fd and RLIMIT_NOFILE. */
+typedef struct proc_sample {
+	double cpu_s, start_s, vsize, rss;
+	long open_fds, max_fds;
+} proc_sample;
+
+static double boot_time(void)
+{
+	FILE *f = fopen("/proc/stat", "r");
+	char line[256];
+	double bt = 0;
+
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "btime %lf", &bt) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return bt;
+}
+
+static int read_proc_stat(proc_sample *p)
+{
+	char buf[1024], *q;
+	unsigned long long utime, stime, start, vsize;
+	long long rss;
+	double tick = (double)sysconf(_SC_CLK_TCK), page = (double)sysconf(_SC_PAGESIZE);
+	FILE *f = fopen("/proc/self/stat", "r");
+	size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+
+	if (f)
+		fclose(f);
+	buf[n] = 0;
+	q = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+	if (!q || tick <= 0 ||
+	    sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d "
+			  "%*d %*d %llu %llu %lld", &utime, &stime, &start, &vsize, &rss) != 5)
+		return -1;
+	p->cpu_s = (double)(utime + stime) / tick;
+	p->start_s = boot_time() + (double)start / tick;
+	p->vsize = (double)vsize;
+	p->rss = (double)rss * page;
+	return 0;
+}
+
+static long count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	long n = 0;
+
+	if (!d)
+		return -1;
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the directory's own descriptor */
+}
+
+static void gauge_f(expo *b, const char *name, const char *type, const char *help, double v)
+{
+	family(b, name, type, help);
+	evbuffer_add_printf(b->b, "%s %.17g\n", name, v);
+}
+
+static void render_process(expo *b)
+{
+	proc_sample p;
+	struct rlimit rl;
+
+	if (read_proc_stat(&p))
+		return; /* not Linux: no process_* metrics */
+	p.open_fds = count_fds();
+	p.max_fds = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+			    ? (long)rl.rlim_cur
+			    : -1;
+	gauge_f(b, "process_cpu_seconds_total", "counter", "user and system CPU time, seconds",
+		p.cpu_s);
+	gauge_f(b, "process_start_time_seconds", "gauge", "start time, unix seconds", p.start_s);
+	gauge_f(b, "process_virtual_memory_bytes", "gauge", "virtual memory size", p.vsize);
+	gauge_f(b, "process_resident_memory_bytes", "gauge", "resident memory size", p.rss);
+	if (p.open_fds >= 0)
+		gauge_f(b, "process_open_fds", "gauge", "open file descriptors", (double)p.open_fds);
+	if (p.max_fds >= 0)
+		gauge_f(b, "process_max_fds", "gauge", "file descriptor limit (RLIMIT_NOFILE)",
+			(double)p.max_fds);
+}
+
+/* One per-tenant family: the named slots, then "_other" if it was used. */
+static void tenant_family(expo *b, const pd_metrics *m, const char *name, const char *help,
+			  size_t off)
+{
+	family(b, name, "counter", help);
+	for (size_t i = 0; i <= m->max_tenants; i++) {
+		const pd_tenant_counters *t = &m->tenants[i];
+		if (i >= m->n_tenants && i != m->max_tenants)
+			continue;
+		if (i == m->max_tenants && m->n_tenants < m->max_tenants && !t->requests &&
+		    !t->bytes_in && !t->request_errors)
+			continue; /* "_other" unused so far */
+		evbuffer_add_printf(b->b, "%s{tenant=\"", name);
+		label_value(b, t->name);
+		evbuffer_add_printf(b->b, "\"} %llu\n",
+				    (unsigned long long)*(const uint64_t *)((const char *)t + off));
+	}
+}
+
+static void render_tenants(const pd_metrics *m, expo *b)
+{
+	if (!m->tenants)
+		return;
+	tenant_family(b, m, "pdeltad_tenant_requests_total", "delta requests answered, by tenant",
+		      offsetof(pd_tenant_counters, requests));
+	tenant_family(b, m, "pdeltad_tenant_request_errors_total",
+		      "delta requests failed (request ERROR), by tenant",
+		      offsetof(pd_tenant_counters, request_errors));
+	tenant_family(b, m, "pdeltad_tenant_new_streams_total",
+		      "BASELINE first answers (a stream new to the server), by tenant",
+		      offsetof(pd_tenant_counters, new_streams));
+	tenant_family(b, m, "pdeltad_tenant_received_bytes_total",
+		      "frame bytes received after authentication, by tenant",
+		      offsetof(pd_tenant_counters, bytes_in));
+	tenant_family(b, m, "pdeltad_tenant_sent_bytes_total",
+		      "frame bytes queued for sending after authentication, by tenant",
+		      offsetof(pd_tenant_counters, bytes_out));
+}
+
+static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 {
 	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
 	static const char *const reload_names[2] = {"ok", "failed"};
@@ -138,7 +347,7 @@ static void render_net(const pd_metrics_view *v, struct evbuffer *b, uint64_t no
 	one(b, "pdeltad_draining", "gauge", "1 while draining (SIGTERM)", v->draining);
 	one(b, "pdeltad_uptime_seconds", "gauge", "seconds since start",
 	    now_ms > m->start_ms ? (now_ms - m->start_ms) / 1000 : 0);
-	one(b, "pdeltad_connections", "gauge", "open connections", m->conns_current);
+	one(b, "pdeltad_open_connections", "gauge", "open connections", m->conns_current);
 	one(b, "pdeltad_connections_total", "counter", "accepted connections", m->conns_total);
 	one(b, "pdeltad_connections_authenticated_total", "counter", "connections that sent HELLO_OK",
 	    m->conns_authenticated);
@@ -173,7 +382,7 @@ static void render_net(const pd_metrics_view *v, struct evbuffer *b, uint64_t no
 	    v->tenants_credentials);
 }
 
-static void render_latency(const pd_service_stats *s, struct evbuffer *b)
+static void render_latency(const pd_service_stats *s, expo *b)
 {
 	static const double bounds[10] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000};
 	const char *name = "pdeltad_request_duration_seconds";
@@ -187,7 +396,7 @@ static void render_latency(const pd_service_stats *s, struct evbuffer *b)
 		  s->lat_commit_sum_ns);
 }
 
-static void render_store(const struct pd_store_stats *st, struct evbuffer *b)
+static void render_store(const struct pd_store_stats *st, expo *b)
 {
 	one(b, "pdeltad_store_commits_total", "counter", "state store transactions committed",
 	    st->commits);
@@ -202,13 +411,13 @@ static void render_store(const struct pd_store_stats *st, struct evbuffer *b)
 	    "store error lines left out by the log rate limit", st->log_suppressed);
 	family(b, "pdeltad_store_last_error_timestamp_seconds", "gauge",
 	       "unix time of the last store error (0: none since start)");
-	evbuffer_add_printf(b, "pdeltad_store_last_error_timestamp_seconds %.3f\n",
+	evbuffer_add_printf(b->b, "pdeltad_store_last_error_timestamp_seconds %.3f\n",
 			    (double)st->last_error_ms / 1e3);
 	if (st->last_error[0]) {
-		family(b, "pdeltad_store_last_error_info", "gauge", "the last store error's message");
-		evbuffer_add_printf(b, "pdeltad_store_last_error_info{message=\"");
+		family(b, "pdeltad_store_last_error_info", "info", "the last store error's message");
+		evbuffer_add_printf(b->b, "pdeltad_store_last_error_info{message=\"");
 		label_value(b, st->last_error);
-		evbuffer_add_printf(b, "\"} 1\n");
+		evbuffer_add_printf(b->b, "\"} 1\n");
 	}
 	one(b, "pdeltad_store_queue_length", "gauge", "queued and in-flight writes", st->queue_len);
 	one(b, "pdeltad_store_batch_max", "gauge", "largest group commit", st->batch_max);
@@ -217,7 +426,7 @@ static void render_store(const struct pd_store_stats *st, struct evbuffer *b)
 		  PD_STORE_HIST_N, st->commit.count, st->commit.sum_ns);
 }
 
-static void render_service(const pd_service_stats *s, struct evbuffer *b)
+static void render_service(const pd_service_stats *s, expo *b)
 {
 	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
 	static const char *const reason_names[5] = {"none", "first", "reset", "evicted", "moved"};
@@ -270,13 +479,19 @@ static void render_service(const pd_service_stats *s, struct evbuffer *b)
 	render_store(&s->store, b);
 }
 
-int pd_metrics_render(const pd_metrics_view *v, struct evbuffer *out)
+int pd_metrics_render(const pd_metrics_view *v, int fmt, struct evbuffer *out)
 {
+	expo x = {out, fmt == PD_METRICS_OPENMETRICS};
 	struct timeval tv;
 
 	evutil_gettimeofday(&tv, NULL);
-	render_net(v, out, (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000);
-	render_service(&v->svc, out);
+	render_build_info(&x);
+	render_process(&x);
+	render_net(v, &x, (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000);
+	render_tenants(&v->net, &x);
+	render_service(&v->svc, &x);
+	if (x.om)
+		evbuffer_add_printf(out, "# EOF\n");
 	return PD_OK;
 }
 
@@ -288,13 +503,37 @@ struct pd_metrics_http {
 	void *arg;
 };
 
-static void reply_text(struct evhttp_request *req, int code, const char *reason, struct evbuffer *b)
+#define CT_PROMETHEUS "text/plain; version=0.0.4; charset=utf-8"
+#define CT_OPENMETRICS "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+static void reply_typed(struct evhttp_request *req, int code, const char *reason,
+			struct evbuffer *b, const char *type)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 
-	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_add_header(h, "Content-Type", type);
 	evhttp_add_header(h, "Cache-Control", "no-store");
 	evhttp_send_reply(req, code, reason, b);
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *reason, struct evbuffer *b)
+{
+	reply_typed(req, code, reason, b, CT_PROMETHEUS);
+}
+
+/* OpenMetrics when the scraper lists application/openmetrics-text in Accept
+ * (Prometheus does, first), unless with q=0; else the Prometheus text. */
+static int wanted_format(struct evhttp_request *req)
+{
+	const char *acc = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+	const char *p = acc ? strstr(acc, "application/openmetrics-text") : NULL, *q;
+
+	if (!p)
+		return PD_METRICS_PROMETHEUS;
+	q = strstr(p, "q=");
+	if (q && q < p + strcspn(p, ",") && strtod(q + 2, NULL) <= 0)
+		return PD_METRICS_PROMETHEUS;
+	return PD_METRICS_OPENMETRICS;
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)
@@ -302,14 +541,16 @@ static void on_metrics(struct evhttp_request *req, void *arg)
 	pd_metrics_http *h = arg;
 	struct evbuffer *b = evbuffer_new();
 	pd_metrics_view *v = calloc(1, sizeof *v);
+	int fmt = wanted_format(req);
 
 	if (!b || !v) {
 		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
 		goto out;
 	}
+
 	h->fn(h->arg, v);
-	pd_metrics_render(v, b);
-	reply_text(req, HTTP_OK, "OK", b);
+	pd_metrics_render(v, fmt, b);
+	reply_typed(req, HTTP_OK, "OK", b, fmt == PD_METRICS_OPENMETRICS ? CT_OPENMETRICS : CT_PROMETHEUS);
 out:
 	free(v);
 	if (b)

@@ -6,7 +6,15 @@
  * The counters are plain integers: they are only touched on the I/O loop
  * thread (connections, listener, reload). The service keeps its own
  * counters (pd_service_stats_get(), thread-safe) and both are rendered
- * together at scrape time. Every close has a reason and every limit hit has
+ * together at scrape time, in the Prometheus text format or, when the
+ * scraper's Accept asks for application/openmetrics-text, in OpenMetrics
+ * 1.0 (counter families named without _total, `# EOF` at the end). Besides
+ * pdeltad_*: pdeltad_build_info and the standard process_* gauges (read from
+ * /proc/self at scrape time).
+ *
+ * Per-tenant counters live in a table of metrics_tenants slots plus one
+ * "_other": the first tenants seen get a slot each, later ones share
+ * "_other", so the series count is bounded whatever the tenants file holds. Every close has a reason and every limit hit has
  * a kind; both are enums here so that the set of label values is fixed.
  */
 #ifndef PD_METRICS_H
@@ -17,6 +25,7 @@
 
 #include "pd_err.h"
 #include "pd_service.h"
+#include "pdelta_proto.h"
 
 struct event_base;
 struct evbuffer;
@@ -66,6 +75,17 @@ enum pd_limit_kind {
 const char *pd_close_reason_name(int reason);
 const char *pd_limit_name(int kind);
 
+/* One tenant's counters (loop thread only). */
+typedef struct pd_tenant_counters {
+	char name[PD_MAX_TENANT + 1];
+	uint64_t requests;    /* RESULT frames sent (delta, baseline, duplicate) */
+	uint64_t new_streams; /* of which BASELINE first: a stream new to the server */
+	uint64_t request_errors;
+	uint64_t bytes_in, bytes_out; /* frame bytes after authentication */
+} pd_tenant_counters;
+
+#define PD_TENANT_OTHER "_other"
+
 typedef struct pd_metrics {
 	uint64_t start_ms;              /* wall clock at start */
 	uint64_t conns_current, conns_total, conns_authenticated;
@@ -83,7 +103,17 @@ typedef struct pd_metrics {
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t reloads_refused_empty; /* of reloads_failed: tenants file without credentials */
 	uint64_t orphaned_completions;  /* job finished after its connection went away */
+	/* Per-tenant table: tenants[0..n_tenants) named slots, tenants[max_tenants]
+	 * is "_other". Owned by the server (pd_metrics_tenants_init/fini); a
+	 * struct copy shares the table, it does not copy it. */
+	pd_tenant_counters *tenants;
+	size_t n_tenants, max_tenants;
 } pd_metrics;
+
+int pd_metrics_tenants_init(pd_metrics *m, size_t max_tenants, pd_err *e);
+void pd_metrics_tenants_fini(pd_metrics *m);
+/* The slot of tenant (added while there is room, else "_other"). */
+pd_tenant_counters *pd_metrics_tenant(pd_metrics *m, const char *tenant);
 
 /* What a scrape sees; filled by the server on the loop thread. */
 typedef struct pd_metrics_view {
@@ -93,8 +123,10 @@ typedef struct pd_metrics_view {
 	uint64_t tenants_credentials;
 } pd_metrics_view;
 
-/* Appends the Prometheus text exposition of v to out. */
-int pd_metrics_render(const pd_metrics_view *v, struct evbuffer *out);
+enum pd_metrics_format { PD_METRICS_PROMETHEUS, PD_METRICS_OPENMETRICS };
+
+/* Appends the exposition of v to out, in format fmt. */
+int pd_metrics_render(const pd_metrics_view *v, int fmt, struct evbuffer *out);
 
 /* The HTTP endpoint: GET /metrics and GET /healthz (200 "ok" while serving,
  * 503 "draining" while draining). snapshot fills the view at each request. */

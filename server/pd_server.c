@@ -20,6 +20,7 @@
 #include "pd_auth.h"
 #include "pd_conn.h"
 #include "pd_metrics.h"
+#include "pd_notify.h"
 #include "pd_service.h"
 #include "pd_tls.h"
 
@@ -37,11 +38,13 @@ struct pd_server {
 	pd_metrics_http *http;
 	struct event *ev_janitor, *ev_drain, *ev_accept_retry;
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
+	struct event *ev_watchdog; /* WATCHDOG=1 while the loop turns (WatchdogSec) */
 	bool draining;
 	/* A copy of the counters for the admin `stats` hook, which runs on a
 	 * worker thread: refreshed by the janitor, read under the mutex. */
 	pthread_mutex_t snap_mu;
 	pd_metrics snap;
+	pd_tenant_counters *snap_tenants; /* the snapshot's own copy of the table */
 };
 
 /* ---- TLS and credentials (loaded together: the reload is atomic) ---- */
@@ -133,6 +136,7 @@ static void start_drain(pd_server *s, int sig)
 	       pd_conn_count(&s->env), (unsigned long long)ms);
 	s->draining = true;
 	s->env.draining = true;
+	pd_notify_stopping();
 	if (s->listener)
 		evconnlistener_disable(s->listener);
 	tv.tv_sec = (time_t)(ms / 1000);
@@ -189,7 +193,15 @@ static void on_janitor(evutil_socket_t fd, short what, void *arg)
 	pd_conn_sweep(&s->env);
 	pthread_mutex_lock(&s->snap_mu);
 	s->snap = s->metrics;
+	s->snap.tenants = s->snap_tenants;
+	memcpy(s->snap_tenants, s->metrics.tenants, s->metrics.n_tenants * sizeof *s->snap_tenants);
+	s->snap_tenants[s->metrics.max_tenants] = s->metrics.tenants[s->metrics.max_tenants];
 	pthread_mutex_unlock(&s->snap_mu);
+}
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	pd_notify_watchdog();
 }
 
 static int open_listener(pd_server *s, pd_err *e)
@@ -243,6 +255,46 @@ static void json_map(pd_buf *out, const char *key, const uint64_t *v, int n,
 
 static const char *code_name_after_ok(int i) { return pd_code_name(i + 1); }
 
+/* A JSON string (tenant names are UTF-8 without control characters, but
+ * may hold quotes and backslashes). */
+static void json_str(pd_buf *out, const char *v)
+{
+	pd_buf_append(out, "\"", 1, NULL);
+	for (; *v; v++) {
+		if (*v == '"' || *v == '\\')
+			pd_buf_append(out, "\\", 1, NULL);
+		pd_buf_append(out, v, 1, NULL);
+	}
+	pd_buf_append(out, "\"", 1, NULL);
+}
+
+static void json_tenant(pd_buf *out, const pd_tenant_counters *t, bool first)
+{
+	if (!first)
+		pd_buf_append(out, ",", 1, NULL);
+	json_str(out, t->name);
+	pd_buf_append(out, ":{", 2, NULL);
+	json_u64(out, "", "requests", t->requests);
+	json_u64(out, ",", "request_errors", t->request_errors);
+	json_u64(out, ",", "new_streams", t->new_streams);
+	json_u64(out, ",", "received_bytes", t->bytes_in);
+	json_u64(out, ",", "sent_bytes", t->bytes_out);
+	pd_buf_append(out, "}", 1, NULL);
+}
+
+/* "by_tenant": the per-tenant counters of pdeltad_tenant_* (bounded table). */
+static void json_tenants(pd_buf *out, const pd_metrics *m)
+{
+	const pd_tenant_counters *other = &m->tenants[m->max_tenants];
+
+	pd_buf_append(out, ",\"by_tenant\":{", 14, NULL);
+	for (size_t i = 0; i < m->n_tenants; i++)
+		json_tenant(out, &m->tenants[i], i == 0);
+	if (other->requests || other->bytes_in || other->request_errors)
+		json_tenant(out, other, m->n_tenants == 0);
+	pd_buf_append(out, "}", 1, NULL);
+}
+
 /* Admin `stats`: the network layer's counters (worker thread). */
 static void stats_hook(void *arg, pd_buf *out)
 {
@@ -251,7 +303,6 @@ static void stats_hook(void *arg, pd_buf *out)
 
 	pthread_mutex_lock(&s->snap_mu);
 	m = s->snap;
-	pthread_mutex_unlock(&s->snap_mu);
 	json_u64(out, ",", "connections", m.conns_current);
 	json_u64(out, ",", "connections_total", m.conns_total);
 	json_u64(out, ",", "connections_authenticated", m.conns_authenticated);
@@ -266,6 +317,9 @@ static void stats_hook(void *arg, pd_buf *out)
 	json_map(out, "network_limit_hits", m.limit_hits, PD_LIM__COUNT, pd_limit_name);
 	json_map(out, "request_errors_sent", m.request_errors + 1, PD_E__COUNT - 1,
 		 code_name_after_ok);
+	json_u64(out, ",", "metrics_tenants", m.max_tenants);
+	json_tenants(out, &m); /* m.tenants is snap_tenants: still under the mutex */
+	pthread_mutex_unlock(&s->snap_mu);
 }
 
 /* ---- setup ---- */
@@ -292,6 +346,23 @@ static int start_service(pd_server *s, pd_err *e)
 	return pd_service_new(&o, &s->svc, e);
 }
 
+/* WatchdogSec in the unit: ping at half the period from the loop itself, so
+ * a stuck loop stops the pings and systemd restarts the service. */
+static int add_watchdog(pd_server *s, pd_err *e)
+{
+	uint64_t usec = pd_notify_watchdog_usec() / 2;
+	struct timeval tv = {(time_t)(usec / 1000000), (suseconds_t)(usec % 1000000)};
+
+	if (!usec)
+		return PD_OK;
+	s->ev_watchdog = event_new(s->base, -1, EV_PERSIST, on_watchdog, s);
+	if (!s->ev_watchdog || event_add(s->ev_watchdog, &tv))
+		return pd_err_set(e, PD_E_NOMEM, "watchdog event failed");
+	pd_log(PD_LOG_INFO, "systemd watchdog: pinging every %llu ms",
+	       (unsigned long long)(usec / 1000));
+	return PD_OK;
+}
+
 static int add_events(pd_server *s, pd_err *e)
 {
 	struct timeval jan = {0, JANITOR_MS * 1000};
@@ -308,7 +379,7 @@ static int add_events(pd_server *s, pd_err *e)
 	if (event_add(s->ev_janitor, &jan) || event_add(s->ev_sigterm, NULL) ||
 	    event_add(s->ev_sigint, NULL) || event_add(s->ev_sighup, NULL))
 		return pd_err_set(e, PD_E_IO, "event_add failed");
-	return PD_OK;
+	return add_watchdog(s, e);
 }
 
 static int init_env(pd_server *s, pd_err *e)
@@ -348,8 +419,14 @@ int pd_server_new(const pd_config *cfg, pd_server **out, pd_err *e)
 	pthread_mutex_init(&s->snap_mu, NULL);
 	gettimeofday(&tv, NULL);
 	s->metrics.start_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-	s->base = event_base_new();
-	rc = s->base ? PD_OK : pd_err_set(e, PD_E_NOMEM, "event_base_new failed");
+	rc = pd_metrics_tenants_init(&s->metrics, cfg->metrics_tenants, e);
+	if (!rc && !(s->snap_tenants = calloc(cfg->metrics_tenants + 1, sizeof *s->snap_tenants)))
+		rc = pd_err_set(e, PD_E_NOMEM, "out of memory");
+	s->snap = s->metrics;
+	s->snap.tenants = s->snap_tenants;
+	s->base = rc ? NULL : event_base_new();
+	if (!rc && !s->base)
+		rc = pd_err_set(e, PD_E_NOMEM, "event_base_new failed");
 	if (!rc)
 		rc = start_service(s, e);
 	if (!rc)
@@ -376,6 +453,7 @@ int pd_server_run(pd_server *s, pd_err *e)
 								       : ", client certs accepted")
 					: "",
 	       s->cfg->metrics_listen, pd_auth_count(s->env.auth), s->cfg->db);
+	pd_notify_ready("serving");
 	if (event_base_dispatch(s->base) < 0)
 		return pd_err_set(e, PD_E_IO, "event loop failed");
 	pd_log(PD_LOG_INFO, "drained; stopping the service");
@@ -409,11 +487,14 @@ void pd_server_free(pd_server *s)
 	free_event(&s->ev_sigterm);
 	free_event(&s->ev_sigint);
 	free_event(&s->ev_sighup);
+	free_event(&s->ev_watchdog);
 	if (s->env.tls)
 		SSL_CTX_free(s->env.tls);
 	pd_auth_free(s->env.auth);
 	if (s->base)
 		event_base_free(s->base);
 	pthread_mutex_destroy(&s->snap_mu);
+	pd_metrics_tenants_fini(&s->metrics);
+	free(s->snap_tenants);
 	free(s);
 }

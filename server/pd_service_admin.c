@@ -152,16 +152,20 @@ static int jw_end(jw *w, pd_err *e)
 
 static const char *const cmd_names[] = {"streams", "stream", "reset", "delete", "stats", "tenants"};
 
-enum { A_TENANT = 1, A_NAME = 2, A_PREFIX = 4, A_SORT = 8, A_LIMIT = 16 };
+enum { A_TENANT = 1, A_NAME = 2, A_PREFIX = 4, A_SORT = 8, A_LIMIT = 16, A_ALL_TENANTS = 32 };
+#define NKEYS 6
 static const unsigned cmd_keys[] = {
-	[PD_ADM_STREAMS] = A_TENANT | A_PREFIX | A_SORT | A_LIMIT,
+	[PD_ADM_STREAMS] = A_TENANT | A_PREFIX | A_SORT | A_LIMIT | A_ALL_TENANTS,
 	[PD_ADM_STREAM] = A_TENANT | A_NAME,
 	[PD_ADM_RESET] = A_TENANT | A_NAME,
 	[PD_ADM_DELETE] = A_TENANT | A_NAME | A_PREFIX,
 	[PD_ADM_STATS] = A_TENANT,
 	[PD_ADM_TENANTS] = A_TENANT | A_LIMIT,
 };
-static const char *const key_names[] = {"tenant", "name", "prefix", "sort", "limit"};
+/* all_tenants=true: the connection's tenant is not filled in (pd_conn), so
+ * `streams` lists every tenant's streams. */
+static const char *const key_names[NKEYS] = {"tenant", "name", "prefix", "sort", "limit",
+					     "all_tenants"};
 
 #define ADMIN_LIMIT_DEFAULT 100
 #define ADMIN_LIMIT_MAX 10000
@@ -177,7 +181,7 @@ static int cmd_index(const char *cmd)
 int pd_service_admin_known(const char *cmd) { return cmd_index(cmd) >= 0; }
 
 struct admin_args {
-	const char *v[5]; /* by key_names index */
+	const char *v[NKEYS]; /* by key_names index */
 	unsigned seen;
 };
 
@@ -186,7 +190,7 @@ static int parse_kv(int cmd, const char *const *kv, struct admin_args *a, pd_err
 	memset(a, 0, sizeof *a);
 	for (size_t i = 0; kv && kv[i]; i += 2) {
 		int k = -1;
-		for (int t = 0; t < 5; t++)
+		for (int t = 0; t < NKEYS; t++)
 			if (!strcmp(kv[i], key_names[t]))
 				k = t;
 		if (!kv[i + 1])
@@ -238,6 +242,10 @@ static int check_args(int cmd, const struct admin_args *a, pd_err *e)
 
 	if (tenant && !*tenant)
 		return pd_err_set(e, PD_E_ARG, "empty tenant");
+	if (a->v[5] && strcmp(a->v[5], "true") != 0)
+		return pd_err_set(e, PD_E_ARG, "all_tenants must be true");
+	if (a->v[5] && tenant)
+		return pd_err_set(e, PD_E_ARG, "all_tenants and tenant exclude each other");
 	if ((cmd == PD_ADM_STREAM || cmd == PD_ADM_RESET || cmd == PD_ADM_DELETE) && !tenant)
 		return pd_err_set(e, PD_E_ARG, "%s needs a tenant", cmd_names[cmd]);
 	if ((cmd == PD_ADM_STREAM || cmd == PD_ADM_RESET) && (!name || !*name))
@@ -654,6 +662,9 @@ static void stats_service(jw *out, const pd_service_stats *st)
 
 static void stats_cache(jw *out, const pd_service_stats *st)
 {
+	static const char *const bounds[11] = {"1",	"2",   "5",   "10",  "20",  "50",
+					       "100", "200", "500", "1000", "+Inf"};
+
 	jw_u64(out, "streams_cached", st->streams_cached);
 	jw_u64(out, "cache_bytes", st->cache_bytes);
 	jw_u64(out, "cache_evictions", st->cache_evictions);
@@ -673,6 +684,12 @@ static void stats_cache(jw *out, const pd_service_stats *st)
 	jw_u64(out, "total_sum_ns", st->lat_total_sum_ns);
 	jw_u64(out, "engine_sum_ns", st->lat_engine_sum_ns);
 	jw_u64(out, "commit_sum_ns", st->lat_commit_sum_ns);
+	/* cumulative request counts at or under each bound in ms (pdeltactl top's p99) */
+	jw_key(out, "total_le_ms");
+	jw_open(out, '{');
+	for (int i = 0; i < 11; i++)
+		jw_u64(out, bounds[i], st->lat_total[i]);
+	jw_close(out, '}');
 	jw_close(out, '}');
 }
 

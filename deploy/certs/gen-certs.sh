@@ -3,6 +3,9 @@
 #
 #   ca.pem ca.key                  the CA (tls_client_ca, and what clients trust)
 #   server.pem server.key          server cert: CN localhost, SAN DNS:localhost, IP:127.0.0.1
+#                                  (tls_cert, tls_key; with a `tenants` file these are the
+#                                  four files of the container's /etc/pdelta/certs and of
+#                                  the Kubernetes Secret pdelta-tls)
 #   agent-acme.pem/.key            client cert, CN agent-acme (map it with cert_cn=agent-acme)
 #   admin.pem/.key                 client cert, CN admin
 #   expired.pem/.key               client cert (CN expired) signed by the CA, already expired
@@ -79,3 +82,5 @@ leaf rogue agent-acme client rogue-ca
 rm -f ./*.srl
 chmod 644 ./*.pem
 echo "certificates in $(pwd)"
+echo "pdeltad reads server.pem server.key ca.pem (and a tenants file: copy deploy/tenants.example"
+echo "to $(pwd)/tenants); the container image and the Kubernetes Secret use these four names."

@@ -11,8 +11,11 @@
 #   - sequence rules seen from the client (DUPLICATE replays the same bytes, stale, conflict);
 #   - authentication: bad token, wrong CA, host-name mismatch, mTLS, rogue client certificate;
 #   - pdeltactl: streams/stream/reset/delete/stats/tenants as tables and --json (a delete that
-#     removes nothing, a misspelled tenant too, is not-found, exit 1); a non-admin
-#     credential is refused with a clear message.
+#     removes nothing, a misspelled tenant too, is not-found, exit 1; a failure under --json is
+#     an {"error":...} document); streams without --tenant lists every tenant; stats carries
+#     per-tenant counters bounded by metrics_tenants (beta lands in "_other"); top --once
+#     (text and --json) shows rates from two samples; a non-admin credential is refused with a
+#     clear message.
 #
 #   - footprint: libpdelta.so size, the client's peak RSS and allocations per request with the
 #     streaming API on heap-medium and heap-large (tests/tools/client_mem.c);
@@ -86,7 +89,7 @@ SERVER=127.0.0.1:$PORT
 start_server() {
 	"$PDELTAD" --listen "$SERVER" --metrics_listen off --db "$WORK/state.db" \
 		--tls_cert "$PKI/server.pem" --tls_key "$PKI/server.key" --tls_client_ca "$PKI/ca.pem" \
-		--tenants "$WORK/tenants" --workers 2 --log_level warn >>"$WORK/server.log" 2>&1 &
+		--tenants "$WORK/tenants" --workers 2 --log_level warn --metrics-tenants 1 >>"$WORK/server.log" 2>&1 &
 	SERVER_PID=$!
 	for _ in $(seq 1 100); do
 		if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
@@ -265,10 +268,18 @@ want auth && auth_tests
 ctl_tests() {
 	local o=$WORK/ctl
 	mkdir -p "$o"
-	"$CTL" "${ADMIN[@]}" streams >"$o/streams" 2>&1
-	check "ctl streams: table with header and our streams" \
+	"$CTL" "${ADMIN[@]}" streams --tenant acme >"$o/streams" 2>&1
+	check "ctl streams --tenant: table with header and our streams" \
 		bash -c "head -2 '$o/streams' | grep -q '^NAME  *SEQ  *INCARNATION' && grep -q '^eq/heap-small/send ' '$o/streams'"
-	"$CTL" "${ADMIN[@]}" --json streams --prefix eq/ --sort name --limit 3 >"$o/streams.json" 2>&1
+	"$CTL" "${ADMIN[@]}" streams >"$o/streams-all" 2>&1
+	check "ctl streams without --tenant: every tenant's streams, with a TENANT column" \
+		bash -c "head -1 '$o/streams-all' | grep -q '^all tenants' && head -2 '$o/streams-all' | grep -q '^TENANT  *NAME  *SEQ' &&
+			grep -Eq '^acme +eq/heap-small/send ' '$o/streams-all' && grep -Eq '^beta +eq/heap-small/send ' '$o/streams-all'"
+	"$CTL" "${ADMIN[@]}" --json streams --prefix eq/heap-small/ >"$o/streams-all.json" 2>&1
+	check "ctl --json streams without --tenant: both tenants, no tenant member" $PY -c "
+import json; d=json.load(open('$o/streams-all.json'))
+assert 'tenant' not in d and {(s['tenant'], s['name']) for s in d['streams']} >= {('acme','eq/heap-small/send'), ('beta','eq/heap-small/send')}, d"
+	"$CTL" "${ADMIN[@]}" --json streams --tenant acme --prefix eq/ --sort name --limit 3 >"$o/streams.json" 2>&1
 	check "ctl --json streams --prefix --limit" $PY -c "
 import json,sys
 d=json.load(open('$o/streams.json'))
@@ -282,13 +293,16 @@ assert names==sorted(names) and d['truncated'] is True, d"
 import json; d=json.load(open('$o/stream.json')); assert d['name']=='eq/heap-small/send' and d['seq']>=1, d"
 	"$CTL" "${ADMIN[@]}" stream no/such/stream >"$o/nf" 2>&1
 	check "ctl stream of a missing stream: not found, exit 1" bash -c "[[ $? == 1 ]] && grep -q 'no such stream' '$o/nf'"
+	"$CTL" "${ADMIN[@]}" --json stream no/such/stream >"$o/nf.json" 2>/dev/null
+	check "ctl --json of a failure: an error document, exit 1" bash -c "[[ $? == 1 ]] && $PY -c \"
+import json; e=json.load(open('$o/nf.json'))['error']; assert e['command']=='stream' and e['code']==12 and 'no/such/stream' in e['message'], e\""
 	"$CTL" "${ADMIN[@]}" reset eq/heap-small/send >"$o/reset" 2>&1
 	check "ctl reset" grep -q "reset stream 'eq/heap-small/send'" "$o/reset"
 	"$PDELTA" send "${AUTH[@]}" --stream eq/heap-small/send -o "$o/after-reset" "${HS[1]}" >"$o/after" 2>&1
 	check "after reset the next profile is BASELINE first" grep -q "BASELINE first" "$o/after"
 	"$CTL" "${ADMIN[@]}" delete eq/heap-small/send >"$o/delete" 2>&1
 	check "ctl delete NAME" grep -q "deleted 1 stream" "$o/delete"
-	"$CTL" "${ADMIN[@]}" --json streams --prefix eq/heap-small/ >"$o/after-del.json" 2>&1
+	"$CTL" "${ADMIN[@]}" --json streams --tenant acme --prefix eq/heap-small/ >"$o/after-del.json" 2>&1
 	check "deleted stream is gone" $PY -c "
 import json; d=json.load(open('$o/after-del.json')); assert 'eq/heap-small/send' not in [s['name'] for s in d['streams']], d"
 	"$CTL" "${ADMIN[@]}" delete --prefix pol/ >"$o/delete2" 2>&1
@@ -307,6 +321,30 @@ import json; d=json.load(open('$o/after-del.json')); assert 'eq/heap-small/send'
 	check "ctl stats: key/value lines" grep -Eq '^uptime_s +[0-9]+' "$o/stats"
 	"$CTL" "${ADMIN[@]}" --json stats >"$o/stats.json" 2>&1
 	check "ctl --json stats" $PY -c "import json; d=json.load(open('$o/stats.json')); assert 'uptime_s' in d, d"
+	# --metrics-tenants 1: acme (seen first) has its own counters, beta is summed under _other
+	check "stats by_tenant: bounded by metrics_tenants (acme, then _other)" $PY -c "
+import json; d=json.load(open('$o/stats.json')); t=d['by_tenant']
+assert d['metrics_tenants']==1 and set(t)=={'acme','_other'} and t['acme']['requests']>0 and t['_other']['requests']>0, t
+assert d['latency']['total_le_ms']['+Inf']==d['latency']['count'], d['latency']"
+	# top: two stats samples around a burst of beta's requests
+	(for i in 0 1 2 3 4 5; do "$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token "$BETA_TOKEN" \
+		--stream "top/$i" -o "$o/top-seed" "${HS[@]:0:3}" >/dev/null 2>&1; done) &
+	local burst=$!
+	"$CTL" "${ADMIN[@]}" top --once --interval 1.5 >"$o/top" 2>&1
+	local trc=$?
+	wait $burst
+	check "ctl top --once: one frame with requests/s, p99, cache, queue, tenants (exit $trc)" \
+		bash -c "[[ $trc == 0 ]] && grep -Eq '^requests +[0-9.]+/s +p99 ' '$o/top' && grep -q '^cache ' '$o/top' &&
+			grep -q '^queue ' '$o/top' && grep -Eq '^TENANT +REQ/S' '$o/top' && grep -Eq '^_other +[1-9]' '$o/top'"
+	(for i in 0 1 2 3 4 5; do "$PDELTA" send "${AUTH[@]}" --stream "top/acme$i" -o "$o/top-seed" "${HS[@]:0:3}" >/dev/null 2>&1; done) &
+	burst=$!
+	"$CTL" "${ADMIN[@]}" --json top --once --interval 1.5 >"$o/top.json" 2>&1
+	wait $burst
+	check "ctl --json top --once: rates from two samples" $PY -c "
+import json; d=json.load(open('$o/top.json')); t={x['tenant']: x for x in d['tenants']}
+assert d['requests_per_s']>0 and d['p99_ms'] is not None and t['acme']['requests_per_s']>0, d"
+	"$CTL" "${AUTH[@]}" top --once --interval 0.2 >"$o/top-agent" 2>&1
+	check "ctl top with an agent credential: refused, exit 1" bash -c "[[ $? == 1 ]] && grep -q 'not an admin credential' '$o/top-agent'"
 	"$CTL" "${ADMIN[@]}" tenants >"$o/tenants" 2>&1
 	check "ctl tenants: table" bash -c "grep -q '^TENANT  *STREAMS' '$o/tenants' && grep -q '^acme ' '$o/tenants' && grep -q '^beta ' '$o/tenants'"
 	"$CTL" "${ADMIN[@]}" --json tenants --limit 1 >"$o/tenants.json" 2>&1

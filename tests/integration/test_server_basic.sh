@@ -12,7 +12,9 @@
 #   - retry of the last request: DUPLICATE, byte-identical; stale / conflicting seq refused
 #   - SIGTERM then restart on the same database between two profiles of a stream: the next
 #     response is a DELTA that matches the oracle; the server exits 0
-#   - /metrics and /healthz answer and count what happened
+#   - /metrics and /healthz answer and count what happened; /metrics parses as Prometheus
+#     text and (Accept: application/openmetrics-text) as OpenMetrics (metrics_check.py),
+#     with pdeltad_build_info, process_* and per-tenant series
 #   - SIGTERM with an upload open: GOODBYE, 503, the open request still answered, exit 0
 #
 # Env: BINDIR (default bin).
@@ -252,8 +254,15 @@ pycheck metrics "$METRICS" \
 	"pdeltad_streams_cached>=6" \
 	"pdeltad_received_bytes_total>1000000" \
 	"pdeltad_connection_closes_total{reason=\"client_goodbye\"}>=6" \
-	"pdeltad_connections==0" \
+	"pdeltad_open_connections==0" \
 	"pdeltad_draining==0"
+
+# Both exposition formats parse (OpenMetrics too: no clashing names, # EOF), build info,
+# process_* metrics, and the per-tenant series of the one tenant.
+metrics_out=$("$PY" "$HERE/metrics_check.py" "$METRICS" --tenant acme --max-tenants 100 \
+	--version "$("$PDELTAD" --version | cut -d' ' -f2)" 2>&1) && rc=0 || rc=$?
+echo "$metrics_out" | grep -v 'passed,'
+[[ $rc == 0 ]] && ok "metrics_check.py: $(tail -n1 <<<"$metrics_out")" || bad "metrics_check.py: $(tail -n1 <<<"$metrics_out")"
 
 # ---- restart between two profiles of a stream ------------------------------------------------------
 HEAP=("$TESTDATA/profiles/heap-small"/*.pb.gz)
