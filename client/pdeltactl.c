@@ -886,10 +886,12 @@ static int top(ctl *c, int npos)
 		free(rates);
 		return 2;
 	}
-	if (pdelta_new(&c->o, &h, err, sizeof err)) {
+	int nrc = pdelta_new(&c->o, &h, err, sizeof err);
+
+	if (nrc) {
 		fprintf(stderr, "pdeltactl: %s\n", err);
 		if (c->json)
-			json_error("top", PDELTA_E_IO, err);
+			json_error("top", nrc, err);
 		goto out;
 	}
 	ta = now_s();
