@@ -74,6 +74,8 @@ def main():
     ct, om_text = fetch(a.url, OM_ACCEPT)
     check(ct.startswith("application/openmetrics-text"), "Accept openmetrics: OpenMetrics (%s)" % ct)
     check(om_text.endswith("# EOF\n"), "OpenMetrics ends with # EOF")
+    ct, _ = fetch(a.url, "application/openmetrics-text;q=0, text/plain;q=0.5")
+    check(ct.startswith("text/plain"), "Accept openmetrics with q=0: Prometheus text (%s)" % ct)
     prom = parse(parse_prom, prom_text, "Prometheus text")
     om = parse(parse_om, om_text, "OpenMetrics")
     if prom is None or om is None:
