@@ -60,9 +60,11 @@ static int check_files(const pd_config *cfg)
 	pd_tls_opts o = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->require_client_cert};
 	SSL_CTX *tls = NULL;
 	pd_auth *auth = NULL;
+	pd_tls_info info;
 	pd_err err;
+	double days;
 
-	if (pd_tls_ctx_new(&o, &tls, &err) || pd_auth_load(cfg->tenants, &auth, &err) ||
+	if (pd_tls_ctx_new(&o, &tls, &info, &err) || pd_auth_load(cfg->tenants, &auth, &err) ||
 	    pd_auth_check_usable(auth, cfg->tenants, &err)) {
 		pd_auth_free(auth);
 		fprintf(stderr, "pdeltad: %s\n", err.msg);
@@ -70,6 +72,10 @@ static int check_files(const pd_config *cfg)
 			SSL_CTX_free(tls);
 		return 2;
 	}
+	days = pd_tls_days_left(info.not_after);
+	if (days < PD_TLS_EXPIRY_WARN_DAYS)
+		fprintf(stderr, "pdeltad: warning: certificate %s expires in %.1f days\n",
+			cfg->tls_cert, days);
 	printf("configuration ok: %zu credentials\n", pd_auth_count(auth));
 	SSL_CTX_free(tls);
 	pd_auth_free(auth);

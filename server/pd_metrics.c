@@ -15,6 +15,7 @@
 #include <event2/util.h>
 
 #include "pd_store.h"
+#include "pd_tls.h"
 
 static const char *const close_names[PD_CLOSE__COUNT] = {
 	"peer_closed",	  "io_error",	     "tls_handshake",	"handshake_timeout",
@@ -167,6 +168,14 @@ static void render_net(const pd_metrics_view *v, struct evbuffer *b, uint64_t no
 	one(b, "pdeltad_tenants_refused_empty_total", "counter",
 	    "SIGHUP reloads refused: tenants file without credentials (no allow_empty = true)",
 	    m->reloads_refused_empty);
+	one(b, "pdeltad_tls_cert_refused_total", "counter",
+	    "SIGHUP reloads refused: certificate expired, not yet valid, not for serverAuth, "
+	    "key mismatch", m->reloads_refused_cert);
+	evbuffer_add_printf(b,
+			    "# HELP pdeltad_tls_cert_expiry_days days until the server certificate "
+			    "in service expires (warned under %d)\n"
+			    "# TYPE pdeltad_tls_cert_expiry_days gauge\npdeltad_tls_cert_expiry_days %.3f\n",
+			    PD_TLS_EXPIRY_WARN_DAYS, v->cert_days_left);
 	one(b, "pdeltad_orphaned_completions_total", "counter",
 	    "requests that finished after their connection was gone", m->orphaned_completions);
 	one(b, "pdeltad_credentials", "gauge", "credentials in the tenants file",

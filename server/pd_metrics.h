@@ -82,6 +82,7 @@ typedef struct pd_metrics {
 	uint64_t limit_hits[PD_LIM__COUNT];
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t reloads_refused_empty; /* of reloads_failed: tenants file without credentials */
+	uint64_t reloads_refused_cert;  /* of reloads_failed: certificate not usable (dates, usage, key) */
 	uint64_t orphaned_completions;  /* job finished after its connection went away */
 } pd_metrics;
 
@@ -91,6 +92,7 @@ typedef struct pd_metrics_view {
 	pd_service_stats svc;
 	bool draining;
 	uint64_t tenants_credentials;
+	double cert_days_left; /* the server certificate in service: days to its expiry */
 } pd_metrics_view;
 
 /* Appends the Prometheus text exposition of v to out. */
