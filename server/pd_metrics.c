@@ -22,7 +22,7 @@ static const char *const close_names[PD_CLOSE__COUNT] = {
 	"frame_timeout",  "idle",	     "protocol",	"frame_too_large",
 	"auth",		  "version",	     "inflight",	"output_stuck",
 	"client_goodbye", "shutdown",	     "drain_timeout",	"revoked",
-	"nomem",
+	"nomem",	  "unauth_evicted",
 };
 
 static const char *const limit_names[PD_LIM__COUNT] = {
@@ -30,6 +30,7 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_profile_bytes",  "handshake_timeout", "frame_timeout",    "request_timeout",
 	"idle_timeout",	      "output_budget",	   "write_timeout",    "drain_timeout",
 	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs",
+	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
 };
 
 const char *pd_close_reason_name(int r)
@@ -149,6 +150,13 @@ static void render_net(const pd_metrics_view *v, struct evbuffer *b, uint64_t no
 	    m->handshakes_failed);
 	one(b, "pdeltad_auth_failures_total", "counter", "HELLOs refused with auth/AUTH_FAILED",
 	    m->auth_failed);
+	one(b, "pdeltad_auth_failures_delayed_total", "counter",
+	    "failed authentications answered after the per-source delay", m->auth_failed_delayed);
+	one(b, "pdeltad_auth_blocks_total", "counter",
+	    "source addresses blocked after auth_fail_block_after failures", m->auth_blocks);
+	one(b, "pdeltad_connections_unauthenticated", "gauge",
+	    "open connections not authenticated yet (TLS handshake or waiting for HELLO)",
+	    m->conns_unauth);
 	labelled(b, "pdeltad_requests_total", "delta responses sent (RESULT) by status", "status",
 		 status_names, m->results, 3, false);
 	by_code(b, "pdeltad_request_errors_total", "request ERROR frames sent, by code",
