@@ -537,9 +537,14 @@ static int wire_status(int s)
 	}
 }
 
-static int wire_reason(int r)
+/* state-lost exists from version 3; older clients refuse reasons they do not
+ * know, so they get the closest one: evicted (the server lost state). */
+static int wire_reason(int r, int version)
 {
 	switch (r) {
+	case PD_REASON_STATE_LOST:
+		return version >= PD_PROTO_VERSION_AFTER ? PD_WIRE_REASON_STATE_LOST
+							 : PD_WIRE_REASON_EVICTED;
 	case PD_REASON_FIRST: return PD_WIRE_REASON_FIRST;
 	case PD_REASON_RESET: return PD_WIRE_REASON_RESET;
 	case PD_REASON_EVICTED: return PD_WIRE_REASON_EVICTED;
@@ -565,7 +570,7 @@ static void conn_pump(pd_conn *c);
 static void delta_done(pd_conn *c, pd_request *r)
 {
 	const pd_job_result *res = &r->res;
-	int status = wire_status(res->status), reason = wire_reason(res->reason);
+	int status = wire_status(res->status), reason = wire_reason(res->reason, c->version);
 	pd_msg m;
 
 	r->state = REQ_SENDING;
@@ -942,7 +947,7 @@ static int engine_first(int wire)
 					    : PD_FIRST_KEEP;
 }
 
-static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b)
+static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b, unsigned flags)
 {
 	char names[PD_MAX_OVERRIDES][PD_MAX_TYPE_NAME + 1];
 	pd_type_override ov[PD_MAX_OVERRIDES];
@@ -968,6 +973,8 @@ static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b)
 	p.overrides = ov;
 	p.noverrides = b->n_overrides;
 	p.hash_kind = c->version >= 2 ? PD_CHASH_CRC128 : PD_CHASH_SHA256;
+	p.has_after = (flags & PD_FLAG_BEGIN_AFTER) != 0;
+	p.after_seq = b->after_seq;
 	rc = pd_job_begin(c->env->svc, &p, &r->job, &err);
 	if (rc) {
 		r->job = NULL;
@@ -985,6 +992,12 @@ static void on_delta_begin(pd_conn *c, const pd_msg *m)
 	const pd_msg_delta_begin *b = &m->u.begin;
 	pd_request *r;
 
+	if ((m->flags & PD_FLAG_BEGIN_AFTER) && c->version < PD_PROTO_VERSION_AFTER) {
+		conn_fail(c, PD_CLOSE_PROTOCOL, PD_E_PROTO, PD_DETAIL_BAD_FRAME, 0,
+			  "DELTA_BEGIN flag AFTER needs protocol version %d (this connection: %d)",
+			  PD_PROTO_VERSION_AFTER, c->version);
+		return;
+	}
 	if (!request_admissible(c, m->request_id))
 		return;
 	r = open_request(c, m->request_id);
@@ -1000,7 +1013,7 @@ static void on_delta_begin(pd_conn *c, const pd_msg *m)
 		req_fail(c, r, PD_E_BUSY, PD_DETAIL_SHUTTING_DOWN, 0, "server is draining");
 		return;
 	}
-	begin_job(c, r, b);
+	begin_job(c, r, b, m->flags);
 }
 
 /* The request a DATA / DATA_END frame belongs to, or a connection error. */

@@ -237,12 +237,13 @@ static void render_store(const struct pd_store_stats *st, struct evbuffer *b)
 static void render_service(const pd_service_stats *s, struct evbuffer *b)
 {
 	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
-	static const char *const reason_names[5] = {"none", "first", "reset", "evicted", "moved"};
+	static const char *const reason_names[6] = {"none",    "first", "reset",
+						    "evicted", "moved", "state-lost"};
 
 	labelled(b, "pdeltad_service_requests_total", "delta requests completed, by status", "status",
 		 status_names, s->requests_by_status, 3, false);
 	labelled(b, "pdeltad_baselines_total", "BASELINE responses (and resets) by reason", "reason",
-		 reason_names, s->baselines_by_reason, 5, false);
+		 reason_names, s->baselines_by_reason, 6, false);
 	by_code(b, "pdeltad_service_errors_total", "delta requests failed in the service, by code",
 		s->errors_by_code);
 	one(b, "pdeltad_streams_cached", "gauge", "streams in the hot-state cache", s->streams_cached);
