@@ -67,7 +67,7 @@ endif
 UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
 TOOL_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 
-.PHONY: all check unit integration bench fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools man
+.PHONY: all check unit integration bench bench-scrape fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools man
 all: $(PROGS) $(LIBPDELTA_A) $(LIBPDELTA_SO) tools man
 
 # Man pages: doc/man/*.in with the built programs' --help (and client/pdelta.h)
@@ -176,6 +176,10 @@ fuzz: $(FUZZ_BINS)
 
 bench: all
 	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/bench/run.sh
+
+# The scrape agent's footprint against the Go way, side by side (about a minute).
+bench-scrape: all
+	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/bench/scrape_footprint.sh
 
 demo:
 	@bash deploy/demo.sh

@@ -122,6 +122,9 @@ enum {
 	PDELTA_REASON_RESET = 2,   /* producer restarted or counters went back */
 	PDELTA_REASON_EVICTED = 3, /* the server had forgotten the stream's state */
 	PDELTA_REASON_MOVED = 4,   /* state held elsewhere (or local fallback) */
+	PDELTA_REASON_STATE_LOST = 5, /* the server's state is older than our last answer
+				       * (e.g. restored from a backup): output empty, nothing
+				       * counted twice; protocol version 3 */
 };
 /* First-profile policy (DESIGN §2.5) and per-sample-type policies. */
 enum { PDELTA_FIRST_KEEP = 0, PDELTA_FIRST_DROP = 1, PDELTA_FIRST_AUTO = 2 };
@@ -179,6 +182,11 @@ int pdelta_role(const pdelta *h);
 uint64_t pdelta_incarnation(const pdelta *h);
 /* The last sequence number used for stream (0 if none). */
 uint64_t pdelta_last_seq(const pdelta *h, const char *stream);
+/* Declares that seq was the last answered request of stream (a new process
+ * continuing a stream: `pdelta send --after SEQ`). Also sets the next
+ * automatic seq after it. Sent to the server (protocol version 3) so that it
+ * can tell a state older than that (BASELINE state-lost) from a normal delta. */
+int pdelta_set_answered(pdelta *h, const char *stream, uint64_t seq);
 
 typedef struct pdelta_result {
 	int status;      /* PDELTA_DELTA, PDELTA_BASELINE or PDELTA_DUPLICATE */

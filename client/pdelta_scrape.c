@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pd_units.h"
 #include "pdelta.h"
 
 #define SCRAPE_MAX_TARGETS 4096
@@ -58,7 +59,7 @@ static void usage(FILE *f)
 		"  --basic-auth-file F      user:password for --target targets (first line of F)\n"
 		"  --cpu-seconds N          window of a cpu scrape (?seconds=N, default 10)\n"
 		"schedule:\n"
-		"  --interval DUR           between two scrapes of a stream (default 60s; ms, s, m, h)\n"
+		"  --interval DUR           between two scrapes of a stream (default 60s; ms, s, m, h; bare = ms)\n"
 		"  --count N                rounds per stream, then exit (default 0: until SIGTERM)\n"
 		"  --once                   one round (for cron: with --state, each run continues)\n"
 		"  --concurrency N          scrapes in flight (default 8)\n"
@@ -123,54 +124,24 @@ static int parse_uint(const char *what, const char *v, unsigned *out)
 
 static int parse_dur(const char *what, const char *v, unsigned *out)
 {
-	char *end;
-	double x;
+	uint64_t x;
 
-	errno = 0;
-	x = strtod(v, &end);
-	if (errno || end == v || x < 0)
-		goto bad;
-	if (strcmp(end, "ms") == 0)
-		;
-	else if (*end == 0 || strcmp(end, "s") == 0)
-		x *= 1000;
-	else if (strcmp(end, "m") == 0)
-		x *= 60000;
-	else if (strcmp(end, "h") == 0)
-		x *= 3600000;
-	else
-		goto bad;
-	if (x > 4e9)
-		goto bad;
+	if (pd_parse_ms(v, &x) || x > UINT32_MAX) {
+		fprintf(stderr, "pdelta scrape: %s wants a duration (10s, 500ms, 1m; a bare number is ms), got '%s'\n",
+			what, v);
+		return -1;
+	}
 	*out = (unsigned)x;
 	return 0;
-bad:
-	fprintf(stderr, "pdelta scrape: %s wants a duration (10s, 500ms, 1m), got '%s'\n", what, v);
-	return -1;
 }
 
 static int parse_size(const char *what, const char *v, uint64_t *out)
 {
-	char *end;
-	unsigned long long x;
-
-	errno = 0;
-	x = strtoull(v, &end, 10);
-	if (errno || end == v || *v == '-')
-		goto bad;
-	if (*end == 'k' || *end == 'K')
-		x <<= 10, end++;
-	else if (*end == 'm' || *end == 'M')
-		x <<= 20, end++;
-	else if (*end == 'g' || *end == 'G')
-		x <<= 30, end++;
-	if (*end)
-		goto bad;
-	*out = x;
+	if (pd_parse_size(v, out)) {
+		fprintf(stderr, "pdelta scrape: %s wants a size (64m, 512k), got '%s'\n", what, v);
+		return -1;
+	}
 	return 0;
-bad:
-	fprintf(stderr, "pdelta scrape: %s wants a size (64m, 512k), got '%s'\n", what, v);
-	return -1;
 }
 
 static int add_target(scrape_cli *c, const char *arg)

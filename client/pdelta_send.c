@@ -49,6 +49,8 @@ typedef struct send_opts {
 	char token[1024];
 	const char *stream, *outdir;
 	uint64_t seq;
+	uint64_t after; /* --after: the seq last answered before the first file */
+	int has_after;
 	int local;
 	int to_stdout; /* -o -: the one delta to stdout, status lines to stderr */
 } send_opts;
@@ -75,6 +77,9 @@ static void send_usage(FILE *f)
 		"  --first keep|drop|auto  first-profile policy (default keep)\n"
 		"  --type NAME=delta|gauge per-sample-type policy override (repeatable)\n"
 		"  --seq N                 sequence number of the first file (default: 1, 2, ...)\n"
+		"  --after SEQ             the sequence last answered before the first file (a new\n"
+		"                          process continuing a stream): lets a protocol-3 server answer\n"
+		"                          BASELINE state-lost if its state is older (restored backup)\n"
 		"  --incarnation N         producer incarnation (default: random per run)\n"
 		"  --producer-start NS     producer start, unix ns (for --first auto)\n"
 		"  --attempts N            tries per file, retries included (default 5)\n"
@@ -160,7 +165,7 @@ static int parse_first(send_opts *s, const char *v)
 enum {
 	O_SERVER = 256, O_CA, O_CERT, O_KEY, O_TOKEN, O_TOKEN_FILE, O_SNI, O_STREAM, O_FIRST,
 	O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT, O_LOCAL, O_FALLBACK,
-	O_VERSION
+	O_VERSION, O_AFTER
 };
 
 static const struct option send_long[] = {
@@ -176,6 +181,7 @@ static const struct option send_long[] = {
 	{"first", required_argument, NULL, O_FIRST},
 	{"type", required_argument, NULL, O_TYPE},
 	{"seq", required_argument, NULL, O_SEQ},
+	{"after", required_argument, NULL, O_AFTER},
 	{"incarnation", required_argument, NULL, O_INC},
 	{"producer-start", required_argument, NULL, O_START},
 	{"attempts", required_argument, NULL, O_ATTEMPTS},
@@ -205,6 +211,7 @@ static int parse_one(send_opts *s, int ch, const char *arg)
 	case O_FIRST: return parse_first(s, arg);
 	case O_TYPE: return parse_type(s, arg);
 	case O_SEQ: return parse_u64("--seq", arg, &s->seq);
+	case O_AFTER: s->has_after = 1; return parse_u64("--after", arg, &s->after);
 	case O_INC: return parse_u64("--incarnation", arg, &s->o.incarnation);
 	case O_START:
 		if (parse_u64("--producer-start", arg, &v))
@@ -446,6 +453,10 @@ static int send_all(pdelta *h, send_opts *s, int nfiles, char **files)
 
 	if (!fc)
 		return -1;
+	if (s->has_after && pdelta_set_answered(h, s->stream, s->after) != PDELTA_OK) {
+		free(fc);
+		return -1;
+	}
 	for (int i = 0; i < nfiles; i++) {
 		char *dup = strdup(files[i]);
 		const char *base = dup ? basename(dup) : files[i];

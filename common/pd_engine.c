@@ -252,8 +252,8 @@ const char *pd_status_name(int status)
 
 const char *pd_reason_name(int reason)
 {
-	static const char *const n[] = {"-", "first", "reset", "evicted", "moved"};
-	return reason >= 0 && reason <= PD_REASON_MOVED ? n[reason] : "?";
+	static const char *const n[] = {"-", "first", "reset", "evicted", "moved", "state-lost"};
+	return reason >= 0 && reason <= PD_REASON_STATE_LOST ? n[reason] : "?";
 }
 
 pd_engine *pd_engine_new(const pd_limits *lim)

@@ -62,7 +62,8 @@ enum pd_reason {
 	PD_REASON_FIRST = 1,
 	PD_REASON_RESET = 2,
 	PD_REASON_EVICTED = 3,
-	PD_REASON_MOVED = 4
+	PD_REASON_MOVED = 4,
+	PD_REASON_STATE_LOST = 5 /* the server's state is older than the client's last answer (service) */
 };
 
 typedef struct pd_type_override {

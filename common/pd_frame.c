@@ -42,8 +42,8 @@ static const ftype_info ftypes[] = {
 	{PD_FT_PONG, C_ | V_, ID_ZERO, 0, 8, 8, "PONG"},
 	{PD_FT_GOODBYE, C_ | V_, ID_ZERO, 0, 2 + S_, 2 + S_ + PD_MAX_MESSAGE, "GOODBYE"},
 	{PD_FT_ERROR, V_, ID_ANY, 0, ERROR_FIXED + S_, ERROR_FIXED + S_ + PD_MAX_MESSAGE, "ERROR"},
-	{PD_FT_DELTA_BEGIN, C_, ID_NONZERO, PD_FLAG_BEGIN_NO_DATA, BEGIN_FIXED + S_,
-	 BEGIN_FIXED + S_ + PD_MAX_STREAM + PD_MAX_OVERRIDES * OVERRIDE_MAX, "DELTA_BEGIN"},
+	{PD_FT_DELTA_BEGIN, C_, ID_NONZERO, PD_FLAG_BEGIN_NO_DATA | PD_FLAG_BEGIN_AFTER, BEGIN_FIXED + S_,
+	 BEGIN_FIXED + S_ + PD_MAX_STREAM + PD_MAX_OVERRIDES * OVERRIDE_MAX + 8, "DELTA_BEGIN"},
 	{PD_FT_DATA, C_, ID_NONZERO, 0, 1, PD_FRAME_MAX_ABS, "DATA"},
 	{PD_FT_DATA_END, C_, ID_NONZERO, 0, 8 + PD_CONTENT_HASH_LEN, 8 + PD_CONTENT_HASH_LEN,
 	 "DATA_END"},
@@ -329,10 +329,13 @@ static int check_overrides(const pd_msg_delta_begin *m, pd_err *e)
 	return PD_OK;
 }
 
-static int check_begin(const pd_msg_delta_begin *m, pd_err *e)
+static int check_begin(const pd_msg_delta_begin *m, unsigned flags, pd_err *e)
 {
 	int rc;
 
+	if ((flags & PD_FLAG_BEGIN_AFTER) && m->after_seq >= m->seq)
+		return pd_err_set(e, PD_E_MALFORMED, "after_seq %llu is not below seq %llu",
+				  (unsigned long long)m->after_seq, (unsigned long long)m->seq);
 	if (m->first_policy > PD_WIRE_FIRST_AUTO)
 		return bad(e, "first-profile policy", m->first_policy);
 	if ((rc = check_str(&m->stream, 1, PD_MAX_STREAM, STR_NAME, "stream name", e)))
@@ -386,7 +389,7 @@ static int check_result(const pd_msg_result *m, pd_err *e)
 		return bad(e, "original status", st);
 	if (st != PD_WIRE_STATUS_DELTA && st != PD_WIRE_STATUS_BASELINE)
 		return bad(e, "original status", st);
-	if (m->reason > PD_WIRE_REASON_MOVED)
+	if (m->reason > PD_WIRE_REASON_STATE_LOST)
 		return bad(e, "reason", m->reason);
 	if ((st == PD_WIRE_STATUS_DELTA) != (m->reason == PD_WIRE_REASON_NONE))
 		return pd_err_set(e, PD_E_MALFORMED, "reason %u does not fit status %u", m->reason,
@@ -406,7 +409,7 @@ static int check_payload(const pd_msg *m, pd_err *e)
 	case PD_FT_ERROR:
 		return check_error(&m->u.error, e);
 	case PD_FT_DELTA_BEGIN:
-		return check_begin(&m->u.begin, e);
+		return check_begin(&m->u.begin, m->flags, e);
 	case PD_FT_DATA:
 	case PD_FT_RESULT_DATA:
 		return check_data(&m->u.data, e);
@@ -486,7 +489,7 @@ static int parse_error(pd_frd *r, pd_msg_error *m, pd_err *e)
 	return PD_OK;
 }
 
-static int parse_begin(pd_frd *r, pd_msg_delta_begin *m, pd_err *e)
+static int parse_begin(pd_frd *r, pd_msg_delta_begin *m, unsigned flags, pd_err *e)
 {
 	uint8_t rsv;
 
@@ -503,6 +506,9 @@ static int parse_begin(pd_frd *r, pd_msg_delta_begin *m, pd_err *e)
 	for (unsigned i = 0; i < m->n_overrides; i++)
 		if (!pd_frd_str(r, &m->overrides[i].name) || !pd_frd_u8(r, &m->overrides[i].policy))
 			return truncated(e, "DELTA_BEGIN");
+	m->after_seq = 0;
+	if ((flags & PD_FLAG_BEGIN_AFTER) && !pd_frd_u64(r, &m->after_seq))
+		return truncated(e, "DELTA_BEGIN");
 	return PD_OK;
 }
 
@@ -565,7 +571,7 @@ static int parse_payload(pd_frd *r, pd_msg *m, pd_err *e)
 	case PD_FT_ERROR:
 		return parse_error(r, &m->u.error, e);
 	case PD_FT_DELTA_BEGIN:
-		return parse_begin(r, &m->u.begin, e);
+		return parse_begin(r, &m->u.begin, m->flags, e);
 	case PD_FT_DATA:
 	case PD_FT_RESULT_DATA:
 		m->u.data.len = pd_frd_left(r);
@@ -714,6 +720,8 @@ size_t pd_msg_payload_len(const pd_msg *m)
 	case PD_FT_DELTA_BEGIN:
 		for (unsigned i = 0; i < m->u.begin.n_overrides && i < PD_MAX_OVERRIDES; i++)
 			n += S_ + m->u.begin.overrides[i].name.len + 1;
+		if (m->flags & PD_FLAG_BEGIN_AFTER)
+			n += 8;
 		return BEGIN_FIXED + S_ + m->u.begin.stream.len + n;
 	case PD_FT_DATA:
 	case PD_FT_RESULT_DATA:
@@ -768,7 +776,7 @@ static void put_error(pd_fwr *w, const pd_msg_error *m)
 	pd_fwr_str(w, &m->message);
 }
 
-static void put_begin(pd_fwr *w, const pd_msg_delta_begin *m)
+static void put_begin(pd_fwr *w, const pd_msg_delta_begin *m, unsigned flags)
 {
 	pd_fwr_u64(w, m->seq);
 	pd_fwr_u64(w, m->incarnation);
@@ -781,6 +789,8 @@ static void put_begin(pd_fwr *w, const pd_msg_delta_begin *m)
 		pd_fwr_str(w, &m->overrides[i].name);
 		pd_fwr_u8(w, m->overrides[i].policy);
 	}
+	if (flags & PD_FLAG_BEGIN_AFTER)
+		pd_fwr_u64(w, m->after_seq);
 }
 
 static void put_admin(pd_fwr *w, const pd_msg_admin *m)
@@ -826,7 +836,7 @@ static void put_payload(pd_fwr *w, const pd_msg *m)
 		put_error(w, &m->u.error);
 		break;
 	case PD_FT_DELTA_BEGIN:
-		put_begin(w, &m->u.begin);
+		put_begin(w, &m->u.begin, m->flags);
 		break;
 	case PD_FT_DATA:
 	case PD_FT_RESULT_DATA:
@@ -919,7 +929,8 @@ static bool begin_eq(const pd_msg_delta_begin *a, const pd_msg_delta_begin *b)
 {
 	if (a->seq != b->seq || a->incarnation != b->incarnation ||
 	    a->producer_start_ns != b->producer_start_ns || a->first_policy != b->first_policy ||
-	    !str_eq(&a->stream, &b->stream) || a->n_overrides != b->n_overrides)
+	    !str_eq(&a->stream, &b->stream) || a->n_overrides != b->n_overrides ||
+	    a->after_seq != b->after_seq)
 		return false;
 	for (unsigned i = 0; i < a->n_overrides && i < PD_MAX_OVERRIDES; i++)
 		if (!str_eq(&a->overrides[i].name, &b->overrides[i].name) ||

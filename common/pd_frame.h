@@ -148,6 +148,9 @@ typedef struct pd_msg_delta_begin {
 	pd_str stream;              /* 1..PD_MAX_STREAM */
 	uint16_t n_overrides;       /* 0..PD_MAX_OVERRIDES */
 	pd_wire_override overrides[PD_MAX_OVERRIDES];
+	/* With flag PD_FLAG_BEGIN_AFTER (and only then; version >= 3): the seq the
+	 * client last had answered for the stream, < seq. Last in the payload. */
+	uint64_t after_seq;
 } pd_msg_delta_begin;
 
 typedef struct pd_msg_data_end {

@@ -12,7 +12,7 @@
 
 /* ---- handshake ---------------------------------------------------------- */
 #define PD_PROTO_MAGIC 0x50444C54u /* "PDLT" */
-#define PD_PROTO_VERSION 2         /* the highest version this code speaks */
+#define PD_PROTO_VERSION 3         /* the highest version this code speaks */
 #define PD_PROTO_VERSION_MIN 1     /* the lowest version this code speaks */
 
 /* ---- frame header --------------------------------------------------------- */
@@ -43,6 +43,8 @@ enum pd_frame_type {
 
 /* Header flags, per frame type; every other bit must be 0. */
 #define PD_FLAG_BEGIN_NO_DATA 0x01 /* DELTA_BEGIN: send no RESULT_DATA */
+#define PD_FLAG_BEGIN_AFTER 0x02   /* DELTA_BEGIN (version >= 3): ends with u64 after_seq */
+#define PD_PROTO_VERSION_AFTER 3   /* first version with PD_FLAG_BEGIN_AFTER and reason state-lost */
 
 /* ---- payload enums -------------------------------------------------------- */
 /* The PD_WIRE_* values are the wire's, not the engine's (common/pd_engine.h
@@ -65,6 +67,7 @@ enum pd_wire_reason {
 	PD_WIRE_REASON_RESET = 2,
 	PD_WIRE_REASON_EVICTED = 3,
 	PD_WIRE_REASON_MOVED = 4,
+	PD_WIRE_REASON_STATE_LOST = 5, /* version >= 3 only */
 };
 
 enum pd_admin_format { PD_ADMIN_JSON = 1 };

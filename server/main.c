@@ -10,6 +10,9 @@
  * --healthcheck exits 0 (healthy) or 1 (anything else, a bad configuration
  * included): Docker reserves 2.
  */
+#include <ctype.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,6 +28,34 @@
 #include "pd_tls.h"
 #include "pd_version.h"
 #include "pdelta_proto.h"
+
+/* Entropy a token can have at most: its length times log2 of the smallest
+ * usual alphabet holding all its characters (digits, hex, lowercase+digits,
+ * alphanumerics, base64/base64url, printable ASCII). */
+static double token_bits(const char *t, size_t n)
+{
+	bool digit = false, lower = false, upper = false, hexl = true, b64 = true;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)t[i];
+		digit |= ch >= '0' && ch <= '9';
+		lower |= ch >= 'a' && ch <= 'z';
+		upper |= ch >= 'A' && ch <= 'Z';
+		if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
+			hexl = false;
+		if (!(isalnum(ch) || ch == '+' || ch == '/' || ch == '-' || ch == '_' || ch == '='))
+			b64 = false;
+	}
+	double alphabet = !lower && !upper ? (digit ? 10 : 1) : hexl ? 16 : 94;
+	if (!hexl && b64)
+		alphabet = upper && lower ? 62 : 36;
+	for (size_t i = 0; i < n && b64 && !hexl; i++)
+		if (!isalnum((unsigned char)t[i]))
+			alphabet = 64;
+	if (!digit && !lower && !upper)
+		alphabet = 94;
+	return (double)n * log2(alphabet);
+}
 
 /* Reads one token from stdin (one line; the newline is not part of it). */
 static int hash_token(void)
@@ -53,6 +84,11 @@ static int hash_token(void)
 			return 2;
 		}
 	}
+	if (token_bits(line, n) < 128)
+		fprintf(stderr,
+			"pdeltad: warning: this token has at most %.0f bits of entropy (%zu characters); "
+			"use 128 bits or more, e.g. `openssl rand -base64 24` or `openssl rand -hex 16`\n",
+			token_bits(line, n), n);
 	pd_auth_hash_token(line, n, h);
 	pd_auth_hex(h, hex);
 	printf("%s\n", hex);
@@ -65,9 +101,11 @@ static int check_files(const pd_config *cfg)
 	pd_tls_opts o = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->require_client_cert};
 	SSL_CTX *tls = NULL;
 	pd_auth *auth = NULL;
+	pd_tls_info info;
 	pd_err err;
+	double days;
 
-	if (pd_tls_ctx_new(&o, &tls, &err) || pd_auth_load(cfg->tenants, &auth, &err) ||
+	if (pd_tls_ctx_new(&o, &tls, &info, &err) || pd_auth_load(cfg->tenants, &auth, &err) ||
 	    pd_auth_check_usable(auth, cfg->tenants, &err)) {
 		pd_auth_free(auth);
 		fprintf(stderr, "pdeltad: %s\n", err.msg);
@@ -75,6 +113,10 @@ static int check_files(const pd_config *cfg)
 			SSL_CTX_free(tls);
 		return 2;
 	}
+	days = pd_tls_days_left(info.not_after);
+	if (days < PD_TLS_EXPIRY_WARN_DAYS)
+		fprintf(stderr, "pdeltad: warning: certificate %s expires in %.1f days\n",
+			cfg->tls_cert, days);
 	printf("configuration ok: %zu credentials\n", pd_auth_count(auth));
 	SSL_CTX_free(tls);
 	pd_auth_free(auth);

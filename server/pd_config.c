@@ -68,6 +68,22 @@ static const setting settings[] = {
 	    "memory a worker keeps between requests; more is freed after the request"),
 	NUM("max_connections", T_COUNT, max_connections, 1024, 1, 1000000,
 	    "open connections; beyond: accept and close at once"),
+	NUM("max_unauth_connections", T_COUNT, max_unauth_connections, 256, 1, 1000000,
+	    "connections not authenticated yet (TLS, waiting for HELLO); at most 3/4 of\n"
+	    "        max_connections (the rest is kept for authenticated clients); beyond,\n"
+	    "        the oldest unauthenticated connection is closed"),
+	NUM("max_unauth_per_source", T_COUNT, max_unauth_per_source, 64, 1, 1000000,
+	    "unauthenticated connections of one source address (IPv6: /64); beyond,\n"
+	    "        that source's oldest is closed"),
+	NUM("auth_fail_delay_ms", T_MS, auth_fail_delay_ms, 100, 0, 60000,
+	    "a failed authentication is answered after this delay, doubled per failure\n"
+	    "        of the same source; 0 = at once"),
+	NUM("auth_fail_delay_max_ms", T_MS, auth_fail_delay_max_ms, 5000, 0, 60000,
+	    "cap of that delay (also the delay of answers to a blocked source)"),
+	NUM("auth_fail_block_after", T_COUNT, auth_fail_block_after, 20, 0, 1000000,
+	    "failed authentications of one source that block it; 0 = never"),
+	NUM("auth_fail_block", T_MS, auth_fail_block_ms, 5 * 60000, 1000, DAY_MS,
+	    "block length (HELLOs refused unread), and how long failures are remembered"),
 	NUM("max_inflight", T_COUNT, max_inflight, PD_DEFAULT_MAX_INFLIGHT, 1, 4096,
 	    "open requests per connection"),
 	NUM("max_frame", T_BYTES, max_frame, PD_DEFAULT_MAX_FRAME, PD_FRAME_MIN_LIMIT,

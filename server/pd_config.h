@@ -53,6 +53,9 @@ typedef struct pd_config {
 	uint64_t idle_timeout_ms, keepalive_ms, write_timeout_ms, drain_timeout_ms;
 	uint64_t output_budget_bytes;
 	uint64_t metrics_tenants; /* tenants with their own series; the rest: "_other" */
+	/* before authentication: connection caps and the failed-auth throttle (pd_guard.h) */
+	uint64_t max_unauth_connections, max_unauth_per_source;
+	uint64_t auth_fail_delay_ms, auth_fail_delay_max_ms, auth_fail_block_after, auth_fail_block_ms;
 	int log_level;  /* enum pd_log_level */
 	int log_format; /* enum pd_log_format */
 	char *env_ignored; /* PDELTAD_* variables that name no setting (warned about) */

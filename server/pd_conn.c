@@ -27,7 +27,10 @@
 #include <openssl/err.h>
 
 #include "pd_frame.h"
+#include "pd_guard.h"
 #include "pd_tls.h"
+
+#define UNAUTH_LOG_PER_SECOND 10
 
 enum conn_state {
 	CONN_TLS,         /* TLS handshake in progress */
@@ -91,6 +94,11 @@ struct pd_conn {
 	struct bufferevent *bev;
 	SSL *ssl;             /* NULL on the plain test transport */
 	char peer[64];
+	uint8_t src[PD_GUARD_KEY_LEN]; /* source address key (pd_guard_src_key) */
+	pd_conn *ua_prev, *ua_next;    /* env->ua_head list while unauthenticated */
+	bool ua_listed;
+	uint64_t auth_fail_at;         /* answer a failed HELLO then (ms); 0 = none pending */
+	bool auth_fail_blocked;        /* that failure is a blocked source's */
 	pd_principal who;
 	pd_tenant_counters *tstats; /* the tenant's metrics slot, once authenticated */
 	bool has_token, has_cn; /* the credential, kept to re-check on reload */
@@ -123,6 +131,27 @@ static uint64_t now_ms(void)
 static void conn_logx(const pd_conn *c, const char *stream, const char *event, int level,
 		      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
+/* Unauthenticated peers choose how often they fail: their lines (above
+ * DEBUG) are limited to UNAUTH_LOG_PER_SECOND, the rest counted. */
+static bool unauth_log_allowed(pd_conn_env *env, uint64_t *suppressed)
+{
+	uint64_t now = now_ms();
+
+	*suppressed = 0;
+	if (now - env->log_window_ms >= 1000) {
+		env->log_window_ms = now;
+		env->log_lines = 0;
+		*suppressed = env->log_suppressed;
+		env->log_suppressed = 0;
+	}
+	if (env->log_lines >= UNAUTH_LOG_PER_SECOND) {
+		env->log_suppressed++;
+		return false;
+	}
+	env->log_lines++;
+	return true;
+}
+
 /* The one logging call of a connection: text lines get the prefix
  * `[c17 127.0.0.1:5432 acme]`, JSON lines the members connection, peer,
  * tenant, and stream / event where the caller knows them. */
@@ -131,17 +160,60 @@ static void conn_logx(const pd_conn *c, const char *stream, const char *event, i
 {
 	pd_log_ctx x = {c->id, c->peer, c->authed ? c->who.tenant : "-", stream, event};
 	char msg[1024];
+	uint64_t suppressed = 0;
 	va_list ap;
 
 	if (!pd_log_enabled(level))
 		return;
+	if (!c->authed && level < PD_LOG_DEBUG && !unauth_log_allowed(c->env, &suppressed))
+		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	if (suppressed)
+		pd_log(PD_LOG_WARN, "%llu log lines about unauthenticated connections suppressed "
+		       "(more than %d a second)", (unsigned long long)suppressed,
+		       UNAUTH_LOG_PER_SECOND);
 	pd_logx(level, &x, "%s", msg);
 }
 
 #define conn_log(c, level, ...) conn_logx(c, NULL, NULL, level, __VA_ARGS__)
+
+/* ---- unauthenticated connections (oldest first) ----------------------------------- */
+
+static void ua_add(pd_conn *c)
+{
+	pd_conn_env *env = c->env;
+
+	c->ua_prev = env->ua_tail;
+	c->ua_next = NULL;
+	if (env->ua_tail)
+		env->ua_tail->ua_next = c;
+	else
+		env->ua_head = c;
+	env->ua_tail = c;
+	c->ua_listed = true;
+	env->metrics->conns_unauth = ++env->nunauth;
+}
+
+static void ua_remove(pd_conn *c)
+{
+	pd_conn_env *env = c->env;
+
+	if (!c->ua_listed)
+		return;
+	if (c->ua_prev)
+		c->ua_prev->ua_next = c->ua_next;
+	else
+		env->ua_head = c->ua_next;
+	if (c->ua_next)
+		c->ua_next->ua_prev = c->ua_prev;
+	else
+		env->ua_tail = c->ua_prev;
+	c->ua_prev = c->ua_next = NULL;
+	c->ua_listed = false;
+	env->metrics->conns_unauth = --env->nunauth;
+}
 
 static bool conn_alive(const pd_conn *c) { return c->state <= CONN_DRAINING; }
 
@@ -475,9 +547,14 @@ static int wire_status(int s)
 	}
 }
 
-static int wire_reason(int r)
+/* state-lost exists from version 3; older clients refuse reasons they do not
+ * know, so they get the closest one: evicted (the server lost state). */
+static int wire_reason(int r, int version)
 {
 	switch (r) {
+	case PD_REASON_STATE_LOST:
+		return version >= PD_PROTO_VERSION_AFTER ? PD_WIRE_REASON_STATE_LOST
+							 : PD_WIRE_REASON_EVICTED;
 	case PD_REASON_FIRST: return PD_WIRE_REASON_FIRST;
 	case PD_REASON_RESET: return PD_WIRE_REASON_RESET;
 	case PD_REASON_EVICTED: return PD_WIRE_REASON_EVICTED;
@@ -503,7 +580,7 @@ static void conn_pump(pd_conn *c);
 static void delta_done(pd_conn *c, pd_request *r)
 {
 	const pd_job_result *res = &r->res;
-	int status = wire_status(res->status), reason = wire_reason(res->reason);
+	int status = wire_status(res->status), reason = wire_reason(res->reason, c->version);
 	pd_msg m;
 
 	r->state = REQ_SENDING;
@@ -721,11 +798,69 @@ static void send_hello_ok(pd_conn *c, int version)
 	conn_send(c, &m);
 }
 
+/* The ERROR of a failed HELLO, now: at once or when its delay is over. */
+static void auth_answer(pd_conn *c)
+{
+	if (c->auth_fail_blocked)
+		conn_fail(c, PD_CLOSE_AUTH, PD_E_AUTH, PD_DETAIL_AUTH_FAILED, 0,
+			  "authentication refused: too many failed authentications from this "
+			  "address; it is blocked for a while");
+	else
+		conn_fail(c, PD_CLOSE_AUTH, PD_E_AUTH, PD_DETAIL_AUTH_FAILED, 0,
+			  "authentication failed");
+}
+
+/* A failed HELLO: answered after delay_ms, reading nothing meanwhile (the
+ * janitor answers); the connection still counts as unauthenticated. */
+static void auth_fail(pd_conn *c, uint64_t delay_ms, bool blocked)
+{
+	c->env->metrics->auth_failed++;
+	c->auth_fail_blocked = blocked;
+	if (!delay_ms) {
+		auth_answer(c);
+		return;
+	}
+	if (!blocked)
+		c->env->metrics->auth_failed_delayed++;
+	c->handshake_deadline = 0;
+	c->auth_fail_at = now_ms() + delay_ms;
+	bufferevent_disable(c->bev, EV_READ);
+}
+
+/* Token and certificate checked: false (and the failure under way) if they
+ * do not authenticate, or if the source is blocked (then unchecked). */
+static bool hello_authenticate(pd_conn *c)
+{
+	pd_conn_env *env = c->env;
+	const pd_config *cfg = env->cfg;
+	uint64_t now = now_ms(), delay;
+	const char *why = NULL;
+	bool block_started;
+
+	if (pd_guard_blocked_ms(env->guard, c->src, now)) {
+		env->metrics->limit_hits[PD_LIM_AUTH_BLOCKED]++;
+		auth_fail(c, cfg->auth_fail_delay_max_ms, true);
+		return false;
+	}
+	if (!auth_resolve(c, env->auth, &c->who, &why))
+		return true;
+	delay = pd_guard_fail(env->guard, c->src, now, &block_started);
+	conn_log(c, PD_LOG_DEBUG, "auth failure detail: %s", why);
+	if (block_started) {
+		env->metrics->auth_blocks++;
+		conn_log(c, PD_LOG_WARN,
+			 "%llu failed authentications from this address: blocked for %llu ms",
+			 (unsigned long long)cfg->auth_fail_block_after,
+			 (unsigned long long)cfg->auth_fail_block_ms);
+	}
+	auth_fail(c, delay, false);
+	return false;
+}
+
 static void on_hello(pd_conn *c, const pd_msg_hello *h)
 {
 	int version = pd_proto_choose_version(PD_PROTO_VERSION_MIN, PD_PROTO_VERSION,
 					      h->min_version, h->max_version);
-	const char *why = NULL;
 
 	if (!version) {
 		conn_fail(c, PD_CLOSE_VERSION, PD_E_PROTO, PD_DETAIL_VERSION,
@@ -738,13 +873,9 @@ static void on_hello(pd_conn *c, const pd_msg_hello *h)
 	if (c->has_token)
 		pd_auth_hash_token(h->token.p, h->token.len, c->token_hash);
 	c->has_cn = c->ssl && pd_tls_peer_cn(c->ssl, c->cn, sizeof c->cn);
-	if (auth_resolve(c, c->env->auth, &c->who, &why)) {
-		c->env->metrics->auth_failed++;
-		conn_fail(c, PD_CLOSE_AUTH, PD_E_AUTH, PD_DETAIL_AUTH_FAILED, 0,
-			  "authentication failed");
-		conn_log(c, PD_LOG_DEBUG, "auth failure detail: %s", why);
+	if (!hello_authenticate(c))
 		return;
-	}
+	ua_remove(c);
 	c->authed = true;
 	c->version = version;
 	c->peer_max_frame = h->max_frame ? h->max_frame : PD_FRAME_MAX_ABS;
@@ -833,7 +964,7 @@ static int engine_first(int wire)
 					    : PD_FIRST_KEEP;
 }
 
-static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b)
+static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b, unsigned flags)
 {
 	char names[PD_MAX_OVERRIDES][PD_MAX_TYPE_NAME + 1];
 	pd_type_override ov[PD_MAX_OVERRIDES];
@@ -859,6 +990,8 @@ static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b)
 	p.overrides = ov;
 	p.noverrides = b->n_overrides;
 	p.hash_kind = c->version >= 2 ? PD_CHASH_CRC128 : PD_CHASH_SHA256;
+	p.has_after = (flags & PD_FLAG_BEGIN_AFTER) != 0;
+	p.after_seq = b->after_seq;
 	rc = pd_job_begin(c->env->svc, &p, &r->job, &err);
 	if (rc) {
 		r->job = NULL;
@@ -876,6 +1009,12 @@ static void on_delta_begin(pd_conn *c, const pd_msg *m)
 	const pd_msg_delta_begin *b = &m->u.begin;
 	pd_request *r;
 
+	if ((m->flags & PD_FLAG_BEGIN_AFTER) && c->version < PD_PROTO_VERSION_AFTER) {
+		conn_fail(c, PD_CLOSE_PROTOCOL, PD_E_PROTO, PD_DETAIL_BAD_FRAME, 0,
+			  "DELTA_BEGIN flag AFTER needs protocol version %d (this connection: %d)",
+			  PD_PROTO_VERSION_AFTER, c->version);
+		return;
+	}
 	if (!request_admissible(c, m->request_id))
 		return;
 	r = open_request(c, m->request_id);
@@ -891,7 +1030,7 @@ static void on_delta_begin(pd_conn *c, const pd_msg *m)
 		req_fail(c, r, PD_E_BUSY, PD_DETAIL_SHUTTING_DOWN, 0, "server is draining");
 		return;
 	}
-	begin_job(c, r, b);
+	begin_job(c, r, b, m->flags);
 }
 
 /* The request a DATA / DATA_END frame belongs to, or a connection error. */
@@ -1223,7 +1362,7 @@ static void conn_read_frames(pd_conn *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 
-	while (conn_alive(c) && c->state != CONN_TLS && !conn_over_budget(c) &&
+	while (conn_alive(c) && c->state != CONN_TLS && !c->auth_fail_at && !conn_over_budget(c) &&
 	       read_one_frame(c, in))
 		;
 }
@@ -1298,6 +1437,7 @@ static void conn_destroy(pd_conn *c, bool graceful)
 	c->bev = NULL;
 	c->ssl = NULL;
 	c->state = CONN_CLOSED;
+	ua_remove(c);
 	conn_unlink(c);
 	if (c->env->on_close)
 		c->env->on_close(c->env->on_close_arg);
@@ -1333,12 +1473,13 @@ static void conn_close(pd_conn *c, int reason, bool flush, const char *fmt, ...)
 	va_end(ap);
 	conn_logx(c, NULL, "close",
 		 reason == PD_CLOSE_PEER || reason == PD_CLOSE_GOODBYE ||
-				 reason == PD_CLOSE_SHUTDOWN
+				 reason == PD_CLOSE_SHUTDOWN || reason == PD_CLOSE_UNAUTH_EVICTED
 			 ? PD_LOG_DEBUG
 			 : PD_LOG_INFO,
 		 "closed (%s): %s", pd_close_reason_name(reason), msg);
 	m->closes[reason]++;
 	m->conns_current--;
+	ua_remove(c);
 	if (reason == PD_CLOSE_TLS)
 		m->handshakes_failed++;
 	conn_set_state(c, CONN_CLOSING);
@@ -1472,15 +1613,82 @@ fail:
 	return NULL;
 }
 
+/* max_unauth_connections, but never more than 3/4 of max_connections. */
+static size_t unauth_cap(const pd_config *cfg)
+{
+	uint64_t share = cfg->max_connections - cfg->max_connections / 4;
+	uint64_t cap = cfg->max_unauth_connections < share ? cfg->max_unauth_connections : share;
+
+	return cap ? (size_t)cap : 1;
+}
+
+static void evict_unauth(pd_conn *c, int limit, const char *why)
+{
+	c->env->metrics->limit_hits[limit]++;
+	conn_close(c, PD_CLOSE_UNAUTH_EVICTED, false, "unauthenticated, oldest: %s", why);
+}
+
+/* Has sent nothing yet (no ClientHello processed, no byte waiting): the
+ * cheapest connection to lose. A fresh client's ClientHello is usually
+ * already in the socket when the accept loop runs, which is what tells it
+ * from a socket held open. */
+static bool unauth_silent(const pd_conn *c)
+{
+	uint8_t byte;
+
+	return c->state == CONN_TLS && c->ssl && SSL_get_state(c->ssl) == TLS_ST_BEFORE &&
+	       recv(bufferevent_getfd(c->bev), &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+/* The eviction candidate: the oldest silent unauthenticated connection (of
+ * src if given), else the oldest. */
+static pd_conn *unauth_victim(pd_conn_env *env, const uint8_t *src)
+{
+	pd_conn *oldest = NULL;
+
+	for (pd_conn *c = env->ua_head; c; c = c->ua_next) {
+		if (src && memcmp(c->src, src, PD_GUARD_KEY_LEN) != 0)
+			continue;
+		if (!oldest)
+			oldest = c;
+		if (unauth_silent(c))
+			return c;
+	}
+	return oldest;
+}
+
+/* Makes room for a new connection from src by closing an unauthenticated
+ * one (unauth_victim), of src when src is at its cap, else of all when their
+ * cap is reached or the server is full. False when the server is full of
+ * authenticated connections: the new one is refused. */
+static bool admit(pd_conn_env *env, const uint8_t *src)
+{
+	const pd_config *cfg = env->cfg;
+	size_t same = 0;
+
+	for (pd_conn *c = env->ua_head; c; c = c->ua_next)
+		same += memcmp(c->src, src, PD_GUARD_KEY_LEN) == 0;
+	if (same && same >= cfg->max_unauth_per_source)
+		evict_unauth(unauth_victim(env, src), PD_LIM_UNAUTH_SOURCE, "max_unauth_per_source");
+	else if (env->ua_head && env->nunauth >= unauth_cap(cfg))
+		evict_unauth(unauth_victim(env, NULL), PD_LIM_UNAUTH, "max_unauth_connections");
+	else if (env->ua_head && env->nconns >= cfg->max_connections)
+		evict_unauth(unauth_victim(env, NULL), PD_LIM_MAX_CONNECTIONS, "max_connections");
+	if (env->nconns < cfg->max_connections)
+		return true;
+	env->metrics->limit_hits[PD_LIM_MAX_CONNECTIONS]++;
+	return false;
+}
+
 static void conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct sockaddr *sa, bool tls)
 {
 	const pd_config *cfg = env->cfg;
+	uint8_t src[PD_GUARD_KEY_LEN];
 	int one = 1;
 	pd_conn *c;
 
-	if (env->draining || env->nconns >= cfg->max_connections) {
-		if (!env->draining)
-			env->metrics->limit_hits[PD_LIM_MAX_CONNECTIONS]++;
+	pd_guard_src_key(sa, src);
+	if (env->draining || !admit(env, src)) {
 		evutil_closesocket(fd);
 		return;
 	}
@@ -1499,6 +1707,8 @@ static void conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct socka
 	c->peer_max_frame = PD_FRAME_MAX_ABS;
 	c->last_rx = now_ms();
 	c->handshake_deadline = c->last_rx + cfg->handshake_timeout_ms;
+	memcpy(c->src, src, sizeof c->src);
+	ua_add(c);
 	c->next = env->conns;
 	if (env->conns)
 		env->conns->prev = c;
@@ -1588,6 +1798,11 @@ static void sweep_conn(pd_conn *c, uint64_t now)
 	if (c->state == CONN_CLOSING) {
 		if (now >= c->flush_deadline)
 			conn_close(c, PD_CLOSE__COUNT, false, "flush deadline");
+		return;
+	}
+	if (c->auth_fail_at) {
+		if (now >= c->auth_fail_at)
+			auth_answer(c);
 		return;
 	}
 	if (c->handshake_deadline && now >= c->handshake_deadline) {
@@ -1683,6 +1898,17 @@ int pd_conn_env_init(pd_conn_env *env, pd_err *e)
 	env->in_service = 0;
 	env->done_head = env->done_tail = NULL;
 	pd_buf_init(&env->scratch, 64 * 1024);
+	env->ua_head = env->ua_tail = NULL;
+	env->nunauth = 0;
+	env->guard = pd_guard_new(&(pd_guard_opts){
+		.delay_ms = env->cfg->auth_fail_delay_ms,
+		.delay_max_ms = env->cfg->auth_fail_delay_max_ms,
+		.block_after = env->cfg->auth_fail_block_after,
+		.block_ms = env->cfg->auth_fail_block_ms,
+		.slots = 4096,
+	});
+	if (!env->guard)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory");
 	if (pthread_mutex_init(&env->done_mu, NULL) != 0)
 		return pd_err_set(e, PD_E_NOMEM, "pthread_mutex_init failed");
 	env->ev_done = event_new(env->base, -1, 0, on_done_event, env);
@@ -1704,4 +1930,6 @@ void pd_conn_env_fini(pd_conn_env *env)
 	env->ev_done = env->ev_reap = NULL;
 	pthread_mutex_destroy(&env->done_mu);
 	pd_buf_free(&env->scratch);
+	pd_guard_free(env->guard);
+	env->guard = NULL;
 }

@@ -27,6 +27,18 @@
  * budget: above it the connection stops reading and stops producing
  * RESULT_DATA until the backlog is under half the budget; stuck above it
  * for write_timeout_ms, it is closed.
+ *
+ * Before authentication (stricter, PROTOCOL.md §9): at most
+ * max_unauth_connections unauthenticated connections (never more than 3/4
+ * of max_connections, so authenticated clients always find room) and
+ * max_unauth_per_source per source address; a new connection that would
+ * pass a cap, or find the server full, closes the oldest unauthenticated
+ * connection (of its source, for the per-source cap) instead of being
+ * refused: holding sockets open cannot keep a fresh, fast client out.
+ * Failed authentications are throttled per source (pd_guard.h): answered
+ * after a growing delay (the connection stops reading meanwhile), then the
+ * source is blocked for a while. Log lines about unauthenticated peers are
+ * rate-limited (10 a second, the rest counted and reported).
  */
 #ifndef PD_CONN_H
 #define PD_CONN_H
@@ -69,6 +81,12 @@ typedef struct pd_conn_env {
 	pd_request *done_head, *done_tail;
 	struct event *ev_done;
 	pd_buf scratch; /* frame encoding */
+	pd_conn *ua_head, *ua_tail; /* unauthenticated connections, oldest first */
+	size_t nunauth;
+	struct pd_guard *guard;     /* failed-authentication throttle per source */
+	uint64_t log_window_ms;     /* rate limit of log lines about unauthenticated peers */
+	unsigned log_lines;
+	uint64_t log_suppressed;
 	size_t in_service; /* requests handed to pd_service, completion not run yet */
 } pd_conn_env;
 

@@ -23,6 +23,7 @@
 
 #include "pd_notify.h"
 #include "pd_store.h"
+#include "pd_tls.h"
 #include "pd_version.h"
 
 static const char *const close_names[PD_CLOSE__COUNT] = {
@@ -30,7 +31,7 @@ static const char *const close_names[PD_CLOSE__COUNT] = {
 	"frame_timeout",  "idle",	     "protocol",	"frame_too_large",
 	"auth",		  "version",	     "inflight",	"output_stuck",
 	"client_goodbye", "shutdown",	     "drain_timeout",	"revoked",
-	"nomem",
+	"nomem",	  "unauth_evicted",
 };
 
 static const char *const limit_names[PD_LIM__COUNT] = {
@@ -38,6 +39,7 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_profile_bytes",  "handshake_timeout", "frame_timeout",    "request_timeout",
 	"idle_timeout",	      "output_budget",	   "write_timeout",    "drain_timeout",
 	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs",
+	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
 };
 
 const char *pd_close_reason_name(int r)
@@ -357,6 +359,13 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	    m->handshakes_failed);
 	one(b, "pdeltad_auth_failures_total", "counter", "HELLOs refused with auth/AUTH_FAILED",
 	    m->auth_failed);
+	one(b, "pdeltad_auth_failures_delayed_total", "counter",
+	    "failed authentications answered after the per-source delay", m->auth_failed_delayed);
+	one(b, "pdeltad_auth_blocks_total", "counter",
+	    "source addresses blocked after auth_fail_block_after failures", m->auth_blocks);
+	one(b, "pdeltad_connections_unauthenticated", "gauge",
+	    "open connections not authenticated yet (TLS handshake or waiting for HELLO)",
+	    m->conns_unauth);
 	labelled(b, "pdeltad_requests_total", "delta responses sent (RESULT) by status", "status",
 		 status_names, m->results, 3, false);
 	by_code(b, "pdeltad_request_errors_total", "request ERROR frames sent, by code",
@@ -376,6 +385,12 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	one(b, "pdeltad_tenants_refused_empty_total", "counter",
 	    "SIGHUP reloads refused: tenants file without credentials (no allow_empty = true)",
 	    m->reloads_refused_empty);
+	one(b, "pdeltad_tls_cert_refused_total", "counter",
+	    "SIGHUP reloads refused: certificate expired, not yet valid, not for serverAuth, "
+	    "key mismatch", m->reloads_refused_cert);
+	gauge_f(b, "pdeltad_tls_cert_expiry_days", "gauge",
+		"days until the server certificate in service expires (warned under 14)",
+		v->cert_days_left);
 	one(b, "pdeltad_orphaned_completions_total", "counter",
 	    "requests that finished after their connection was gone", m->orphaned_completions);
 	one(b, "pdeltad_credentials", "gauge", "credentials in the tenants file",
@@ -429,12 +444,13 @@ static void render_store(const struct pd_store_stats *st, expo *b)
 static void render_service(const pd_service_stats *s, expo *b)
 {
 	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
-	static const char *const reason_names[5] = {"none", "first", "reset", "evicted", "moved"};
+	static const char *const reason_names[6] = {"none",    "first", "reset",
+						    "evicted", "moved", "state-lost"};
 
 	labelled(b, "pdeltad_service_requests_total", "delta requests completed, by status", "status",
 		 status_names, s->requests_by_status, 3, false);
 	labelled(b, "pdeltad_baselines_total", "BASELINE responses (and resets) by reason", "reason",
-		 reason_names, s->baselines_by_reason, 5, false);
+		 reason_names, s->baselines_by_reason, 6, false);
 	by_code(b, "pdeltad_service_errors_total", "delta requests failed in the service, by code",
 		s->errors_by_code);
 	one(b, "pdeltad_streams_cached", "gauge", "streams in the hot-state cache", s->streams_cached);

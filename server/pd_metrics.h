@@ -49,6 +49,7 @@ enum pd_close_reason {
 	PD_CLOSE_DRAIN_TIMEOUT,     /* drain deadline hit with requests open */
 	PD_CLOSE_REVOKED,           /* credentials gone after a reload */
 	PD_CLOSE_NOMEM,             /* out of memory */
+	PD_CLOSE_UNAUTH_EVICTED,    /* unauthenticated, closed to make room (oldest first) */
 	PD_CLOSE__COUNT
 };
 
@@ -69,6 +70,9 @@ enum pd_limit_kind {
 	PD_LIM_INPUT,              /* an engine input cap (request limit/INPUT_LIMIT) */
 	PD_LIM_STREAMS,            /* max_streams_per_tenant */
 	PD_LIM_QUEUE,              /* max_queued_jobs (busy/OVERLOADED) */
+	PD_LIM_UNAUTH,             /* max_unauth_connections (or a full server): oldest closed */
+	PD_LIM_UNAUTH_SOURCE,      /* max_unauth_per_source: the source's oldest closed */
+	PD_LIM_AUTH_BLOCKED,       /* a HELLO of a source blocked after failed authentications */
 	PD_LIM__COUNT
 };
 
@@ -92,6 +96,9 @@ typedef struct pd_metrics {
 	uint64_t closes[PD_CLOSE__COUNT];
 	uint64_t handshakes_failed;     /* TLS handshakes that failed */
 	uint64_t auth_failed;
+	uint64_t auth_failed_delayed;   /* of auth_failed: answered after a delay */
+	uint64_t auth_blocks;           /* sources blocked after auth_fail_block_after failures */
+	uint64_t conns_unauth;          /* open connections not authenticated yet (gauge) */
 	uint64_t results[3];            /* RESULT sent: DELTA, BASELINE, DUPLICATE */
 	uint64_t request_errors[PD_E__COUNT]; /* request ERROR frames by code */
 	uint64_t conn_errors[PD_E__COUNT];    /* connection ERROR frames by code */
@@ -102,6 +109,7 @@ typedef struct pd_metrics {
 	uint64_t limit_hits[PD_LIM__COUNT];
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t reloads_refused_empty; /* of reloads_failed: tenants file without credentials */
+	uint64_t reloads_refused_cert;  /* of reloads_failed: certificate not usable (dates, usage, key) */
 	uint64_t orphaned_completions;  /* job finished after its connection went away */
 	/* Per-tenant table: tenants[0..n_tenants) named slots, tenants[max_tenants]
 	 * is "_other". Owned by the server (pd_metrics_tenants_init/fini); a
@@ -121,6 +129,7 @@ typedef struct pd_metrics_view {
 	pd_service_stats svc;
 	bool draining;
 	uint64_t tenants_credentials;
+	double cert_days_left; /* the server certificate in service: days to its expiry */
 } pd_metrics_view;
 
 enum pd_metrics_format { PD_METRICS_PROMETHEUS, PD_METRICS_OPENMETRICS };

@@ -40,6 +40,8 @@ struct pd_server {
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
 	struct event *ev_watchdog; /* WATCHDOG=1 while the loop turns (WatchdogSec) */
 	bool draining;
+	time_t cert_not_after;   /* the certificate in service */
+	uint64_t cert_warned_ms; /* last "expires soon" warning (monotonic-ish wall ms) */
 	/* A copy of the counters for the admin `stats` hook, which runs on a
 	 * worker thread: refreshed by the janitor, read under the mutex. */
 	pthread_mutex_t snap_mu;
@@ -52,10 +54,10 @@ struct pd_server {
 /* *empty is set when the tenants file parsed but holds no credentials and
  * does not say allow_empty (pd_auth_check_usable): refused like an error. */
 static int load_credentials(const pd_config *cfg, SSL_CTX **tls, pd_auth **auth, bool *empty,
-			    pd_err *e)
+			    pd_tls_info *info, pd_err *e)
 {
 	pd_tls_opts o = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->require_client_cert};
-	int rc = pd_tls_ctx_new(&o, tls, e);
+	int rc = pd_tls_ctx_new(&o, tls, info, e);
 
 	*empty = false;
 	if (rc)
@@ -73,17 +75,41 @@ static int load_credentials(const pd_config *cfg, SSL_CTX **tls, pd_auth **auth,
 	return rc;
 }
 
+static uint64_t wall_ms(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+/* At every load, then at most daily from the janitor: an expiring
+ * certificate must be noticed before it fails every handshake. */
+static void warn_expiry(pd_server *s, bool force)
+{
+	double days = pd_tls_days_left(s->cert_not_after);
+	uint64_t now = wall_ms();
+
+	if (days >= PD_TLS_EXPIRY_WARN_DAYS || (!force && now - s->cert_warned_ms < 86400000ull))
+		return;
+	s->cert_warned_ms = now;
+	pd_log(PD_LOG_WARN, "the server certificate %s expires in %.1f days: renew it and SIGHUP",
+	       s->cfg->tls_cert, days);
+}
+
 static void reload(pd_server *s)
 {
 	SSL_CTX *tls;
 	pd_auth *auth;
+	pd_tls_info info;
 	pd_err err;
 	bool empty;
 
-	if (load_credentials(s->cfg, &tls, &auth, &empty, &err)) {
+	if (load_credentials(s->cfg, &tls, &auth, &empty, &info, &err)) {
 		s->metrics.reloads_failed++;
 		if (empty)
 			s->metrics.reloads_refused_empty++;
+		if (info.cert_refused)
+			s->metrics.reloads_refused_cert++;
 		pd_log(PD_LOG_ERROR, "reload failed, keeping the current TLS files and tenants: %s",
 		       err.msg);
 		return;
@@ -92,8 +118,10 @@ static void reload(pd_server *s)
 	pd_auth_free(s->env.auth);
 	s->env.tls = tls;
 	s->env.auth = auth;
+	s->cert_not_after = info.not_after;
 	s->metrics.reloads_ok++;
 	pd_log(PD_LOG_INFO, "reloaded TLS files and %zu credentials", pd_auth_count(auth));
+	warn_expiry(s, true);
 	pd_conn_recheck_auth(&s->env);
 }
 
@@ -191,6 +219,7 @@ static void on_janitor(evutil_socket_t fd, short what, void *arg)
 	pd_server *s = arg;
 
 	pd_conn_sweep(&s->env);
+	warn_expiry(s, false);
 	pthread_mutex_lock(&s->snap_mu);
 	s->snap = s->metrics;
 	s->snap.tenants = s->snap_tenants;
@@ -232,6 +261,7 @@ static void snapshot(void *arg, pd_metrics_view *v)
 	pd_service_stats_get(s->svc, &v->svc);
 	v->draining = s->draining;
 	v->tenants_credentials = pd_auth_count(s->env.auth);
+	v->cert_days_left = pd_tls_days_left(s->cert_not_after);
 }
 
 static void json_u64(pd_buf *out, const char *sep, const char *key, uint64_t v)
@@ -313,6 +343,7 @@ static void stats_hook(void *arg, pd_buf *out)
 	json_u64(out, ",", "tls_reloads_ok", m.reloads_ok);
 	json_u64(out, ",", "tls_reloads_failed", m.reloads_failed);
 	json_u64(out, ",", "tenants_refused_empty", m.reloads_refused_empty);
+	json_u64(out, ",", "tls_cert_refused", m.reloads_refused_cert);
 	json_map(out, "connection_closes", m.closes, PD_CLOSE__COUNT, pd_close_reason_name);
 	json_map(out, "network_limit_hits", m.limit_hits, PD_LIM__COUNT, pd_limit_name);
 	json_map(out, "request_errors_sent", m.request_errors + 1, PD_E__COUNT - 1,
@@ -384,11 +415,14 @@ static int add_events(pd_server *s, pd_err *e)
 
 static int init_env(pd_server *s, pd_err *e)
 {
+	pd_tls_info info;
 	bool empty;
-	int rc = load_credentials(s->cfg, &s->env.tls, &s->env.auth, &empty, e);
+	int rc = load_credentials(s->cfg, &s->env.tls, &s->env.auth, &empty, &info, e);
 
 	if (rc)
 		return rc;
+	s->cert_not_after = info.not_after;
+	warn_expiry(s, true);
 	s->env.base = s->base;
 	s->env.cfg = s->cfg;
 	s->env.svc = s->svc;

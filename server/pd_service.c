@@ -245,6 +245,8 @@ static int copy_params(pd_job *j, const pd_job_params *p, pd_err *e)
 	}
 	j->novr = p->noverrides;
 	j->seq = p->seq;
+	j->has_after = p->has_after;
+	j->after_seq = p->after_seq;
 	j->incarnation = p->incarnation;
 	j->producer_start_ns = p->producer_start_ns;
 	j->first_policy = p->first_policy;
@@ -393,7 +395,7 @@ static void count_result(pd_service *s, const pd_job *j)
 		return;
 	}
 	st->requests_by_status[r->status]++;
-	if (r->status == PD_STATUS_BASELINE && r->reason >= 0 && r->reason < 5)
+	if (r->status == PD_STATUS_BASELINE && r->reason >= 0 && r->reason < 6)
 		st->baselines_by_reason[r->reason]++;
 	st->bytes_out += r->out_len;
 	hist_add(st->lat_total, total);
@@ -518,9 +520,9 @@ static int verify_upload(pd_worker *w, pd_job *j)
 
 static int reason_from_str(const char *r)
 {
-	static const char *const names[] = {"", "first", "reset", "evicted", "moved"};
+	static const char *const names[] = {"", "first", "reset", "evicted", "moved", "state-lost"};
 
-	for (int i = 1; r && i < 5; i++)
+	for (int i = 1; r && i < 6; i++)
 		if (!strcmp(r, names[i]))
 			return i;
 	return PD_REASON_NONE;
@@ -528,7 +530,7 @@ static int reason_from_str(const char *r)
 
 static const char *reason_str(int reason)
 {
-	return reason > PD_REASON_NONE && reason <= PD_REASON_MOVED ? pd_reason_name(reason) : "";
+	return reason > PD_REASON_NONE && reason <= PD_REASON_STATE_LOST ? pd_reason_name(reason) : "";
 }
 
 static void set_absent(pd_stream *st)
@@ -628,8 +630,13 @@ static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
 {
 	if (!st->exists || !has_state(st) || j->incarnation != st->incarnation)
 		return SEQ_APPLY;
-	if (j->seq > st->last_seq)
+	if (j->seq > st->last_seq) {
+		/* The client had an answer for a later seq than our state: the state
+		 * went back (a restored backup). A delta from it would deliver the
+		 * intervals after last_seq twice. */
+		j->state_lost = j->has_after && j->after_seq > st->last_seq;
 		return SEQ_APPLY;
+	}
 	if (j->seq == st->last_seq && same_content(w, st, j))
 		return SEQ_DUPLICATE;
 	if (j->seq == st->last_seq) {
@@ -752,7 +759,10 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 	req.chunk = s->o.chunk_bytes;
 	pd_buf_reset(&j->out);
 	j->crc = 0;
-	rc = pd_engine_run(w->eng, j->in.data, j->in.len, has_state(st) ? st->state : w->empty,
+	if (j->state_lost)
+		req.first_policy = PD_FIRST_DROP; /* nothing we could output is not double */
+	rc = pd_engine_run(w->eng, j->in.data, j->in.len,
+			   has_state(st) && !j->state_lost ? st->state : w->empty,
 			   w->next, &req, job_sink, j, &j->res.engine, &j->res.err);
 	j->res.ns_engine = pd_now_ns() - t0;
 	if (rc == PD_E_LIMIT) {
@@ -769,7 +779,12 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 	j->res.samples_out = j->res.engine.samples_out;
 	if (j->res.reason == PD_REASON_RESET)
 		snprintf(j->reset_why, sizeof j->reset_why, "%s", j->res.engine.why);
-	if (st->state_corrupt && j->res.reason == PD_REASON_FIRST) {
+	if (j->state_lost) {
+		j->res.reason = PD_REASON_STATE_LOST;
+		snprintf(j->reset_why, sizeof j->reset_why,
+			 "state-lost: stored seq %llu, client had seq %llu answered",
+			 (unsigned long long)st->last_seq, (unsigned long long)j->after_seq);
+	} else if (st->state_corrupt && j->res.reason == PD_REASON_FIRST) {
 		j->res.reason = PD_REASON_EVICTED;
 		snprintf(j->reset_why, sizeof j->reset_why, "state-corrupt");
 	}
@@ -783,7 +798,8 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 {
 	pd_service *s = w->svc;
 	pd_stream_rec rec;
-	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED, rc;
+	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED ||
+		    j->res.reason == PD_REASON_STATE_LOST, rc;
 
 	pd_buf_reset(&w->ser);
 	if ((rc = pd_state_serialize(w->next, &w->ser, &j->res.err)))
@@ -827,7 +843,8 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
  * (the response stays in the store, read back only for a DUPLICATE). */
 static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 {
-	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED;
+	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED ||
+		    j->res.reason == PD_REASON_STATE_LOST;
 	pd_state *old;
 
 	st->version = st->exists ? st->version + 1 : 1;

@@ -42,6 +42,7 @@
 #ifndef PD_SERVICE_H
 #define PD_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -90,6 +91,8 @@ typedef struct pd_job_params {
 	const pd_type_override *overrides;
 	size_t noverrides;      /* copied by pd_job_begin */
 	int hash_kind;          /* enum pd_content_hash: what DATA_END.hash claims */
+	bool has_after;         /* the client said which seq it last had answered: */
+	uint64_t after_seq;     /* a stored state older than that is BASELINE state-lost */
 } pd_job_params;
 
 /* The content hash a client sends in DATA_END (PROTOCOL.md §5, §8): protocol
@@ -172,7 +175,7 @@ void pd_service_set_stats_hook(pd_service *s, pd_stats_json_fn fn, void *arg);
 /* ---- metrics ------------------------------------------------------------ */
 typedef struct pd_service_stats {
 	uint64_t requests_by_status[3];  /* DELTA, BASELINE, DUPLICATE */
-	uint64_t baselines_by_reason[5]; /* enum pd_reason */
+	uint64_t baselines_by_reason[6]; /* enum pd_reason */
 	uint64_t errors_by_code[PD_E__COUNT];
 	uint64_t streams_cached, cache_bytes, cache_evictions;
 	uint64_t streams_expired;

@@ -628,7 +628,7 @@ static int adm_tenants(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
 
 static void stats_service(jw *out, const pd_service_stats *st)
 {
-	static const char *const reasons[] = {"none", "first", "reset", "evicted", "moved"};
+	static const char *const reasons[] = {"none", "first", "reset", "evicted", "moved", "state-lost"};
 	uint64_t requests = 0;
 
 	for (int i = 0; i < 3; i++)
@@ -643,7 +643,7 @@ static void stats_service(jw *out, const pd_service_stats *st)
 	jw_close(out, '}');
 	jw_key(out, "baselines_by_reason");
 	jw_open(out, '{');
-	for (int i = 1; i < 5; i++)
+	for (int i = 1; i < 6; i++)
 		jw_u64(out, reasons[i], st->baselines_by_reason[i]);
 	jw_close(out, '}');
 	jw_key(out, "errors_by_code");

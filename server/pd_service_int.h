@@ -109,6 +109,8 @@ struct pd_job {
 	uint64_t seq, incarnation;
 	int64_t producer_start_ns;
 	int first_policy;
+	int has_after, state_lost; /* PROTOCOL.md §8: client's last answered seq given / above ours */
+	uint64_t after_seq;
 	pd_type_override ovr[PD_SVC_MAX_OVERRIDES];
 	size_t novr;
 

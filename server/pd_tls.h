@@ -7,7 +7,10 @@
  * require_client_cert a handshake without a valid client certificate fails).
  * pd_tls_ctx_new() either returns a complete context or nothing, which is
  * what makes the SIGHUP reload atomic: the server swaps the pointer only
- * when the new context (and the new tenants file) loaded. SSL_CTX is
+ * when the new context (and the new tenants file) loaded. A certificate
+ * that would fail every handshake (expired, not yet valid, not for server
+ * authentication, not matching the key) is refused like a missing file, so a
+ * reload never swaps a working certificate for a dead one. SSL_CTX is
  * reference-counted: connections made with the old one keep it alive.
  */
 #ifndef PD_TLS_H
@@ -15,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 #include <openssl/ssl.h>
 
@@ -27,8 +31,26 @@ typedef struct pd_tls_opts {
 	bool require_client_cert;
 } pd_tls_opts;
 
-/* Loads everything; PD_E_ARG with the OpenSSL reason on any failure. */
-int pd_tls_ctx_new(const pd_tls_opts *o, SSL_CTX **out, pd_err *e);
+/* What pd_tls_ctx_new() learnt about the files (filled on success and failure). */
+typedef struct pd_tls_info {
+	time_t not_after;  /* the server certificate's expiry (0 = unknown) */
+	bool cert_refused; /* failed because the certificate is not usable now (dates, usage) */
+} pd_tls_info;
+
+/* Days below which a loaded server certificate is logged as expiring soon. */
+#define PD_TLS_EXPIRY_WARN_DAYS 14
+
+/*
+ * Loads everything; PD_E_ARG with the OpenSSL reason on any failure. Refused
+ * as well (info->cert_refused): a server certificate that is not valid yet,
+ * has expired, or whose key usage / extended key usage does not allow TLS
+ * server authentication; a client CA file in which no certificate is valid
+ * now. info may be NULL.
+ */
+int pd_tls_ctx_new(const pd_tls_opts *o, SSL_CTX **out, pd_tls_info *info, pd_err *e);
+
+/* Days from now to not_after (negative once expired). */
+double pd_tls_days_left(time_t not_after);
 
 /*
  * The common name of a client certificate that the handshake verified:

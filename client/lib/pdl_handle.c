@@ -114,8 +114,8 @@ const char *pdelta_status_name(int status)
 
 const char *pdelta_reason_name(int reason)
 {
-	static const char *const n[] = {"-", "first", "reset", "evicted", "moved"};
-	return reason >= 0 && reason <= 4 ? n[reason] : "?";
+	static const char *const n[] = {"-", "first", "reset", "evicted", "moved", "state-lost"};
+	return reason >= 0 && reason <= 5 ? n[reason] : "?";
 }
 
 /* ---- time, randomness, backoff ------------------------------------------------ */
@@ -268,6 +268,19 @@ uint64_t pdelta_last_seq(const pdelta *h, const char *stream)
 		if (strcmp(st->name, stream) == 0)
 			return st->last_seq;
 	return 0;
+}
+
+int pdelta_set_answered(pdelta *h, const char *stream, uint64_t seq)
+{
+	pdl_stream *st = pdl_stream_get(h, stream, 1);
+
+	if (!st)
+		return PDELTA_E_NOMEM;
+	st->answered_seq = seq;
+	st->has_answered = 1;
+	if (st->last_seq < seq)
+		st->last_seq = seq;
+	return PDELTA_OK;
 }
 
 /* ---- creation ---------------------------------------------------------------------- */

@@ -37,6 +37,8 @@
 typedef struct pdl_stream {
 	char *name;
 	uint64_t last_seq;  /* highest seq used */
+	uint64_t answered_seq; /* seq of the last complete answer (or pdelta_set_answered) */
+	int has_answered;      /* sent as DELTA_BEGIN after_seq (version >= 3) */
 	int is_local;       /* served in process (local mode or sticky fallback) */
 	int seen_server;    /* the server answered for it at least once */
 	/* Local mode: the PROTOCOL.md §8 record (I, S, H, R). */

@@ -100,6 +100,12 @@ static int send_begin(pdelta *h)
 	b->producer_start_ns = h->o.producer_start_ns > 0 ? (uint64_t)h->o.producer_start_ns : 0;
 	b->first_policy = (uint8_t)wire_first(h->o.first_policy);
 	b->stream = pd_str_c(r->st->name);
+	/* PROTOCOL.md §8: lets the server see that its state went back. */
+	if (h->version >= PD_PROTO_VERSION_AFTER && r->st->has_answered &&
+	    r->st->answered_seq < r->seq) {
+		m.flags |= PD_FLAG_BEGIN_AFTER;
+		b->after_seq = r->st->answered_seq;
+	}
 	b->n_overrides = (uint16_t)h->o.noverrides;
 	for (size_t i = 0; i < h->o.noverrides; i++) {
 		b->overrides[i].name = pd_str_c(h->o.overrides[i].type);
@@ -228,6 +234,7 @@ static void take_result(pdelta *h, const pd_msg_result *res)
 {
 	pdl_req *r = &h->r;
 
+	/* check_result() already refused state-lost from a version < 3 server. */
 	r->got_result = 1;
 	r->result_total = res->output_bytes;
 	if (r->delivered && !same_response(&r->meta, res)) {
@@ -268,6 +275,8 @@ static int wait_result(pdelta *h)
 	if (m.u.result.seq != r->seq)
 		return pdl_proto_violation(h, "RESULT for seq %llu, expected %llu",
 					   (unsigned long long)m.u.result.seq, (unsigned long long)r->seq);
+	if (m.u.result.reason == PD_WIRE_REASON_STATE_LOST && h->version < PD_PROTO_VERSION_AFTER)
+		return pdl_proto_violation(h, "reason state-lost on protocol version %u", h->version);
 	take_result(h, &m.u.result);
 	return PDELTA_OK;
 }
@@ -295,8 +304,13 @@ static int next_body_frame(pdelta *h, const uint8_t **p, size_t *n)
 		r->terminal = 1;
 		*n = 0;
 		if (m.u.result_end.total_bytes == r->body_seen && m.u.result_end.crc32 == r->crc_seen &&
-		    (!r->result_total || r->result_total == r->body_seen))
+		    (!r->result_total || r->result_total == r->body_seen)) {
+			if (!r->st->has_answered || r->st->answered_seq < r->seq) {
+				r->st->answered_seq = r->seq;
+				r->st->has_answered = 1;
+			}
 			return PDELTA_OK;
+		}
 		/* PROTOCOL.md §5: discard, GOODBYE PROTOCOL, retry on a new connection */
 		pdl_conn_abort_proto(h);
 		return pdl_fail(h, PDELTA_E_PROTO, 1, "delta body failed its check (%llu bytes, crc %08x; server says %llu, %08x)",

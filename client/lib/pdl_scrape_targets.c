@@ -16,30 +16,16 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "pd_units.h"
 #include "pdl_scrape.h"
 
 #define SC_DEBOUNCE_MS 500
 
 int sc_parse_duration_ms(const char *v, unsigned *out)
 {
-	char *end;
-	double x;
+	uint64_t x;
 
-	errno = 0;
-	x = strtod(v, &end);
-	if (errno || end == v || x < 0)
-		return -1;
-	if (strcmp(end, "ms") == 0)
-		;
-	else if (*end == 0 || strcmp(end, "s") == 0)
-		x *= 1000;
-	else if (strcmp(end, "m") == 0)
-		x *= 60000;
-	else if (strcmp(end, "h") == 0)
-		x *= 3600000;
-	else
-		return -1;
-	if (x > 4e9)
+	if (pd_parse_ms(v, &x) || x > UINT32_MAX)
 		return -1;
 	*out = (unsigned)x;
 	return 0;
@@ -47,21 +33,9 @@ int sc_parse_duration_ms(const char *v, unsigned *out)
 
 int sc_parse_size(const char *v, size_t *out)
 {
-	char *end;
-	unsigned long long x;
+	uint64_t x;
 
-	errno = 0;
-	x = strtoull(v, &end, 10);
-	if (errno || end == v)
-		return -1;
-	switch (tolower((unsigned char)*end)) {
-	case 0: break;
-	case 'k': x <<= 10; end++; break;
-	case 'm': x <<= 20; end++; break;
-	case 'g': x <<= 30; end++; break;
-	default: return -1;
-	}
-	if (*end && !(tolower((unsigned char)*end) == 'b' && end[1] == 0))
+	if (pd_parse_size(v, &x) || x > SIZE_MAX)
 		return -1;
 	*out = (size_t)x;
 	return 0;

@@ -12,6 +12,13 @@
 #   rogue-ca.pem rogue-ca.key      another CA
 #   rogue.pem/.key                 client cert, CN agent-acme, signed by the rogue CA
 #
+# With SERVER_VARIANTS=1, also server certificates that pdeltad must refuse
+# or warn about (tests of the SIGHUP reload and --check):
+#   server-expired.pem/.key        expired in 2020
+#   server-future.pem/.key         valid only from 2099
+#   server-clientauth.pem/.key     extended key usage clientAuth only
+#   server-soon.pem/.key           valid, but expires in 5 days
+#
 # EC P-256 keys, so it runs in well under a second. Idempotent: files that
 # exist are kept (delete OUTDIR to start over). Not for production use:
 # keys are written unencrypted.
@@ -32,6 +39,7 @@ ext_file() { # ext_file NAME KIND -> writes NAME.ext
 	ca) printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n' ;;
 	server) printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' ;;
 	client) printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' ;;
+	server-clientauth) printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' ;;
 	esac >"$1.ext"
 }
 
@@ -45,16 +53,16 @@ ca() { # ca NAME CN
 	rm -f "$1.ext"
 }
 
-# leaf NAME CN KIND ISSUER [expired]
+# leaf NAME CN KIND ISSUER [STARTDATE ENDDATE]   (dates YYYYMMDDHHMMSSZ)
 leaf() {
-	local name=$1 cn=$2 kind=$3 issuer=$4 expired=${5:-}
+	local name=$1 cn=$2 kind=$3 issuer=$4 start=${5:-} end=${6:-}
 	[[ -s $name.pem ]] && return
 	key "$name"
 	ext_file "$name" "$kind"
 	openssl req -new -key "$name.key" -subj "/CN=$cn" -out "$name.csr" 2>/dev/null
-	if [[ -n $expired ]]; then
-		# Valid for one second, a while ago: x509 -days cannot go back in time,
-		# so sign with explicit dates through `openssl ca`'s minimal config.
+	if [[ -n $start ]]; then
+		# x509 -days cannot go back in time (nor start later), so sign with
+		# explicit dates through `openssl ca`'s minimal config.
 		local db
 		db=$(mktemp -d)
 		touch "$db/index.txt"
@@ -62,7 +70,7 @@ leaf() {
 			"$db" "$db" "$db" >"$db/ca.cnf"
 		echo 01 >"$db/serial"
 		openssl ca -batch -config "$db/ca.cnf" -cert "$issuer.pem" -keyfile "$issuer.key" \
-			-in "$name.csr" -startdate 20200101000000Z -enddate 20200102000000Z \
+			-in "$name.csr" -startdate "$start" -enddate "$end" \
 			-extfile "$name.ext" -notext -out "$name.pem" >/dev/null 2>&1
 		rm -rf "$db"
 	else
@@ -76,9 +84,15 @@ ca ca "pdelta test CA"
 leaf server localhost server ca
 leaf agent-acme agent-acme client ca
 leaf admin admin client ca
-leaf expired expired client ca expired
+leaf expired expired client ca 20200101000000Z 20200102000000Z
 ca rogue-ca "rogue CA"
 leaf rogue agent-acme client rogue-ca
+if [[ ${SERVER_VARIANTS:-0} == 1 ]]; then
+	leaf server-expired localhost server ca 20200101000000Z 20200102000000Z
+	leaf server-future localhost server ca 20990101000000Z 21000101000000Z
+	leaf server-clientauth localhost server-clientauth ca
+	DAYS=5 leaf server-soon localhost server ca
+fi
 rm -f ./*.srl
 chmod 644 ./*.pem
 echo "certificates in $(pwd)"

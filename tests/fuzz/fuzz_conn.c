@@ -297,7 +297,7 @@ static void start_env(void)
 	F.env.cfg = &F.cfg;
 	F.env.svc = F.svc;
 	F.env.metrics = &F.metrics;
-	if (!F.env.base || pd_tls_ctx_new(&to, &F.env.tls, &e) || pd_auth_load(tenants, &F.env.auth, &e) ||
+	if (!F.env.base || pd_tls_ctx_new(&to, &F.env.tls, NULL, &e) || pd_auth_load(tenants, &F.env.auth, &e) ||
 	    pd_conn_env_init(&F.env, &e)) {
 		fprintf(stderr, "fuzz_conn: setup: %s\n", e.msg);
 		abort();

@@ -51,8 +51,8 @@ pd_init() {
 pd_pki() {
 	bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/null
 	CA=$WORK/certs/ca.pem
-	AGENT_TOKEN=tok-agent-$RANDOM$RANDOM
-	ADMIN_TOKEN=tok-admin-$RANDOM$RANDOM
+	AGENT_TOKEN=tok-agent-$(openssl rand -hex 16)
+	ADMIN_TOKEN=tok-admin-$(openssl rand -hex 16)
 	{
 		echo "tenant=acme role=agent token_sha256=$(printf '%s' "$AGENT_TOKEN" | "$BINDIR/pdeltad" --hash-token)"
 		echo "tenant=ops role=admin token_sha256=$(printf '%s' "$ADMIN_TOKEN" | "$BINDIR/pdeltad" --hash-token)"

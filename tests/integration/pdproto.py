@@ -40,6 +40,7 @@ HELLO, HELLO_OK, PING, PONG, GOODBYE, ERROR = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 DELTA_BEGIN, DATA, DATA_END, CANCEL, ADMIN = 0x10, 0x11, 0x12, 0x13, 0x14
 RESULT, RESULT_DATA, RESULT_END, ADMIN_RESULT = 0x20, 0x21, 0x22, 0x23
 FLAG_NO_DATA = 0x01
+FLAG_AFTER = 0x02  # version 3: DELTA_BEGIN ends with u64 after_seq
 
 TYPE_NAMES = {HELLO: "HELLO", HELLO_OK: "HELLO_OK", PING: "PING", PONG: "PONG", GOODBYE: "GOODBYE",
               ERROR: "ERROR", DELTA_BEGIN: "DELTA_BEGIN", DATA: "DATA", DATA_END: "DATA_END",
@@ -55,7 +56,7 @@ DETAILS = {0: "NONE", 1: "SEQ_STALE", 2: "SEQ_CONFLICT", 3: "VERSION", 4: "BAD_F
            13: "CANCELLED", 14: "DEADLINE", 15: "OVERLOADED", 16: "ROLE", 17: "UNKNOWN_COMMAND",
            18: "AUTH_FAILED"}
 STATUS = {1: "DELTA", 2: "BASELINE", 3: "DUPLICATE"}
-REASON = {0: "-", 1: "first", 2: "reset", 3: "evicted", 4: "moved"}
+REASON = {0: "-", 1: "first", 2: "reset", 3: "evicted", 4: "moved", 5: "state-lost"}
 BYE = {0: "NORMAL", 1: "SHUTDOWN", 2: "IDLE", 3: "PROTOCOL", 4: "OVERLOAD", 5: "REVOKED"}
 FIRST = {"keep": 0, "drop": 1, "auto": 2}
 POLICY = {"delta": 1, "gauge": 2}
@@ -104,11 +105,14 @@ def hello_payload(token="", client_name="pdproto", min_v=VERSION, max_v=VERSION,
     return struct.pack(">IHHI", MAGIC, min_v, max_v, max_frame) + s16(client_name) + s16(token)
 
 
-def begin_payload(stream, seq, incarnation, producer_start_ns=0, first="keep", overrides=()):
+def begin_payload(stream, seq, incarnation, producer_start_ns=0, first="keep", overrides=(), after=None):
+    """after: the seq last answered (version 3, with FLAG_AFTER in the header)."""
     p = struct.pack(">QQQBBH", seq, incarnation, producer_start_ns, FIRST[first], 0, len(overrides))
     p += s16(stream)
     for name, pol in overrides:
         p += s16(name) + bytes([POLICY[pol]])
+    if after is not None:
+        p += struct.pack(">Q", after)
     return p
 
 
@@ -359,9 +363,10 @@ class Client:
 
     # -- requests
     def send_delta(self, stream, seq, incarnation, data, rid, first="keep", overrides=(), chunk=65536,
-                   no_data=False, producer_start_ns=0, total=None, hash16=None):
-        out = [frame(DELTA_BEGIN, begin_payload(stream, seq, incarnation, producer_start_ns, first, overrides),
-                     rid, FLAG_NO_DATA if no_data else 0)]
+                   no_data=False, producer_start_ns=0, total=None, hash16=None, after=None):
+        flags = (FLAG_NO_DATA if no_data else 0) | (FLAG_AFTER if after is not None else 0)
+        out = [frame(DELTA_BEGIN, begin_payload(stream, seq, incarnation, producer_start_ns, first, overrides,
+                                                after), rid, flags)]
         for off in range(0, len(data), chunk):
             out.append(frame(DATA, data[off:off + chunk], rid))
         end = struct.pack(">Q", len(data) if total is None else total)

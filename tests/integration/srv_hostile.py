@@ -123,8 +123,8 @@ def badtoken(a, rep):
     c.send_raw(frame(pdproto.HELLO, pdproto.hello_payload(token="")))
     expect_conn_error(rep, "badtoken: no credential", c, "auth", "AUTH_FAILED")
     c = pdproto.Client.tls(HOST, a.port, a.ca)
-    c.send_raw(frame(pdproto.HELLO, pdproto.hello_payload(token=a.token, min_v=3, max_v=4)))
-    expect_conn_error(rep, "badtoken: no common version", c, "protocol", "VERSION", value=1 << 16 | 2)
+    c.send_raw(frame(pdproto.HELLO, pdproto.hello_payload(token=a.token, min_v=4, max_v=5)))
+    expect_conn_error(rep, "badtoken: no common version", c, "protocol", "VERSION", value=1 << 16 | 3)
 
 
 def isolation(a, rep):
@@ -284,8 +284,18 @@ def slow_hello(a, rep):
 
 
 def maxconn(a, rep, n):
+    # Authenticated connections fill the server: a new one is closed at once. (Held
+    # unauthenticated sockets do not: the oldest of them is closed to make room.)
     time.sleep(0.3)  # earlier connections finish closing
-    held = [socket.create_connection((HOST, a.port), timeout=5) for _ in range(n)]
+    idle = [socket.create_connection((HOST, a.port), timeout=5) for _ in range(n)]
+    time.sleep(0.2)
+    c = conn(a)
+    rep.check(c.ping(1) == 1, "maxconn: %d idle unauthenticated sockets do not keep a client out" % n)
+    c.close()
+    for s in idle:
+        s.close()
+    time.sleep(0.3)
+    held = [conn(a) for _ in range(n)]
     time.sleep(0.2)
     extra = socket.create_connection((HOST, a.port), timeout=5)
     t0 = time.monotonic()

@@ -93,7 +93,10 @@ printf '%s\n' "$TOKEN" >"$WORK/token"
 HASH=$(printf '%s\n' "$TOKEN" | "$PDELTAD" --hash-token)
 printf 'tenant=load role=agent token_sha256=%s\n' "$HASH" >"$WORK/tenants"
 # Idle sockets must be able to sit for the whole run: the handshake deadline is
-# raised above it (the default 10 s would close and the tool would reopen them).
+# raised above it (the default 10 s would close and the tool would reopen them),
+# and the caps on unauthenticated connections (in total and per source address:
+# everything here comes from 127.0.0.1) are raised above IDLE, since this test
+# measures what idle sockets cost, not how they are evicted (test_server_flood).
 cat >"$WORK/pdeltad.conf" <<EOF
 listen = 127.0.0.1:$PORT
 metrics_listen = 127.0.0.1:$MPORT
@@ -101,7 +104,9 @@ tls_cert = $WORK/certs/server.pem
 tls_key = $WORK/certs/server.key
 tenants = $WORK/tenants
 db = $WORK/state.db
-max_connections = $((CONNS + IDLE + 100))
+max_connections = $((2 * (CONNS + IDLE) + 200))
+max_unauth_connections = $((CONNS + IDLE + 100))
+max_unauth_per_source = $((CONNS + IDLE + 100))
 handshake_timeout_ms = $((SECONDS_MAX + 120))s
 log_level = warn
 EOF

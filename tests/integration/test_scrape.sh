@@ -11,7 +11,8 @@
 #   6. --push to a local Pyroscope-style receiver that is down for a while: every delta
 #      arrives, in order, byte-identical, with labels and __delta__=false; a full spool drops
 #      the oldest (counted), a 4xx is dropped for good (counted);
-#   7. the agent's /metrics parses (Prometheus text) and counts what happened;
+#      the agent's /metrics parses (Prometheus text) and counts what happened;
+#   7. per-target bearer/basic auth and body cap;
 #   8. bad options and targets are refused with a clear message.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -25,9 +26,10 @@ CHECK=("$PY" "$ROOT/tests/oracle/check_tree.py")
 WL_PIDS=()
 AGENT_PID=
 RECV_PID=
+AUTH_PID=
 
 cleanup_scrape() {
-	for p in "${WL_PIDS[@]}" $AGENT_PID $RECV_PID; do kill -KILL "$p" 2>/dev/null || true; done
+	for p in "${WL_PIDS[@]}" $AGENT_PID $RECV_PID $AUTH_PID; do kill -KILL "$p" 2>/dev/null || true; done
 	pd_cleanup
 }
 trap cleanup_scrape EXIT
@@ -245,6 +247,52 @@ grep -q 'refused with HTTP 400 (permanent)' "$T6.3.err" && ok "push: 4xx is perm
 	bad "push 4xx: $(tail -n 2 "$T6.3.err")"
 [[ $(ls "$T6/spool2" | wc -l) -eq 0 ]] && ok "push: a permanent refusal leaves nothing in the spool" || bad "spool not empty after 4xx"
 rm -f "$T6/reject"
+
+# --- 7. per-target HTTP options: bearer and basic auth, body cap --------------------------------
+T7=$WORK/t7
+mkdir -p "$T7"
+"$PY" - "$T7/port" "$ROOT/tests/data/profiles/heap-small/000.pb.gz" <<'PYEOF' &
+import base64, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+body = open(sys.argv[2], "rb").read()
+ok = {"/bearer/debug/pprof/heap": "Bearer s3cret-token",
+      "/basic/debug/pprof/heap": "Basic " + base64.b64encode(b"scraper:pa55").decode(),
+      "/big/debug/pprof/heap": None}
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        want = ok.get(self.path, "")
+        if want == "" or (want is not None and self.headers.get("Authorization") != want):
+            self.send_response(401); self.send_header("Content-Length", "0"); self.end_headers(); return
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+open(sys.argv[1] + ".tmp", "w").write(str(srv.server_address[1])); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+srv.serve_forever()
+PYEOF
+AUTH_PID=$!
+for _ in $(seq 100); do [[ -s $T7/port ]] && break; sleep 0.05; done
+A=http://127.0.0.1:$(cat "$T7/port")
+echo s3cret-token >"$T7/bearer"
+echo scraper:pa55 >"$T7/basic"
+echo wrong >"$T7/wrong"
+{
+	echo "b1 $A/bearer bearer_file=$T7/bearer"
+	echo "b2 $A/basic basic_auth_file=$T7/basic"
+	echo "b3 $A/bearer bearer_file=$T7/wrong"
+	echo "b4 $A/big max_body=1k"
+	echo "b5 $A/big timeout=5s"
+} >"$T7/targets"
+"$PDELTA" scrape --local --targets "$T7/targets" --types heap --once --out-dir "$T7/out" >"$T7.log" 2>"$T7.err" || true
+grep -q ' b1 heap seq=1 BASELINE' "$T7.log" && ok "bearer_file: the target answers" || bad "bearer: $(grep b1 "$T7.err")"
+grep -q ' b2 heap seq=1 BASELINE' "$T7.log" && ok "basic_auth_file: the target answers" || bad "basic: $(grep b2 "$T7.err")"
+grep -q 'b3 heap scrape failed: .* HTTP 401' "$T7.err" && ok "wrong bearer token: HTTP 401 logged" || bad "wrong bearer: $(cat "$T7.err")"
+grep -q 'b4 heap scrape failed: .*larger than max_body (1024 bytes)' "$T7.err" && ok "max_body=1k: refused, logged" ||
+	bad "max_body: $(grep b4 "$T7.err")"
+grep -q ' b5 heap seq=1' "$T7.log" && ok "the same body under the default cap is taken" || bad "b5: $(grep b5 "$T7.err")"
+kill "$AUTH_PID" 2>/dev/null || true
+wait "$AUTH_PID" 2>/dev/null || true
+AUTH_PID=
 
 # --- 8. usage errors --------------------------------------------------------------------------
 usage_err() { # usage_err WHAT PATTERN ARGS...

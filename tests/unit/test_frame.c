@@ -425,7 +425,7 @@ static void test_header(void)
 	CHECK(hdr_rc(14, PD_FT_ERROR, 0, 0, 0, 4096) == PD_OK); /* both id kinds */
 	CHECK(hdr_rc(14, PD_FT_ERROR, 0, 0, 3, 4096) == PD_OK);
 	CHECK(hdr_rc(30, PD_FT_DELTA_BEGIN, PD_FLAG_BEGIN_NO_DATA, 0, 3, 4096) == PD_OK);
-	CHECK(hdr_rc(30, PD_FT_DELTA_BEGIN, 0x02, 0, 3, 4096) == PD_E_PROTO);
+	CHECK(hdr_rc(30, PD_FT_DELTA_BEGIN, 0x04, 0, 3, 4096) == PD_E_PROTO);
 
 	CHECK(pd_frame_type_senders(PD_FT_HELLO) == PD_SIDE_CLIENT);
 	CHECK(pd_frame_type_senders(PD_FT_RESULT) == PD_SIDE_SERVER);
@@ -512,7 +512,7 @@ static void test_bad_enums(const pd_msg *s, int n)
 	m.u.result = (pd_msg_result){PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_RESET,
 				     PD_WIRE_STATUS_BASELINE, 1, 0, 0, 0};
 	CHECK(patched(&m, 1, PD_WIRE_REASON_NONE) == PD_E_MALFORMED); /* BASELINE, no reason */
-	CHECK(patched(&m, 1, PD_WIRE_REASON_MOVED + 1) == PD_E_MALFORMED);
+	CHECK(patched(&m, 1, PD_WIRE_REASON_STATE_LOST + 1) == PD_E_MALFORMED);
 	m.u.result = (pd_msg_result){PD_WIRE_STATUS_DUPLICATE, PD_WIRE_REASON_NONE,
 				     PD_WIRE_STATUS_DELTA, 1, 0, 0, 0};
 	CHECK(patched(&m, 2, PD_WIRE_STATUS_DUPLICATE) == PD_E_MALFORMED);
@@ -617,7 +617,14 @@ static void test_encode_refuses(const pd_msg *s, int n)
 	CHECK(enc_rc(&m) == PD_E_ARG); /* duplicate */
 	m.u.begin.overrides[1].name = pd_str_c("y");
 	CHECK(enc_rc(&m) == PD_OK);
-	m.flags = 0x02;
+	m.flags = PD_FLAG_BEGIN_AFTER; /* after_seq 0 must be below seq */
+	m.u.begin.seq = 0;
+	CHECK(enc_rc(&m) == PD_E_ARG);
+	m.u.begin.seq = 5;
+	m.u.begin.after_seq = 4;
+	CHECK(enc_rc(&m) == PD_OK);
+	m.u.begin.after_seq = 0;
+	m.flags = 0x04;
 	CHECK(enc_rc(&m) == PD_E_ARG);
 	m.flags = 0;
 	m.request_id = 0;
