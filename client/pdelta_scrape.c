@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pd_textfile.h"
 #include "pd_units.h"
 #include "pdelta.h"
 
@@ -87,24 +88,12 @@ static void usage(FILE *f)
 
 static char *first_line(const char *path)
 {
-	FILE *f = fopen(path, "r");
-	char line[4096];
-	size_t n;
+	char err[512];
+	char *line = pd_first_line(path, err, sizeof err);
 
-	if (!f) {
-		fprintf(stderr, "pdelta scrape: %s: %s\n", path, strerror(errno));
-		return NULL;
-	}
-	if (!fgets(line, sizeof line, f))
-		line[0] = 0;
-	fclose(f);
-	n = strcspn(line, "\r\n");
-	line[n] = 0;
-	if (!n) {
-		fprintf(stderr, "pdelta scrape: %s is empty\n", path);
-		return NULL;
-	}
-	return strdup(line);
+	if (!line)
+		fprintf(stderr, "pdelta scrape: %s\n", err);
+	return line;
 }
 
 static int parse_uint(const char *what, const char *v, unsigned *out)

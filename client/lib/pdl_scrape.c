@@ -179,14 +179,6 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const
 	return 0;
 }
 
-static int on_progress(void *ctx, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
-{
-	pdelta_scrape *s = ctx;
-
-	(void)a, (void)b, (void)c, (void)d;
-	return s->stop ? 1 : 0;
-}
-
 static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 {
 	char err[1024];
@@ -208,7 +200,6 @@ static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 		}
 	}
 	t_scrape = sc_now_ms();
-	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
 	sc_count(s, SCM_SCRAPES, 1);
 	if (sc_fetch(s, st, curl, in, err, sizeof err)) {
 		sc_count(s, SCM_SCRAPE_ERRORS, 1);
@@ -295,7 +286,8 @@ static int schedule(pdelta_scrape *s)
 				next = st->due_ms;
 			continue;
 		}
-		if (s->inflight >= s->o.concurrency)
+		/* the ring was sized before a reload may have added streams */
+		if (s->inflight >= s->o.concurrency || s->qlen == s->qcap)
 			break;
 		st->running = 1;
 		s->inflight++;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "pd_textfile.h"
 #include "pd_units.h"
 #include "pdl_scrape.h"
 
@@ -51,28 +52,6 @@ static int valid_name(const char *n)
 		if (!isalnum((unsigned char)*p) && !strchr("._-", *p))
 			return 0;
 	return 1;
-}
-
-static char *read_secret(const char *path, char *err, size_t errlen)
-{
-	FILE *f = fopen(path, "r");
-	char line[4096];
-	size_t n;
-
-	if (!f) {
-		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (!fgets(line, sizeof line, f))
-		line[0] = 0;
-	fclose(f);
-	n = strcspn(line, "\r\n");
-	line[n] = 0;
-	if (n == 0) {
-		snprintf(err, errlen, "%s is empty", path);
-		return NULL;
-	}
-	return strdup(line);
 }
 
 static void target_free(sc_target *t)
@@ -183,11 +162,11 @@ static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 		} else if (strcmp(k, "ca") == 0)
 			in.ca_file = v;
 		else if (strcmp(k, "bearer_file") == 0) {
-			if (!(bearer = read_secret(v, err, errlen)))
+			if (!(bearer = pd_first_line(v, err, errlen)))
 				goto out;
 			in.bearer_token = bearer;
 		} else if (strcmp(k, "basic_auth_file") == 0) {
-			if (!(basic = read_secret(v, err, errlen)))
+			if (!(basic = pd_first_line(v, err, errlen)))
 				goto out;
 			in.basic_auth = basic;
 		} else if (strncmp(k, "label.", 6) == 0 && k[6]) {

@@ -1,0 +1,31 @@
+/* pd_textfile: the first line of a secret file (see pd_textfile.h). */
+#include "pd_textfile.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+char *pd_first_line(const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	char line[4096];
+	size_t n;
+
+	if (!f) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (!fgets(line, sizeof line, f))
+		line[0] = 0;
+	fclose(f);
+	n = strcspn(line, "\r\n");
+	while (n && (line[n - 1] == ' ' || line[n - 1] == '\t'))
+		n--;
+	line[n] = 0;
+	if (n == 0) {
+		snprintf(err, errlen, "%s is empty", path);
+		return NULL;
+	}
+	return strdup(line);
+}

@@ -1,0 +1,15 @@
+/*
+ * pd_textfile: the first line of a small file holding a secret or a token
+ * (token files, bearer and basic-auth files): newline and trailing blanks
+ * removed, an empty line refused. The one reader of such files for the scrape
+ * agent and its CLI.
+ */
+#ifndef PD_TEXTFILE_H
+#define PD_TEXTFILE_H
+
+#include <stddef.h>
+
+/* A malloc'd copy of the line, or NULL with err saying why. */
+char *pd_first_line(const char *path, char *err, size_t errlen);
+
+#endif
