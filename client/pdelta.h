@@ -334,7 +334,8 @@ typedef struct pdelta_scrape_opts {
 	const char *spool_dir;    /* push spool; NULL = STATE_FILE.spool (or temporary) */
 	uint64_t spool_max_bytes; /* oldest dropped (counted) beyond it (default 256 MiB) */
 	unsigned push_timeout_ms; /* per POST (default 10000) */
-	int push_first;           /* also push BASELINE first (default 0: skipped) */
+	int push_first;           /* also push BASELINE first/evicted/moved (default 0: only
+				     deltas and BASELINE resets are pushed) */
 	pdelta_scrape_log_fn log; /* one line per delivery / error; NULL = stdout/stderr */
 	void *log_ctx;
 } pdelta_scrape_opts;

@@ -76,8 +76,8 @@ static void usage(FILE *f)
 		"  --keep N                 keep the last N files per stream in --out-dir/--save-input\n"
 		"  --save-input DIR         the cumulative profiles as scraped, same layout\n"
 		"  --push URL               POST each delta to URL/ingest (Pyroscope ingest API, format=pprof,\n"
-		"                           labels + __delta__=false); BASELINE first is not pushed\n"
-		"  --push-first             push BASELINE first too\n"
+		"                           labels + __delta__=false); deltas and BASELINE resets\n"
+		"  --push-first             push every BASELINE (first, evicted, moved) too\n"
 		"  --push-token-file F      bearer token for the push\n"
 		"  --spool DIR              push spool (default STATE.spool, or temporary)\n"
 		"  --spool-max SIZE         spool cap; oldest dropped beyond it (default 256m)\n"
@@ -407,8 +407,11 @@ int pdelta_cmd_scrape(int argc, char **argv)
 	rc = pdelta_scrape_run(g_scrape) ? 1 : 0;
 out:
 	metrics_stop(&m);
-	pdelta_scrape_free(g_scrape);
-	g_scrape = NULL;
+	{
+		pdelta_scrape *s = g_scrape; /* the signal handler must not see it freed */
+		g_scrape = NULL;
+		pdelta_scrape_free(s);
+	}
 	for (size_t i = 0; i < c.ntargets; i++)
 		free((void *)(uintptr_t)c.targets[i].name);
 	free(c.targets);

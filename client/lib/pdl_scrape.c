@@ -84,11 +84,26 @@ static sc_lane *lane_of(pdelta_scrape *s, const sc_stream *st)
 	return &s->lanes[h % s->nlanes];
 }
 
-/* Writes the delta to the sinks; 0 when every sink took it. */
+/* Whether a delta goes to the push sink: deltas and BASELINE resets (the new
+ * process's counters since its start) do; BASELINE first, evicted and moved
+ * hold a whole cumulative profile of unknown window and go only with
+ * --push-first. A DUPLICATE is judged by the answer it replays. */
+static int pushable(const pdelta_scrape *s, const pdelta_result *r)
+{
+	int status = r->status == PDELTA_DUPLICATE ? r->orig_status : r->status;
+
+	if (status == PDELTA_DELTA)
+		return 1;
+	return status == PDELTA_BASELINE && (r->reason == PDELTA_REASON_RESET || s->o.push_first);
+}
+
+/* Writes the delta to the sinks; 0 when every sink took it. The push goes
+ * last and only after the files were written: a failed file write leaves the
+ * pending upload for the next round, and its resend (DUPLICATE) must not push
+ * the same delta a second time. */
 static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, int64_t now)
 {
 	int rc = 0;
-	int first = r->orig_status == PDELTA_BASELINE && r->reason == PDELTA_REASON_FIRST;
 
 	if (s->out_dir) {
 		if (sc_write_seq_file(s, s->out_dir, st, r->seq, r->data, r->len, s->o.keep)) {
@@ -98,7 +113,7 @@ static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, int6
 			sc_count(s, SCM_OUT_FILES, 1);
 		}
 	}
-	if (s->push_url && (!first || s->o.push_first)) {
+	if (rc == 0 && s->push_url && pushable(s, r)) {
 		int64_t from = st->last_scrape_ms ? st->last_scrape_ms : now - s->o.interval_ms;
 		if (sc_push_enqueue(s, st, from, now, r->data, r->len)) {
 			sc_log(s, 1, "%s: cannot spool the delta in %s: %s", st->name, s->spool_dir,
@@ -141,6 +156,14 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const
 
 	memset(&r, 0, sizeof r);
 	pthread_mutex_lock(&lane->mu);
+	/* The first request of a stream in this run tells the server the last
+	 * answer the state file holds (protocol 3): a server restored to an older
+	 * state answers BASELINE state-lost instead of a delta over intervals
+	 * already delivered. Later answers are tracked by the handle. */
+	if (!st->answered_told && st->seq) {
+		pdelta_set_answered(lane->h, st->name, st->seq);
+		st->answered_told = 1;
+	}
 	rc = pdelta_delta(lane->h, st->name, seq, in->p, in->n, &r);
 	if (rc) {
 		char msg[512];
@@ -518,9 +541,11 @@ int pdelta_scrape_new(const pdelta_scrape_opts *o, pdelta_scrape **out, char *er
 	}
 	if (o->concurrency == 0 || o->concurrency > 1024)
 		snprintf(e, sizeof e, "concurrency must be 1..1024");
+	else if (o->timeout_ms == 0 || o->push_timeout_ms == 0)
+		snprintf(e, sizeof e, "timeouts must be above 0 (0 would wait forever)");
 	else if (o->interval_ms < 10 && o->count != 1)
 		snprintf(e, sizeof e, "interval must be at least 10 ms");
-	else if (!valid_prefix(s->prefix) || strlen(s->prefix) > 64)
+	else if (!valid_prefix(s->prefix) || strlen(s->prefix) > SC_PREFIX_MAX)
 		snprintf(e, sizeof e, "stream prefix: at most 64 of [A-Za-z0-9._/-]");
 	else if (s->push_url && strncmp(s->push_url, "http://", 7) && strncmp(s->push_url, "https://", 8))
 		snprintf(e, sizeof e, "push URL '%s' is not http:// or https://", s->push_url);

@@ -18,6 +18,7 @@
 
 #define SC_MAX_LANES 8
 #define SC_NAME_MAX 200
+#define SC_PREFIX_MAX 64
 
 typedef struct sc_buf {
 	unsigned char *p;
@@ -35,13 +36,14 @@ typedef struct sc_target {
 typedef struct sc_stream {
 	sc_target *t;
 	char type[16];
-	char name[SC_NAME_MAX + 40]; /* PREFIX NAME/TYPE */
+	char name[SC_PREFIX_MAX + SC_NAME_MAX + 20]; /* PREFIX NAME/TYPE */
 	char rel[SC_NAME_MAX + 20];  /* NAME/TYPE: the sinks' directory */
 	uint64_t seq;                /* last delivered sequence number */
 	unsigned rounds;             /* rounds done in this run */
 	int64_t due_ms;
 	int64_t last_scrape_ms;      /* previous scrape, for the push's from= */
 	int running, removed;
+	int answered_told;           /* its last answer was declared to its lane's handle */
 } sc_stream;
 
 typedef struct sc_state_ent {

@@ -46,7 +46,7 @@ static int valid_name(const char *n)
 {
 	size_t len = strlen(n);
 
-	if (len == 0 || len > SC_NAME_MAX)
+	if (len == 0 || len > SC_NAME_MAX || n[0] == '.') /* no "..": it names a directory */
 		return 0;
 	for (const char *p = n; *p; p++)
 		if (!isalnum((unsigned char)*p) && !strchr("._-", *p))
@@ -82,7 +82,7 @@ static sc_target *target_new(const pdelta_scrape_target *in, char *err, size_t e
 		return NULL;
 	}
 	if (!in->name || !valid_name(in->name)) {
-		snprintf(err, errlen, "target name '%s': 1-%d characters of [A-Za-z0-9._-]",
+		snprintf(err, errlen, "target name '%s': 1-%d characters of [A-Za-z0-9._-], not starting with '.'",
 			 in->name ? in->name : "", SC_NAME_MAX);
 		goto fail;
 	}
@@ -150,8 +150,8 @@ static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 		if (strcmp(k, "prefix") == 0)
 			in.path_prefix = v;
 		else if (strcmp(k, "timeout") == 0) {
-			if (sc_parse_duration_ms(v, &in.timeout_ms)) {
-				snprintf(err, errlen, "timeout=%s: not a duration", v);
+			if (sc_parse_duration_ms(v, &in.timeout_ms) || in.timeout_ms == 0) {
+				snprintf(err, errlen, "timeout=%s: not a duration above 0", v);
 				goto out;
 			}
 		} else if (strcmp(k, "max_body") == 0) {

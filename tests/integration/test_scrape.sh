@@ -312,6 +312,10 @@ usage_err "no server" "give --server" --target a=http://127.0.0.1:1 --out-dir "$
 usage_err "bad type" "unknown profile type 'heapz'" --local --target a=http://127.0.0.1:1 --types heapz --out-dir "$WORK/u"
 usage_err "bad name" "target name 'a/b'" --local --target a/b=http://127.0.0.1:1 --out-dir "$WORK/u"
 usage_err "bad interval" "wants a duration" --local --target a=http://127.0.0.1:1 --interval 5x --out-dir "$WORK/u"
+usage_err "dot name" "not starting with '.'" --local --target ..=http://127.0.0.1:1 --out-dir "$WORK/u"
+usage_err "zero timeout" "timeouts must be above 0" --local --target a=http://127.0.0.1:1 --timeout 0 --out-dir "$WORK/u"
+printf 'a http://127.0.0.1:1 timeout=0\n' >"$WORK/t0"
+usage_err "zero target timeout" "timeout=0: not a duration above 0" --local --targets "$WORK/t0" --out-dir "$WORK/u"
 usage_err "twice" "given twice" --local --target a=http://127.0.0.1:1 --target a=http://127.0.0.1:2 --out-dir "$WORK/u"
 "$PDELTA" scrape --local --target a=http://127.0.0.1:1 --types heap --once --timeout 1s --out-dir "$WORK/u" \
 	>"$WORK/u.out" 2>&1 || true
