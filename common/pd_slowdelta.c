@@ -331,6 +331,7 @@ typedef struct location {
 
 typedef struct dec {
 	const pd_limits *lim;
+	uint64_t budget, budget0; /* bytes of frame and key text left, and at the start */
 	sref *strs, *types, *smps, *maps, *fns, *locs;
 	size_t strs_n, strs_cap, types_n, types_cap, smps_n, smps_cap, maps_n, maps_cap;
 	size_t fns_n, fns_cap, locs_n, locs_cap;
@@ -371,6 +372,22 @@ static int bad(pd_err *e, const char *what, size_t i)
 }
 
 static int nomem(pd_err *e) { return pd_err_set(e, PD_E_NOMEM, "out of memory"); }
+
+/* Takes n bytes of the text budget; -1 when it is spent. */
+static int spend(dec *d, size_t n)
+{
+	if (n > d->budget)
+		return -1;
+	d->budget -= n;
+	return 0;
+}
+
+static int over_budget(const dec *d, pd_err *e)
+{
+	return pd_err_set(e, PD_E_LIMIT,
+			  "the slow path's rendered frames and keys exceed %llu bytes (16x the profile + 64 MiB)",
+			  (unsigned long long)d->budget0);
+}
 
 static int over(pd_err *e, const char *what, uint64_t limit)
 {
@@ -690,9 +707,11 @@ static int render_line(const dec *d, sref s, sbuf *b)
 	return 0;
 }
 
-/* Lines of one location are joined by '+' (inlined calls). */
+/* Lines of one location are joined by '+' (inlined calls). -2: over budget. */
 static int add_line(const dec *d, sref s, sbuf *lines, int *nlines)
 {
+	if (lines->n > d->budget)
+		return -2;
 	if ((*nlines)++)
 		sb_add(lines, "+", 1);
 	return render_line(d, s, lines);
@@ -717,9 +736,13 @@ static int render_location(dec *d, size_t i, pd_err *e)
 		if (f >= 1 && f <= 3)
 			err = w_uint(&c, wt, f == 1 ? &l->id : f == 2 ? &mid : &addr);
 		else if (f == 4)
-			err = wt != W_LEN || w_bytes(&c, &s.p, &s.n) || add_line(d, s, &lines, &nlines);
+			err = wt != W_LEN || w_bytes(&c, &s.p, &s.n) ? -1 : add_line(d, s, &lines, &nlines);
 		else
 			err = w_skip(&c, wt);
+		if (err == -2) {
+			free(lines.p);
+			return over_budget(d, e);
+		}
 		if (err)
 			goto malformed;
 	}
@@ -746,6 +769,10 @@ static int render_location(dec *d, size_t i, pd_err *e)
 			sb_add(&b, "?", 1);
 	}
 	free(lines.p);
+	if (spend(d, b.n)) {
+		free(b.p);
+		return over_budget(d, e);
+	}
 	return (l->frame = sb_take(&b)) ? PD_OK : nomem(e);
 malformed:
 	free(lines.p);
@@ -808,6 +835,7 @@ typedef struct sample_parts {
 	size_t locs_n, locs_cap;
 	char **labels;
 	size_t labels_n, labels_cap;
+	size_t label_bytes;
 	int64_t vals[SLOW_MAX_COLS];
 	uint32_t nvals;
 } sample_parts;
@@ -816,11 +844,12 @@ static void parts_reset(sample_parts *s)
 {
 	for (size_t i = 0; i < s->labels_n; i++)
 		free(s->labels[i]);
-	s->locs_n = s->labels_n = 0;
+	s->locs_n = s->labels_n = s->label_bytes = 0;
 	s->nvals = 0;
 }
 
-/* A Label as key:str:num:unit (every field is part of the identity). */
+/* A Label as key:str:num:unit (every field is part of the identity). -3: the
+ * sample's labels are over the text budget. */
 static int read_label(const dec *d, sref s, sample_parts *sp)
 {
 	uint64_t key = 0, str = 0, num = 0, unit = 0;
@@ -847,6 +876,10 @@ static int read_label(const dec *d, sref s, sample_parts *sp)
 	sb_num(&b, ":", num, 0);
 	sb_add(&b, ":", 1);
 	sb_s(&b, d, unit);
+	if ((sp->label_bytes += b.n) > d->budget) {
+		free(b.p);
+		return -3;
+	}
 	if (!(txt = sb_take(&b)) || PUSH(sp->labels, &txt)) {
 		free(txt);
 		return -2;
@@ -900,11 +933,18 @@ static int read_sample_field(const dec *d, wcur *c, uint32_t f, uint32_t wt, sam
 	return w_skip(c, wt);
 }
 
-/* The key of a decoded sample: frames, then the sorted labels. */
-static char *sample_key(const dec *d, sample_parts *sp)
+/* The key of a decoded sample: frames, then the sorted labels. *over is set
+ * (and NULL returned) when the key would not fit the text budget. */
+static char *sample_key(dec *d, sample_parts *sp, int *over)
 {
 	sbuf b = {0};
+	*over = 0;
 	for (size_t k = 0; k < sp->locs_n; k++) {
+		if (b.n > d->budget) {
+			free(b.p);
+			*over = 1;
+			return NULL;
+		}
 		if (k)
 			sb_add(&b, ";", 1);
 		sb_str(&b, d->lt[find_id(d->loc_ids, d->locs_n, sp->locs[k])].frame);
@@ -916,6 +956,11 @@ static char *sample_key(const dec *d, sample_parts *sp)
 	}
 	if (sp->labels_n)
 		sb_add(&b, "}", 1);
+	if (spend(d, b.n)) {
+		free(b.p);
+		*over = 1;
+		return NULL;
+	}
 	return sb_take(&b);
 }
 
@@ -923,7 +968,7 @@ static int read_sample(dec *d, size_t i, sample_parts *sp, pd_err *e)
 {
 	pd_slow_profile *o = d->out;
 	row r;
-	int err = 0;
+	int err = 0, over;
 
 	parts_reset(sp);
 	for (wcur c = wc(d->smps[i].p, d->smps[i].n); c.p < c.end && !err;) {
@@ -932,6 +977,8 @@ static int read_sample(dec *d, size_t i, sample_parts *sp, pd_err *e)
 	}
 	if (err == -2)
 		return nomem(e);
+	if (err == -3)
+		return over_budget(d, e);
 	if (err)
 		return bad(e, "sample", i);
 	for (size_t k = 0; k < sp->locs_n; k++)
@@ -948,7 +995,9 @@ static int read_sample(dec *d, size_t i, sample_parts *sp, pd_err *e)
 		return pd_err_set(e, PD_E_MALFORMED,
 				  "malformed profile: sample #%zu has %u values, expected %u", i, sp->nvals,
 				  o->ncols);
-	r.key = sample_key(d, sp);
+	r.key = sample_key(d, sp, &over);
+	if (over)
+		return over_budget(d, e);
 	r.vals = malloc(o->ncols * sizeof *r.vals);
 	if (!r.key || !r.vals || PUSH(o->rows, &r)) {
 		free(r.key);
@@ -1046,6 +1095,7 @@ int pd_slow_decode(const void *in, size_t n, const pd_limits *lim, pd_slow_profi
 	}
 	memset(&d, 0, sizeof d);
 	d.lim = lim;
+	d.budget = d.budget0 = (64u << 20) + 16 * (uint64_t)len;
 	if (!(d.out = calloc(1, sizeof *d.out))) {
 		rc = nomem(e);
 		goto out;

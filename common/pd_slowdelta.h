@@ -21,7 +21,12 @@
  *
  * Limits are those of the engine (pd_limits): the same input is refused the
  * same way (compressed and inflated size, samples, depth, labels, string
- * length, table sizes, sample types).
+ * length, table sizes, sample types). One limit is the slow path's own: the
+ * rendered frame and key text of a profile is capped at 16 times its raw
+ * size plus 64 MiB (a long function name referenced by many lines and deep
+ * stacks would otherwise blow up); over it, decoding fails with PD_E_LIMIT
+ * where the engine, which hashes, succeeds. A verifier counts that as a
+ * skipped check, not as a mismatch.
  */
 #ifndef PD_SLOWDELTA_H
 #define PD_SLOWDELTA_H

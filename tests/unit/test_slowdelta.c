@@ -445,6 +445,23 @@ static void test_hostile(void)
 	finish(&a, 1);
 	CHECK(refused(a.out.p, a.out.n, NULL, PD_E_MALFORMED, "duplicate location id"));
 
+	/* a small input whose frames would render to 80 MB: over the text budget */
+	{
+		static char name[40001];
+		pb loc = {.n = 0}, line = {.n = 0};
+		memset(name, 'n', sizeof name - 1);
+		heap_head(&a);
+		function(&a, 9, name);
+		put_uint(&line, 1, 9);
+		put_uint(&loc, 1, 9);
+		for (int i = 0; i < 2000; i++)
+			put_msg(&loc, 4, &line);
+		put_msg(&a.out, 4, &loc);
+		finish(&a, 1);
+		CHECK(a.out.n < 60000);
+		CHECK(refused(a.out.p, a.out.n, NULL, PD_E_LIMIT, "slow path's rendered frames"));
+	}
+
 	/* limits: depth, samples, and a gzip bomb against max_inflated */
 	heap_head(&a);
 	sample(&a, (const uint64_t[]){1, 2, 3, 1, 2}, 5, (const int64_t[]){1, 1, 1, 1}, 4, NULL);
