@@ -24,7 +24,7 @@ typedef struct wcur {
 
 static wcur wc(const uint8_t *p, size_t n)
 {
-	wcur c = {p, p + n};
+	wcur c = {p, n ? p + n : p}; /* an absent field is (NULL, 0) */
 	return c;
 }
 
@@ -536,6 +536,13 @@ static int read_value_type(const dec *d, sref s, uint64_t *type, uint64_t *unit,
 	return 0;
 }
 
+/* qsort that takes an empty (NULL) array. */
+static void sort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+	if (n > 1)
+		qsort(base, n, size, cmp);
+}
+
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -565,8 +572,10 @@ static int read_types(dec *d, pd_err *e)
 				return pd_err_set(e, PD_E_MALFORMED,
 						  "malformed profile: sample types #%u and #%zu are the same", k, i);
 	}
-	if (read_value_type(d, d->period_type, &t, &u, &sig))
+	if (read_value_type(d, d->period_type, &t, &u, &sig)) {
+		free(sig.p);
 		return bad(e, "period type", 0);
+	}
 	sb_s(&b, d, t);
 	sb_add(&b, "/", 1);
 	sb_s(&b, d, u);
@@ -609,9 +618,10 @@ static int build_ids(idx **out, const uint64_t *ids, size_t stride, size_t n, co
 	qsort(v, n, sizeof *v, cmp_idx);
 	for (size_t i = 1; i < n; i++)
 		if (v[i].id == v[i - 1].id) {
+			unsigned long long dup = v[i].id;
 			free(v);
 			return pd_err_set(e, PD_E_MALFORMED, "malformed profile: duplicate %s id %llu",
-					  what, (unsigned long long)v[i].id);
+					  what, dup);
 		}
 	*out = v;
 	return PD_OK;
@@ -949,7 +959,7 @@ static char *sample_key(dec *d, sample_parts *sp, int *over)
 			sb_add(&b, ";", 1);
 		sb_str(&b, d->lt[find_id(d->loc_ids, d->locs_n, sp->locs[k])].frame);
 	}
-	qsort(sp->labels, sp->labels_n, sizeof *sp->labels, cmp_str);
+	sort(sp->labels, sp->labels_n, sizeof *sp->labels, cmp_str);
 	for (size_t k = 0; k < sp->labels_n; k++) {
 		sb_add(&b, k ? "," : " {", k ? 1 : 2);
 		sb_str(&b, sp->labels[k]);
@@ -1017,7 +1027,7 @@ static int cmp_row(const void *a, const void *b)
 static void sum_duplicates(pd_slow_profile *o)
 {
 	size_t w = 0;
-	qsort(o->rows, o->rows_n, sizeof *o->rows, cmp_row);
+	sort(o->rows, o->rows_n, sizeof *o->rows, cmp_row);
 	for (size_t i = 0; i < o->rows_n; i++) {
 		if (w && strcmp(o->rows[w - 1].key, o->rows[i].key) == 0) {
 			for (uint32_t c = 0; c < o->ncols; c++)
