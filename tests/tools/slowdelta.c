@@ -29,7 +29,7 @@ typedef struct opts {
 	pd_limits lim;
 	size_t max_diffs;
 	int dump;
-	const char *check;
+	const char *check, *only;
 } opts;
 
 static void usage(FILE *f)
@@ -40,6 +40,8 @@ static void usage(FILE *f)
 		   "  --first keep|drop|auto  first-profile policy (default keep)\n"
 		   "  --type NAME=delta|gauge per-sample-type policy override (repeatable)\n"
 		   "  --max-diffs N           differing keys printed per mismatch (default 10)\n"
+		   "  --only engine|slow      run one path alone, no comparison, and print\n"
+		   "                          its time (to measure each path's time and memory)\n"
 		   "  --dump                  print the slow path's rows (values in sorted\n"
 		   "                          sample-type order, one row a line)\n"
 		   "exit: 0 all equal, 1 a mismatch, 2 an error\n");
@@ -142,9 +144,9 @@ typedef struct engine_side {
 	pd_buf out;
 } engine_side;
 
-/* The engine's delta of in, decoded by the slow decoder; the states advance. */
-static int engine_step(engine_side *g, const char *name, const pd_buf *in, const opts *o,
-		       pd_slow_profile **out, pd_result *res)
+/* The engine's delta of in into g->out; the states advance. */
+static int engine_run(engine_side *g, const char *name, const pd_buf *in, const opts *o,
+		      pd_result *res)
 {
 	pd_err e = {0};
 	pd_state *t;
@@ -158,6 +160,17 @@ static int engine_step(engine_side *g, const char *name, const pd_buf *in, const
 	t = g->prev;
 	g->prev = g->next;
 	g->next = t;
+	return 0;
+}
+
+/* The engine's delta of in, decoded by the slow decoder. */
+static int engine_step(engine_side *g, const char *name, const pd_buf *in, const opts *o,
+		       pd_slow_profile **out, pd_result *res)
+{
+	pd_err e = {0};
+
+	if (engine_run(g, name, in, o, res))
+		return -1;
 	if (pd_slow_decode(g->out.data, g->out.len, &o->lim, out, &e)) {
 		fprintf(stderr, "slowdelta: %s: engine output does not decode: %s\n", name, e.msg);
 		return -1;
@@ -196,12 +209,39 @@ out:
 	return rc;
 }
 
+/* --only: one path alone, timed into *ns (each path's time and peak memory
+ * measured in a process of its own). 0 or -1. */
+static int timed_step(engine_side *g, const char *name, pd_buf *in, const opts *o,
+		      const pd_slow_profile *prev, pd_slow_profile **cur, uint64_t *ns)
+{
+	pd_slow_profile *slow = NULL;
+	pd_result res;
+	pd_err e = {0};
+	uint64_t t0;
+	int rc = 0;
+
+	if (read_all(name, in, o->lim.max_input))
+		return -1;
+	t0 = pd_now_ns();
+	if (strcmp(o->only, "engine") == 0) {
+		rc = engine_run(g, name, in, o, &res);
+	} else if (pd_slow_decode(in->data, in->len, &o->lim, cur, &e) ||
+		   pd_slow_delta(prev, *cur, &o->req, o->req.incarnation, &slow, &e)) {
+		fprintf(stderr, "slowdelta: %s: %s\n", name, e.msg);
+		rc = -1;
+	}
+	pd_slow_free(slow);
+	*ns += pd_now_ns() - t0;
+	return rc;
+}
+
 static int run_seq(char **files, int n, const opts *o)
 {
 	engine_side g = {pd_engine_new(&o->lim), pd_state_new(), pd_state_new(), {0}};
 	pd_slow_profile *prev = NULL, *cur = NULL;
 	pd_buf in;
 	int mismatches = 0, rc = 0;
+	uint64_t ns = 0;
 
 	pd_buf_init(&in, 0);
 	pd_buf_init(&g.out, 0);
@@ -209,12 +249,17 @@ static int run_seq(char **files, int n, const opts *o)
 		rc = -1;
 	for (int i = 0; i < n && rc >= 0; i++) {
 		cur = NULL;
-		rc = seq_step(&g, files[i], &in, o, prev, &cur);
+		if (o->only)
+			rc = timed_step(&g, files[i], &in, o, prev, &cur, &ns);
+		else
+			rc = seq_step(&g, files[i], &in, o, prev, &cur);
 		mismatches += rc == 1;
 		pd_slow_free(prev);
 		prev = cur;
 	}
-	if (rc >= 0)
+	if (rc >= 0 && o->only)
+		printf("%d steps, %s only: %.1f ms\n", n, o->only, ns / 1e6);
+	else if (rc >= 0)
 		printf("%d steps, %d mismatches\n", n, mismatches);
 	pd_slow_free(prev);
 	pd_buf_free(&in);
@@ -312,6 +357,8 @@ static int parse_args(int argc, char **argv, opts *o)
 			bad = (o->max_diffs = strtoul(v, NULL, 10)) == 0;
 		else if (strcmp(a, "--check") == 0)
 			o->check = v;
+		else if (strcmp(a, "--only") == 0)
+			bad = strcmp(o->only = v, "engine") != 0 && strcmp(v, "slow") != 0;
 		else
 			bad = 1;
 		if (bad) {
