@@ -48,6 +48,8 @@ typedef struct tprof {
 	pb out;
 	const char *strs[64];
 	int nstr;
+	char keys[16][32]; /* label keys cut out of "key=value" */
+	int nkeys;
 } tprof;
 
 static uint64_t S(tprof *t, const char *s)
@@ -101,10 +103,10 @@ static void sample(tprof *t, const uint64_t *locs, int nlocs, const int64_t *val
 	put_msg(&m, 2, &pk);
 	for (int i = 0; labels && labels[i]; i++) {
 		pb l = {.n = 0};
-		char key[32];
+		char *key = t->keys[t->nkeys++];
 		const char *eq = strchr(labels[i], '=');
-		snprintf(key, sizeof key, "%.*s", (int)(eq - labels[i]), labels[i]);
-		put_uint(&l, 1, S(t, strdup(key))); /* leaked on purpose: a test binary */
+		snprintf(key, sizeof t->keys[0], "%.*s", (int)(eq - labels[i]), labels[i]);
+		put_uint(&l, 1, S(t, key));
 		put_uint(&l, 2, S(t, eq + 1));
 		put_msg(&m, 3, &l);
 	}
