@@ -26,6 +26,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 
+#include "pd_admin.h"
 #include "pd_frame.h"
 #include "pd_guard.h"
 #include "pd_tls.h"
