@@ -14,13 +14,6 @@
 
 #define LOCAL_READ_CHUNK (64u * 1024)
 
-void pdl_stream_free_local(pdl_stream *st)
-{
-	pd_state_free(st->state);
-	st->state = NULL;
-	pd_buf_free(&st->R);
-}
-
 static int engine_ready(pdelta *h)
 {
 	if (!h->eng && !(h->eng = pd_engine_new(NULL)))
