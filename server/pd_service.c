@@ -41,10 +41,11 @@
 #include <malloc.h>
 #endif
 
-#include "pd_config.h"
+#include "pd_log.h"
 #include "pd_gz.h"
 #include "pd_seq.h"
 #include "pd_service.h"
+#include "pd_settings.h"
 #include "pd_table.h"
 #include "pdelta_proto.h"
 
@@ -183,14 +184,14 @@ static int64_t now_ms(void)
 void pd_service_opts_init(pd_service_opts *o)
 {
 	memset(o, 0, sizeof *o);
-	o->cache_bytes = (size_t)256 << 20;
-	o->stream_ttl_ms = (int64_t)7 * 24 * 3600 * 1000;
-	o->max_streams_per_tenant = 100000;
-	o->max_queued_jobs = 4096;
-	o->max_queued_bytes = 256ull << 20;
-	o->chunk_bytes = 65536;
-	o->gzip_level = 1;
-	o->worker_keep_bytes = (size_t)128 << 20;
+	o->cache_bytes = (size_t)pd_setting_default(PD_SET_CACHE_BYTES);
+	o->stream_ttl_ms = (int64_t)pd_setting_default(PD_SET_STREAM_TTL);
+	o->max_streams_per_tenant = pd_setting_default(PD_SET_MAX_STREAMS_PER_TENANT);
+	o->max_queued_jobs = (size_t)pd_setting_default(PD_SET_MAX_QUEUED_JOBS);
+	o->max_queued_bytes = pd_setting_default(PD_SET_MAX_QUEUED_BYTES);
+	o->chunk_bytes = (size_t)pd_setting_default(PD_SET_CHUNK_BYTES);
+	o->gzip_level = (int)pd_setting_default(PD_SET_GZIP_LEVEL);
+	o->worker_keep_bytes = (size_t)pd_setting_default(PD_SET_WORKER_KEEP_BYTES);
 	o->janitor_interval_ms = 5000;
 	pd_limits_default(&o->limits);
 	pd_store_opts_init(&o->store);
@@ -1683,6 +1684,7 @@ static void destroy(pd_service *s)
 int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
 {
 	pd_service *s = calloc(1, sizeof *s);
+	size_t pool;
 	int rc;
 
 	*out = NULL;
@@ -1692,8 +1694,8 @@ int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
 	normalize_opts(&s->o);
 	s->nworkers = s->o.workers;
 	s->start_ms = now_ms();
-	if ((rc = init_sync(s, e)) || (rc = pd_table_new(s->o.cache_bytes, (size_t)s->nworkers * PD_SVC_STATE_POOL_PER_WORKER + 2,
-						     &s->table, e)) ||
+	pool = (size_t)s->nworkers * PD_SVC_STATE_POOL_PER_WORKER + 2;
+	if ((rc = init_sync(s, e)) || (rc = pd_table_new(s->o.cache_bytes, pool, &s->table, e)) ||
 	    (rc = pd_store_open(&s->o.store, &s->store, e)) || (rc = recount_tenants(s, e)) ||
 	    (rc = start_threads(s, e))) {
 		destroy(s);

@@ -58,18 +58,19 @@ typedef struct pd_job pd_job;
 
 typedef struct pd_service_opts {
 	unsigned workers;              /* 0 = number of online CPUs */
-	size_t cache_bytes;            /* hot-state cache budget (default 256 MiB) */
-	int64_t stream_ttl_ms;         /* idle streams expire (default 7 days; 0 = never) */
-	uint64_t max_streams_per_tenant; /* default 100000 */
-	size_t max_queued_jobs;        /* jobs admitted but not completed (default 4096) */
-	uint64_t max_queued_bytes;     /* upload bytes of those jobs (default 256 MiB) */
-	size_t chunk_bytes;            /* compressed bytes per output chunk (default 64 KiB) */
-	int gzip_level;                /* output gzip level (default 1) */
+	/* Defaults: the pd_settings table (pd_service_opts_init). */
+	size_t cache_bytes;            /* hot-state cache budget */
+	int64_t stream_ttl_ms;         /* idle streams expire (0 = never) */
+	uint64_t max_streams_per_tenant;
+	size_t max_queued_jobs;        /* jobs admitted but not completed */
+	uint64_t max_queued_bytes;     /* upload bytes of those jobs */
+	size_t chunk_bytes;            /* compressed bytes per output chunk */
+	int gzip_level;                /* output gzip level */
 	/* Memory a worker keeps between requests (engine buffers, serialized
 	 * state, admin document, read row). After a request that grew them past
 	 * it (a large profile, a gzip bomb stopped at max_inflated) they are freed
-	 * and the heap trimmed. Default 128 MiB; 0 = free after every request. Not
-	 * normalised: pd_service_opts_init sets it. */
+	 * and the heap trimmed. 0 = free after every request. Not normalised:
+	 * pd_service_opts_init sets it. */
 	size_t worker_keep_bytes;
 	pd_limits limits;              /* engine input limits (pd_limits_default) */
 	struct pd_store_opts store;    /* path etc. (pd_store_opts_init) */
