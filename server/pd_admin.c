@@ -15,7 +15,6 @@
 #include <string.h>
 
 #include "pd_admin.h"
-#include "pd_log.h"
 #include "pd_state.h"
 #include "pd_store.h"
 
