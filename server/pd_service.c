@@ -41,8 +41,8 @@
 #include <malloc.h>
 #endif
 
-#include "pd_log.h"
 #include "pd_gz.h"
+#include "pd_log.h"
 #include "pd_seq.h"
 #include "pd_service.h"
 #include "pd_settings.h"

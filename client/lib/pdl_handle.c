@@ -4,10 +4,6 @@
  * pdl_request.c, the connection in pdl_conn.c, the per-stream table in
  * pdl_stream.c, the last error in pdl_error.c, backoff in pdl_backoff.c.
  */
-#include <errno.h>
-#include <openssl/rand.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
