@@ -35,6 +35,7 @@
 
 #include "pd_buf.h"
 #include "pd_err.h"
+#include "pd_textfile.h"
 #include "pd_version.h"
 #include "pdelta.h"
 
@@ -92,22 +93,10 @@ static void send_usage(FILE *f)
 
 static int read_token_file(send_opts *s, const char *path)
 {
-	FILE *f = fopen(path, "r");
-	size_t n;
+	char err[512];
 
-	if (!f) {
-		fprintf(stderr, "pdelta send: %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	if (!fgets(s->token, sizeof s->token, f))
-		s->token[0] = 0;
-	fclose(f);
-	n = strcspn(s->token, "\r\n");
-	s->token[n] = 0;
-	while (n && (s->token[n - 1] == ' ' || s->token[n - 1] == '\t'))
-		s->token[--n] = 0;
-	if (!n) {
-		fprintf(stderr, "pdelta send: %s: empty token file\n", path);
+	if (pd_token_file(path, s->token, sizeof s->token, err, sizeof err)) {
+		fprintf(stderr, "pdelta send: --token-file: %s\n", err);
 		return -1;
 	}
 	s->o.token = s->token;

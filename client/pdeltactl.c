@@ -37,6 +37,7 @@
 
 #include <openssl/crypto.h>
 
+#include "pd_textfile.h"
 #include "pd_version.h"
 #include "pdelta.h"
 #include "pdelta_proto.h"
@@ -496,20 +497,10 @@ static void usage(FILE *f)
 
 static int read_token_file(ctl *c, const char *path)
 {
-	FILE *f = fopen(path, "r");
-	size_t n;
+	char err[512];
 
-	if (!f) {
-		fprintf(stderr, "pdeltactl: %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	if (!fgets(c->token, sizeof c->token, f))
-		c->token[0] = 0;
-	fclose(f);
-	n = strcspn(c->token, "\r\n \t");
-	c->token[n] = 0;
-	if (!n) {
-		fprintf(stderr, "pdeltactl: %s: empty token file\n", path);
+	if (pd_token_file(path, c->token, sizeof c->token, err, sizeof err)) {
+		fprintf(stderr, "pdeltactl: --token-file: %s\n", err);
 		return -1;
 	}
 	c->o.token = c->token;

@@ -29,3 +29,21 @@ char *pd_first_line(const char *path, char *err, size_t errlen)
 	}
 	return strdup(line);
 }
+
+int pd_token_file(const char *path, char *out, size_t cap, char *err, size_t errlen)
+{
+	char *line = pd_first_line(path, err, errlen);
+	size_t n;
+
+	if (!line)
+		return -1;
+	n = strlen(line);
+	if (n >= cap) {
+		snprintf(err, errlen, "%s: token longer than %zu bytes", path, cap - 1);
+		free(line);
+		return -1;
+	}
+	memcpy(out, line, n + 1);
+	free(line);
+	return 0;
+}

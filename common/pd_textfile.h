@@ -2,7 +2,7 @@
  * pd_textfile: the first line of a small file holding a secret or a token
  * (token files, bearer and basic-auth files): newline and trailing blanks
  * removed, an empty line refused. The one reader of such files for the scrape
- * agent and its CLI.
+ * agent and the CLIs.
  */
 #ifndef PD_TEXTFILE_H
 #define PD_TEXTFILE_H
@@ -11,5 +11,8 @@
 
 /* A malloc'd copy of the line, or NULL with err saying why. */
 char *pd_first_line(const char *path, char *err, size_t errlen);
+/* A token file (pdelta send, pdeltactl --token-file): pd_first_line into
+ * out[cap]. 0, or -1 with err saying why (unreadable, empty, too long). */
+int pd_token_file(const char *path, char *out, size_t cap, char *err, size_t errlen);
 
 #endif

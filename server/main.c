@@ -23,6 +23,7 @@
 #include "pd_auth.h"
 #include "pd_config.h"
 #include "pd_healthcheck.h"
+#include "pd_log.h"
 #include "pd_notify.h"
 #include "pd_server.h"
 #include "pd_tls.h"

@@ -1,6 +1,7 @@
 /*
- * pd_config: the settings table of pdeltad (defaults, --help, config file and
- * flag parser all read the one table below), and the environment overlay.
+ * pd_config: the settings of pdeltad read from the one table of pd_settings
+ * (defaults, --help, config file and flag parser), and the environment
+ * overlay. Sizes and durations are parsed by pd_units.
  */
 #include "pd_config.h"
 
@@ -10,110 +11,69 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_log.h"
+#include "pd_settings.h"
+#include "pd_units.h"
 #include "pdelta_proto.h"
 
-enum set_type { T_STR, T_BOOL, T_COUNT, T_BYTES, T_MS, T_LEVEL, T_LOGFMT };
-
-typedef struct setting {
-	const char *name;
-	int type;
-	size_t off;      /* offsetof(pd_config, field) */
-	const char *str; /* default of T_STR */
-	uint64_t def;    /* default of the other types */
-	uint64_t min, max;
-	const char *help;
-} setting;
+typedef pd_setting setting;
 
 #define KIB 1024ull
 #define MIB (1024ull * 1024)
-#define GIB (1024ull * 1024 * 1024)
 #define DAY_MS (86400ull * 1000)
-#define U32 0xffffffffull
 
-#define STR(field, def, help) {#field, T_STR, offsetof(pd_config, field), def, 0, 0, 0, help}
-#define NUM(name, type, field, def, min, max, help)                                             \
-	{name, type, offsetof(pd_config, field), NULL, def, min, max, help}
+#define NSETTINGS PD_SET__COUNT
 
-/* The single source of defaults, --help and the parser. */
-static const setting settings[] = {
-	STR(listen, "127.0.0.1:7433", "host:port of the TLS listener"),
-	STR(metrics_listen, "127.0.0.1:7434", "host:port of HTTP /metrics and /healthz; off = none"),
-	STR(server_name, "pdeltad", "server name announced in HELLO_OK"),
-	STR(tls_cert, "", "server certificate chain, PEM (required)"),
-	STR(tls_key, "", "server private key, PEM (required)"),
-	STR(tls_client_ca, "", "CA file for client certificates; enables mTLS"),
-	NUM("require_client_cert", T_BOOL, require_client_cert, 0, 0, 1,
-	    "refuse TLS clients without a valid client certificate"),
-	STR(tenants, "", "credentials file: tenant=.. role=.. token_sha256=..|cert_cn=.. (required;\n"
-	    "        refused without credentials unless it says allow_empty = true)"),
-	STR(db, "pdeltad.db", "SQLite database of stream state"),
-	NUM("db_sync", T_BOOL, db_sync, 1, 0, 1, "fsync the WAL at every commit (power-loss safe)"),
-	NUM("db_max_bytes", T_BYTES, db_max_bytes, 0, 0, 1ull << 50,
-	    "size budget of the database; past it commits fail (store errors); 0 = none"),
-	NUM("workers", T_COUNT, workers, 0, 0, 1024, "delta worker threads; 0 = one per CPU"),
-	NUM("cache_bytes", T_BYTES, cache_bytes, 256 * MIB, MIB, 1ull << 40,
-	    "hot stream-state cache budget"),
-	NUM("stream_ttl", T_MS, stream_ttl_ms, 7 * DAY_MS, 0, 3650 * DAY_MS,
-	    "idle streams expire after this long; 0 = never"),
-	NUM("max_streams_per_tenant", T_COUNT, max_streams_per_tenant, 100000, 1, 1000000000,
-	    "streams one tenant may have"),
-	NUM("max_queued_jobs", T_COUNT, max_queued_jobs, 4096, 1, 1000000,
-	    "delta requests admitted but not finished; beyond: busy/OVERLOADED"),
-	NUM("max_queued_bytes", T_BYTES, max_queued_bytes, 256 * MIB, MIB, 1ull << 40,
-	    "upload bytes of admitted, unfinished requests; beyond: busy/OVERLOADED"),
-	NUM("chunk_bytes", T_BYTES, chunk_bytes, PD_DEFAULT_RESULT_CHUNK, KIB, PD_FRAME_MAX_ABS,
-	    "compressed bytes per RESULT_DATA frame"),
-	NUM("gzip_level", T_COUNT, gzip_level, 1, 1, 9, "gzip level of delta outputs"),
-	NUM("worker_keep_bytes", T_BYTES, worker_keep_bytes, 128 * MIB, 0, 1ull << 40,
-	    "memory a worker keeps between requests; more is freed after the request"),
-	NUM("max_connections", T_COUNT, max_connections, 1024, 1, 1000000,
-	    "open connections; beyond: accept and close at once"),
-	NUM("max_unauth_connections", T_COUNT, max_unauth_connections, 256, 1, 1000000,
-	    "connections not authenticated yet (TLS, waiting for HELLO); at most 3/4 of\n"
-	    "        max_connections (the rest is kept for authenticated clients); beyond,\n"
-	    "        the oldest unauthenticated connection is closed"),
-	NUM("max_unauth_per_source", T_COUNT, max_unauth_per_source, 64, 1, 1000000,
-	    "unauthenticated connections of one source address (IPv6: /64); beyond,\n"
-	    "        that source's oldest is closed"),
-	NUM("auth_fail_delay_ms", T_MS, auth_fail_delay_ms, 100, 0, 60000,
-	    "a failed authentication is answered after this delay, doubled per failure\n"
-	    "        of the same source; 0 = at once"),
-	NUM("auth_fail_delay_max_ms", T_MS, auth_fail_delay_max_ms, 5000, 0, 60000,
-	    "cap of that delay (also the delay of answers to a blocked source)"),
-	NUM("auth_fail_block_after", T_COUNT, auth_fail_block_after, 20, 0, 1000000,
-	    "failed authentications of one source that block it; 0 = never"),
-	NUM("auth_fail_block", T_MS, auth_fail_block_ms, 5 * 60000, 1000, DAY_MS,
-	    "block length (HELLOs refused unread), and how long failures are remembered"),
-	NUM("max_inflight", T_COUNT, max_inflight, PD_DEFAULT_MAX_INFLIGHT, 1, 4096,
-	    "open requests per connection"),
-	NUM("max_frame", T_BYTES, max_frame, PD_DEFAULT_MAX_FRAME, PD_FRAME_MIN_LIMIT,
-	    PD_FRAME_MAX_ABS, "largest frame payload accepted after authentication"),
-	NUM("max_frame_preauth", T_BYTES, max_frame_preauth, PD_PREAUTH_MAX_PAYLOAD, 592,
-	    PD_PREAUTH_MAX_PAYLOAD, "largest frame payload accepted before authentication"),
-	NUM("handshake_timeout_ms", T_MS, handshake_timeout_ms, PD_DEFAULT_HANDSHAKE_TIMEOUT_MS, 1,
-	    U32, "accept -> HELLO received (TLS included), absolute"),
-	NUM("frame_timeout_ms", T_MS, frame_timeout_ms, PD_DEFAULT_FRAME_TIMEOUT_MS, 1, U32,
-	    "first byte of a frame -> its last byte"),
-	NUM("request_timeout_ms", T_MS, request_timeout_ms, PD_DEFAULT_REQUEST_TIMEOUT_MS, 1, U32,
-	    "DELTA_BEGIN -> DATA_END of one upload"),
-	NUM("idle_timeout_ms", T_MS, idle_timeout_ms, PD_DEFAULT_IDLE_TIMEOUT_MS, 2, U32,
-	    "nothing received this long: GOODBYE IDLE (> keepalive_ms)"),
-	NUM("keepalive_ms", T_MS, keepalive_ms, PD_DEFAULT_KEEPALIVE_MS, 1, U32,
-	    "clients PING after this much silence (announced)"),
-	NUM("output_budget_bytes", T_BYTES, output_budget_bytes, PD_DEFAULT_OUTPUT_BUDGET, 64 * KIB,
-	    GIB, "unsent bytes per connection before reading pauses"),
-	NUM("write_timeout_ms", T_MS, write_timeout_ms, PD_DEFAULT_WRITE_TIMEOUT_MS, 1, U32,
-	    "output above budget this long: GOODBYE OVERLOAD, close"),
-	NUM("drain_timeout_ms", T_MS, drain_timeout_ms, PD_DEFAULT_DRAIN_TIMEOUT_MS, 1, U32,
-	    "GOODBYE -> close, and SIGTERM -> exit, at most"),
-	NUM("metrics_tenants", T_COUNT, metrics_tenants, 100, 0, 10000,
-	    "tenants with their own per-tenant metric series (first seen first);\n"
-	    "        the others are summed under tenant=\"_other\""),
-	NUM("log_level", T_LEVEL, log_level, PD_LOG_INFO, 0, 3, "error, warn, info or debug"),
-	NUM("log_format", T_LOGFMT, log_format, PD_LOG_TEXT, 0, 1,
-	    "text (one line per event) or json (one JSON object per line)"),
+/* Where each setting lives in pd_config. */
+static const size_t setting_field[PD_SET__COUNT] = {
+	[PD_SET_LISTEN] = offsetof(pd_config, listen),
+	[PD_SET_METRICS_LISTEN] = offsetof(pd_config, metrics_listen),
+	[PD_SET_SERVER_NAME] = offsetof(pd_config, server_name),
+	[PD_SET_TLS_CERT] = offsetof(pd_config, tls_cert),
+	[PD_SET_TLS_KEY] = offsetof(pd_config, tls_key),
+	[PD_SET_TLS_CLIENT_CA] = offsetof(pd_config, tls_client_ca),
+	[PD_SET_REQUIRE_CLIENT_CERT] = offsetof(pd_config, require_client_cert),
+	[PD_SET_TENANTS] = offsetof(pd_config, tenants),
+	[PD_SET_DB] = offsetof(pd_config, db),
+	[PD_SET_DB_SYNC] = offsetof(pd_config, db_sync),
+	[PD_SET_DB_MAX_BYTES] = offsetof(pd_config, db_max_bytes),
+	[PD_SET_STORE_MAX_QUEUE] = offsetof(pd_config, store_max_queue),
+	[PD_SET_STORE_MAX_QUEUE_BYTES] = offsetof(pd_config, store_max_queue_bytes),
+	[PD_SET_STORE_MAX_BATCH] = offsetof(pd_config, store_max_batch),
+	[PD_SET_STORE_MAX_BATCH_BYTES] = offsetof(pd_config, store_max_batch_bytes),
+	[PD_SET_STORE_BUSY_TIMEOUT_MS] = offsetof(pd_config, store_busy_timeout_ms),
+	[PD_SET_STORE_MAX_READERS] = offsetof(pd_config, store_max_readers),
+	[PD_SET_WORKERS] = offsetof(pd_config, workers),
+	[PD_SET_CACHE_BYTES] = offsetof(pd_config, cache_bytes),
+	[PD_SET_STREAM_TTL] = offsetof(pd_config, stream_ttl_ms),
+	[PD_SET_MAX_STREAMS_PER_TENANT] = offsetof(pd_config, max_streams_per_tenant),
+	[PD_SET_MAX_QUEUED_JOBS] = offsetof(pd_config, max_queued_jobs),
+	[PD_SET_MAX_QUEUED_BYTES] = offsetof(pd_config, max_queued_bytes),
+	[PD_SET_CHUNK_BYTES] = offsetof(pd_config, chunk_bytes),
+	[PD_SET_GZIP_LEVEL] = offsetof(pd_config, gzip_level),
+	[PD_SET_WORKER_KEEP_BYTES] = offsetof(pd_config, worker_keep_bytes),
+	[PD_SET_MAX_CONNECTIONS] = offsetof(pd_config, max_connections),
+	[PD_SET_MAX_UNAUTH_CONNECTIONS] = offsetof(pd_config, max_unauth_connections),
+	[PD_SET_MAX_UNAUTH_PER_SOURCE] = offsetof(pd_config, max_unauth_per_source),
+	[PD_SET_AUTH_FAIL_DELAY_MS] = offsetof(pd_config, auth_fail_delay_ms),
+	[PD_SET_AUTH_FAIL_DELAY_MAX_MS] = offsetof(pd_config, auth_fail_delay_max_ms),
+	[PD_SET_AUTH_FAIL_BLOCK_AFTER] = offsetof(pd_config, auth_fail_block_after),
+	[PD_SET_AUTH_FAIL_BLOCK] = offsetof(pd_config, auth_fail_block_ms),
+	[PD_SET_MAX_INFLIGHT] = offsetof(pd_config, max_inflight),
+	[PD_SET_MAX_FRAME] = offsetof(pd_config, max_frame),
+	[PD_SET_MAX_FRAME_PREAUTH] = offsetof(pd_config, max_frame_preauth),
+	[PD_SET_HANDSHAKE_TIMEOUT_MS] = offsetof(pd_config, handshake_timeout_ms),
+	[PD_SET_FRAME_TIMEOUT_MS] = offsetof(pd_config, frame_timeout_ms),
+	[PD_SET_REQUEST_TIMEOUT_MS] = offsetof(pd_config, request_timeout_ms),
+	[PD_SET_IDLE_TIMEOUT_MS] = offsetof(pd_config, idle_timeout_ms),
+	[PD_SET_KEEPALIVE_MS] = offsetof(pd_config, keepalive_ms),
+	[PD_SET_OUTPUT_BUDGET_BYTES] = offsetof(pd_config, output_budget_bytes),
+	[PD_SET_WRITE_TIMEOUT_MS] = offsetof(pd_config, write_timeout_ms),
+	[PD_SET_DRAIN_TIMEOUT_MS] = offsetof(pd_config, drain_timeout_ms),
+	[PD_SET_METRICS_TENANTS] = offsetof(pd_config, metrics_tenants),
+	[PD_SET_LOG_LEVEL] = offsetof(pd_config, log_level),
+	[PD_SET_LOG_FORMAT] = offsetof(pd_config, log_format),
 };
-#define NSETTINGS (sizeof settings / sizeof settings[0])
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static const char *const format_names[] = {"text", "json"};
@@ -134,8 +94,8 @@ static bool name_eq(const char *a, const char *b)
 static const setting *find_setting(const char *name)
 {
 	for (size_t i = 0; i < NSETTINGS; i++)
-		if (name_eq(settings[i].name, name))
-			return &settings[i];
+		if (name_eq(pd_settings[i].name, name))
+			return &pd_settings[i];
 	return NULL;
 }
 
@@ -149,68 +109,25 @@ static const pd_limit_desc *find_limit(const char *name)
 
 /* ---- value parsers ---------------------------------------------------------- */
 
-static int parse_u64(const char *name, const char *v, uint64_t *out, const char **rest, pd_err *e)
+static int parse_size(const char *name, const char *v, uint64_t *out, pd_err *e)
 {
-	char *end;
-	unsigned long long x;
-
 	if (!isdigit((unsigned char)v[0]))
 		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a number", name, v);
-	errno = 0;
-	x = strtoull(v, &end, 10);
-	if (errno)
-		return pd_err_set(e, PD_E_ARG, "%s: '%s' is out of range", name, v);
-	*out = x;
-	*rest = end;
+	if (pd_parse_size(v, out))
+		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a size (number with k/m/g) or is out of range",
+				  name, v);
 	return PD_OK;
-}
-
-/* Multiplies *v by m, refusing overflow. */
-static int scale(const char *name, const char *v, uint64_t *x, uint64_t m, pd_err *e)
-{
-	if (*x > UINT64_MAX / m)
-		return pd_err_set(e, PD_E_ARG, "%s: '%s' is out of range", name, v);
-	*x *= m;
-	return PD_OK;
-}
-
-static int parse_bytes(const char *name, const char *v, uint64_t *out, pd_err *e)
-{
-	const char *s;
-	uint64_t m = 1;
-	int rc = parse_u64(name, v, out, &s, e);
-
-	if (rc)
-		return rc;
-	switch (tolower((unsigned char)*s)) {
-	case 0: break;
-	case 'k': m = KIB; s++; break;
-	case 'm': m = MIB; s++; break;
-	case 'g': m = GIB; s++; break;
-	default: s = "?"; break;
-	}
-	if (*s == 'b' || *s == 'B')
-		s++;
-	if (*s)
-		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a size (number with k/m/g)", name, v);
-	return scale(name, v, out, m, e);
 }
 
 static int parse_ms(const char *name, const char *v, uint64_t *out, pd_err *e)
 {
-	static const struct { const char *suffix; uint64_t ms; } units[] = {
-		{"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", DAY_MS},
-	};
-	const char *s;
-	int rc = parse_u64(name, v, out, &s, e);
-
-	if (rc)
-		return rc;
-	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-		if (strcmp(s, units[i].suffix) == 0)
-			return scale(name, v, out, units[i].ms, e);
-	return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a duration (number with ms/s/m/h/d)", name,
-			  v);
+	if (!isdigit((unsigned char)v[0]))
+		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a number", name, v);
+	if (pd_parse_ms(v, out))
+		return pd_err_set(e, PD_E_ARG,
+				  "%s: '%s' is not a duration (number with ms/s/m/h/d) or is out of range",
+				  name, v);
+	return PD_OK;
 }
 
 static int parse_bool(const char *name, const char *v, uint64_t *out, pd_err *e)
@@ -239,7 +156,10 @@ static int parse_word(const char *name, const char *v, const char *const *words,
 
 /* ---- storing values ------------------------------------------------------------ */
 
-static void *field(pd_config *c, const setting *s) { return (char *)c + s->off; }
+static void *field(pd_config *c, const setting *s)
+{
+	return (char *)c + setting_field[s - pd_settings];
+}
 
 static int store_str(pd_config *c, const setting *s, const char *v, pd_err *e)
 {
@@ -255,9 +175,9 @@ static int store_str(pd_config *c, const setting *s, const char *v, pd_err *e)
 
 static void store_num(pd_config *c, const setting *s, uint64_t x)
 {
-	if (s->type == T_BOOL)
+	if (s->type == PD_SETT_BOOL)
 		*(bool *)field(c, s) = x != 0;
-	else if (s->type == T_LEVEL || s->type == T_LOGFMT)
+	else if (s->type == PD_SETT_LEVEL || s->type == PD_SETT_LOGFMT)
 		*(int *)field(c, s) = (int)x;
 	else
 		*(uint64_t *)field(c, s) = x;
@@ -269,13 +189,13 @@ static int set_one(pd_config *c, const setting *s, const char *v, pd_err *e)
 	int rc = PD_OK;
 
 	switch (s->type) {
-	case T_STR: return store_str(c, s, v, e);
-	case T_BOOL: rc = parse_bool(s->name, v, &x, e); break;
-	case T_COUNT: rc = parse_bytes(s->name, v, &x, e); break; /* 10k reads well for counts too */
-	case T_BYTES: rc = parse_bytes(s->name, v, &x, e); break;
-	case T_MS: rc = parse_ms(s->name, v, &x, e); break;
-	case T_LEVEL: rc = parse_word(s->name, v, level_names, 4, &x, e); break;
-	case T_LOGFMT: rc = parse_word(s->name, v, format_names, 2, &x, e); break;
+	case PD_SETT_STR: return store_str(c, s, v, e);
+	case PD_SETT_BOOL: rc = parse_bool(s->name, v, &x, e); break;
+	case PD_SETT_COUNT: rc = parse_size(s->name, v, &x, e); break; /* 10k reads well for counts too */
+	case PD_SETT_BYTES: rc = parse_size(s->name, v, &x, e); break;
+	case PD_SETT_MS: rc = parse_ms(s->name, v, &x, e); break;
+	case PD_SETT_LEVEL: rc = parse_word(s->name, v, level_names, 4, &x, e); break;
+	case PD_SETT_LOGFMT: rc = parse_word(s->name, v, format_names, 2, &x, e); break;
 	}
 	if (rc)
 		return rc;
@@ -303,8 +223,8 @@ int pd_config_init(pd_config *c, pd_err *e)
 {
 	memset(c, 0, sizeof *c);
 	for (size_t i = 0; i < NSETTINGS; i++) {
-		const setting *s = &settings[i];
-		if (s->type != T_STR) {
+		const setting *s = &pd_settings[i];
+		if (s->type != PD_SETT_STR) {
 			store_num(c, s, s->def);
 			continue;
 		}
@@ -321,9 +241,9 @@ void pd_config_free(pd_config *c)
 	free(c->env_ignored);
 	c->env_ignored = NULL;
 	for (size_t i = 0; i < NSETTINGS; i++) {
-		if (settings[i].type != T_STR)
+		if (pd_settings[i].type != PD_SETT_STR)
 			continue;
-		char **slot = field(c, &settings[i]);
+		char **slot = field(c, &pd_settings[i]);
 		free(*slot);
 		*slot = NULL;
 	}
@@ -454,7 +374,7 @@ static int apply_flag(pd_config *c, int argc, char **argv, int *i, pd_err *e)
 	if (eq)
 		return pd_config_set(c, name, eq + 1, e);
 	/* A bare boolean flag means yes. */
-	if (s && s->type == T_BOOL && (*i + 1 >= argc || is_flag(argv[*i + 1])))
+	if (s && s->type == PD_SETT_BOOL && (*i + 1 >= argc || is_flag(argv[*i + 1])))
 		return pd_config_set(c, name, "yes", e);
 	if (*i + 1 >= argc)
 		return pd_err_set(e, PD_E_ARG, "--%s needs a value", name);
@@ -603,11 +523,11 @@ static void fmt_default(const setting *s, char *out, size_t n)
 	uint64_t v = s->def;
 
 	switch (s->type) {
-	case T_STR: snprintf(out, n, "%s", s->str[0] ? s->str : "(none)"); return;
-	case T_BOOL: snprintf(out, n, "%s", v ? "yes" : "no"); return;
-	case T_LEVEL: snprintf(out, n, "%s", level_names[v]); return;
-	case T_LOGFMT: snprintf(out, n, "%s", format_names[v]); return;
-	case T_BYTES:
+	case PD_SETT_STR: snprintf(out, n, "%s", s->str[0] ? s->str : "(none)"); return;
+	case PD_SETT_BOOL: snprintf(out, n, "%s", v ? "yes" : "no"); return;
+	case PD_SETT_LEVEL: snprintf(out, n, "%s", level_names[v]); return;
+	case PD_SETT_LOGFMT: snprintf(out, n, "%s", format_names[v]); return;
+	case PD_SETT_BYTES:
 		if (v && v % MIB == 0)
 			snprintf(out, n, "%llum", (unsigned long long)(v / MIB));
 		else if (v && v % KIB == 0)
@@ -615,7 +535,7 @@ static void fmt_default(const setting *s, char *out, size_t n)
 		else
 			snprintf(out, n, "%llu", (unsigned long long)v);
 		return;
-	case T_MS:
+	case PD_SETT_MS:
 		if (v && v % DAY_MS == 0)
 			snprintf(out, n, "%llud", (unsigned long long)(v / DAY_MS));
 		else if (v && v % 1000 == 0)
@@ -659,9 +579,9 @@ void pd_config_print_help(FILE *f, const char *prog)
 		"Settings (default in brackets):\n",
 		prog, prog, prog, prog, prog);
 	for (size_t i = 0; i < NSETTINGS; i++) {
-		fmt_default(&settings[i], def, sizeof def);
-		flag_name(settings[i].name, name, sizeof name);
-		fprintf(f, "  --%-24s [%s]\n        %s\n", name, def, settings[i].help);
+		fmt_default(&pd_settings[i], def, sizeof def);
+		flag_name(pd_settings[i].name, name, sizeof name);
+		fprintf(f, "  --%-24s [%s]\n        %s\n", name, def, pd_settings[i].help);
 	}
 	fprintf(f, "\nEngine input limits (request limit/INPUT_LIMIT; max-input is also the\n"
 		   "announced max_profile_bytes):\n");

@@ -1,8 +1,9 @@
 /*
- * pd_config: the settings of pdeltad (the log sink they configure is pd_log).
+ * pd_config: the settings of pdeltad (the log sink they configure is pd_log.h).
  *
- * ONE table in pd_config.c (name, type, default, bounds, help) is the single
- * source of the defaults, of `pdeltad --help` and of the config-file parser;
+ * ONE table, pd_settings (name, type, default, bounds, help), is the single
+ * source of the defaults, of `pdeltad --help` and of the config-file parser
+ * (and of the service's and the store's defaults);
  * the engine input limits come from pd_limit_table (pd_engine.h) and are
  * settings like any other (`max_input`, `max_samples`, ...). A config file is
  * `key = value` lines with `#` comments; `--key value` / `--key=value` flags
@@ -27,7 +28,6 @@
 
 #include "pd_engine.h"
 #include "pd_err.h"
-#include "pd_log.h" /* the log sink the settings configure */
 
 
 typedef struct pd_config {
@@ -44,6 +44,9 @@ typedef struct pd_config {
 	char *db;       /* SQLite database path */
 	bool db_sync;   /* fsync the WAL at every commit */
 	uint64_t db_max_bytes; /* database size budget, 0 = none */
+	/* state-store queue and group commit (pd_store_opts) */
+	uint64_t store_max_queue, store_max_queue_bytes, store_max_batch, store_max_batch_bytes;
+	uint64_t store_busy_timeout_ms, store_max_readers;
 	uint64_t workers, cache_bytes, stream_ttl_ms, max_streams_per_tenant, max_queued_jobs;
 	uint64_t max_queued_bytes;
 	uint64_t chunk_bytes, gzip_level, worker_keep_bytes;

@@ -26,8 +26,10 @@
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 
+#include "pd_admin.h"
 #include "pd_frame.h"
 #include "pd_guard.h"
+#include "pd_log.h"
 #include "pd_tls.h"
 
 #define UNAUTH_LOG_PER_SECOND 10

@@ -19,6 +19,7 @@
 
 #include "pd_auth.h"
 #include "pd_conn.h"
+#include "pd_log.h"
 #include "pd_metrics.h"
 #include "pd_notify.h"
 #include "pd_service.h"
@@ -374,6 +375,12 @@ static int start_service(pd_server *s, pd_err *e)
 	o.store.path = c->db;
 	o.store.synchronous_full = c->db_sync;
 	o.store.max_db_bytes = c->db_max_bytes;
+	o.store.max_queue = (size_t)c->store_max_queue;
+	o.store.max_queue_bytes = (size_t)c->store_max_queue_bytes;
+	o.store.max_batch = (size_t)c->store_max_batch;
+	o.store.max_batch_bytes = (size_t)c->store_max_batch_bytes;
+	o.store.busy_timeout_ms = (int)c->store_busy_timeout_ms;
+	o.store.max_readers = (size_t)c->store_max_readers;
 	return pd_service_new(&o, &s->svc, e);
 }
 

@@ -2,8 +2,9 @@
  * pd_service: the delta service of pdeltad (see pd_service.h for the
  * contract). This file holds the lifecycle, the worker pool, the delta job
  * path (verify upload -> load stream -> sequence rules -> engine -> put_if ->
- * completion) and the TTL janitor; pd_service_table.c holds the stream
- * table, cache and pools, pd_service_admin.c the admin commands.
+ * completion), the job pool, the queued stream ops and tasks that the admin
+ * commands (pd_admin.c) use, and the TTL janitor; the stream table and
+ * its cache are pd_table.
  *
  * Flow of a delta job: pd_job_begin (admission) -> pd_job_data (capped
  * buffer) -> pd_job_submit (appended to its stream's FIFO) -> a worker takes
@@ -22,7 +23,16 @@
  * respect to the store (never held while calling pd_store_*, whose internal
  * locks may be held while it calls our completions, which then take mu) and
  * never held while calling a caller's done callback.
+ *
+ * mu guards every shared field below and every call into the table, except
+ * the fields of a *busy* stream's cached row (state, sequence, hash, ...),
+ * which only the stream's current owner (the worker that took its op, then
+ * the store completion of that op) touches. busy is set and cleared under
+ * mu, which orders the owners.
  */
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -31,16 +41,139 @@
 #include <malloc.h>
 #endif
 
-#include "pd_config.h"
 #include "pd_gz.h"
-#include "pd_service_int.h"
+#include "pd_log.h"
+#include "pd_seq.h"
+#include "pd_service.h"
+#include "pd_settings.h"
+#include "pd_table.h"
 #include "pdelta_proto.h"
+
+#define PD_SVC_MAX_OVERRIDES 64
+#define PD_SVC_STATE_POOL_PER_WORKER 2
+#define PD_SVC_JOB_POOL_MAX 256
+#define PD_SVC_KEEP_BUF_MAX (8u << 20) /* larger job buffers are freed, not pooled */
+#define PD_SVC_CAS_RETRIES 3           /* recomputations after a put_if conflict */
+
+/* What a queued op does. Stream ops run in their stream's FIFO; global ops in
+ * the service's admin FIFO. */
+enum pd_op_kind {
+	PD_OP_DELTA = 0, /* stream: a delta request */
+	PD_OP_STREAM,    /* stream: pd_service_stream_op (reset, delete) */
+	PD_OP_TASK,      /* global: pd_service_task */
+	PD_OP_FAIL,      /* global: complete a job with its preset error on a worker */
+};
+
+struct pd_job {
+	pd_service *svc;
+	struct pd_job *next; /* queue link */
+	int kind;            /* enum pd_op_kind */
+	pd_stream *st;
+
+	/* Owned copies of the strings: tenant, stream, override names. */
+	char *strs;
+	size_t strs_alloc;
+	const char *tenant, *stream;
+	uint64_t seq, incarnation;
+	int64_t producer_start_ns;
+	int first_policy;
+	int has_after, state_lost; /* PROTOCOL.md §8: client's last answered seq given / above ours */
+	uint64_t after_seq;
+	pd_type_override ovr[PD_SVC_MAX_OVERRIDES];
+	size_t novr;
+
+	/* Upload. */
+	pd_buf in;
+	uint64_t qbytes; /* bytes of in counted in svc->queued_bytes */
+	int data_rc;
+	pd_err data_err;
+	uint8_t hash[16];    /* as the client sent it */
+	int hash_kind;       /* enum pd_content_hash of hash */
+	uint8_t content[16]; /* our CRC-128 of in: the stream's last hash once applied */
+	uint64_t total_len;
+	int submitted;
+	atomic_int cancelled;
+	pd_job_done_fn done;
+	void *arg;
+
+	/* Output and result. */
+	pd_buf out;
+	uint32_t crc;
+	pd_job_result res;
+	pd_state *next_state; /* the new state while its commit is in flight */
+	int retries;
+	int64_t now_ms;
+	uint64_t t_submit, t_start, t_put;
+	int new_stream; /* holds a tenant `pending` slot */
+	char reset_why[96];
+
+	/* Stream ops (stream: the name) and tasks. */
+	int op; /* enum pd_stream_op */
+	pd_stream_op_done_fn sdone;
+	pd_task_fn task;
+	void *targ;
+};
+
+typedef struct pd_worker {
+	pd_service *svc;
+	pthread_t tid;
+	int started;
+	pd_engine *eng;
+	pd_state *next;  /* scratch for the engine's next state */
+	pd_state *empty; /* never valid: "no previous state" */
+	pd_buf ser;      /* serialized state */
+	pd_stream_rec rec;
+	EVP_MD_CTX *md_ctx;
+} pd_worker;
+
+struct pd_service {
+	pd_service_opts o;
+	pd_store *store;
+	EVP_MD *sha256;
+	int64_t start_ms;
+
+	pthread_mutex_t mu;
+	pthread_cond_t work_cv; /* workers: runnable stream or global op */
+	pthread_cond_t idle_cv; /* free: outstanding reached 0 */
+	pthread_cond_t jan_cv;  /* janitor: tick or quit */
+	int stopping, quit;
+
+	pd_worker *workers;
+	unsigned nworkers;
+	pthread_t janitor;
+	int janitor_started;
+
+	/* Stream table and run queues. */
+	pd_table *table;
+	pd_stream *run_head, *run_tail;
+	struct pd_job *gq_head, *gq_tail; /* global ops */
+
+	/* Job pool (reused objects: no malloc per request in steady state). */
+	struct pd_job *jpool;
+	size_t njpool;
+
+	/* Accounting. */
+	uint64_t live_jobs;   /* pd_job objects handed out and not put back */
+	int dead;             /* pd_service_free ran; the last job put frees the rest */
+	uint64_t admitted;    /* begun, not completed */
+	uint64_t queued_bytes; /* upload bytes of admitted jobs (max_queued_bytes) */
+	uint64_t ewma_job_ns;  /* recent worker time per job, for the retry hint */
+	uint64_t outstanding; /* submitted ops (and admin requests) not finished */
+	pd_service_stats st;  /* counters (store part filled on read) */
+
+	pd_stats_json_fn stats_hook;
+	void *stats_hook_arg;
+};
+
+/* Set on the service's own threads: stream ops they issue (a prefix delete
+ * fanning out, a chained op) belong to an admitted request. */
+static _Thread_local int on_service_thread;
 
 enum { SEQ_APPLY = 0, SEQ_DUPLICATE = -1 };
 
 static const double lat_bounds_ms[10] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000};
 
-int64_t pd_svc_now_ms(void)
+static int64_t now_ms(void)
 {
 	struct timespec ts;
 
@@ -51,22 +184,110 @@ int64_t pd_svc_now_ms(void)
 void pd_service_opts_init(pd_service_opts *o)
 {
 	memset(o, 0, sizeof *o);
-	o->cache_bytes = (size_t)256 << 20;
-	o->stream_ttl_ms = (int64_t)7 * 24 * 3600 * 1000;
-	o->max_streams_per_tenant = 100000;
-	o->max_queued_jobs = 4096;
-	o->max_queued_bytes = 256ull << 20;
-	o->chunk_bytes = 65536;
-	o->gzip_level = 1;
-	o->worker_keep_bytes = (size_t)128 << 20;
+	o->cache_bytes = (size_t)pd_setting_default(PD_SET_CACHE_BYTES);
+	o->stream_ttl_ms = (int64_t)pd_setting_default(PD_SET_STREAM_TTL);
+	o->max_streams_per_tenant = pd_setting_default(PD_SET_MAX_STREAMS_PER_TENANT);
+	o->max_queued_jobs = (size_t)pd_setting_default(PD_SET_MAX_QUEUED_JOBS);
+	o->max_queued_bytes = pd_setting_default(PD_SET_MAX_QUEUED_BYTES);
+	o->chunk_bytes = (size_t)pd_setting_default(PD_SET_CHUNK_BYTES);
+	o->gzip_level = (int)pd_setting_default(PD_SET_GZIP_LEVEL);
+	o->worker_keep_bytes = (size_t)pd_setting_default(PD_SET_WORKER_KEEP_BYTES);
 	o->janitor_interval_ms = 5000;
 	pd_limits_default(&o->limits);
 	pd_store_opts_init(&o->store);
 }
 
+/* ---- job pool ------------------------------------------------------------------- */
+
+static void final_free(pd_service *s);
+
+static pd_job *job_get(pd_service *s)
+{
+	pd_job *j;
+	pd_buf in, out;
+	char *strs;
+	size_t strs_alloc;
+
+	pthread_mutex_lock(&s->mu);
+	if ((j = s->jpool)) {
+		s->jpool = j->next;
+		s->njpool--;
+	}
+	s->live_jobs++;
+	pthread_mutex_unlock(&s->mu);
+	if (!j && !(j = calloc(1, sizeof *j))) {
+		pthread_mutex_lock(&s->mu);
+		s->live_jobs--;
+		pthread_mutex_unlock(&s->mu);
+		return NULL;
+	}
+	if (!j->svc)
+		return j; /* new */
+	/* Keep the buffers, forget everything else. */
+	in = j->in;
+	out = j->out;
+	strs = j->strs;
+	strs_alloc = j->strs_alloc;
+	memset(j, 0, sizeof *j);
+	j->in = in;
+	j->out = out;
+	j->strs = strs;
+	j->strs_alloc = strs_alloc;
+	return j;
+}
+
+static void trim_buf(pd_buf *b)
+{
+	if (b->alloc > PD_SVC_KEEP_BUF_MAX)
+		pd_buf_free(b);
+	pd_buf_reset(b);
+}
+
+static void job_put(pd_service *s, pd_job *j)
+{
+	int last;
+
+	pd_state_free(j->next_state); /* only set if a path forgot it */
+	j->next_state = NULL;
+	trim_buf(&j->in);
+	trim_buf(&j->out);
+	pthread_mutex_lock(&s->mu);
+	if (!s->dead && s->njpool < PD_SVC_JOB_POOL_MAX) {
+		j->next = s->jpool;
+		s->jpool = j;
+		s->njpool++;
+		j = NULL;
+	}
+	last = --s->live_jobs == 0 && s->dead;
+	pthread_mutex_unlock(&s->mu);
+	if (last)
+		final_free(s);
+	if (j) {
+		pd_buf_free(&j->in);
+		pd_buf_free(&j->out);
+		free(j->strs);
+		free(j);
+	}
+}
+
 /* ---- queues --------------------------------------------------------------------- */
 
-void pd_svc_push_global(pd_service *s, pd_job *j)
+static void push_run(pd_service *s, pd_stream *st)
+{
+	if (st->busy || st->in_runq || !st->qhead)
+		return;
+	st->in_runq = 1;
+	st->run_next = NULL;
+	if (s->run_tail)
+		s->run_tail->run_next = st;
+	else
+		s->run_head = st;
+	s->run_tail = st;
+	pthread_cond_signal(&s->work_cv);
+}
+
+
+static void push_global(pd_service *s, pd_job *j)
 {
 	j->next = NULL;
 	if (s->gq_tail)
@@ -77,7 +298,7 @@ void pd_svc_push_global(pd_service *s, pd_job *j)
 	pthread_cond_signal(&s->work_cv);
 }
 
-void pd_svc_push_stream(pd_service *s, pd_stream *st, pd_job *j)
+static void push_stream(pd_service *s, pd_stream *st, pd_job *j)
 {
 	j->next = NULL;
 	j->st = st;
@@ -87,7 +308,7 @@ void pd_svc_push_stream(pd_service *s, pd_stream *st, pd_job *j)
 		st->qhead = j;
 	st->qtail = j;
 	s->st.jobs_queued++;
-	pd_svc_push_run(s, st);
+	push_run(s, st);
 }
 
 static void push_stream_front(pd_service *s, pd_stream *st, pd_job *j)
@@ -105,29 +326,29 @@ static void op_done_locked(pd_service *s)
 		pthread_cond_broadcast(&s->idle_cv);
 }
 
-void pd_svc_op_finished(pd_service *s)
+static void op_finished(pd_service *s)
 {
 	pthread_mutex_lock(&s->mu);
 	op_done_locked(s);
 	pthread_mutex_unlock(&s->mu);
 }
 
-void pd_svc_release(pd_service *s, pd_stream *st)
+static void release_stream(pd_service *s, pd_stream *st)
 {
 	pd_stream *victims;
 
 	pthread_mutex_lock(&s->mu);
 	st->busy = 0;
-	pd_svc_push_run(s, st);
-	victims = pd_svc_evict(s);
+	push_run(s, st);
+	victims = pd_table_evict(s->table);
 	op_done_locked(s);
 	pthread_mutex_unlock(&s->mu);
-	pd_svc_free_streams(victims);
+	pd_table_free_streams(victims);
 }
 
 /* ---- job API -------------------------------------------------------------------- */
 
-int pd_svc_job_strings(pd_job *j, const char *const *in, const char **out, size_t n, pd_err *e)
+static int job_strings(pd_job *j, const char *const *in, const char **out, size_t n, pd_err *e)
 {
 	size_t total = 0, off = 0;
 
@@ -235,7 +456,7 @@ static int copy_params(pd_job *j, const pd_job_params *p, pd_err *e)
 	in[1] = p->stream;
 	for (size_t i = 0; i < p->noverrides; i++)
 		in[2 + i] = p->overrides[i].name;
-	if ((rc = pd_svc_job_strings(j, in, out, 2 + p->noverrides, e)))
+	if ((rc = job_strings(j, in, out, 2 + p->noverrides, e)))
 		return rc;
 	j->tenant = out[0];
 	j->stream = out[1];
@@ -268,7 +489,7 @@ int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e)
 	*out = NULL;
 	if ((rc = check_params(p, e)) || (rc = admit(s, e)))
 		return rc;
-	if (!(j = pd_svc_job_get(s))) {
+	if (!(j = job_get(s))) {
 		pthread_mutex_lock(&s->mu);
 		s->admitted--;
 		pthread_mutex_unlock(&s->mu);
@@ -280,7 +501,7 @@ int pd_job_begin(pd_service *s, const pd_job_params *p, pd_job **out, pd_err *e)
 	j->out.cap = out_cap(&s->o.limits);
 	if ((rc = copy_params(j, p, e))) {
 		unadmit(s, j);
-		pd_svc_job_put(s, j);
+		job_put(s, j);
 		return rc;
 	}
 	*out = j;
@@ -336,15 +557,15 @@ void pd_job_submit(pd_job *j, const uint8_t hash[16], uint64_t total_len, pd_job
 	}
 	s->outstanding++;
 	s->st.bytes_in += j->in.len;
-	st = pd_svc_stream(s, j->tenant, j->stream, 1);
+	st = pd_table_stream(s->table, j->tenant, j->stream, 1);
 	if (st) {
-		pd_svc_lru_touch(s, st);
-		pd_svc_push_stream(s, st, j);
+		pd_table_touch(s->table, st);
+		push_stream(s, st, j);
 	} else {
 		/* Completed on a worker: callbacks never run on the caller's thread. */
 		j->kind = PD_OP_FAIL;
 		j->res.rc = pd_err_set(&j->res.err, PD_E_NOMEM, "out of memory for the stream");
-		pd_svc_push_global(s, j);
+		push_global(s, j);
 	}
 	pthread_mutex_unlock(&s->mu);
 }
@@ -354,7 +575,7 @@ void pd_job_abort(pd_job *j)
 	if (!j)
 		return;
 	unadmit(j->svc, j);
-	pd_svc_job_put(j->svc, j);
+	job_put(j->svc, j);
 }
 
 void pd_job_cancel(pd_job *j) { atomic_store(&j->cancelled, 1); }
@@ -362,7 +583,7 @@ void pd_job_cancel(pd_job *j) { atomic_store(&j->cancelled, 1); }
 void pd_job_free(pd_job *j)
 {
 	if (j)
-		pd_svc_job_put(j->svc, j);
+		job_put(j->svc, j);
 }
 
 /* ---- job completion ------------------------------------------------------------ */
@@ -432,7 +653,7 @@ static void job_finish(pd_job *j)
 		r->err.msg[0] = 0;
 	}
 	pthread_mutex_lock(&s->mu);
-	pd_svc_state_put(s, j->next_state);
+	pd_table_state_put(s->table, j->next_state);
 	j->next_state = NULL;
 	if (j->new_stream)
 		st->ten->pending--;
@@ -446,9 +667,9 @@ static void job_finish(pd_job *j)
 	pthread_mutex_unlock(&s->mu);
 	j->done(j->arg, j, r); /* j belongs to the caller from here on */
 	if (st)
-		pd_svc_release(s, st);
+		release_stream(s, st);
 	else
-		pd_svc_op_finished(s);
+		op_finished(s);
 }
 
 /* The put_if found another row version: forget the cached row and run the
@@ -460,21 +681,21 @@ static void job_requeue(pd_job *j)
 	pd_stream *victims;
 
 	pthread_mutex_lock(&s->mu);
-	pd_svc_state_put(s, j->next_state);
+	pd_table_state_put(s->table, j->next_state);
 	j->next_state = NULL;
 	if (j->new_stream)
 		st->ten->pending--;
 	j->new_stream = 0;
 	j->retries++;
 	s->st.store_conflicts++;
-	pd_svc_unload(s, st);
+	pd_table_unload(s->table, st);
 	push_stream_front(s, st, j);
 	st->busy = 0;
 	s->st.jobs_running--;
-	pd_svc_push_run(s, st);
-	victims = pd_svc_evict(s);
+	push_run(s, st);
+	victims = pd_table_evict(s->table);
 	pthread_mutex_unlock(&s->mu);
-	pd_svc_free_streams(victims);
+	pd_table_free_streams(victims);
 }
 
 /* ---- delta job steps (worker, stream busy) ------------------------------------ */
@@ -595,7 +816,7 @@ static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
 		return rc;
 	} else if (fill_from_rec(st, &w->rec), w->rec.state_len) {
 		pthread_mutex_lock(&s->mu);
-		ps = pd_svc_state_get(s);
+		ps = pd_table_state_get(s->table);
 		pthread_mutex_unlock(&s->mu);
 		if (!ps)
 			return pd_err_set(e, PD_E_NOMEM, "out of memory loading stream");
@@ -603,10 +824,10 @@ static int load_stream(pd_worker *w, pd_stream *st, pd_err *e)
 			state_corrupt(s, st, ps, &why);
 	}
 	pthread_mutex_lock(&s->mu);
-	pd_svc_state_put(s, st->state);
+	pd_table_state_put(s->table, st->state);
 	st->state = ps;
 	st->loaded = 1;
-	pd_svc_account(s, st);
+	pd_table_account(s->table, st);
 	pthread_mutex_unlock(&s->mu);
 	return PD_OK;
 }
@@ -616,37 +837,46 @@ static int has_state(const pd_stream *st) { return st->state && pd_state_valid(s
 /* Is this the content of the last applied request? Rows written before the
  * CRC-128 (pdeltad of protocol 1) hold the client's SHA-256 prefix instead:
  * checked only when the CRC differs at the same seq, i.e. rarely. */
-static int same_content(pd_worker *w, const pd_stream *st, const pd_job *j)
+struct content_probe {
+	pd_worker *w;
+	const pd_stream *st;
+	const pd_job *j;
+};
+
+static int same_content(void *arg)
 {
+	const struct content_probe *c = arg;
 	uint8_t md[16];
 
-	if (!memcmp(j->content, st->last_hash, sizeof j->content))
+	if (!memcmp(c->j->content, c->st->last_hash, sizeof c->j->content))
 		return 1;
-	return !sha256_16(w, &j->in, md) && !memcmp(md, st->last_hash, sizeof md);
+	return !sha256_16(c->w, &c->j->in, md) && !memcmp(md, c->st->last_hash, sizeof md);
 }
 
-/* PROTOCOL.md §8: SEQ_APPLY, SEQ_DUPLICATE or a PD_E_SEQ error. */
+/* PROTOCOL.md §8 (pd_seq): SEQ_APPLY, SEQ_DUPLICATE or a PD_E_SEQ error. */
 static int check_sequence(pd_worker *w, pd_stream *st, pd_job *j)
 {
-	if (!st->exists || !has_state(st) || j->incarnation != st->incarnation)
+	pd_seq_last last = {st->exists && has_state(st), st->incarnation, st->last_seq};
+	pd_seq_req req = {j->incarnation, j->seq, j->has_after != 0, j->after_seq};
+	struct content_probe probe = {w, st, j};
+
+	switch (pd_seq_decide(&last, &req, same_content, &probe)) {
+	case PD_SEQ_APPLY:
 		return SEQ_APPLY;
-	if (j->seq > st->last_seq) {
-		/* The client had an answer for a later seq than our state: the state
-		 * went back (a restored backup). A delta from it would deliver the
-		 * intervals after last_seq twice. */
-		j->state_lost = j->has_after && j->after_seq > st->last_seq;
+	case PD_SEQ_APPLY_STATE_LOST:
+		j->state_lost = 1;
 		return SEQ_APPLY;
-	}
-	if (j->seq == st->last_seq && same_content(w, st, j))
+	case PD_SEQ_DUPLICATE:
 		return SEQ_DUPLICATE;
-	if (j->seq == st->last_seq) {
+	case PD_SEQ_CONFLICT:
 		pd_err_set(&j->res.err, PD_E_SEQ, "seq %llu was already applied with other content",
 			   (unsigned long long)j->seq);
 		return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_CONFLICT, st->last_seq);
+	default:
+		pd_err_set(&j->res.err, PD_E_SEQ, "seq %llu is older than the last applied %llu",
+			   (unsigned long long)j->seq, (unsigned long long)st->last_seq);
+		return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_STALE, st->last_seq);
 	}
-	pd_err_set(&j->res.err, PD_E_SEQ, "seq %llu is older than the last applied %llu",
-		   (unsigned long long)j->seq, (unsigned long long)st->last_seq);
-	return job_fail(j, PD_E_SEQ, PD_DETAIL_SEQ_STALE, st->last_seq);
 }
 
 #define REPLAY_REQUEUED 1
@@ -742,7 +972,7 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 
 	if (!w->next) {
 		pthread_mutex_lock(&s->mu);
-		w->next = pd_svc_state_get(s);
+		w->next = pd_table_state_get(s->table);
 		pthread_mutex_unlock(&s->mu);
 		if (!w->next)
 			return job_fail(j, pd_err_set(&j->res.err, PD_E_NOMEM, "out of memory"),
@@ -804,7 +1034,7 @@ static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 	pd_buf_reset(&w->ser);
 	if ((rc = pd_state_serialize(w->next, &w->ser, &j->res.err)))
 		return job_fail(j, rc, PD_DETAIL_NONE, 0);
-	j->now_ms = pd_svc_now_ms();
+	j->now_ms = now_ms();
 	memset(&rec, 0, sizeof rec);
 	rec.tenant = st->tenant;
 	rec.name = st->name;
@@ -869,13 +1099,13 @@ static void commit_apply(pd_service *s, pd_job *j, pd_stream *st)
 	old = st->state;
 	st->state = j->next_state;
 	j->next_state = NULL;
-	pd_svc_state_put(s, old);
+	pd_table_state_put(s->table, old);
 	if (j->new_stream) {
 		st->ten->pending--;
 		st->ten->committed++;
 		j->new_stream = 0;
 	}
-	pd_svc_account(s, st);
+	pd_table_account(s->table, st);
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -942,6 +1172,168 @@ static void run_delta(pd_worker *w, pd_job *j)
 	job_finish(j);
 }
 
+/* ---- stream ops and tasks (what the admin commands are made of) ------------------- */
+
+/* Admits a stream op or a task (mu held): refused once shutting down, except
+ * on the service's own threads, whose ops belong to an admitted request. */
+static int admit_admin_locked(pd_service *s, pd_err *e)
+{
+	if (s->stopping && !on_service_thread)
+		return pd_err_set(e, PD_E_BUSY, "service shutting down");
+	s->outstanding++;
+	if (!on_service_thread)
+		s->st.admin_requests++;
+	return PD_OK;
+}
+
+int pd_service_task(pd_service *s, pd_task_fn fn, void *arg, pd_err *e)
+{
+	pd_job *j = job_get(s);
+	int rc;
+
+	if (!j)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for an admin request");
+	j->svc = s;
+	j->kind = PD_OP_TASK;
+	j->task = fn;
+	j->targ = arg;
+	pthread_mutex_lock(&s->mu);
+	if (!(rc = admit_admin_locked(s, e)))
+		push_global(s, j);
+	pthread_mutex_unlock(&s->mu);
+	if (rc)
+		job_put(s, j);
+	return rc;
+}
+
+static void run_task(pd_job *j)
+{
+	pd_service *s = j->svc;
+
+	j->task(j->targ);
+	job_put(s, j);
+	op_finished(s);
+}
+
+int pd_service_stream_op(pd_service *s, int op, const char *tenant, const char *name,
+			 pd_stream_op_done_fn done, void *arg, pd_err *e)
+{
+	const char *in[2] = {tenant, name}, *out[2];
+	pd_stream *st;
+	pd_job *j;
+	int rc;
+
+	if (!tenant || !name || (op != PD_STREAM_RESET && op != PD_STREAM_DELETE))
+		return pd_err_set(e, PD_E_ARG, "stream op needs a tenant, a name and reset or delete");
+	if (!(j = job_get(s)))
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for an admin request");
+	j->svc = s;
+	j->kind = PD_OP_STREAM;
+	j->op = op;
+	j->sdone = done;
+	j->targ = arg;
+	if (!(rc = job_strings(j, in, out, 2, e))) {
+		j->tenant = out[0];
+		j->stream = out[1];
+		pthread_mutex_lock(&s->mu);
+		if (!(st = pd_table_stream(s->table, j->tenant, j->stream, 1))) {
+			rc = pd_err_set(e, PD_E_NOMEM, "out of memory for the stream");
+		} else if (!(rc = admit_admin_locked(s, e))) {
+			pd_table_touch(s->table, st);
+			push_stream(s, st, j);
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	if (rc)
+		job_put(s, j);
+	return rc;
+}
+
+/* Moves a finished stream op to the next stream its caller named: the old
+ * stream is released, the op stays admitted. 0 if the stream could not be
+ * made (out of memory). */
+static int stream_op_chain(pd_service *s, pd_job *j, const char *name)
+{
+	pd_stream *st = j->st, *next, *victims = NULL;
+
+	pthread_mutex_lock(&s->mu);
+	if ((next = pd_table_stream(s->table, j->tenant, name, 1))) {
+		j->stream = name;
+		st->busy = 0;
+		push_run(s, st);
+		pd_table_touch(s->table, next);
+		push_stream(s, next, j);
+		victims = pd_table_evict(s->table);
+	}
+	pthread_mutex_unlock(&s->mu);
+	pd_table_free_streams(victims);
+	return next != NULL;
+}
+
+/* The store applied (or refused) a reset or delete; the stream is busy: we own it. */
+static void stream_op_finish(pd_job *j, int rc)
+{
+	pd_service *s = j->svc;
+	pd_stream *st = j->st;
+	const char *next;
+	pd_err e = {0};
+
+	pthread_mutex_lock(&s->mu);
+	s->st.jobs_running--;
+	if (rc == PD_OK) {
+		pd_table_unload(s->table, st); /* the next job reads the row (or its absence) */
+		if (j->op == PD_STREAM_DELETE && st->ten->committed)
+			st->ten->committed--;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc && rc != PD_E_NOTFOUND)
+		pd_err_set(&e, rc, "state store: %s failed (%s)",
+			   j->op == PD_STREAM_RESET ? "reset" : "delete", pd_code_name(rc));
+	while ((next = j->sdone(j->targ, rc, &e))) {
+		if (stream_op_chain(s, j, next))
+			return;
+		rc = pd_err_set(&e, PD_E_NOMEM, "out of memory deleting streams");
+	}
+	job_put(s, j);
+	release_stream(s, st);
+}
+
+static void stream_op_store_done(void *arg, int rc, uint64_t latency_ns)
+{
+	(void)latency_ns;
+	stream_op_finish(arg, rc);
+}
+
+static void run_stream_change(pd_worker *w, pd_job *j)
+{
+	pd_service *s = w->svc;
+	int rc;
+
+	if (j->op == PD_STREAM_RESET)
+		rc = pd_store_reset_async(s->store, j->tenant, j->stream, "admin",
+					  stream_op_store_done, j);
+	else
+		rc = pd_store_delete_async(s->store, j->tenant, j->stream, stream_op_store_done, j);
+	if (rc)
+		stream_op_finish(j, rc);
+}
+
+void pd_service_stream_cached(pd_service *s, const char *tenant, const char *name,
+			      pd_stream_cache_facts *out)
+{
+	pd_stream *st;
+
+	memset(out, 0, sizeof *out);
+	pthread_mutex_lock(&s->mu);
+	if ((st = pd_table_stream(s->table, tenant, name, 0))) {
+		out->cached = st->loaded;
+		out->busy = st->busy;
+		for (pd_job *q = st->qhead; q; q = q->next)
+			out->queued++;
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- workers --------------------------------------------------------------------- */
 
 static void run_stream_op(pd_worker *w, pd_job *j)
@@ -949,7 +1341,7 @@ static void run_stream_op(pd_worker *w, pd_job *j)
 	if (j->kind == PD_OP_DELTA)
 		run_delta(w, j);
 	else
-		pd_svc_admin_stream_op(w, j);
+		run_stream_change(w, j);
 }
 
 static void run_global_op(pd_worker *w, pd_job *j)
@@ -957,12 +1349,12 @@ static void run_global_op(pd_worker *w, pd_job *j)
 	if (j->kind == PD_OP_FAIL)
 		job_finish(j);
 	else
-		pd_svc_admin_run(w, j);
+		run_task(j);
 }
 
 static size_t worker_held(const pd_worker *w)
 {
-	return pd_engine_mem_bytes(w->eng) + w->ser.alloc + w->json.alloc + w->rec.own_alloc;
+	return pd_engine_mem_bytes(w->eng) + w->ser.alloc + w->rec.own_alloc;
 }
 
 /* Gives back what one large request grew (a gzip bomb leaves the inflate
@@ -978,7 +1370,6 @@ static void worker_trim(pd_worker *w)
 		return;
 	pd_engine_trim(w->eng, 0);
 	pd_buf_free(&w->ser);
-	pd_buf_free(&w->json);
 	pd_stream_rec_free(&w->rec);
 #ifdef __GLIBC__
 	malloc_trim(0);
@@ -996,6 +1387,7 @@ static void *worker_main(void *arg)
 	pd_stream *st;
 	pd_job *j;
 
+	on_service_thread = 1;
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
 		if ((j = s->gq_head)) {
@@ -1033,13 +1425,11 @@ static int worker_init(pd_service *s, pd_worker *w, pd_err *e)
 {
 	w->svc = s;
 	pd_buf_init(&w->ser, 0);
-	pd_buf_init(&w->json, (size_t)64 << 20);
 	w->eng = pd_engine_new(&s->o.limits);
 	w->next = pd_state_new();
 	w->empty = pd_state_new();
-	w->tmp = pd_state_new();
 	w->md_ctx = EVP_MD_CTX_new();
-	if (!w->eng || !w->next || !w->empty || !w->tmp || !w->md_ctx)
+	if (!w->eng || !w->next || !w->empty || !w->md_ctx)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory for a worker");
 	if (pthread_create(&w->tid, NULL, worker_main, w))
 		return pd_err_set(e, PD_E_INTERNAL, "cannot start a worker thread");
@@ -1052,9 +1442,7 @@ static void worker_free(pd_worker *w)
 	pd_engine_free(w->eng);
 	pd_state_free(w->next);
 	pd_state_free(w->empty);
-	pd_state_free(w->tmp);
 	pd_buf_free(&w->ser);
-	pd_buf_free(&w->json);
 	pd_stream_rec_free(&w->rec);
 	EVP_MD_CTX_free(w->md_ctx);
 }
@@ -1090,6 +1478,12 @@ static int collect_tenant(void *arg, const char *tenant, uint64_t streams, uint6
 	return 0;
 }
 
+static void zero_committed(void *arg, pd_tenant *t)
+{
+	(void)arg;
+	t->committed = 0;
+}
+
 /* Sets every tenant's stored-stream count from the store. Creations that
  * commit while the counts are read may be off by their number until the
  * next recount: the limit is exact except right around a TTL sweep. */
@@ -1102,11 +1496,9 @@ static int recount_tenants(pd_service *s, pd_err *e)
 		rc = pd_err_set(e, PD_E_NOMEM, "out of memory counting streams");
 	if (!rc) {
 		pthread_mutex_lock(&s->mu);
-		for (size_t i = 0; i < s->ntbuckets; i++)
-			for (pd_tenant *t = s->tbuckets[i]; t; t = t->next)
-				t->committed = 0;
+		pd_table_each_tenant(s->table, zero_committed, NULL);
 		for (size_t i = 0; i < tv.n; i++) {
-			pd_tenant *t = pd_svc_tenant(s, tv.v[i].name, 1);
+			pd_tenant *t = pd_table_tenant(s->table, tv.v[i].name, 1);
 			if (t)
 				t->committed = tv.v[i].n;
 		}
@@ -1122,7 +1514,7 @@ static int recount_tenants(pd_service *s, pd_err *e)
 
 static void janitor_tick(pd_service *s)
 {
-	int64_t cutoff = pd_svc_now_ms() - s->o.stream_ttl_ms;
+	int64_t cutoff = now_ms() - s->o.stream_ttl_ms;
 	uint64_t n = 0;
 	pd_stream *victims;
 	pd_err e;
@@ -1134,10 +1526,10 @@ static void janitor_tick(pd_service *s)
 	if (pd_store_expire(s->store, cutoff, &n, &e))
 		n = 0;
 	pthread_mutex_lock(&s->mu);
-	victims = pd_svc_drop_expired(s, cutoff, JANITOR_SCAN_MAX);
+	victims = pd_table_drop_expired(s->table, cutoff, JANITOR_SCAN_MAX);
 	s->st.streams_expired += n;
 	pthread_mutex_unlock(&s->mu);
-	pd_svc_free_streams(victims);
+	pd_table_free_streams(victims);
 	if (n)
 		recount_tenants(s, &e);
 }
@@ -1247,9 +1639,18 @@ static void stop_threads(pd_service *s)
 		pthread_join(s->janitor, NULL);
 }
 
-void pd_svc_final_free(pd_service *s)
+static void final_free(pd_service *s)
 {
-	pd_svc_table_free(s);
+	pd_job *j;
+
+	pd_table_free(s->table);
+	while ((j = s->jpool)) {
+		s->jpool = j->next;
+		pd_buf_free(&j->in);
+		pd_buf_free(&j->out);
+		free(j->strs);
+		free(j);
+	}
 	pthread_cond_destroy(&s->jan_cv);
 	pthread_cond_destroy(&s->idle_cv);
 	pthread_cond_destroy(&s->work_cv);
@@ -1277,12 +1678,13 @@ static void destroy(pd_service *s)
 	last = s->live_jobs == 0;
 	pthread_mutex_unlock(&s->mu);
 	if (last)
-		pd_svc_final_free(s);
+		final_free(s);
 }
 
 int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
 {
 	pd_service *s = calloc(1, sizeof *s);
+	size_t pool;
 	int rc;
 
 	*out = NULL;
@@ -1291,8 +1693,9 @@ int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
 	s->o = *o;
 	normalize_opts(&s->o);
 	s->nworkers = s->o.workers;
-	s->start_ms = pd_svc_now_ms();
-	if ((rc = init_sync(s, e)) || (rc = pd_svc_table_init(s, e)) ||
+	s->start_ms = now_ms();
+	pool = (size_t)s->nworkers * PD_SVC_STATE_POOL_PER_WORKER + 2;
+	if ((rc = init_sync(s, e)) || (rc = pd_table_new(s->o.cache_bytes, pool, &s->table, e)) ||
 	    (rc = pd_store_open(&s->o.store, &s->store, e)) || (rc = recount_tenants(s, e)) ||
 	    (rc = start_threads(s, e))) {
 		destroy(s);
@@ -1316,15 +1719,29 @@ void pd_service_set_stats_hook(pd_service *s, pd_stats_json_fn fn, void *arg)
 	pthread_mutex_unlock(&s->mu);
 }
 
-void pd_service_stats_get(pd_service *s, pd_service_stats *out)
+void pd_service_stats_hook(pd_service *s, pd_stats_json_fn *fn, void **arg)
 {
 	pthread_mutex_lock(&s->mu);
+	*fn = s->stats_hook;
+	*arg = s->stats_hook_arg;
+	pthread_mutex_unlock(&s->mu);
+}
+
+int64_t pd_service_uptime_ms(pd_service *s) { return now_ms() - s->start_ms; }
+
+void pd_service_stats_get(pd_service *s, pd_service_stats *out)
+{
+	pd_table_stats ts;
+
+	pthread_mutex_lock(&s->mu);
 	*out = s->st;
-	out->streams_cached = s->nstreams;
-	out->cache_bytes = s->cache_bytes;
+	pd_table_stats_get(s->table, &ts);
+	out->streams_cached = ts.streams;
+	out->cache_bytes = ts.cache_bytes;
+	out->cache_evictions = ts.evictions;
 	out->jobs_admitted = s->admitted;
 	out->queued_bytes = s->queued_bytes;
-	out->tenants = s->ntenants;
+	out->tenants = ts.tenants;
 	pthread_mutex_unlock(&s->mu);
 	pd_store_stats(s->store, &out->store);
 }

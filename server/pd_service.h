@@ -5,12 +5,14 @@
  * per-stream ordering of requests, the hot-state cache (byte budget, LRU),
  * idempotency (sequence number + content hash, DESIGN §2.7), the state store
  * (pd_store.h: the response is completed only after the commit holding its
- * state), per-tenant limits, the stream TTL janitor and the admin commands.
+ * state), per-tenant limits, the stream TTL janitor, and the stream ops and
+ * tasks the admin commands (pd_admin.h) are made of.
  * The network layer (pd_conn / pd_server) turns frames into the calls below
  * and turns completions back into frames.
  *
  * Threading contract:
- *   - pd_job_begin/_data/_submit/_cancel and pd_service_admin are called
+ *   - pd_job_begin/_data/_submit/_cancel, pd_service_task and
+ *     pd_service_stream_op are called
  *     from any event-loop thread and never block (no disk, no CPU-heavy
  *     work: _data only appends to a capped buffer).
  *   - The completion callback runs on a service thread (worker or store
@@ -29,7 +31,7 @@
  *     on the caller's thread, with PD_E_BUSY / SHUTTING_DOWN; so submit or
  *     abort begun jobs before pd_service_free().
  *
- * Sequence rules (PROTOCOL.md §8): a stream without state (new, expired,
+ * Sequence rules (PROTOCOL.md §8, decided by pd_seq.h): a stream without state (new, expired,
  * reset by ADMIN) applies any request as a first profile; otherwise a
  * request whose incarnation differs from the stored one is applied without
  * comparing seq, and within one incarnation seq > last is applied, seq ==
@@ -56,18 +58,19 @@ typedef struct pd_job pd_job;
 
 typedef struct pd_service_opts {
 	unsigned workers;              /* 0 = number of online CPUs */
-	size_t cache_bytes;            /* hot-state cache budget (default 256 MiB) */
-	int64_t stream_ttl_ms;         /* idle streams expire (default 7 days; 0 = never) */
-	uint64_t max_streams_per_tenant; /* default 100000 */
-	size_t max_queued_jobs;        /* jobs admitted but not completed (default 4096) */
-	uint64_t max_queued_bytes;     /* upload bytes of those jobs (default 256 MiB) */
-	size_t chunk_bytes;            /* compressed bytes per output chunk (default 64 KiB) */
-	int gzip_level;                /* output gzip level (default 1) */
+	/* Defaults: the pd_settings table (pd_service_opts_init). */
+	size_t cache_bytes;            /* hot-state cache budget */
+	int64_t stream_ttl_ms;         /* idle streams expire (0 = never) */
+	uint64_t max_streams_per_tenant;
+	size_t max_queued_jobs;        /* jobs admitted but not completed */
+	uint64_t max_queued_bytes;     /* upload bytes of those jobs */
+	size_t chunk_bytes;            /* compressed bytes per output chunk */
+	int gzip_level;                /* output gzip level */
 	/* Memory a worker keeps between requests (engine buffers, serialized
 	 * state, admin document, read row). After a request that grew them past
 	 * it (a large profile, a gzip bomb stopped at max_inflated) they are freed
-	 * and the heap trimmed. Default 128 MiB; 0 = free after every request. Not
-	 * normalised: pd_service_opts_init sets it. */
+	 * and the heap trimmed. 0 = free after every request. Not normalised:
+	 * pd_service_opts_init sets it. */
 	size_t worker_keep_bytes;
 	pd_limits limits;              /* engine input limits (pd_limits_default) */
 	struct pd_store_opts store;    /* path etc. (pd_store_opts_init) */
@@ -150,27 +153,43 @@ void pd_job_free(pd_job *j);
  * clamped to 50 .. 5000. */
 uint64_t pd_service_retry_after_ms(pd_service *s);
 
-/* ---- admin -------------------------------------------------------------- */
-typedef void (*pd_admin_done_fn)(void *arg, int rc, const pd_err *e, const char *json, size_t len);
-/* cmd: streams | stream | reset | delete | stats | tenants (PROTOCOL.md §11);
- * args: NULL-terminated key/value pairs (tenant, prefix, name, sort, limit).
- * The caller fills in `tenant` (the connection's tenant unless the client
- * named one); without it `streams` lists every tenant and `stream`, `reset`,
- * `delete` are PD_E_ARG. Arguments are checked at once: an unknown command
- * or argument, a bad value, or shutdown returns an error (PD_E_ARG,
- * PD_E_BUSY) and done is NOT called. Otherwise PD_OK, and done is called
- * exactly once on a service thread: rc PD_OK with the JSON document (valid
- * during the call), or rc PD_E_NOTFOUND / PD_E_STORE / ... with e. reset and
- * delete are queued behind the stream's pending jobs. */
-int pd_service_admin(pd_service *s, const char *cmd, const char *const *kv, pd_admin_done_fn done,
-		     void *arg, pd_err *e);
-/* 1 if cmd is a known admin command (to pick UNKNOWN_COMMAND vs NONE). */
-int pd_service_admin_known(const char *cmd);
-/* The network layer's counters for the `stats` command: fn appends JSON
- * members, each preceded by a comma (`,"connections":3`), to out. Runs on a
- * worker thread. Set before the first admin call. */
+/* ---- stream ops and tasks (the admin commands of pd_admin.h) ---------- */
+/* Runs fn(arg) once on a worker thread, counted as one admin request.
+ * PD_E_BUSY once shutting down (then fn never runs); pd_service_free waits
+ * for fn. fn may call pd_service_stream_op and read pd_service_store. */
+typedef void (*pd_task_fn)(void *arg);
+int pd_service_task(pd_service *s, pd_task_fn fn, void *arg, pd_err *e);
+
+enum pd_stream_op { PD_STREAM_RESET = 0, PD_STREAM_DELETE = 1 };
+/* Called once per stream the op ran on, on a service thread, after the
+ * store applied it (rc PD_OK; PD_E_NOTFOUND: no such row; else e says what
+ * failed) and the stream's cached row was dropped. It returns NULL, or the
+ * name of another stream of the same tenant to run the same op on next
+ * (valid until this callback is called for it): a prefix delete walks its
+ * names without being admitted again. */
+typedef const char *(*pd_stream_op_done_fn)(void *arg, int rc, const pd_err *e);
+/* Queues a reset or delete of (tenant, name) behind the stream's pending
+ * jobs. Refused (done never called) with PD_E_BUSY once shutting down,
+ * unless called from a task, and PD_E_NOMEM. Counted as an admin request
+ * unless called from a task. */
+int pd_service_stream_op(pd_service *s, int op, const char *tenant, const char *name,
+			 pd_stream_op_done_fn done, void *arg, pd_err *e);
+
+/* What the cache holds of a stream (admin `stream`). */
+typedef struct pd_stream_cache_facts {
+	bool cached, busy;
+	uint64_t queued; /* ops waiting */
+} pd_stream_cache_facts;
+void pd_service_stream_cached(pd_service *s, const char *tenant, const char *name,
+			      pd_stream_cache_facts *out);
+
+/* The network layer's counters for the admin `stats` document: fn appends
+ * JSON members, each preceded by a comma (`,"connections":3`), to out. Runs
+ * on a worker thread. Set before the first admin call. */
 typedef void (*pd_stats_json_fn)(void *arg, pd_buf *out);
 void pd_service_set_stats_hook(pd_service *s, pd_stats_json_fn fn, void *arg);
+void pd_service_stats_hook(pd_service *s, pd_stats_json_fn *fn, void **arg);
+int64_t pd_service_uptime_ms(pd_service *s);
 
 /* ---- metrics ------------------------------------------------------------ */
 typedef struct pd_service_stats {

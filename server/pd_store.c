@@ -21,8 +21,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "pd_config.h"
 #include "pd_gz.h"
+#include "pd_log.h"
+#include "pd_settings.h"
 
 /* Rows one expire step may delete, so the writer lock is never held long. */
 #define PD_STORE_EXPIRE_CHUNK 1000u
@@ -94,29 +95,29 @@ void pd_store_opts_init(struct pd_store_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->synchronous_full = 1;
-	o->max_queue = PD_STORE_DEFAULT_MAX_QUEUE;
-	o->max_queue_bytes = PD_STORE_DEFAULT_MAX_QUEUE_BYTES;
-	o->max_batch = PD_STORE_DEFAULT_MAX_BATCH;
-	o->max_batch_bytes = PD_STORE_DEFAULT_MAX_BATCH_BYTES;
-	o->busy_timeout_ms = PD_STORE_DEFAULT_BUSY_TIMEOUT_MS;
-	o->max_readers = PD_STORE_DEFAULT_MAX_READERS;
+	o->max_queue = (size_t)pd_setting_default(PD_SET_STORE_MAX_QUEUE);
+	o->max_queue_bytes = (size_t)pd_setting_default(PD_SET_STORE_MAX_QUEUE_BYTES);
+	o->max_batch = (size_t)pd_setting_default(PD_SET_STORE_MAX_BATCH);
+	o->max_batch_bytes = (size_t)pd_setting_default(PD_SET_STORE_MAX_BATCH_BYTES);
+	o->busy_timeout_ms = (int)pd_setting_default(PD_SET_STORE_BUSY_TIMEOUT_MS);
+	o->max_readers = (size_t)pd_setting_default(PD_SET_STORE_MAX_READERS);
 }
 
 /* Zero sizes stand for the defaults, so a memset opts only needs a path. */
 static void opts_fill_defaults(struct pd_store_opts *o)
 {
 	if (!o->max_queue)
-		o->max_queue = PD_STORE_DEFAULT_MAX_QUEUE;
+		o->max_queue = (size_t)pd_setting_default(PD_SET_STORE_MAX_QUEUE);
 	if (!o->max_queue_bytes)
-		o->max_queue_bytes = PD_STORE_DEFAULT_MAX_QUEUE_BYTES;
+		o->max_queue_bytes = (size_t)pd_setting_default(PD_SET_STORE_MAX_QUEUE_BYTES);
 	if (!o->max_batch)
-		o->max_batch = PD_STORE_DEFAULT_MAX_BATCH;
+		o->max_batch = (size_t)pd_setting_default(PD_SET_STORE_MAX_BATCH);
 	if (!o->max_batch_bytes)
-		o->max_batch_bytes = PD_STORE_DEFAULT_MAX_BATCH_BYTES;
+		o->max_batch_bytes = (size_t)pd_setting_default(PD_SET_STORE_MAX_BATCH_BYTES);
 	if (o->busy_timeout_ms <= 0)
-		o->busy_timeout_ms = PD_STORE_DEFAULT_BUSY_TIMEOUT_MS;
+		o->busy_timeout_ms = (int)pd_setting_default(PD_SET_STORE_BUSY_TIMEOUT_MS);
 	if (!o->max_readers)
-		o->max_readers = PD_STORE_DEFAULT_MAX_READERS;
+		o->max_readers = (size_t)pd_setting_default(PD_SET_STORE_MAX_READERS);
 }
 
 /* ---- records ---------------------------------------------------------------- */

@@ -55,15 +55,10 @@ typedef struct pd_store pd_store;
 
 /* ---- configuration ------------------------------------------------------ */
 
-/* Defaults (pd_store_opts_init); a zero size, count or timeout field in
- * pd_store_opts also stands for them. synchronous_full has no such rule: 0
- * means NORMAL, so start from pd_store_opts_init(). */
-#define PD_STORE_DEFAULT_MAX_QUEUE 10000u               /* writes not yet completed */
-#define PD_STORE_DEFAULT_MAX_QUEUE_BYTES (256u << 20)   /* their copied bytes */
-#define PD_STORE_DEFAULT_MAX_BATCH 1000u                /* writes per transaction */
-#define PD_STORE_DEFAULT_MAX_BATCH_BYTES (32u << 20)    /* bytes per transaction */
-#define PD_STORE_DEFAULT_BUSY_TIMEOUT_MS 5000
-#define PD_STORE_DEFAULT_MAX_READERS 16u                /* pooled read connections */
+/* Defaults: the store_* settings of the pd_settings table
+ * (pd_store_opts_init); a zero size, count or timeout field in pd_store_opts
+ * also stands for them. synchronous_full has no such rule: 0 means NORMAL,
+ * so start from pd_store_opts_init(). */
 
 struct pd_store_opts {
 	/* Database file (SQLite). "postgresql://..." is reserved for the
@@ -90,7 +85,7 @@ struct pd_store_opts {
 	uint64_t max_db_bytes;
 };
 
-/* Fills o with the defaults above (synchronous_full = 1) and path = NULL. */
+/* Fills o with the defaults (synchronous_full = 1) and path = NULL. */
 void pd_store_opts_init(struct pd_store_opts *o);
 
 /* ---- the stream row ------------------------------------------------------ */

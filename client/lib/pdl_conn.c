@@ -21,6 +21,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -747,3 +748,71 @@ int pdl_conn_ensure(pdelta *h)
 }
 
 int pdl_conn_try(pdelta *h) { return conn_ready(h); }
+
+/* ---- SIGPIPE ----------------------------------------------------------------- */
+
+void pdl_sigpipe_block(pdl_sigpipe *g)
+{
+	sigset_t set, pend;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigemptyset(&pend);
+	sigpending(&pend);
+	g->was_pending = sigismember(&pend, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+void pdl_sigpipe_restore(const pdl_sigpipe *g)
+{
+	sigset_t set, pend;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	if (!g->was_pending) {
+		/* Swallow a SIGPIPE our own write raised, so it is never delivered. */
+		struct timespec zero = {0, 0};
+		sigemptyset(&pend);
+		sigpending(&pend);
+		if (sigismember(&pend, SIGPIPE))
+			sigtimedwait(&set, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* ---- fork ---------------------------------------------------------------------- */
+
+void pdl_fork_check(pdelta *h)
+{
+	pid_t me = getpid();
+
+	if (h->pid == me)
+		return;
+	/* A child: the connection belongs to the parent. Free our copy of the
+	 * SSL object without SSL_shutdown (which would write close_notify into
+	 * the parent's session) and close our copy of the descriptor (never
+	 * shutdown(2), which would end the parent's TCP connection too). */
+	if (h->ssl) {
+		SSL_free(h->ssl);
+		h->ssl = NULL;
+	}
+	if (h->fd >= 0) {
+		close(h->fd);
+		h->fd = -1;
+	}
+	h->ready = 0;
+	pd_buf_reset(&h->wbuf);
+	pd_buf_reset(&h->rbuf);
+	h->woff = h->rpos = h->consume = 0;
+	if (h->r.phase != PDL_IDLE) {
+		h->r.phase = PDL_FAILED;
+		h->r.fail_code = pdl_fail(h, PDELTA_E_IO, 1, "the request was open when the process forked");
+		h->r.serr = h->err;
+		memcpy(h->r.smsg, h->errmsg, sizeof h->r.smsg);
+	}
+	h->rng ^= pdl_strong_random64();
+	if (h->inc_auto)
+		h->incarnation = pdl_strong_random64();
+	h->pid = me;
+	h->stats.forks++;
+}

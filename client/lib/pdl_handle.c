@@ -1,13 +1,9 @@
 /*
  * pdl_handle: the libpdelta handle. Options and their defaults, creation and
- * destruction, the per-stream table (sequence numbers, local state), the
- * last error, backoff with jitter, fork detection, and the small public
- * accessors. Requests live in pdl_request.c, the connection in pdl_conn.c.
+ * destruction, the public error and stream accessors. Requests live in
+ * pdl_request.c, the connection in pdl_conn.c, the per-stream table in
+ * pdl_stream.c, the last error in pdl_error.c, backoff in pdl_backoff.c.
  */
-#include <errno.h>
-#include <openssl/rand.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,51 +26,6 @@ void pdelta_opts_init(pdelta_opts *o)
 }
 
 /* ---- errors ------------------------------------------------------------------ */
-
-int pdl_fail(pdelta *h, int code, int retryable, const char *fmt, ...)
-{
-	va_list ap;
-
-	h->err.code = code;
-	h->err.retryable = retryable;
-	h->err.from_server = 0;
-	h->err.detail = 0;
-	h->err.value = 0;
-	va_start(ap, fmt);
-	vsnprintf(h->errmsg, sizeof h->errmsg, fmt, ap);
-	va_end(ap);
-	return code;
-}
-
-static const char *detail_name(int d)
-{
-	static const char *const n[PD_DETAIL__COUNT] = {
-		"",		   "SEQ_STALE",	    "SEQ_CONFLICT",	 "VERSION",
-		"BAD_FRAME",	   "FRAME_TOO_LARGE", "INFLIGHT",	 "PROFILE_TOO_LARGE",
-		"INPUT_LIMIT",	   "STREAM_LIMIT",    "LENGTH_MISMATCH", "HASH_MISMATCH",
-		"SHUTTING_DOWN",   "CANCELLED",	    "DEADLINE",		 "OVERLOADED",
-		"ROLE",		   "UNKNOWN_COMMAND", "AUTH_FAILED",
-	};
-	return d >= 0 && d < PD_DETAIL__COUNT ? n[d] : "?";
-}
-
-int pdl_fail_server(pdelta *h, const pd_msg_error *m)
-{
-	h->err.code = m->code;
-	h->err.retryable = m->retryable;
-	h->err.from_server = 1;
-	h->err.detail = m->detail;
-	h->err.value = m->value;
-	snprintf(h->errmsg, sizeof h->errmsg, "server: %s%s%s: %.*s", pd_code_name(m->code),
-		 m->detail ? "/" : "", detail_name(m->detail), (int)m->message.len, m->message.p);
-	return m->code;
-}
-
-void pdl_clear_error(pdelta *h)
-{
-	memset(&h->err, 0, sizeof h->err);
-	h->errmsg[0] = 0;
-}
 
 const char *pdelta_strerror(int code)
 {
@@ -118,9 +69,7 @@ const char *pdelta_reason_name(int reason)
 	return reason >= 0 && reason <= 5 ? n[reason] : "?";
 }
 
-/* ---- time, randomness, backoff ------------------------------------------------ */
-
-uint64_t pdl_now_ms(void) { return pd_now_ns() / 1000000u; }
+/* ---- wall clock ----------------------------------------------------------------- */
 
 int64_t pdl_wall_ns(void)
 {
@@ -129,138 +78,7 @@ int64_t pdl_wall_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* splitmix64: jitter only, seeded from the CSPRNG. */
-uint64_t pdl_random64(pdelta *h)
-{
-	uint64_t z = (h->rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t strong_random64(void)
-{
-	uint64_t v = 0;
-	if (RAND_bytes((unsigned char *)&v, sizeof v) != 1 || v == 0)
-		v = pd_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&v;
-	return v ? v : 1;
-}
-
-static void sleep_ms(uint64_t ms)
-{
-	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
-/* "Equal jitter": half the exponential delay fixed, half random, so retries
- * of many agents spread out but never come back immediately. */
-void pdl_backoff(pdelta *h, unsigned attempt, uint64_t min_ms)
-{
-	uint64_t d = h->o.backoff_base_ms, half;
-
-	for (unsigned i = 2; i < attempt && d < h->o.backoff_max_ms; i++)
-		d *= 2;
-	if (d > h->o.backoff_max_ms)
-		d = h->o.backoff_max_ms;
-	half = d / 2;
-	d = half + (half ? pdl_random64(h) % (half + 1) : 0);
-	if (d < min_ms)
-		d = min_ms;
-	if (d)
-		sleep_ms(d);
-}
-
-/* ---- SIGPIPE ----------------------------------------------------------------- */
-
-void pdl_sigpipe_block(pdl_sigpipe *g)
-{
-	sigset_t set, pend;
-
-	sigemptyset(&set);
-	sigaddset(&set, SIGPIPE);
-	sigemptyset(&pend);
-	sigpending(&pend);
-	g->was_pending = sigismember(&pend, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &set, &g->old);
-}
-
-void pdl_sigpipe_restore(const pdl_sigpipe *g)
-{
-	sigset_t set, pend;
-
-	sigemptyset(&set);
-	sigaddset(&set, SIGPIPE);
-	if (!g->was_pending) {
-		/* Swallow a SIGPIPE our own write raised, so it is never delivered. */
-		struct timespec zero = {0, 0};
-		sigemptyset(&pend);
-		sigpending(&pend);
-		if (sigismember(&pend, SIGPIPE))
-			sigtimedwait(&set, NULL, &zero);
-	}
-	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
-}
-
-/* ---- fork ---------------------------------------------------------------------- */
-
-void pdl_fork_check(pdelta *h)
-{
-	pid_t me = getpid();
-
-	if (h->pid == me)
-		return;
-	/* A child: the connection belongs to the parent. Free our copy of the
-	 * SSL object without SSL_shutdown (which would write close_notify into
-	 * the parent's session) and close our copy of the descriptor (never
-	 * shutdown(2), which would end the parent's TCP connection too). */
-	if (h->ssl) {
-		SSL_free(h->ssl);
-		h->ssl = NULL;
-	}
-	if (h->fd >= 0) {
-		close(h->fd);
-		h->fd = -1;
-	}
-	h->ready = 0;
-	pd_buf_reset(&h->wbuf);
-	pd_buf_reset(&h->rbuf);
-	h->woff = h->rpos = h->consume = 0;
-	if (h->r.phase != PDL_IDLE) {
-		h->r.phase = PDL_FAILED;
-		h->r.fail_code = pdl_fail(h, PDELTA_E_IO, 1, "the request was open when the process forked");
-		h->r.serr = h->err;
-		memcpy(h->r.smsg, h->errmsg, sizeof h->r.smsg);
-	}
-	h->rng ^= strong_random64();
-	if (h->inc_auto)
-		h->incarnation = strong_random64();
-	h->pid = me;
-	h->stats.forks++;
-}
-
-/* ---- streams --------------------------------------------------------------------- */
-
-pdl_stream *pdl_stream_get(pdelta *h, const char *name, int create)
-{
-	pdl_stream *st;
-
-	for (st = h->streams; st; st = st->next)
-		if (strcmp(st->name, name) == 0)
-			return st;
-	if (!create)
-		return NULL;
-	st = calloc(1, sizeof *st);
-	if (!st || !(st->name = strdup(name))) {
-		free(st);
-		return NULL;
-	}
-	pd_buf_init(&st->R, 0);
-	st->is_local = h->server == NULL;
-	st->next = h->streams;
-	h->streams = st;
-	return st;
-}
+/* ---- streams ---------------------------------------------------------------------- */
 
 uint64_t pdelta_last_seq(const pdelta *h, const char *stream)
 {
@@ -462,9 +280,9 @@ int pdelta_new(const pdelta_opts *o, pdelta **out, char *errbuf, size_t errlen)
 	pd_buf_init(&h->dbuf, 0);
 	pd_buf_init(&h->lout, 0);
 	h->pid = getpid();
-	h->rng = strong_random64();
+	h->rng = pdl_strong_random64();
 	h->inc_auto = o->incarnation == 0;
-	h->incarnation = o->incarnation ? o->incarnation : strong_random64();
+	h->incarnation = o->incarnation ? o->incarnation : pdl_strong_random64();
 	if (copy_strings(h, o) || copy_overrides(h, o))
 		goto nomem;
 	h->o.server = h->server;
@@ -503,9 +321,7 @@ void pdelta_free(pdelta *h)
 	pdl_sigpipe_restore(&g);
 	for (st = h->streams; st; st = nx) {
 		nx = st->next;
-		pdl_stream_free_local(st);
-		free(st->name);
-		free(st);
+		pdl_stream_free(st);
 	}
 	if (h->o.overrides)
 		for (size_t i = 0; i < h->o.noverrides; i++)

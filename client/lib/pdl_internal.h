@@ -1,16 +1,22 @@
 /*
  * pdl_internal: what the modules of libpdelta share (never installed).
  *
- *   pdl_handle.c  options, handle, streams table, errors, backoff, public
- *                 entry points that are not requests;
+ *   pdl_handle.c  options, handle, public entry points that are not
+ *                 requests;
  *   pdl_conn.c    TCP + TLS connection, HELLO, frame I/O with poll()
- *                 deadlines, keepalive, fork detection;
+ *                 deadlines, keepalive, fork detection, SIGPIPE guard;
+ *   pdl_stream.c  the per-stream table;
+ *   pdl_error.c   the last error;
+ *   pdl_backoff.c clock, jitter and backoff between retries;
  *   pdl_request.c delta requests over the network, the retry policy and the
  *                 public one-call and streaming API;
  *   pdl_local.c   the same requests run by the engine in process;
  *   pdl_admin.c   ADMIN commands.
  *
- * One request at a time per handle, blocking calls, one connection.
+ * Calls go one way: handle, request and admin call conn, local, stream,
+ * error and backoff; conn calls error and backoff; local calls error and
+ * pdl_wall_ns. One request at a time per handle, blocking calls, one
+ * connection.
  */
 #ifndef PDL_INTERNAL_H
 #define PDL_INTERNAL_H
@@ -158,29 +164,27 @@ struct pdelta {
 	char errmsg[512];
 };
 
-/* ---- pdl_handle.c ---------------------------------------------------------- */
+/* ---- pdl_error.c ----------------------------------------------------------- */
 /* Records an error on h and returns code. */
 int pdl_fail(pdelta *h, int code, int retryable, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 /* Records a server ERROR frame. */
 int pdl_fail_server(pdelta *h, const pd_msg_error *m);
 void pdl_clear_error(pdelta *h);
-pdl_stream *pdl_stream_get(pdelta *h, const char *name, int create);
+
+/* ---- pdl_backoff.c --------------------------------------------------------- */
 uint64_t pdl_now_ms(void);
-int64_t pdl_wall_ns(void);
 /* Sleeps the backoff before attempt n (2 = first retry). */
 void pdl_backoff(pdelta *h, unsigned attempt, uint64_t min_ms);
 uint64_t pdl_random64(pdelta *h);
-/* Checks for a fork: in a child, drops the inherited connection without I/O. */
-void pdl_fork_check(pdelta *h);
+uint64_t pdl_strong_random64(void); /* never 0 */
 
-/* Blocks SIGPIPE for the calling thread during library I/O. */
-typedef struct pdl_sigpipe {
-	sigset_t old;
-	int was_pending;
-} pdl_sigpipe;
-void pdl_sigpipe_block(pdl_sigpipe *g);
-void pdl_sigpipe_restore(const pdl_sigpipe *g);
+/* ---- pdl_stream.c ---------------------------------------------------------- */
+pdl_stream *pdl_stream_get(pdelta *h, const char *name, int create);
+void pdl_stream_free(pdl_stream *st);
+
+/* ---- pdl_handle.c ---------------------------------------------------------- */
+int64_t pdl_wall_ns(void);
 
 /* ---- pdl_conn.c ------------------------------------------------------------ */
 int pdl_tls_setup(pdelta *h, char *errbuf, size_t errlen);
@@ -197,6 +201,16 @@ void pdl_conn_close(pdelta *h, int graceful);
 /* Drops the connection after a protocol violation (GOODBYE PROTOCOL). */
 void pdl_conn_abort_proto(pdelta *h);
 int pdl_connected(const pdelta *h);
+/* Checks for a fork: in a child, drops the inherited connection without I/O. */
+void pdl_fork_check(pdelta *h);
+
+/* Blocks SIGPIPE for the calling thread during library I/O. */
+typedef struct pdl_sigpipe {
+	sigset_t old;
+	int was_pending;
+} pdl_sigpipe;
+void pdl_sigpipe_block(pdl_sigpipe *g);
+void pdl_sigpipe_restore(const pdl_sigpipe *g);
 int pdl_send_msg(pdelta *h, const pd_msg *m);
 /* Writes everything queued (reading meanwhile). */
 int pdl_flush(pdelta *h);
@@ -212,6 +226,5 @@ int pdl_local_feed(pdelta *h, const void *p, size_t n);
 int pdl_local_finish(pdelta *h);
 int pdl_local_read(pdelta *h, const void **p, size_t *n);
 int pdl_local_onecall(pdelta *h, const void *p, size_t n);
-void pdl_stream_free_local(pdl_stream *st);
 
 #endif

@@ -9,16 +9,10 @@
  */
 #include <string.h>
 
+#include "pd_seq.h"
 #include "pdl_internal.h"
 
 #define LOCAL_READ_CHUNK (64u * 1024)
-
-void pdl_stream_free_local(pdl_stream *st)
-{
-	pd_state_free(st->state);
-	st->state = NULL;
-	pd_buf_free(&st->R);
-}
 
 static int engine_ready(pdelta *h)
 {
@@ -61,20 +55,30 @@ static int wire_status(int s)
 					  : PDELTA_DELTA;
 }
 
-/* The rules of PROTOCOL.md §8: 1 = apply, 0 = duplicate, else an error. */
+static int same_content(void *arg)
+{
+	const pdl_req *r = arg;
+
+	return memcmp(r->hash, r->st->H, sizeof r->st->H) == 0;
+}
+
+/* The rules of PROTOCOL.md §8 (pd_seq): 1 = apply, 0 = duplicate, else an error. */
 static int decide(pdelta *h)
 {
 	pdl_req *r = &h->r;
 	pdl_stream *st = r->st;
+	pd_seq_last last = {st->have_state != 0, st->inc, st->S};
+	pd_seq_req req = {h->incarnation, r->seq, false, 0};
+	enum pd_seq_verdict v = pd_seq_decide(&last, &req, same_content, r);
 
-	if (!st->have_state || st->inc != h->incarnation || r->seq > st->S)
+	if (v == PD_SEQ_APPLY || v == PD_SEQ_APPLY_STATE_LOST)
 		return 1;
-	if (r->seq == st->S && memcmp(r->hash, st->H, sizeof st->H) == 0)
+	if (v == PD_SEQ_DUPLICATE)
 		return 0;
 	pdl_fail(h, PDELTA_E_SEQ, 0, "%s sequence %llu for stream '%s' (last applied %llu)",
-		 r->seq == st->S ? "conflicting" : "stale", (unsigned long long)r->seq, st->name,
+		 v == PD_SEQ_CONFLICT ? "conflicting" : "stale", (unsigned long long)r->seq, st->name,
 		 (unsigned long long)st->S);
-	h->err.detail = r->seq == st->S ? PD_DETAIL_SEQ_CONFLICT : PD_DETAIL_SEQ_STALE;
+	h->err.detail = v == PD_SEQ_CONFLICT ? PD_DETAIL_SEQ_CONFLICT : PD_DETAIL_SEQ_STALE;
 	h->err.value = st->S;
 	return -1;
 }

@@ -110,6 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return 0; }
 #include "pd_config.h"
 #include "pd_conn.h"
 #include "pd_frame.h"
+#include "pd_log.h"
 #include "pd_metrics.h"
 #include "pd_service.h"
 #include "pd_tls.h"

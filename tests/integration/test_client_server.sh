@@ -10,6 +10,7 @@
 #   - the local fallback when the server is gone;
 #   - sequence rules seen from the client (DUPLICATE replays the same bytes, stale, conflict);
 #   - authentication: bad token, wrong CA, host-name mismatch, mTLS, rogue client certificate;
+#     token files (CRLF accepted, empty or whitespace-only refused) in `pdelta send` and pdeltactl;
 #   - pdeltactl: streams/stream/reset/delete/stats/tenants as tables and --json (a delete that
 #     removes nothing, a misspelled tenant too, is not-found, exit 1; a failure under --json is
 #     an {"error":...} document); streams without --tenant lists every tenant; stats carries
@@ -260,6 +261,30 @@ auth_tests() {
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token "$BETA_TOKEN" --stream eq/heap-small/send \
 		-o "$o/beta" "$f" >"$o.7" 2>&1
 	check "another tenant's namespace is separate (BASELINE first)" grep -q "BASELINE first" "$o.7"
+	# Token files: one reader and one rule for both CLIs (first line, CR/LF and trailing
+	# blanks trimmed); an empty or whitespace-only file is refused before connecting.
+	printf '%s\r\n' "$ADMIN_TOKEN" >"$o/tok-crlf"
+	: >"$o/tok-empty"
+	printf ' \t\r\n' >"$o/tok-blank"
+	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-crlf" --stream tokfile \
+		-o "$o/tf" "$f" >"$o.8" 2>&1
+	check "CRLF token file accepted by pdelta send" grep -q "BASELINE first" "$o.8"
+	"$CTL" --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-crlf" stats >"$o.9" 2>&1
+	check "CRLF token file accepted by pdeltactl" grep -q "uptime" "$o.9"
+	local t cli rc
+	for t in empty blank; do
+		for cli in send ctl; do
+			if [[ $cli == send ]]; then
+				"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-$t" \
+					--stream tokfile -o "$o/tf" "$f" >"$o.tf" 2>&1
+			else
+				"$CTL" --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-$t" stats >"$o.tf" 2>&1
+			fi
+			rc=$?
+			check "$t token file refused by $cli (exit $rc)" \
+				bash -c "[[ $rc != 0 ]] && grep -q -- '--token-file: .*tok-$t is empty' '$o.tf'"
+		done
+	done
 }
 mkdir -p "$WORK/auth"
 want auth && auth_tests

@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "pd_admin.h"
 #include "pd_gz.h"
 #include "pd_service.h"
 #include "pd_store.h"
@@ -1150,6 +1151,24 @@ static void test_admin(void)
 		CHECK(pd_service_admin(s, "streams", kv2, on_admin, &a, &e) == PD_E_ARG);
 		CHECK(pd_service_admin(s, "tenants", kv3, on_admin, &a, &e) == PD_E_ARG);
 		CHECK(pd_service_admin(s, "delete", kv4, on_admin, &a, &e) == PD_E_ARG);
+	}
+	{
+		/* More streams than a prefix delete has in flight: each delete moves
+		 * on to the next name until all are gone, then one answer. */
+		const char *kv[] = {"tenant", "acme", "prefix", "many/", NULL};
+		const char *lkv[] = {"tenant", "acme", "prefix", "many/", "limit", "1000", NULL};
+		char name[32];
+		int made = 0;
+
+		for (int i = 0; i < 75; i++) {
+			snprintf(name, sizeof name, "many/%02d", i);
+			made += run(s, "acme", name, 1, &heap[0], &x) == PD_OK;
+			res_clear(&x);
+		}
+		CHECK(made == 75);
+		CHECK(admin(s, "delete", kv, &a) == PD_OK && strstr(a.json, "\"deleted\":75"));
+		CHECK(admin(s, "streams", lkv, &a) == PD_OK && strstr(a.json, "\"streams\":[]"));
+		CHECK(admin(s, "delete", kv, &a) == PD_OK && strstr(a.json, "\"deleted\":0"));
 	}
 	free(a.json);
 	pd_service_free(s);

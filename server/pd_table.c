@@ -1,6 +1,6 @@
 /*
- * pd_service_table: the stream table of pd_service, its hot-state cache and
- * the object pools.
+ * pd_table: the stream table of pd_service, its hot-state cache and the
+ * pd_state pool.
  *
  * Streams are found by (tenant, name) in a chained hash table keyed with a
  * per-process random seed (clients choose stream names: no flooding one
@@ -8,47 +8,69 @@
  * end and removes idle streams (not busy, nothing queued) until the cache is
  * under its byte budget; an evicted stream is read again from the store on
  * its next request. Tenants are a second small hash table with their stream
- * counts (the per-tenant limit). pd_state objects and pd_job objects are
- * pooled so that steady state does not allocate per request.
- *
- * Every function here runs with svc->mu held, except the ones marked
- * "no lock" in pd_service_int.h.
+ * counts (the per-tenant limit). pd_state objects are pooled so that steady
+ * state does not allocate per request.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
+#include "pd_gz.h"
 #include "pd_hash.h"
-#include "pd_service_int.h"
+#include "pd_table.h"
 
 #define INITIAL_BUCKETS 1024u
 #define INITIAL_TBUCKETS 64u
+
+struct pd_table {
+	size_t budget; /* cache bytes */
+	uint64_t hseed;
+	pd_stream **buckets;
+	size_t nbuckets, nstreams;
+	pd_stream *lru_head, *lru_tail;
+	size_t cache_bytes;
+	uint64_t evictions;
+
+	pd_tenant **tbuckets;
+	size_t ntbuckets, ntenants;
+
+	pd_state **spool;
+	size_t nspool, spool_cap;
+};
 
 static uint64_t str_hash(uint64_t seed, const char *p)
 {
 	return pd_h_bytes(seed, (const uint8_t *)p, strlen(p)).lo;
 }
 
-static uint64_t key_hash(const pd_service *s, const char *tenant, const char *name)
+static uint64_t key_hash(const pd_table *s, const char *tenant, const char *name)
 {
 	return str_hash(s->hseed ^ str_hash(s->hseed, tenant), name);
 }
 
-int pd_svc_table_init(pd_service *s, pd_err *e)
+int pd_table_new(size_t budget, size_t pool, pd_table **out, pd_err *e)
 {
+	pd_table *s = calloc(1, sizeof *s);
 	uint64_t seed = 0;
 
+	*out = NULL;
+	if (!s)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for the stream table");
 	if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
 		seed = (uint64_t)pd_now_ns() * 0x9e3779b97f4a7c15ULL;
+	s->budget = budget;
 	s->hseed = seed;
 	s->nbuckets = INITIAL_BUCKETS;
 	s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
 	s->ntbuckets = INITIAL_TBUCKETS;
 	s->tbuckets = calloc(s->ntbuckets, sizeof *s->tbuckets);
-	s->spool_cap = (size_t)s->nworkers * PD_SVC_STATE_POOL_PER_WORKER + 2;
-	s->spool = calloc(s->spool_cap, sizeof *s->spool);
-	if (!s->buckets || !s->tbuckets || !s->spool)
+	s->spool_cap = pool;
+	s->spool = calloc(s->spool_cap ? s->spool_cap : 1, sizeof *s->spool);
+	if (!s->buckets || !s->tbuckets || !s->spool) {
+		pd_table_free(s);
 		return pd_err_set(e, PD_E_NOMEM, "out of memory for the stream table");
+	}
+	*out = s;
 	return PD_OK;
 }
 
@@ -59,10 +81,10 @@ static void free_stream(pd_stream *st)
 	free(st);
 }
 
-void pd_svc_table_free(pd_service *s)
+void pd_table_free(pd_table *s)
 {
-	pd_job *j;
-
+	if (!s)
+		return;
 	for (pd_stream *st = s->lru_head, *nx; st; st = nx) {
 		nx = st->lru_next;
 		free_stream(st);
@@ -74,21 +96,15 @@ void pd_svc_table_free(pd_service *s)
 		}
 	for (size_t i = 0; i < s->nspool; i++)
 		pd_state_free(s->spool[i]);
-	while ((j = s->jpool)) {
-		s->jpool = j->next;
-		pd_buf_free(&j->in);
-		pd_buf_free(&j->out);
-		free(j->strs);
-		free(j);
-	}
 	free(s->buckets);
 	free(s->tbuckets);
 	free(s->spool);
+	free(s);
 }
 
 /* ---- tenants -------------------------------------------------------------------- */
 
-static void tenant_grow(pd_service *s)
+static void tenant_grow(pd_table *s)
 {
 	size_t nb = s->ntbuckets * 2;
 	pd_tenant **b = calloc(nb, sizeof *b);
@@ -107,7 +123,7 @@ static void tenant_grow(pd_service *s)
 	s->ntbuckets = nb;
 }
 
-pd_tenant *pd_svc_tenant(pd_service *s, const char *name, int create)
+pd_tenant *pd_table_tenant(pd_table *s, const char *name, int create)
 {
 	size_t k = str_hash(s->hseed, name) & (s->ntbuckets - 1), len;
 	pd_tenant *t;
@@ -128,9 +144,16 @@ pd_tenant *pd_svc_tenant(pd_service *s, const char *name, int create)
 	return t;
 }
 
+void pd_table_each_tenant(pd_table *s, void (*fn)(void *arg, pd_tenant *ten), void *arg)
+{
+	for (size_t i = 0; i < s->ntbuckets; i++)
+		for (pd_tenant *t = s->tbuckets[i]; t; t = t->next)
+			fn(arg, t);
+}
+
 /* ---- streams -------------------------------------------------------------------- */
 
-static void table_grow(pd_service *s)
+static void table_grow(pd_table *s)
 {
 	size_t nb = s->nbuckets * 2;
 	pd_stream **b = calloc(nb, sizeof *b);
@@ -148,11 +171,11 @@ static void table_grow(pd_service *s)
 	s->nbuckets = nb;
 }
 
-static pd_stream *stream_new(pd_service *s, const char *tenant, const char *name, uint64_t h)
+static pd_stream *stream_new(pd_table *s, const char *tenant, const char *name, uint64_t h)
 {
 	size_t tl = strlen(tenant), nl = strlen(name);
 	pd_stream *st = calloc(1, sizeof *st);
-	pd_tenant *ten = pd_svc_tenant(s, tenant, 1);
+	pd_tenant *ten = pd_table_tenant(s, tenant, 1);
 
 	if (!st || !ten || !(st->tenant = malloc(tl + nl + 2))) {
 		free(st);
@@ -166,7 +189,7 @@ static pd_stream *stream_new(pd_service *s, const char *tenant, const char *name
 	return st;
 }
 
-pd_stream *pd_svc_stream(pd_service *s, const char *tenant, const char *name, int create)
+pd_stream *pd_table_stream(pd_table *s, const char *tenant, const char *name, int create)
 {
 	uint64_t h = key_hash(s, tenant, name);
 	size_t k = h & (s->nbuckets - 1);
@@ -185,13 +208,13 @@ pd_stream *pd_svc_stream(pd_service *s, const char *tenant, const char *name, in
 	s->lru_head = st;
 	if (!s->lru_tail)
 		s->lru_tail = st;
-	pd_svc_account(s, st);
+	pd_table_account(s, st);
 	if (++s->nstreams > s->nbuckets)
 		table_grow(s);
 	return st;
 }
 
-static void lru_unlink(pd_service *s, pd_stream *st)
+static void lru_unlink(pd_table *s, pd_stream *st)
 {
 	if (st->lru_prev)
 		st->lru_prev->lru_next = st->lru_next;
@@ -204,7 +227,7 @@ static void lru_unlink(pd_service *s, pd_stream *st)
 	st->lru_prev = st->lru_next = NULL;
 }
 
-void pd_svc_lru_touch(pd_service *s, pd_stream *st)
+void pd_table_touch(pd_table *s, pd_stream *st)
 {
 	if (s->lru_head == st)
 		return;
@@ -217,7 +240,7 @@ void pd_svc_lru_touch(pd_service *s, pd_stream *st)
 		s->lru_tail = st;
 }
 
-void pd_svc_account(pd_service *s, pd_stream *st)
+void pd_table_account(pd_table *s, pd_stream *st)
 {
 	size_t m = sizeof *st + strlen(st->tenant) + strlen(st->name) + 2;
 
@@ -227,12 +250,12 @@ void pd_svc_account(pd_service *s, pd_stream *st)
 	st->mem = m;
 }
 
-void pd_svc_unload(pd_service *s, pd_stream *st)
+void pd_table_unload(pd_table *s, pd_stream *st)
 {
-	pd_svc_state_put(s, st->state);
+	pd_table_state_put(s, st->state);
 	st->state = NULL;
 	st->loaded = st->exists = st->state_corrupt = 0;
-	pd_svc_account(s, st);
+	pd_table_account(s, st);
 }
 
 static int stream_idle(const pd_stream *st)
@@ -241,7 +264,7 @@ static int stream_idle(const pd_stream *st)
 }
 
 /* Takes an idle stream out of the table and the LRU, onto *victims. */
-static void stream_remove(pd_service *s, pd_stream *st, pd_stream **victims)
+static void stream_remove(pd_table *s, pd_stream *st, pd_stream **victims)
 {
 	pd_stream **pp = &s->buckets[st->hkey & (s->nbuckets - 1)];
 
@@ -255,18 +278,18 @@ static void stream_remove(pd_service *s, pd_stream *st, pd_stream **victims)
 	*victims = st;
 }
 
-pd_stream *pd_svc_evict(pd_service *s)
+pd_stream *pd_table_evict(pd_table *s)
 {
 	pd_stream *victims = NULL, *st = s->lru_tail, *prev;
 	size_t skipped = 0;
 
 	/* Busy streams are skipped; the walk past them is bounded so a release
 	 * never scans a huge table under the lock. */
-	while (st && s->cache_bytes > s->o.cache_bytes && skipped < 1024) {
+	while (st && s->cache_bytes > s->budget && skipped < 1024) {
 		prev = st->lru_prev;
 		if (stream_idle(st)) {
 			stream_remove(s, st, &victims);
-			s->st.cache_evictions++;
+			s->evictions++;
 		} else {
 			skipped++;
 		}
@@ -275,7 +298,7 @@ pd_stream *pd_svc_evict(pd_service *s)
 	return victims;
 }
 
-pd_stream *pd_svc_drop_expired(pd_service *s, int64_t cutoff_ms, size_t max)
+pd_stream *pd_table_drop_expired(pd_table *s, int64_t cutoff_ms, size_t max)
 {
 	pd_stream *victims = NULL, *st = s->lru_tail, *prev;
 
@@ -287,7 +310,7 @@ pd_stream *pd_svc_drop_expired(pd_service *s, int64_t cutoff_ms, size_t max)
 	return victims;
 }
 
-void pd_svc_free_streams(pd_stream *list)
+void pd_table_free_streams(pd_stream *list)
 {
 	for (pd_stream *nx; list; list = nx) {
 		nx = list->hnext;
@@ -295,30 +318,16 @@ void pd_svc_free_streams(pd_stream *list)
 	}
 }
 
-void pd_svc_push_run(pd_service *s, pd_stream *st)
-{
-	if (st->busy || st->in_runq || !st->qhead)
-		return;
-	st->in_runq = 1;
-	st->run_next = NULL;
-	if (s->run_tail)
-		s->run_tail->run_next = st;
-	else
-		s->run_head = st;
-	s->run_tail = st;
-	pthread_cond_signal(&s->work_cv);
-}
-
 /* ---- pools ----------------------------------------------------------------------- */
 
-pd_state *pd_svc_state_get(pd_service *s)
+pd_state *pd_table_state_get(pd_table *s)
 {
 	if (s->nspool)
 		return s->spool[--s->nspool];
 	return pd_state_new();
 }
 
-void pd_svc_state_put(pd_service *s, pd_state *ps)
+void pd_table_state_put(pd_table *s, pd_state *ps)
 {
 	if (!ps)
 		return;
@@ -330,71 +339,10 @@ void pd_svc_state_put(pd_service *s, pd_state *ps)
 	pd_state_free(ps);
 }
 
-pd_job *pd_svc_job_get(pd_service *s)
+void pd_table_stats_get(const pd_table *s, pd_table_stats *out)
 {
-	pd_job *j;
-	pd_buf in, out;
-	char *strs;
-	size_t strs_alloc;
-
-	pthread_mutex_lock(&s->mu);
-	if ((j = s->jpool)) {
-		s->jpool = j->next;
-		s->njpool--;
-	}
-	s->live_jobs++;
-	pthread_mutex_unlock(&s->mu);
-	if (!j && !(j = calloc(1, sizeof *j))) {
-		pthread_mutex_lock(&s->mu);
-		s->live_jobs--;
-		pthread_mutex_unlock(&s->mu);
-		return NULL;
-	}
-	if (!j->svc)
-		return j; /* new */
-	/* Keep the buffers, forget everything else. */
-	in = j->in;
-	out = j->out;
-	strs = j->strs;
-	strs_alloc = j->strs_alloc;
-	memset(j, 0, sizeof *j);
-	j->in = in;
-	j->out = out;
-	j->strs = strs;
-	j->strs_alloc = strs_alloc;
-	return j;
-}
-
-static void trim_buf(pd_buf *b)
-{
-	if (b->alloc > PD_SVC_KEEP_BUF_MAX)
-		pd_buf_free(b);
-	pd_buf_reset(b);
-}
-
-void pd_svc_job_put(pd_service *s, pd_job *j)
-{
-	int last;
-
-	pd_state_free(j->next_state); /* only set if a path forgot it */
-	j->next_state = NULL;
-	trim_buf(&j->in);
-	trim_buf(&j->out);
-	pthread_mutex_lock(&s->mu);
-	if (!s->dead && s->njpool < PD_SVC_JOB_POOL_MAX) {
-		j->next = s->jpool;
-		s->jpool = j;
-		s->njpool++;
-		j = NULL;
-	}
-	last = --s->live_jobs == 0 && s->dead;
-	pthread_mutex_unlock(&s->mu);
-	if (last)
-		pd_svc_final_free(s);
-	if (j) {
-		pd_buf_free(&j->in);
-		pd_buf_free(&j->out);
-		free(j->strs);
-		free(j);
-	}
+	out->streams = s->nstreams;
+	out->tenants = s->ntenants;
+	out->cache_bytes = s->cache_bytes;
+	out->evictions = s->evictions;
 }

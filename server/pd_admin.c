@@ -1,18 +1,22 @@
 /*
- * pd_service_admin: the admin commands of pdeltad (PROTOCOL.md §11) and the
- * small JSON writer they share.
+ * pd_admin: the admin commands of pdeltad (PROTOCOL.md §11) and the small
+ * JSON writer they share. Uses the service through pd_service.h only.
  *
- * Listings (`streams`, `stream`, `tenants`) read committed rows from the
- * store on a worker thread. `reset` and `delete NAME` are ops in the stream's
- * own FIFO, so they run between that stream's jobs, never during one, and
- * drop the cached row when they commit. `delete prefix=` lists the names and
- * runs one such delete per stream, a bounded number at a time.
+ * Listings (`streams`, `stream`, `tenants`) and `stats` run as a service
+ * task on a worker thread and read committed rows from the store. `reset`
+ * and `delete NAME` are the service's stream ops, in the stream's own FIFO,
+ * so they run between that stream's jobs, never during one, and drop the
+ * cached row when they commit. `delete prefix=` lists the names and runs one
+ * such delete per stream, a bounded number at a time.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "pd_service_int.h"
+#include "pd_admin.h"
+#include "pd_state.h"
+#include "pd_store.h"
 
 /* ---- JSON writer ------------------------------------------------------------------- */
 
@@ -148,6 +152,45 @@ static int jw_end(jw *w, pd_err *e)
 	return PD_OK;
 }
 
+/* ---- requests ---------------------------------------------------------------------------- */
+
+enum pd_admin_cmd {
+	PD_ADM_STREAMS = 0,
+	PD_ADM_STREAM,
+	PD_ADM_RESET,
+	PD_ADM_DELETE,
+	PD_ADM_STATS,
+	PD_ADM_TENANTS,
+};
+
+enum pd_admin_sort { PD_ASORT_NAME, PD_ASORT_LAST_SEEN, PD_ASORT_SAMPLES, PD_ASORT_BYTES };
+
+#define ADMIN_JSON_MAX ((size_t)64 << 20)
+#define MULTI_INFLIGHT 32 /* deletes of a prefix delete in flight at a time */
+
+/* One admin request, from pd_service_admin to its answer. */
+typedef struct adm_req {
+	pd_service *svc;
+	int cmd;  /* enum pd_admin_cmd */
+	int sort; /* enum pd_admin_sort */
+	size_t limit;
+	const char *tenant, *name, *prefix; /* into strs, may be NULL */
+	char *strs;
+	pd_admin_done_fn adone;
+	void *aarg;
+
+	/* A prefix delete: its names, deleted one stream op each, at most
+	 * MULTI_INFLIGHT at a time; the last one done answers. mu: the parts
+	 * finish on service threads in parallel with the fan-out. */
+	pthread_mutex_t mu;
+	char **names;
+	size_t n, next, inflight;
+	int fanning; /* the task is still starting parts */
+	uint64_t deleted;
+	int rc;
+	pd_err err;
+} adm_req;
+
 /* ---- argument parsing ---------------------------------------------------------------- */
 
 static const char *const cmd_names[] = {"streams", "stream", "reset", "delete", "stats", "tenants"};
@@ -255,71 +298,6 @@ static int check_args(int cmd, const struct admin_args *a, pd_err *e)
 	if (cmd == PD_ADM_DELETE && ((name && !*name) || (prefix && !*prefix)))
 		return pd_err_set(e, PD_E_ARG, "delete: empty name or prefix");
 	return PD_OK;
-}
-
-static int is_stream_op(const pd_job *j)
-{
-	return j->cmd == PD_ADM_RESET || (j->cmd == PD_ADM_DELETE && j->name);
-}
-
-/* Queues a prepared admin job; PD_E_BUSY when shutting down. */
-static int admin_queue(pd_service *s, pd_job *j, pd_err *e)
-{
-	pd_stream *st = NULL;
-	int rc = PD_OK;
-
-	pthread_mutex_lock(&s->mu);
-	if (s->stopping) {
-		rc = pd_err_set(e, PD_E_BUSY, "service shutting down");
-	} else if (is_stream_op(j) && !(st = pd_svc_stream(s, j->tenant, j->name, 1))) {
-		rc = pd_err_set(e, PD_E_NOMEM, "out of memory for the stream");
-	} else {
-		s->outstanding++;
-		s->st.admin_requests++;
-		if (st) {
-			j->kind = j->cmd == PD_ADM_RESET ? PD_OP_RESET : PD_OP_DELETE;
-			pd_svc_lru_touch(s, st);
-			pd_svc_push_stream(s, st, j);
-		} else {
-			j->kind = PD_OP_ADMIN;
-			pd_svc_push_global(s, j);
-		}
-	}
-	pthread_mutex_unlock(&s->mu);
-	return rc;
-}
-
-int pd_service_admin(pd_service *s, const char *cmd, const char *const *kv, pd_admin_done_fn done,
-		     void *arg, pd_err *e)
-{
-	struct admin_args a;
-	const char *strs[3];
-	int c = cmd_index(cmd), rc, sort;
-	size_t limit;
-	pd_job *j;
-
-	if (c < 0)
-		return pd_err_set(e, PD_E_ARG, "unknown admin command %s", cmd ? cmd : "(null)");
-	if ((rc = parse_kv(c, kv, &a, e)) || (rc = check_args(c, &a, e)) ||
-	    (rc = parse_limit(a.v[4], &limit, e)) || (rc = parse_sort(a.v[3], &sort, e)))
-		return rc;
-	if (!(j = pd_svc_job_get(s)))
-		return pd_err_set(e, PD_E_NOMEM, "out of memory for an admin request");
-	j->svc = s;
-	j->cmd = c;
-	j->sort = sort;
-	j->limit = limit;
-	j->adone = done;
-	j->aarg = arg;
-	if (!(rc = pd_svc_job_strings(j, a.v, strs, 3, e))) {
-		j->tenant = strs[0];
-		j->name = strs[1];
-		j->prefix = strs[2];
-		rc = admin_queue(s, j, e);
-	}
-	if (rc)
-		pd_svc_job_put(s, j);
-	return rc;
 }
 
 /* ---- rows ------------------------------------------------------------------------------ */
@@ -475,13 +453,14 @@ static int srow_cmp_desc(const void *a, const void *b)
 	return strcmp(x->name, y->name);
 }
 
-static int streams_top(pd_service *s, const pd_job *j, struct list_ctx *c, pd_err *e)
+static int streams_top(const adm_req *j, struct list_ctx *c, pd_err *e)
 {
 	int rc;
 
 	if (!(c->heap = calloc(c->limit, sizeof *c->heap)))
 		return pd_err_set(e, PD_E_NOMEM, "out of memory for the listing");
-	rc = pd_store_list(s->store, j->tenant, j->prefix, PD_STORE_SORT_NAME, 0, list_top, c, e);
+	rc = pd_store_list(pd_service_store(j->svc), j->tenant, j->prefix, PD_STORE_SORT_NAME, 0,
+			   list_top, c, e);
 	if (!rc && c->oom)
 		rc = pd_err_set(e, PD_E_NOMEM, "out of memory for the listing");
 	qsort(c->heap, c->n, sizeof *c->heap, srow_cmp_desc);
@@ -494,7 +473,7 @@ static int streams_top(pd_service *s, const pd_job *j, struct list_ctx *c, pd_er
 	return rc;
 }
 
-static int adm_streams(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
+static int adm_streams(const adm_req *j, jw *out, pd_err *e)
 {
 	struct list_ctx c = {.w = out, .limit = j->limit, .sort = j->sort};
 	int rc;
@@ -505,9 +484,9 @@ static int adm_streams(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
 	jw_key(out, "streams");
 	jw_open(out, '[');
 	if (j->sort == PD_ASORT_SAMPLES || j->sort == PD_ASORT_BYTES)
-		rc = streams_top(w->svc, j, &c, e);
+		rc = streams_top(j, &c, e);
 	else
-		rc = pd_store_list(w->svc->store, j->tenant, j->prefix,
+		rc = pd_store_list(pd_service_store(j->svc), j->tenant, j->prefix,
 				   j->sort == PD_ASORT_LAST_SEEN ? PD_STORE_SORT_LAST_SEEN
 								  : PD_STORE_SORT_NAME,
 				   j->limit + 1, list_in_order, &c, e);
@@ -519,52 +498,48 @@ static int adm_streams(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
 
 /* ---- stream ---------------------------------------------------------------------------- */
 
-static void cache_facts(pd_service *s, const pd_job *j, jw *out)
+static void cache_facts(const adm_req *j, jw *out)
 {
-	pd_stream *st;
-	size_t queued = 0;
-	int cached, busy;
+	pd_stream_cache_facts f;
 
-	pthread_mutex_lock(&s->mu);
-	st = pd_svc_stream(s, j->tenant, j->name, 0);
-	cached = st && st->loaded;
-	busy = st && st->busy;
-	for (pd_job *q = st ? st->qhead : NULL; q; q = q->next)
-		queued++;
-	pthread_mutex_unlock(&s->mu);
-	jw_bool(out, "cached", cached);
-	jw_bool(out, "busy", busy);
-	jw_u64(out, "queued", queued);
+	pd_service_stream_cached(j->svc, j->tenant, j->name, &f);
+	jw_bool(out, "cached", f.cached);
+	jw_bool(out, "busy", f.busy);
+	jw_u64(out, "queued", f.queued);
 }
 
-static void state_facts(pd_worker *w, const pd_stream_rec *r, jw *out)
+static void state_facts(const pd_stream_rec *r, jw *out)
 {
-	int ok = r->state_len && !pd_state_deserialize(w->tmp, r->state, r->state_len, NULL) &&
-		 pd_state_valid(w->tmp);
+	pd_state *tmp = r->state_len ? pd_state_new() : NULL;
+	int ok = tmp && !pd_state_deserialize(tmp, r->state, r->state_len, NULL) &&
+		 pd_state_valid(tmp);
 
 	jw_bool(out, "has_state", ok);
 	jw_u64(out, "identities", r->identities);
 	jw_u64(out, "state_len", r->state_len);
-	jw_u64(out, "schema", ok ? pd_state_schema(w->tmp) : 0);
-	jw_i64(out, "period", ok ? pd_state_period(w->tmp) : 0);
+	jw_u64(out, "schema", ok ? pd_state_schema(tmp) : 0);
+	jw_i64(out, "period", ok ? pd_state_period(tmp) : 0);
 	jw_key(out, "delta_columns");
 	jw_open(out, '[');
-	for (size_t i = 0; ok && i < pd_state_ncols(w->tmp); i++)
-		jw_str(out, pd_state_col(w->tmp, i));
+	for (size_t i = 0; ok && i < pd_state_ncols(tmp); i++)
+		jw_str(out, pd_state_col(tmp, i));
 	jw_close(out, ']');
-	pd_state_clear(w->tmp);
+	pd_state_free(tmp);
 }
 
-static int adm_stream(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
+static int adm_stream(const adm_req *j, jw *out, pd_err *e)
 {
-	const pd_stream_rec *r = &w->rec;
+	pd_stream_rec rec = {0};
+	const pd_stream_rec *r = &rec;
 	/* The state only: the kept response is read (and checked) by retries. */
-	int rc = pd_store_get_state(w->svc->store, j->tenant, j->name, &w->rec, e);
+	int rc = pd_store_get_state(pd_service_store(j->svc), j->tenant, j->name, &rec, e);
 
 	if (rc == PD_E_NOTFOUND)
-		return pd_err_set(e, rc, "no stream %s in tenant %s", j->name, j->tenant);
-	if (rc)
+		rc = pd_err_set(e, rc, "no stream %s in tenant %s", j->name, j->tenant);
+	if (rc) {
+		pd_stream_rec_free(&rec);
 		return rc;
+	}
 	jw_open(out, '{');
 	jw_kstr(out, "tenant", j->tenant);
 	jw_kstr(out, "name", j->name);
@@ -584,9 +559,10 @@ static int adm_stream(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
 	jw_u64(out, "deltas_served", r->deltas_served);
 	jw_u64(out, "resets", r->resets);
 	jw_u64(out, "version", r->version);
-	state_facts(w, r, out);
-	cache_facts(w->svc, j, out);
+	state_facts(r, out);
+	cache_facts(j, out);
 	jw_close(out, '}');
+	pd_stream_rec_free(&rec);
 	return PD_OK;
 }
 
@@ -609,7 +585,7 @@ static int tenant_row(void *arg, const char *tenant, uint64_t streams, uint64_t 
 	return 0;
 }
 
-static int adm_tenants(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
+static int adm_tenants(const adm_req *j, jw *out, pd_err *e)
 {
 	struct list_ctx c = {.w = out, .limit = j->limit};
 	int rc;
@@ -617,7 +593,7 @@ static int adm_tenants(pd_worker *w, const pd_job *j, jw *out, pd_err *e)
 	jw_open(out, '{');
 	jw_key(out, "tenants");
 	jw_open(out, '[');
-	rc = pd_store_tenant_totals(w->svc->store, NULL, tenant_row, &c, e);
+	rc = pd_store_tenant_totals(pd_service_store(j->svc), NULL, tenant_row, &c, e);
 	jw_close(out, ']');
 	jw_bool(out, "truncated", c.truncated);
 	jw_close(out, '}');
@@ -715,20 +691,16 @@ static void stats_store(jw *out, const struct pd_store_stats *st)
 	jw_close(out, '}');
 }
 
-static int adm_stats(pd_worker *w, jw *out)
+static int adm_stats(const adm_req *j, jw *out)
 {
-	pd_service *s = w->svc;
 	pd_service_stats st;
 	pd_stats_json_fn hook;
 	void *hook_arg;
 
-	pd_service_stats_get(s, &st);
-	pthread_mutex_lock(&s->mu);
-	hook = s->stats_hook;
-	hook_arg = s->stats_hook_arg;
-	pthread_mutex_unlock(&s->mu);
+	pd_service_stats_get(j->svc, &st);
+	pd_service_stats_hook(j->svc, &hook, &hook_arg);
 	jw_open(out, '{');
-	jw_i64(out, "uptime_s", (pd_svc_now_ms() - s->start_ms) / 1000);
+	jw_i64(out, "uptime_s", pd_service_uptime_ms(j->svc) / 1000);
 	stats_service(out, &st);
 	stats_cache(out, &st);
 	stats_store(out, &st.store);
@@ -764,14 +736,6 @@ static int collect_name(void *arg, const pd_stream_rec *rec)
 	return 0;
 }
 
-static void multi_free(pd_multi *m)
-{
-	for (size_t i = 0; i < m->n; i++)
-		free(m->names[i]);
-	free(m->names);
-	free(m);
-}
-
 static void deleted_answer(pd_admin_done_fn done, void *arg, const char *tenant, const char *name,
 			   uint64_t n)
 {
@@ -793,122 +757,136 @@ static void deleted_answer(pd_admin_done_fn done, void *arg, const char *tenant,
 	pd_buf_free(&b);
 }
 
-static void multi_answer(pd_multi *m)
+static void req_free(adm_req *j)
+{
+	for (size_t i = 0; i < j->n; i++)
+		free(j->names[i]);
+	free(j->names);
+	free(j->strs);
+	pthread_mutex_destroy(&j->mu);
+	free(j);
+}
+
+/* Copies the string arguments (tenant, name, prefix) into one allocation. */
+static adm_req *req_new(pd_service *s, const char *const *v, pd_admin_done_fn done, void *arg)
+{
+	adm_req *j = calloc(1, sizeof *j);
+	const char **dst[3];
+	size_t total = 0, off = 0;
+
+	if (!j)
+		return NULL;
+	dst[0] = &j->tenant;
+	dst[1] = &j->name;
+	dst[2] = &j->prefix;
+	for (int i = 0; i < 3; i++)
+		total += v[i] ? strlen(v[i]) + 1 : 0;
+	if (!(j->strs = malloc(total ? total : 1))) {
+		free(j);
+		return NULL;
+	}
+	for (int i = 0; i < 3; i++) {
+		size_t l = v[i] ? strlen(v[i]) + 1 : 0;
+		if (!v[i])
+			continue;
+		memcpy(j->strs + off, v[i], l);
+		*dst[i] = j->strs + off;
+		off += l;
+	}
+	pthread_mutex_init(&j->mu, NULL);
+	j->svc = s;
+	j->adone = done;
+	j->aarg = arg;
+	return j;
+}
+
+/* ---- delete prefix ---------------------------------------------------------------------- */
+
+static void multi_answer(adm_req *m)
 {
 	if (m->rc)
-		m->done(m->arg, m->rc, &m->err, NULL, 0);
+		m->adone(m->aarg, m->rc, &m->err, NULL, 0);
 	else
-		deleted_answer(m->done, m->arg, m->tenant, NULL, m->deleted);
-	multi_free(m);
+		deleted_answer(m->adone, m->aarg, m->tenant, NULL, m->deleted);
+	req_free(m);
 }
 
-/* Sends part j of m to the next name's FIFO (mu held); 0 if none is left. */
-static int multi_next_locked(pd_service *s, pd_multi *m, pd_job *j)
+/* A part is done: count it and move it on to the next name, or retire it. */
+static const char *multi_part_done(void *arg, int rc, const pd_err *e)
 {
-	pd_stream *st;
+	adm_req *m = arg;
+	const char *next = NULL;
+	int last;
 
-	while (m->next < m->n) {
-		j->name = m->names[m->next++];
-		if ((st = pd_svc_stream(s, m->tenant, j->name, 1))) {
-			pd_svc_lru_touch(s, st);
-			pd_svc_push_stream(s, st, j);
-			return 1;
-		}
-		if (!m->rc)
-			m->rc = pd_err_set(&m->err, PD_E_NOMEM, "out of memory deleting streams");
-	}
-	return 0;
-}
-
-static void adm_delete_prefix(pd_worker *w, pd_job *j)
-{
-	pd_service *s = w->svc;
-	struct name_vec nv = {0};
-	size_t tl = strlen(j->tenant), started = 0;
-	pd_multi *m = calloc(1, sizeof *m + tl + 1);
-	pd_job *parts[PD_SVC_MULTI_INFLIGHT];
-	size_t nparts = 0;
-	pd_err e = {0};
-	int rc;
-
-	if (!m) {
-		j->adone(j->aarg, pd_err_set(&e, PD_E_NOMEM, "out of memory"), &e, NULL, 0);
-		return;
-	}
-	memcpy(m->tenant, j->tenant, tl + 1);
-	m->done = j->adone;
-	m->arg = j->aarg;
-	rc = pd_store_list(s->store, j->tenant, j->prefix, PD_STORE_SORT_NAME, 0, collect_name, &nv,
-			   &e);
-	if (!rc && nv.oom)
-		rc = pd_err_set(&e, PD_E_NOMEM, "out of memory listing streams");
-	m->names = nv.v;
-	m->n = nv.n;
-	if (rc) {
-		m->rc = rc;
-		m->err = e;
-	}
-	while (!rc && nparts < PD_SVC_MULTI_INFLIGHT && nparts < m->n &&
-	       (parts[nparts] = pd_svc_job_get(s)))
-		nparts++;
-	if (!rc && m->n && !nparts)
-		m->rc = pd_err_set(&m->err, PD_E_NOMEM, "out of memory deleting streams");
-	pthread_mutex_lock(&s->mu);
-	for (size_t i = 0; i < nparts; i++) {
-		parts[i]->svc = s;
-		parts[i]->kind = PD_OP_DELETE;
-		parts[i]->cmd = PD_ADM_DELETE;
-		parts[i]->tenant = m->tenant;
-		parts[i]->multi = m;
-		if (!multi_next_locked(s, m, parts[i]))
-			break;
-		s->outstanding++;
-		m->inflight++;
-		started++;
-	}
-	pthread_mutex_unlock(&s->mu);
-	for (size_t i = started; i < nparts; i++)
-		pd_svc_job_put(s, parts[i]);
-	if (!started)
-		multi_answer(m);
-}
-
-/* A part is done: count it, move on to the next name or retire (mu taken). */
-static void multi_part_done(pd_service *s, pd_job *j, int rc, const pd_err *e)
-{
-	pd_multi *m = j->multi;
-	pd_stream *st = j->st, *victims;
-	int moved, last = 0;
-
-	pthread_mutex_lock(&s->mu);
+	pthread_mutex_lock(&m->mu);
 	if (rc == PD_OK)
 		m->deleted++;
 	else if (rc != PD_E_NOTFOUND && !m->rc) {
 		m->rc = rc;
 		m->err = *e;
 	}
-	st->busy = 0;
-	s->st.jobs_running--;
-	pd_svc_push_run(s, st);
-	moved = multi_next_locked(s, m, j);
-	if (!moved) {
-		last = --m->inflight == 0;
-		if (--s->outstanding == 0)
-			pthread_cond_broadcast(&s->idle_cv);
+	if (m->next < m->n)
+		next = m->names[m->next++];
+	else
+		m->inflight--;
+	last = !next && m->inflight == 0 && !m->fanning;
+	pthread_mutex_unlock(&m->mu);
+	if (last)
+		multi_answer(m);
+	return next;
+}
+
+/* Starts up to MULTI_INFLIGHT deletes (mu held); each moves on by itself. */
+static void multi_fan_out(adm_req *m)
+{
+	pd_err e = {0};
+
+	while (m->inflight < MULTI_INFLIGHT && m->next < m->n) {
+		const char *name = m->names[m->next++];
+		int rc = pd_service_stream_op(m->svc, PD_STREAM_DELETE, m->tenant, name,
+					      multi_part_done, m, &e);
+		if (!rc) {
+			m->inflight++;
+		} else if (!m->rc) {
+			m->rc = rc;
+			m->err = e;
+		}
 	}
-	victims = pd_svc_evict(s);
-	pthread_mutex_unlock(&s->mu);
-	pd_svc_free_streams(victims);
-	if (!moved)
-		pd_svc_job_put(s, j);
+}
+
+static void adm_delete_prefix(adm_req *m)
+{
+	struct name_vec nv = {0};
+	pd_err e = {0};
+	int rc, last;
+
+	rc = pd_store_list(pd_service_store(m->svc), m->tenant, m->prefix, PD_STORE_SORT_NAME, 0,
+			   collect_name, &nv, &e);
+	if (!rc && nv.oom)
+		rc = pd_err_set(&e, PD_E_NOMEM, "out of memory listing streams");
+	pthread_mutex_lock(&m->mu);
+	m->names = nv.v;
+	m->n = nv.n;
+	if (rc) {
+		m->rc = rc;
+		m->err = e;
+	} else {
+		m->fanning = 1;
+		multi_fan_out(m);
+		m->fanning = 0;
+	}
+	last = m->inflight == 0;
+	pthread_mutex_unlock(&m->mu);
 	if (last)
 		multi_answer(m);
 }
 
-/* ---- reset / delete on the stream (the stream is busy: we own it) ------------------- */
+/* ---- reset / delete of one stream ------------------------------------------------------- */
 
-static void stream_op_answer(pd_job *j, int rc, pd_err *e)
+static const char *stream_op_done(void *arg, int rc, const pd_err *err)
 {
+	adm_req *j = arg;
+	pd_err e = *err;
 	pd_buf b;
 	jw w;
 
@@ -916,14 +894,16 @@ static void stream_op_answer(pd_job *j, int rc, pd_err *e)
 		if (rc == PD_OK || rc == PD_E_NOTFOUND)
 			deleted_answer(j->adone, j->aarg, j->tenant, j->name, rc == PD_OK);
 		else
-			j->adone(j->aarg, rc, e, NULL, 0);
-		return;
+			j->adone(j->aarg, rc, &e, NULL, 0);
+		req_free(j);
+		return NULL;
 	}
 	if (rc == PD_E_NOTFOUND)
-		pd_err_set(e, rc, "no stream %s in tenant %s", j->name, j->tenant);
+		pd_err_set(&e, rc, "no stream %s in tenant %s", j->name, j->tenant);
 	if (rc) {
-		j->adone(j->aarg, rc, e, NULL, 0);
-		return;
+		j->adone(j->aarg, rc, &e, NULL, 0);
+		req_free(j);
+		return NULL;
 	}
 	pd_buf_init(&b, 1 << 16);
 	jw_init(&w, &b);
@@ -932,91 +912,74 @@ static void stream_op_answer(pd_job *j, int rc, pd_err *e)
 	jw_kstr(&w, "name", j->name);
 	jw_bool(&w, "reset", 1);
 	jw_close(&w, '}');
-	rc = jw_end(&w, e);
-	j->adone(j->aarg, rc, e, rc ? NULL : (const char *)b.data, rc ? 0 : b.len);
+	rc = jw_end(&w, &e);
+	j->adone(j->aarg, rc, &e, rc ? NULL : (const char *)b.data, rc ? 0 : b.len);
 	pd_buf_free(&b);
+	req_free(j);
+	return NULL;
 }
 
-static void stream_op_finish(pd_job *j, int rc)
+/* ---- the other commands: a task on a worker ------------------------------------------------ */
+
+static void admin_task(void *arg)
 {
-	pd_service *s = j->svc;
-	pd_stream *st = j->st;
+	adm_req *j = arg;
 	pd_err e = {0};
-
-	pthread_mutex_lock(&s->mu);
-	if (!j->multi)
-		s->st.jobs_running--; /* a part is counted in multi_part_done */
-	if (rc == PD_OK) {
-		pd_svc_unload(s, st); /* the next job reads the row (or its absence) */
-		if (j->kind == PD_OP_DELETE && st->ten->committed)
-			st->ten->committed--;
-	}
-	pthread_mutex_unlock(&s->mu);
-	if (rc && rc != PD_E_NOTFOUND) {
-		pd_err_set(&e, rc, "state store: %s failed (%s)",
-			   j->kind == PD_OP_RESET ? "reset" : "delete", pd_code_name(rc));
-	}
-	if (j->multi) {
-		multi_part_done(s, j, rc, &e);
-		return;
-	}
-	stream_op_answer(j, rc, &e);
-	pd_svc_job_put(s, j);
-	pd_svc_release(s, st);
-}
-
-static void stream_op_store_done(void *arg, int rc, uint64_t latency_ns)
-{
-	stream_op_finish(arg, rc);
-}
-
-void pd_svc_admin_stream_op(pd_worker *w, pd_job *j)
-{
-	pd_service *s = w->svc;
-	int rc;
-
-	if (j->kind == PD_OP_RESET)
-		rc = pd_store_reset_async(s->store, j->tenant, j->name, "admin", stream_op_store_done,
-					  j);
-	else
-		rc = pd_store_delete_async(s->store, j->tenant, j->name, stream_op_store_done,
-					   j);
-	if (rc)
-		stream_op_finish(j, rc);
-}
-
-/* ---- global admin ops --------------------------------------------------------------------- */
-
-void pd_svc_admin_run(pd_worker *w, pd_job *j)
-{
-	pd_service *s = w->svc;
-	pd_err e = {0};
+	pd_buf doc;
 	jw out;
 	int rc = PD_OK;
 
 	if (j->cmd == PD_ADM_DELETE) {
-		adm_delete_prefix(w, j);
-		goto out;
+		adm_delete_prefix(j); /* answers and frees when its last part is done */
+		return;
 	}
-	jw_init(&out, &w->json);
+	pd_buf_init(&doc, ADMIN_JSON_MAX);
+	jw_init(&out, &doc);
 	switch (j->cmd) {
 	case PD_ADM_STREAMS:
-		rc = adm_streams(w, j, &out, &e);
+		rc = adm_streams(j, &out, &e);
 		break;
 	case PD_ADM_STREAM:
-		rc = adm_stream(w, j, &out, &e);
+		rc = adm_stream(j, &out, &e);
 		break;
 	case PD_ADM_TENANTS:
-		rc = adm_tenants(w, j, &out, &e);
+		rc = adm_tenants(j, &out, &e);
 		break;
 	default:
-		rc = adm_stats(w, &out);
+		rc = adm_stats(j, &out);
 		break;
 	}
 	if (!rc)
 		rc = jw_end(&out, &e);
-	j->adone(j->aarg, rc, &e, rc ? NULL : (const char *)w->json.data, rc ? 0 : w->json.len);
-out:
-	pd_svc_job_put(s, j);
-	pd_svc_op_finished(s);
+	j->adone(j->aarg, rc, &e, rc ? NULL : (const char *)doc.data, rc ? 0 : doc.len);
+	pd_buf_free(&doc);
+	req_free(j);
+}
+
+int pd_service_admin(pd_service *s, const char *cmd, const char *const *kv, pd_admin_done_fn done,
+		     void *arg, pd_err *e)
+{
+	struct admin_args a;
+	int c = cmd_index(cmd), rc, sort;
+	size_t limit;
+	adm_req *j;
+
+	if (c < 0)
+		return pd_err_set(e, PD_E_ARG, "unknown admin command %s", cmd ? cmd : "(null)");
+	if ((rc = parse_kv(c, kv, &a, e)) || (rc = check_args(c, &a, e)) ||
+	    (rc = parse_limit(a.v[4], &limit, e)) || (rc = parse_sort(a.v[3], &sort, e)))
+		return rc;
+	if (!(j = req_new(s, a.v, done, arg)))
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for an admin request");
+	j->cmd = c;
+	j->sort = sort;
+	j->limit = limit;
+	if (c == PD_ADM_RESET || (c == PD_ADM_DELETE && j->name))
+		rc = pd_service_stream_op(s, c == PD_ADM_RESET ? PD_STREAM_RESET : PD_STREAM_DELETE,
+					  j->tenant, j->name, stream_op_done, j, e);
+	else
+		rc = pd_service_task(s, admin_task, j, e);
+	if (rc)
+		req_free(j);
+	return rc;
 }

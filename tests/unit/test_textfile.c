@@ -1,0 +1,69 @@
+/* test_textfile: the one reader of token and secret files (common/pd_textfile):
+ * CRLF and trailing blanks trimmed, empty and whitespace-only files refused. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pd_textfile.h"
+#include "tharness.h"
+
+static char dir[] = "/tmp/test_textfile.XXXXXX";
+
+static const char *write_file(const char *name, const char *body)
+{
+	static char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	if (!(f = fopen(path, "w")))
+		return path;
+	fputs(body, f);
+	fclose(f);
+	return path;
+}
+
+/* The token read from a file with body, or NULL (err filled) when refused. */
+static const char *token_of(const char *body, char *err, size_t errlen)
+{
+	static char tok[64];
+	const char *path = write_file("token", body);
+
+	err[0] = 0;
+	return pd_token_file(path, tok, sizeof tok, err, errlen) ? NULL : tok;
+}
+
+int main(void)
+{
+	char err[512];
+	const char *t;
+
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	CHECK((t = token_of("abc\n", err, sizeof err)) && !strcmp(t, "abc"));
+	CHECK((t = token_of("abc", err, sizeof err)) && !strcmp(t, "abc"));
+	CHECK((t = token_of("abc\r\n", err, sizeof err)) && !strcmp(t, "abc"));
+	CHECK((t = token_of("abc \t\r\nsecond line\n", err, sizeof err)) && !strcmp(t, "abc"));
+	CHECK((t = token_of("a b\n", err, sizeof err)) && !strcmp(t, "a b"));
+	CHECK(!token_of("", err, sizeof err) && strstr(err, "is empty"));
+	CHECK(!token_of("\n", err, sizeof err) && strstr(err, "is empty"));
+	CHECK(!token_of("\r\n", err, sizeof err) && strstr(err, "is empty"));
+	CHECK(!token_of("  \t \r\n", err, sizeof err) && strstr(err, "is empty"));
+	CHECK(!token_of("0123456789012345678901234567890123456789012345678901234567890123\n", err,
+			sizeof err) &&
+	      strstr(err, "longer than 63"));
+	CHECK((t = token_of("012345678901234567890123456789012345678901234567890123456789012\n", err,
+			    sizeof err)) &&
+	      strlen(t) == 63);
+	{
+		char path[300], buf[8];
+		snprintf(path, sizeof path, "%s/missing", dir);
+		CHECK(pd_token_file(path, buf, sizeof buf, err, sizeof err) == -1 &&
+		      strstr(err, "cannot read"));
+	}
+	unlink(write_file("token", ""));
+	rmdir(dir);
+	return TH_DONE();
+}
