@@ -101,6 +101,23 @@ static int attempt(pdelta *h, pd_msg *m, pd_buf *body, int *sent)
 	return rc;
 }
 
+/* A command that names a stream goes to that stream's node (the tenant
+ * given, else ours); the others (listings) to any node: with a shared store
+ * every node answers for the whole fleet. */
+static void route_by(pdelta *h, const char *const *kv)
+{
+	h->route_tenant = NULL;
+	h->route_stream = NULL;
+	for (size_t i = 0; kv && kv[i] && kv[i + 1]; i += 2) {
+		if (strcmp(kv[i], "tenant") == 0)
+			h->route_tenant = kv[i + 1];
+		else if (strcmp(kv[i], "name") == 0)
+			h->route_stream = kv[i + 1];
+	}
+	if (!h->route_stream)
+		h->route_tenant = NULL;
+}
+
 static int admin(pdelta *h, const char *cmd, const char *const *kv, pd_buf *body)
 {
 	unsigned attempts = 1;
@@ -113,6 +130,7 @@ static int admin(pdelta *h, const char *cmd, const char *const *kv, pd_buf *body
 		return pdl_fail(h, PDELTA_E_ARG, 0, "a delta request is open on this handle");
 	if (!cmd || (rc = build(h, &m, cmd, kv)))
 		return cmd ? rc : pdl_fail(h, PDELTA_E_ARG, 0, "no admin command");
+	route_by(h, kv);
 	for (;;) {
 		rc = attempt(h, &m, body, &sent);
 		if (!rc || !h->err.retryable || attempts >= h->o.max_attempts)
@@ -138,6 +156,7 @@ int pdelta_admin(pdelta *h, const char *command, const char *const *kv, char **j
 	pdl_fork_check(h);
 	pdl_clear_error(h);
 	rc = admin(h, command, kv, &body);
+	h->route_tenant = h->route_stream = NULL; /* they point into kv */
 	if (!rc && pd_buf_append(&body, "", 1, NULL))
 		rc = pdl_fail(h, PDELTA_E_NOMEM, 1, "out of memory");
 	pdl_sigpipe_restore(&g);

@@ -37,17 +37,24 @@ static void sleep_ms(uint64_t ms)
 }
 
 /* "Equal jitter": half the exponential delay fixed, half random, so retries
- * of many agents spread out but never come back immediately. */
+ * (and probes of a down node) of many agents spread out but never come back
+ * immediately. */
+uint64_t pdl_backoff_delay(pdelta *h, unsigned attempt, uint64_t base_ms, uint64_t max_ms)
+{
+	uint64_t d = base_ms, half;
+
+	for (unsigned i = 2; i < attempt && d < max_ms; i++)
+		d *= 2;
+	if (d > max_ms)
+		d = max_ms;
+	half = d / 2;
+	return half + (half ? pdl_random64(h) % (half + 1) : 0);
+}
+
 void pdl_backoff(pdelta *h, unsigned attempt, uint64_t min_ms)
 {
-	uint64_t d = h->o.backoff_base_ms, half;
+	uint64_t d = pdl_backoff_delay(h, attempt, h->o.backoff_base_ms, h->o.backoff_max_ms);
 
-	for (unsigned i = 2; i < attempt && d < h->o.backoff_max_ms; i++)
-		d *= 2;
-	if (d > h->o.backoff_max_ms)
-		d = h->o.backoff_max_ms;
-	half = d / 2;
-	d = half + (half ? pdl_random64(h) % (half + 1) : 0);
 	if (d < min_ms)
 		d = min_ms;
 	if (d)

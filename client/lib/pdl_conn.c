@@ -108,7 +108,7 @@ static void drop(pdelta *h)
 static int conn_lost(pdelta *h, const char *what)
 {
 	drop(h);
-	return pdl_fail(h, PDELTA_E_IO, 1, "connection to %s lost: %s", h->server, what);
+	return pdl_fail(h, PDELTA_E_IO, 1, "connection to %s lost: %s", h->peer, what);
 }
 
 static void queue_goodbye(pdelta *h, int reason, const char *text)
@@ -195,7 +195,7 @@ static int ssl_failure(pdelta *h, int ret, const char *op)
 	if (se == SSL_ERROR_SSL && !h->ready) {
 		/* a TLS alert before HELLO_OK: rejected certificate, wrong CA... */
 		drop(h);
-		return pdl_fail(h, PDELTA_E_TLS, 0, "TLS %s with %s failed: %s", op, h->server, es);
+		return pdl_fail(h, PDELTA_E_TLS, 0, "TLS %s with %s failed: %s", op, h->peer, es);
 	}
 	return conn_lost(h, es);
 }
@@ -314,7 +314,7 @@ int pdl_flush(pdelta *h)
 		else if (pdl_now_ms() >= last + h->o.io_timeout_ms) {
 			drop(h);
 			return pdl_fail(h, PDELTA_E_TIMEOUT, 1,
-					"writing to %s made no progress for %u ms", h->server,
+					"writing to %s made no progress for %u ms", h->peer,
 					h->o.io_timeout_ms);
 		}
 	}
@@ -376,6 +376,8 @@ static int handle_conn_frame(pdelta *h, const pd_msg *m)
 		if (!h->ready)
 			return pdl_proto_violation(h, "%s before HELLO_OK", "GOODBYE");
 		h->draining = 1;
+		if (m->u.goodbye.reason == PD_BYE_SHUTDOWN)
+			h->bye_shutdown = 1;
 		return 1;
 	case PD_FT_ERROR:
 		if (m->request_id != 0)
@@ -475,7 +477,7 @@ int pdl_next_frame(pdelta *h, int wait, pd_msg *m)
 		if (pdl_now_ms() >= deadline) {
 			drop(h);
 			return pdl_fail(h, PDELTA_E_TIMEOUT, 1, "no answer from %s for %u ms",
-					h->server, h->o.io_timeout_ms);
+					h->peer, h->o.io_timeout_ms);
 		}
 		if ((rc = keepalive(h, pdl_now_ms())) != PDELTA_OK)
 			return rc;
@@ -549,7 +551,7 @@ static int tcp_connect(pdelta *h, uint64_t deadline)
 	freeaddrinfo(res);
 	if (h->fd < 0)
 		return pdl_fail(h, err == ETIMEDOUT ? PDELTA_E_TIMEOUT : PDELTA_E_IO, 1,
-				"connecting to %s: %s", h->server, strerror(err));
+				"connecting to %s: %s", h->peer, strerror(err));
 	return PDELTA_OK;
 }
 
@@ -595,7 +597,7 @@ static int tls_handshake(pdelta *h, uint64_t deadline)
 		if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE) {
 			if (!wait_fd(h->fd, se == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline))
 				return pdl_fail(h, PDELTA_E_TIMEOUT, 1, "TLS handshake with %s timed out",
-						h->server);
+						h->peer);
 			continue;
 		}
 		vr = SSL_get_verify_result(h->ssl);
@@ -605,10 +607,10 @@ static int tls_handshake(pdelta *h, uint64_t deadline)
 		ssl_errstr(es, sizeof es);
 		if (vr != X509_V_OK)
 			return pdl_fail(h, PDELTA_E_TLS, 0, "TLS with %s: certificate verification failed: %s",
-					h->server, X509_verify_cert_error_string(vr));
+					h->peer, X509_verify_cert_error_string(vr));
 		if (se == SSL_ERROR_SSL && !eof)
-			return pdl_fail(h, PDELTA_E_TLS, 0, "TLS handshake with %s failed: %s", h->server, es);
-		return pdl_fail(h, PDELTA_E_IO, 1, "TLS handshake with %s failed: %s", h->server, es);
+			return pdl_fail(h, PDELTA_E_TLS, 0, "TLS handshake with %s failed: %s", h->peer, es);
+		return pdl_fail(h, PDELTA_E_IO, 1, "TLS handshake with %s failed: %s", h->peer, es);
 	}
 }
 
@@ -667,7 +669,7 @@ int pdl_conn_open(pdelta *h)
 	int rc;
 
 	drop(h);
-	h->pid = getpid();
+	h->bye_shutdown = 0;
 	if ((rc = tcp_connect(h, deadline)) || (rc = tls_handshake(h, deadline)))
 		goto fail;
 	h->last_tx_ms = h->last_rx_ms = pdl_now_ms();
@@ -707,8 +709,7 @@ static void refresh(pdelta *h)
 		(void)pdl_flush(h); /* PONGs */
 }
 
-/* Whether the open connection can take a new request. */
-static int usable(pdelta *h)
+int pdl_conn_usable(pdelta *h)
 {
 	uint64_t idle_margin;
 
@@ -723,14 +724,19 @@ static int usable(pdelta *h)
 	return 1;
 }
 
-/* One try: the open connection if usable, else a new one. */
-static int conn_ready(pdelta *h)
+int pdl_conn_here(pdelta *h)
 {
-	if (usable(h))
+	if (pdl_conn_usable(h))
 		return PDELTA_OK;
 	if (h->ssl)
 		close_with(h, PD_BYE_NORMAL, "");
 	return pdl_conn_open(h);
+}
+
+/* One try: on the only node, or on the stream's node in the list. */
+static int conn_ready(pdelta *h)
+{
+	return h->nnodes > 1 || h->dns_name ? pdl_nodes_ready(h) : pdl_conn_here(h);
 }
 
 int pdl_conn_ensure(pdelta *h)
@@ -782,12 +788,8 @@ void pdl_sigpipe_restore(const pdl_sigpipe *g)
 
 /* ---- fork ---------------------------------------------------------------------- */
 
-void pdl_fork_check(pdelta *h)
+void pdl_conn_forget(pdelta *h)
 {
-	pid_t me = getpid();
-
-	if (h->pid == me)
-		return;
 	/* A child: the connection belongs to the parent. Free our copy of the
 	 * SSL object without SSL_shutdown (which would write close_notify into
 	 * the parent's session) and close our copy of the descriptor (never
@@ -804,6 +806,16 @@ void pdl_fork_check(pdelta *h)
 	pd_buf_reset(&h->wbuf);
 	pd_buf_reset(&h->rbuf);
 	h->woff = h->rpos = h->consume = 0;
+}
+
+void pdl_fork_check(pdelta *h)
+{
+	pid_t me = getpid();
+
+	if (h->pid == me)
+		return;
+	pdl_conn_forget(h);
+	pdl_nodes_forked(h);
 	if (h->r.phase != PDL_IDLE) {
 		h->r.phase = PDL_FAILED;
 		h->r.fail_code = pdl_fail(h, PDELTA_E_IO, 1, "the request was open when the process forked");

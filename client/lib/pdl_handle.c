@@ -2,7 +2,8 @@
  * pdl_handle: the libpdelta handle. Options and their defaults, creation and
  * destruction, the public error and stream accessors. Requests live in
  * pdl_request.c, the connection in pdl_conn.c, the per-stream table in
- * pdl_stream.c, the last error in pdl_error.c, backoff in pdl_backoff.c.
+ * pdl_stream.c, the last error in pdl_error.c, backoff in pdl_backoff.c, the
+ * server list in pdl_nodes.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,43 +111,6 @@ static int dup_opt(char **dst, const char *src)
 		return 0;
 	*dst = strdup(src);
 	return *dst ? 0 : -1;
-}
-
-/* Splits "host:port" / "[v6]:port". */
-static int split_server(pdelta *h, char *err, size_t errlen)
-{
-	const char *s = h->server, *colon, *hs = s;
-	size_t hl;
-
-	if (s[0] == '[') {
-		const char *rb = strchr(s, ']');
-		if (!rb || rb[1] != ':') {
-			snprintf(err, errlen, "server '%s': want [addr]:port", s);
-			return PDELTA_E_ARG;
-		}
-		hs = s + 1;
-		hl = (size_t)(rb - hs);
-		colon = rb + 1;
-	} else {
-		colon = strrchr(s, ':');
-		if (!colon || strchr(s, ':') != colon) {
-			snprintf(err, errlen, "server '%s': want host:port", s);
-			return PDELTA_E_ARG;
-		}
-		hl = (size_t)(colon - s);
-	}
-	if (hl == 0 || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
-	    atoi(colon + 1) < 1 || atoi(colon + 1) > 65535) {
-		snprintf(err, errlen, "server '%s': want host:port with a port 1..65535", s);
-		return PDELTA_E_ARG;
-	}
-	h->host = strndup(hs, hl);
-	h->port = strdup(colon + 1);
-	if (!h->host || !h->port) {
-		snprintf(err, errlen, "out of memory");
-		return PDELTA_E_NOMEM;
-	}
-	return 0;
 }
 
 static int check_opts(const pdelta_opts *o, char *err, size_t errlen)
@@ -292,7 +256,7 @@ int pdelta_new(const pdelta_opts *o, pdelta **out, char *errbuf, size_t errlen)
 	h->o.token = h->token;
 	h->o.verify_host = h->verify_host;
 	h->o.client_name = h->client_name;
-	if (h->server && (rc = split_server(h, errbuf, errlen)))
+	if (h->server && (rc = pdl_nodes_setup(h, errbuf, errlen)))
 		goto fail;
 	if (alloc_handle_parts(h))
 		goto nomem;
@@ -317,6 +281,7 @@ void pdelta_free(pdelta *h)
 		return;
 	pdl_sigpipe_block(&g);
 	pdl_fork_check(h);
+	pdl_nodes_free(h);
 	pdl_conn_close(h, 1);
 	pdl_sigpipe_restore(&g);
 	for (st = h->streams; st; st = nx) {
@@ -338,8 +303,6 @@ void pdelta_free(pdelta *h)
 	pd_buf_free(&h->dbuf);
 	pd_buf_free(&h->lout);
 	free(h->server);
-	free(h->host);
-	free(h->port);
 	free(h->ca_file);
 	free(h->cert_file);
 	free(h->key_file);

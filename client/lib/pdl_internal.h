@@ -5,6 +5,8 @@
  *                 requests;
  *   pdl_conn.c    TCP + TLS connection, HELLO, frame I/O with poll()
  *                 deadlines, keepalive, fork detection, SIGPIPE guard;
+ *   pdl_nodes.c   the server list: one connection per node, rendezvous
+ *                 routing of streams, failover and probes of down nodes;
  *   pdl_stream.c  the per-stream table;
  *   pdl_error.c   the last error;
  *   pdl_backoff.c clock, jitter and backoff between retries;
@@ -14,9 +16,10 @@
  *   pdl_admin.c   ADMIN commands.
  *
  * Calls go one way: handle, request and admin call conn, local, stream,
- * error and backoff; conn calls error and backoff; local calls error and
- * pdl_wall_ns. One request at a time per handle, blocking calls, one
- * connection.
+ * error and backoff; conn calls nodes, error and backoff; nodes calls conn
+ * back for one node; local calls error and pdl_wall_ns. One request at a
+ * time per handle, blocking calls, one connection per node (the current
+ * node's lives in the handle, the others are parked in pdl_node).
  */
 #ifndef PDL_INTERNAL_H
 #define PDL_INTERNAL_H
@@ -24,6 +27,7 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -32,6 +36,7 @@
 #include "pd_err.h"
 #include "pd_frame.h"
 #include "pd_gz.h"
+#include "pd_route.h"
 #include "pd_state.h"
 #include "pdelta.h"
 
@@ -109,9 +114,18 @@ typedef struct pdl_req {
 	char smsg[512];
 } pdl_req;
 
+/* One node of the server list; its connection is parked here while another
+ * node's is in the handle. */
+typedef struct pdl_node {
+	pd_route_node addr;
+	unsigned char *link; /* PDL_LINK_SIZE bytes: the parked connection */
+	unsigned fails;      /* consecutive connect failures / drains */
+	uint64_t retry_ms;   /* down: not tried again before (0 = up) */
+} pdl_node;
+
 struct pdelta {
 	/* options (strings owned) */
-	char *server, *host, *port, *ca_file, *cert_file, *key_file, *token, *verify_host;
+	char *server, *ca_file, *cert_file, *key_file, *token, *verify_host;
 	char *client_name;
 	pdelta_opts o;
 	pd_type_override *eng_ovr; /* engine form of o.overrides (local mode) */
@@ -120,12 +134,23 @@ struct pdelta {
 	EVP_MD *sha256;
 	EVP_MD_CTX *md;
 
-	/* connection */
+	/* nodes (pdl_nodes.c): the current node's host, port and "host:port" */
+	const char *host, *port, *peer;
+	pdl_node *nodes;
+	size_t nnodes, cur;
+	char *dns_name;        /* a lone name: re-resolved, its addresses are the nodes */
+	uint64_t dns_next_ms;
+	unsigned char *blank_link; /* a closed connection, to start a node with */
+	const char *route_tenant, *route_stream; /* key of the next connection, NULL = none */
+	char tenant_seen[PD_MAX_TENANT + 1];     /* the tenant HELLO_OK announced */
+	pid_t pid;          /* process that owns the connections */
+
+	/* connection (from fd to next_id: one node's link, see PDL_LINK_SIZE) */
 	int fd;
 	SSL *ssl;
-	pid_t pid;          /* process that owns fd/ssl */
 	int ready;          /* HELLO_OK received */
 	int draining;       /* GOODBYE received: no new request on this connection */
+	int bye_shutdown;   /* that GOODBYE said the server stops; kept until looked at */
 	int read_wants_write;
 	int rx_eof;         /* the read side ended; reported once the buffered frames are used */
 	char rx_err[256];
@@ -145,6 +170,7 @@ struct pdelta {
 	size_t consume; /* size of the frame last returned by pdl_next_frame */
 	pd_buf dbuf;    /* DATA payload being coalesced */
 	uint32_t next_id;
+#define PDL_LINK_SIZE (offsetof(struct pdelta, next_id) + sizeof(uint32_t) - offsetof(struct pdelta, fd))
 
 	pdl_req r;
 	pdl_stream *streams;
@@ -176,6 +202,8 @@ void pdl_clear_error(pdelta *h);
 uint64_t pdl_now_ms(void);
 /* Sleeps the backoff before attempt n (2 = first retry). */
 void pdl_backoff(pdelta *h, unsigned attempt, uint64_t min_ms);
+/* The jittered delay before attempt n (2 = first retry) between base and max. */
+uint64_t pdl_backoff_delay(pdelta *h, unsigned attempt, uint64_t base_ms, uint64_t max_ms);
 uint64_t pdl_random64(pdelta *h);
 uint64_t pdl_strong_random64(void); /* never 0 */
 
@@ -219,6 +247,25 @@ int pdl_flush(pdelta *h);
  * buffer until the next call. */
 int pdl_next_frame(pdelta *h, int wait, pd_msg *m);
 uint32_t pdl_new_id(pdelta *h);
+
+/* The current node's connection as it is: usable for a new request or not
+ * (reads what arrived meanwhile: PING, GOODBYE). */
+int pdl_conn_usable(pdelta *h);
+/* One try on the current node: its connection if usable, else a new one. */
+int pdl_conn_here(pdelta *h);
+/* Drops the current connection without I/O (it belongs to a parent process). */
+void pdl_conn_forget(pdelta *h);
+
+/* ---- pdl_nodes.c ------------------------------------------------------------ */
+/* Parses o.server into the node table (no I/O but the resolution of a lone name). */
+int pdl_nodes_setup(pdelta *h, char *err, size_t errlen);
+/* A usable connection to the node of the stream in route_tenant/route_stream,
+ * failing over along its rendezvous order. */
+int pdl_nodes_ready(pdelta *h);
+/* Closes every parked connection (graceful: GOODBYE) and frees the table. */
+void pdl_nodes_free(pdelta *h);
+/* In a forked child: drops the parked connections without I/O. */
+void pdl_nodes_forked(pdelta *h);
 
 /* ---- pdl_local.c ------------------------------------------------------------ */
 int pdl_local_begin(pdelta *h);

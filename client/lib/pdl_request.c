@@ -518,6 +518,7 @@ static int begin_common(pdelta *h, const char *stream, uint64_t seq, pdelta_repl
 		return pdl_fail(h, PDELTA_E_NOMEM, 1, "out of memory");
 	memset(r, 0, sizeof *r);
 	r->st = st;
+	h->route_stream = st->name; /* every attempt asks for the stream's node */
 	r->auto_seq = seq == 0;
 	r->seq = seq ? seq : st->last_seq + 1;
 	if (r->seq > st->last_seq)
