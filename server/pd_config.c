@@ -46,7 +46,9 @@ static const setting settings[] = {
 	    "refuse TLS clients without a valid client certificate"),
 	STR(tenants, "", "credentials file: tenant=.. role=.. token_sha256=..|cert_cn=.. (required;\n"
 	    "        refused without credentials unless it says allow_empty = true)"),
-	STR(db, "pdeltad.db", "SQLite database of stream state"),
+	STR(db, "pdeltad.db", "stream state: a SQLite file, or PostgreSQL as postgresql://... or\n"
+	    "        libpq key=value pairs (host=... dbname=...; TLS with sslmode=...)"),
+	STR(db_password_file, "", "PostgreSQL password, first line of this file (or PGPASSFILE)"),
 	NUM("db_sync", T_BOOL, db_sync, 1, 0, 1, "fsync the WAL at every commit (power-loss safe)"),
 	NUM("db_max_bytes", T_BYTES, db_max_bytes, 0, 0, 1ull << 50,
 	    "size budget of the database; past it commits fail (store errors); 0 = none"),

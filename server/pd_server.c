@@ -372,6 +372,7 @@ static int start_service(pd_server *s, pd_err *e)
 	o.worker_keep_bytes = c->worker_keep_bytes;
 	o.limits = c->limits;
 	o.store.path = c->db;
+	o.store.password_file = c->db_password_file;
 	o.store.synchronous_full = c->db_sync;
 	o.store.max_db_bytes = c->db_max_bytes;
 	return pd_service_new(&o, &s->svc, e);

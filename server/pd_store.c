@@ -3,8 +3,8 @@
  *
  * Owns what every backend needs the same way: the bounded write queue, the
  * single writer thread and its group commit, completions, fault injection and
- * metrics. A backend (pd_store_sqlite.c) only runs statements, so a
- * PostgreSQL backend later gets group commit and backpressure for free.
+ * metrics. A backend (pd_store_sqlite.c, pd_store_pg.c) only runs
+ * statements, so both get group commit and backpressure the same way.
  *
  * Queue accounting: a write counts against max_queue / max_queue_bytes from
  * enqueue until its completion has returned, so memory held by in-flight
@@ -535,6 +535,26 @@ static void writer_batch(pd_store *s, struct wop *batch, size_t n, int fault)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Waits for work (mu held). While a backend with a database server is
+ * unreachable, wakes up every second to let it reconnect, so /healthz
+ * recovers without a write. */
+static void writer_wait(pd_store *s)
+{
+	struct timespec ts;
+
+	if (!s->ops->healthy || s->ops->healthy(s->be)) {
+		pthread_cond_wait(&s->cv_work, &s->mu);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 1;
+	if (pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) && !s->head && !s->stopping) {
+		pthread_mutex_unlock(&s->mu);
+		s->ops->reconnect(s->be);
+		pthread_mutex_lock(&s->mu);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	pd_store *s = arg;
@@ -546,7 +566,7 @@ static void *writer_main(void *arg)
 
 		pthread_mutex_lock(&s->mu);
 		while (!s->head && !s->stopping)
-			pthread_cond_wait(&s->cv_work, &s->mu);
+			writer_wait(s);
 		if (!s->head) {
 			pthread_mutex_unlock(&s->mu);
 			break; /* stopping and drained */
@@ -582,17 +602,30 @@ static int start_writer(pd_store *s, pd_err *e)
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
+int pd_store_is_pg(const char *path)
+{
+	static const char *const keys[] = {"host", "hostaddr", "port", "dbname", "user",
+					   "service", "sslmode", "passfile", "options"};
+	size_t n = strspn(path, "abcdefghijklmnopqrstuvwxyz_");
+	const char *eq = path + n + strspn(path + n, " \t");
+
+	if (!strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13))
+		return 1;
+	if (*eq != '=')
+		return 0;
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+		if (strlen(keys[i]) == n && !strncmp(path, keys[i], n))
+			return 1;
+	return 0;
+}
+
 static const struct pd_store_backend *pick_backend(const char *path, pd_err *e)
 {
 	if (!path || !*path) {
 		pd_err_set(e, PD_E_ARG, "state store path is required");
 		return NULL;
 	}
-	if (!strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13)) {
-		pd_err_set(e, PD_E_ARG, "the PostgreSQL state backend is not built yet (%s)", path);
-		return NULL;
-	}
-	return &pd_store_sqlite_backend;
+	return pd_store_is_pg(path) ? &pd_store_pg_backend : &pd_store_sqlite_backend;
 }
 
 static unsigned env_faults(void)
@@ -834,6 +867,7 @@ void pd_store_stats(pd_store *s, struct pd_store_stats *out)
 	out->reads = atomic_load_explicit(&s->reads, memory_order_relaxed);
 	out->read_errors = atomic_load_explicit(&s->read_errors, memory_order_relaxed);
 	out->responses_corrupt = atomic_load_explicit(&s->responses_corrupt, memory_order_relaxed);
+	out->unreachable = s->ops->healthy && !s->ops->healthy(s->be);
 }
 
 void pd_store_inject_fault(pd_store *s, unsigned n)

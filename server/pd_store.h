@@ -66,9 +66,14 @@ typedef struct pd_store pd_store;
 #define PD_STORE_DEFAULT_MAX_READERS 16u                /* pooled read connections */
 
 struct pd_store_opts {
-	/* Database file (SQLite). "postgresql://..." is reserved for the
-	 * planned PostgreSQL backend and is refused until it exists. */
+	/* Database file (SQLite), or a PostgreSQL connection string: a
+	 * "postgres://" / "postgresql://" URI or libpq key=value pairs whose
+	 * first word is a libpq keyword ("host=... dbname=..."); see
+	 * pd_store_is_pg(). */
 	const char *path;
+	/* PostgreSQL: file whose first line is the password (NULL or "" =
+	 * none: the connection string, PGPASSFILE or ~/.pgpass). */
+	const char *password_file;
 	/* 1 (default): PRAGMA synchronous=FULL, the WAL is fsynced at every
 	 * commit, so acknowledged writes survive power loss. 0: NORMAL; in WAL
 	 * mode that still survives a process crash (kill -9: committed frames
@@ -312,6 +317,7 @@ struct pd_store_stats {
 	char last_error[sizeof(((pd_err *)0)->msg)]; /* most recent store error, "" if none */
 	int64_t last_error_ms;    /* its unix time, ms; 0 if none */
 	uint64_t log_suppressed;  /* store error lines left out by the rate limit */
+	int unreachable;          /* now: the backend lost its database (reconnecting) */
 };
 
 /* Store errors (failed transactions, failed reads) are logged with their
@@ -369,9 +375,23 @@ struct pd_store_backend {
 	int (*tenant_totals)(void *be, const char *tenant, pd_store_tenant_fn fn, void *arg,
 			     pd_err *e);
 	int (*integrity_check)(void *be, pd_err *e);
+
+	/* Optional, for backends with a database server. healthy: any thread,
+	 * never blocks; 0 while the database is unreachable. reconnect: the
+	 * writer thread calls it about once a second while idle and unhealthy
+	 * (the backend keeps its own backoff). */
+	int (*healthy)(void *be);
+	void (*reconnect)(void *be);
 };
 
 extern const struct pd_store_backend pd_store_sqlite_backend;
+extern const struct pd_store_backend pd_store_pg_backend;
+
+/* Does this store path name a PostgreSQL database? A URI with the scheme
+ * postgres:// or postgresql://, or key=value pairs whose first key is one of
+ * libpq's usual keywords (host, hostaddr, port, dbname, user, service, ...).
+ * Anything else is a SQLite file (write "./host=x" for such a file name). */
+int pd_store_is_pg(const char *path);
 
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes
  * (amortised growth); returns PD_E_NOMEM on failure. */
