@@ -126,18 +126,27 @@ enum {
 
 /* ---- statements (prepared once per connection) ------------------------------ */
 
+/* Declared parameter types (OIDs), for statements that leave some
+ * parameter unused (an update keeps created_ms). */
+enum { OID_BYTEA = 17, OID_INT8 = 20, OID_INT4 = 23, OID_TEXT = 25 };
+static const Oid put_types[PG_NPUT + 1] = {
+	OID_TEXT, OID_TEXT, OID_INT8, OID_INT8, OID_INT8, OID_BYTEA, OID_INT4, OID_TEXT,
+	OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8,
+	OID_TEXT, OID_BYTEA, OID_BYTEA, OID_INT8, OID_INT8, OID_INT8};
+
 struct pg_stmt {
 	const char *name, *sql;
+	int ntypes; /* of put_types */
 };
 
 enum w_stmt { W_UPSERT, W_INSERT_NEW, W_UPDATE_IF, W_DELETE, W_RESET, W_EXPIRE, W__N };
 static const struct pg_stmt w_stmts[W__N] = {
 	[W_UPSERT] = {"w_upsert", "INSERT INTO pdelta_streams (version, " PG_COLS ") VALUES (1, "
-				  PG_VALS ") ON CONFLICT (tenant, name) DO UPDATE SET " PG_SET},
+				  PG_VALS ") ON CONFLICT (tenant, name) DO UPDATE SET " PG_SET, PG_NPUT},
 	[W_INSERT_NEW] = {"w_insert_new", "INSERT INTO pdelta_streams (version, " PG_COLS
-					  ") VALUES (1, " PG_VALS ") ON CONFLICT DO NOTHING"},
+					  ") VALUES (1, " PG_VALS ") ON CONFLICT DO NOTHING", PG_NPUT},
 	[W_UPDATE_IF] = {"w_update_if", "UPDATE pdelta_streams SET " PG_SET " " PG_KEY
-					" AND version = $22::int8"},
+					" AND version = $22::int8", PG_NPUT + 1},
 	[W_DELETE] = {"w_delete", "DELETE FROM pdelta_streams " PG_KEY},
 	[W_RESET] = {"w_reset", "UPDATE pdelta_streams SET version = version + 1, state = '', "
 				"state_crc = 0, identities = 0, state_bytes = 0, last_time_nanos = 0, "
@@ -298,10 +307,23 @@ static PGresult *pg_run(PGconn *c, const struct pg_stmt *st, const struct pg_par
 
 static void pg_quiet(void *arg, const char *msg) {}
 
+static int pg_prepare_all(PGconn *c, const struct pg_stmt *stmts, int n, pd_err *e)
+{
+	int rc = PD_OK;
+
+	for (int i = 0; !rc && i < n; i++) {
+		PGresult *r = PQprepare(c, stmts[i].name, stmts[i].sql, stmts[i].ntypes,
+					stmts[i].ntypes ? put_types : NULL);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK)
+			rc = pg_result_fail(e, c, r, stmts[i].name);
+		PQclear(r);
+	}
+	return rc;
+}
+
 /* Opens a connection: our defaults first, the configured string after them
- * (so it overrides them), then session settings and prepared statements. */
-static int pg_connect(struct pg_be *b, const struct pg_stmt *stmts, int n, PGconn **out,
-		      pd_err *e)
+ * (so it overrides them), then the session settings. */
+static int pg_connect(struct pg_be *b, PGconn **out, pd_err *e)
 {
 	const char *kw[5] = {"connect_timeout", "application_name"}, *val[5] = {PG_CONNECT_TIMEOUT,
 										 "pdeltad"};
@@ -329,12 +351,6 @@ static int pg_connect(struct pg_be *b, const struct pg_stmt *stmts, int n, PGcon
 	rc = pg_exec(c, "SET synchronous_commit = on", "synchronous_commit", e);
 	if (!rc)
 		rc = pg_exec(c, buf, "lock_timeout", e);
-	for (int i = 0; !rc && i < n; i++) {
-		PGresult *r = PQprepare(c, stmts[i].name, stmts[i].sql, 0, NULL);
-		if (PQresultStatus(r) != PGRES_COMMAND_OK)
-			rc = pg_result_fail(e, c, r, stmts[i].name);
-		PQclear(r);
-	}
 out:
 	if (rc)
 		PQfinish(c);
@@ -386,7 +402,7 @@ static int pg_schema_check(PGconn *c, pd_err *e)
 	int rc = pg_exec(c, "BEGIN", "schema check", e);
 
 	if (!rc)
-		rc = pg_exec(c, "SELECT pg_advisory_xact_lock(7370646c74)", "schema lock", e);
+		rc = pg_exec(c, "SELECT pg_advisory_xact_lock(1885619316)" /* "pdLt" */, "schema lock", e);
 	if (!rc)
 		rc = pg_single_int(c, "SELECT (to_regclass('pdelta_schema') IS NOT NULL)::int",
 				   &has_schema, e);
@@ -417,9 +433,21 @@ out:
 
 /* ---- the writer connection and reconnects ------------------------------------ */
 
+/* Connects the writer, checks (or creates) the schema, prepares its
+ * statements: at open and at every reconnect. */
 static int pg_writer_connect(struct pg_be *b, pd_err *e)
 {
-	return pg_connect(b, w_stmts, W__N, &b->w, e);
+	int rc = pg_connect(b, &b->w, e);
+
+	if (!rc)
+		rc = pg_schema_check(b->w, e);
+	if (!rc)
+		rc = pg_prepare_all(b->w, w_stmts, W__N, e);
+	if (rc && b->w) {
+		PQfinish(b->w);
+		b->w = NULL;
+	}
+	return rc;
 }
 
 /* The writer's connection broke: forget it, retry after a backoff. */
@@ -502,8 +530,10 @@ static int pg_acquire(struct pg_be *b, struct pg_reader **out, pd_err *e)
 	pthread_mutex_unlock(&b->pool_mu);
 
 	r = calloc(1, sizeof *r);
-	rc = r ? pg_connect(b, r_stmts, R__N, &r->c, e)
+	rc = r ? pg_connect(b, &r->c, e)
 	       : pd_err_set(e, PD_E_NOMEM, "out of memory opening a read connection");
+	if (!rc && (rc = pg_prepare_all(r->c, r_stmts, R__N, e)))
+		PQfinish(r->c);
 	if (!rc) {
 		*out = r;
 		return PD_OK;
@@ -599,8 +629,6 @@ static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	rc = pg_read_password(b, o->password_file, e);
 	if (!rc)
 		rc = pg_writer_connect(b, e);
-	if (!rc)
-		rc = pg_schema_check(b->w, e);
 	if (rc) {
 		pg_close(b);
 		return rc;
