@@ -18,8 +18,10 @@
  * starting together do not race; version PG_SCHEMA_VERSION):
  *
  *   pdelta_schema (application text, version integer)  -- one row ('pdelta', N)
- *   pdelta_streams (tenant, name: text COLLATE "C", primary key; version,
- *     the metadata columns of pd_stream_rec as bigint / integer / text;
+ *   pdelta_streams (tenant, name: bytea, primary key; version, the
+ *     metadata columns of pd_stream_rec as bigint / integer, its strings as
+ *     bytea (any bytes, byte order, as with SQLite, whatever the database's
+ *     encoding: one odd name can never fail a whole group commit);
  *     last_delta_crc, state_crc: CRC-32 of the two blobs; state, last_delta:
  *     bytea with STORAGE EXTERNAL, they are compressed already)
  *   index pdelta_streams_last_seen (last_seen_ms) for TTL expiry
@@ -63,15 +65,15 @@ static const char pg_schema[] =
 	"CREATE TABLE pdelta_schema (application text NOT NULL, version integer NOT NULL);"
 	"INSERT INTO pdelta_schema VALUES ('" PG_APPLICATION "', 1);"
 	"CREATE TABLE pdelta_streams ("
-	" tenant text COLLATE \"C\" NOT NULL,"
-	" name text COLLATE \"C\" NOT NULL,"
+	" tenant bytea NOT NULL,"
+	" name bytea NOT NULL,"
 	" version bigint NOT NULL,"
 	" identities bigint NOT NULL,"
 	" state_bytes bigint NOT NULL,"
 	" last_seq bigint NOT NULL,"
 	" last_hash bytea NOT NULL,"
 	" last_status integer NOT NULL,"
-	" last_reason text NOT NULL,"
+	" last_reason bytea NOT NULL,"
 	" last_samples_in bigint NOT NULL,"
 	" last_samples_out bigint NOT NULL,"
 	" incarnation bigint NOT NULL,"
@@ -80,7 +82,7 @@ static const char pg_schema[] =
 	" last_seen_ms bigint NOT NULL,"
 	" deltas_served bigint NOT NULL,"
 	" resets bigint NOT NULL,"
-	" last_reset_reason text NOT NULL,"
+	" last_reset_reason bytea NOT NULL,"
 	" last_delta_crc bigint,"
 	" state_crc bigint NOT NULL,"
 	" state bytea NOT NULL,"
@@ -97,15 +99,15 @@ static const char pg_schema[] =
 	"last_seen_ms, deltas_served, resets, last_reset_reason, state, last_delta, "          \
 	"last_delta_crc, state_crc"
 #define PG_VALS                                                                             \
-	"$1::text, $2::text, $3::int8, $4::int8, $5::int8, $6::bytea, $7::int4, $8::text, "   \
+	"$1::bytea, $2::bytea, $3::int8, $4::int8, $5::int8, $6::bytea, $7::int4, $8::bytea, "   \
 	"$9::int8, $10::int8, $11::int8, $12::int8, $13::int8, $14::int8, $15::int8, "        \
-	"$16::int8, $17::text, $18::bytea, $19::bytea, $20::int8, $21::int8"
+	"$16::int8, $17::bytea, $18::bytea, $19::bytea, $20::int8, $21::int8"
 #define PG_SET                                                                              \
 	"version = pdelta_streams.version + 1, identities = $3::int8, state_bytes = $4::int8, " \
 	"last_seq = $5::int8, last_hash = $6::bytea, last_status = $7::int4, "                \
-	"last_reason = $8::text, last_samples_in = $9::int8, last_samples_out = $10::int8, "  \
+	"last_reason = $8::bytea, last_samples_in = $9::int8, last_samples_out = $10::int8, "  \
 	"incarnation = $11::int8, last_time_nanos = $12::int8, last_seen_ms = $14::int8, "    \
-	"deltas_served = $15::int8, resets = $16::int8, last_reset_reason = $17::text, "      \
+	"deltas_served = $15::int8, resets = $16::int8, last_reset_reason = $17::bytea, "      \
 	"state = $18::bytea, last_delta = $19::bytea, last_delta_crc = $20::int8, "           \
 	"state_crc = $21::int8"
 #define PG_NPUT 21
@@ -117,7 +119,7 @@ static const char pg_schema[] =
 	"last_time_nanos, created_ms, last_seen_ms, deltas_served, resets, "                  \
 	"last_reset_reason, "
 #define PG_LEN(c) "octet_length(" c ")::int8"
-#define PG_KEY "WHERE tenant = $1::text AND name = $2::text"
+#define PG_KEY "WHERE tenant = $1::bytea AND name = $2::bytea"
 enum {
 	C_VERSION, C_TENANT, C_NAME, C_IDENT, C_STATE_BYTES, C_SEQ, C_HASH, C_STATUS,
 	C_REASON, C_IN, C_OUT, C_INCARN, C_TIME, C_CREATED, C_SEEN, C_SERVED, C_RESETS,
@@ -128,11 +130,11 @@ enum {
 
 /* Declared parameter types (OIDs), for statements that leave some
  * parameter unused (an update keeps created_ms). */
-enum { OID_BYTEA = 17, OID_INT8 = 20, OID_INT4 = 23, OID_TEXT = 25 };
+enum { OID_BYTEA = 17, OID_INT8 = 20, OID_INT4 = 23 };
 static const Oid put_types[PG_NPUT + 1] = {
-	OID_TEXT, OID_TEXT, OID_INT8, OID_INT8, OID_INT8, OID_BYTEA, OID_INT4, OID_TEXT,
+	OID_BYTEA, OID_BYTEA, OID_INT8, OID_INT8, OID_INT8, OID_BYTEA, OID_INT4, OID_BYTEA,
 	OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8,
-	OID_TEXT, OID_BYTEA, OID_BYTEA, OID_INT8, OID_INT8, OID_INT8};
+	OID_BYTEA, OID_BYTEA, OID_BYTEA, OID_INT8, OID_INT8, OID_INT8};
 
 struct pg_stmt {
 	const char *name, *sql;
@@ -150,7 +152,7 @@ static const struct pg_stmt w_stmts[W__N] = {
 	[W_DELETE] = {"w_delete", "DELETE FROM pdelta_streams " PG_KEY},
 	[W_RESET] = {"w_reset", "UPDATE pdelta_streams SET version = version + 1, state = '', "
 				"state_crc = 0, identities = 0, state_bytes = 0, last_time_nanos = 0, "
-				"resets = resets + 1, last_reset_reason = $3::text " PG_KEY},
+				"resets = resets + 1, last_reset_reason = $3::bytea " PG_KEY},
 	/* SKIP LOCKED: rows another node is writing right now are not idle. */
 	[W_EXPIRE] = {"w_expire", "DELETE FROM pdelta_streams WHERE (tenant, name) IN (SELECT "
 				  "tenant, name FROM pdelta_streams WHERE last_seen_ms < $1::int8 "
@@ -160,7 +162,7 @@ static const struct pg_stmt w_stmts[W__N] = {
 /* Listings: the _T_ ones bind $1 tenant, $2 name prefix, $3 limit (NULL =
  * all); the _A_ ones $1 prefix, $2 limit. `name >= prefix` lets the primary
  * key bound the scan; starts_with decides. */
-#define PG_NAME_RANGE(n) "name >= $" #n "::text AND starts_with(name, $" #n "::text) "
+#define PG_NAME_RANGE(n) "name >= $" #n "::bytea AND substr(name, 1, length($" #n "::bytea)) = $" #n " "
 #define PG_SELECT_NOBLOB PG_SELECT_META PG_LEN("state") ", " PG_LEN("last_delta") " FROM pdelta_streams "
 enum r_stmt {
 	R_GET, R_GET_STATE, R_GET_RESPONSE, R_LIST_T_NAME, R_LIST_A_NAME, R_LIST_T_SEEN,
@@ -173,18 +175,18 @@ static const struct pg_stmt r_stmts[R__N] = {
 			 " FROM pdelta_streams " PG_KEY},
 	[R_GET_RESPONSE] = {"r_get_response", PG_SELECT_META PG_LEN("state") ", last_delta, "
 			    "last_delta_crc FROM pdelta_streams " PG_KEY},
-	[R_LIST_T_NAME] = {"r_list_t_name", PG_SELECT_NOBLOB "WHERE tenant = $1::text AND "
+	[R_LIST_T_NAME] = {"r_list_t_name", PG_SELECT_NOBLOB "WHERE tenant = $1::bytea AND "
 			   PG_NAME_RANGE(2) "ORDER BY name LIMIT $3::int8"},
 	[R_LIST_A_NAME] = {"r_list_a_name", PG_SELECT_NOBLOB "WHERE " PG_NAME_RANGE(1)
 			   "ORDER BY tenant, name LIMIT $2::int8"},
-	[R_LIST_T_SEEN] = {"r_list_t_seen", PG_SELECT_NOBLOB "WHERE tenant = $1::text AND "
+	[R_LIST_T_SEEN] = {"r_list_t_seen", PG_SELECT_NOBLOB "WHERE tenant = $1::bytea AND "
 			   PG_NAME_RANGE(2) "ORDER BY last_seen_ms DESC, name LIMIT $3::int8"},
 	[R_LIST_A_SEEN] = {"r_list_a_seen", PG_SELECT_NOBLOB "WHERE " PG_NAME_RANGE(1)
 			   "ORDER BY last_seen_ms DESC, tenant, name LIMIT $2::int8"},
-	[R_COUNT_T] = {"r_count_t", "SELECT count(*)::int8 FROM pdelta_streams WHERE tenant = $1::text"},
+	[R_COUNT_T] = {"r_count_t", "SELECT count(*)::int8 FROM pdelta_streams WHERE tenant = $1::bytea"},
 	[R_COUNT_A] = {"r_count_a", "SELECT count(*)::int8 FROM pdelta_streams"},
 	[R_TOT_T] = {"r_tot_t", "SELECT tenant, count(*)::int8, coalesce(sum(state_bytes), 0)::int8 "
-		     "FROM pdelta_streams WHERE tenant = $1::text GROUP BY tenant"},
+		     "FROM pdelta_streams WHERE tenant = $1::bytea GROUP BY tenant"},
 	[R_TOT_A] = {"r_tot_a", "SELECT tenant, count(*)::int8, coalesce(sum(state_bytes), 0)::int8 "
 		     "FROM pdelta_streams GROUP BY tenant ORDER BY tenant"},
 };
@@ -193,6 +195,7 @@ static const struct pg_stmt r_stmts[R__N] = {
 
 #define PG_MAX_PARAMS 22
 
+/* Strings are bytea and integers binary, so every parameter is binary. */
 struct pg_params {
 	const char *v[PG_MAX_PARAMS];
 	int len[PG_MAX_PARAMS];
@@ -201,18 +204,17 @@ struct pg_params {
 	int n;
 };
 
-static void p_text(struct pg_params *p, const char *s)
-{
-	p->v[p->n] = s ? s : "";
-	p->len[p->n] = 0;
-	p->fmt[p->n++] = 0;
-}
-
 static void p_bytes(struct pg_params *p, const void *d, size_t n)
 {
 	p->v[p->n] = n ? d : "";
 	p->len[p->n] = (int)n;
 	p->fmt[p->n++] = 1;
+}
+
+/* Strings are stored as bytea (see the schema). */
+static void p_name(struct pg_params *p, const char *s)
+{
+	p_bytes(p, s ? s : "", s ? strlen(s) : 0);
 }
 
 static void p_i64(struct pg_params *p, uint64_t x)
@@ -704,14 +706,14 @@ static size_t pg_row_size(const pd_stream_rec *r)
 static void bind_rec(struct pg_params *p, const pd_stream_rec *r, int64_t now_ms)
 {
 	p->n = 0;
-	p_text(p, r->tenant);
-	p_text(p, r->name);
+	p_name(p, r->tenant);
+	p_name(p, r->name);
 	p_i64(p, r->identities);
 	p_i64(p, r->state_bytes);
 	p_i64(p, r->last_seq);
 	p_bytes(p, r->last_hash, PD_STORE_HASH_LEN);
 	p_i32(p, r->last_status);
-	p_text(p, r->last_reason);
+	p_name(p, r->last_reason);
 	p_i64(p, r->last_samples_in);
 	p_i64(p, r->last_samples_out);
 	p_i64(p, r->incarnation);
@@ -720,7 +722,7 @@ static void bind_rec(struct pg_params *p, const pd_stream_rec *r, int64_t now_ms
 	p_i64(p, (uint64_t)(r->last_seen_ms ? r->last_seen_ms : now_ms));
 	p_i64(p, r->deltas_served);
 	p_i64(p, r->resets);
-	p_text(p, r->last_reset_reason);
+	p_name(p, r->last_reset_reason);
 	p_bytes(p, r->state, r->state_len);
 	p_bytes(p, r->last_delta, r->last_delta_len);
 	if (r->has_delta_crc)
@@ -761,10 +763,10 @@ static int pg_key_write(struct pg_be *b, enum w_stmt which, const char *tenant,
 	uint64_t changed;
 	int rc;
 
-	p_text(&p, tenant);
-	p_text(&p, name);
+	p_name(&p, tenant);
+	p_name(&p, name);
 	if (which == W_RESET)
-		p_text(&p, reason);
+		p_name(&p, reason);
 	rc = pg_write(b, which, &p, which == W_RESET ? "reset stream" : "delete stream", &changed,
 		      e);
 	if (!rc && !changed)
@@ -909,23 +911,29 @@ static int fill_rec(const PGresult *r, int row, int blobs, pd_stream_rec *o, pd_
 }
 
 /* Runs a read statement on a borrowed connection; *out is the result (the
- * caller clears it) when PD_OK. */
+ * caller clears it) when PD_OK. A pooled connection the server dropped
+ * (restart, idle timeout) is replaced and the read tried once more: reads
+ * change nothing, so that is always safe. */
 static int pg_query(struct pg_be *b, enum r_stmt which, const struct pg_params *p,
 		    PGresult **out, pd_err *e)
 {
 	struct pg_reader *c;
-	int rc = pg_acquire(b, &c, e);
+	int rc = PD_OK, broken = 1;
 
 	*out = NULL;
-	if (rc)
-		return rc;
-	*out = pg_run(c->c, &r_stmts[which], p);
-	if (PQresultStatus(*out) != PGRES_TUPLES_OK) {
-		rc = pg_result_fail(e, c->c, *out, r_stmts[which].name);
-		PQclear(*out);
-		*out = NULL;
+	for (int attempt = 0; attempt < 2 && broken; attempt++) {
+		if ((rc = pg_acquire(b, &c, e)))
+			return rc;
+		*out = pg_run(c->c, &r_stmts[which], p);
+		rc = PD_OK;
+		broken = PQstatus(c->c) == CONNECTION_BAD;
+		if (PQresultStatus(*out) != PGRES_TUPLES_OK) {
+			rc = pg_result_fail(e, c->c, *out, r_stmts[which].name);
+			PQclear(*out);
+			*out = NULL;
+		}
+		pg_release(b, c);
 	}
-	pg_release(b, c);
 	return rc;
 }
 
@@ -939,8 +947,8 @@ static int pg_get(void *be, const char *tenant, const char *name, unsigned what,
 	PGresult *r;
 	int rc;
 
-	p_text(&p, tenant);
-	p_text(&p, name);
+	p_name(&p, tenant);
+	p_name(&p, name);
 	if ((rc = pg_query(be, which, &p, &r, e)))
 		return rc;
 	if (PQntuples(r) == 0)
@@ -970,8 +978,8 @@ static int pg_list(void *be, const char *tenant, const char *prefix, enum pd_sto
 	int rc;
 
 	if (tenant)
-		p_text(&p, tenant);
-	p_text(&p, prefix);
+		p_name(&p, tenant);
+	p_name(&p, prefix);
 	if (limit)
 		p_i64(&p, limit);
 	else
@@ -996,7 +1004,7 @@ static int pg_count(void *be, const char *tenant, uint64_t *out, pd_err *e)
 
 	*out = 0;
 	if (tenant)
-		p_text(&p, tenant);
+		p_name(&p, tenant);
 	if ((rc = pg_query(be, tenant ? R_COUNT_T : R_COUNT_A, &p, &r, e)))
 		return rc;
 	*out = PQntuples(r) ? col_u64(r, 0, 0) : 0;
@@ -1012,7 +1020,7 @@ static int pg_tenant_totals(void *be, const char *tenant, pd_store_tenant_fn fn,
 	int rc;
 
 	if (tenant)
-		p_text(&p, tenant);
+		p_name(&p, tenant);
 	if ((rc = pg_query(be, tenant ? R_TOT_T : R_TOT_A, &p, &r, e)))
 		return rc;
 	for (int i = 0; i < PQntuples(r); i++)
@@ -1045,14 +1053,18 @@ static int check_rows(PGconn *c, pd_err *e)
 {
 	static const char sql[] =
 		"SELECT tenant, name, state, state_crc, last_delta, last_delta_crc "
-		"FROM pdelta_streams WHERE (tenant, name) > ($1::text, $2::text) "
+		"FROM pdelta_streams WHERE (tenant, name) > ($1::bytea, $2::bytea) "
 		"ORDER BY tenant, name LIMIT " PG_CHECK_ROWS;
 	char *tenant = strdup(""), *name = strdup("");
 	int rc = PD_OK, n = atoi(PG_CHECK_ROWS), full = n;
 
 	while (!rc && n == full && tenant && name) {
-		const char *v[2] = {tenant, name};
-		PGresult *r = PQexecParams(c, sql, 2, NULL, v, NULL, NULL, 1);
+		struct pg_params p = {.n = 0};
+		PGresult *r;
+
+		p_name(&p, tenant);
+		p_name(&p, name);
+		r = PQexecParams(c, sql, 2, NULL, p.v, p.len, p.fmt, 1);
 
 		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 			rc = pg_result_fail(e, c, r, "integrity check");
