@@ -422,6 +422,11 @@ static void render_store(const struct pd_store_stats *st, expo *b)
 	one(b, "pdeltad_store_busy_rejects_total", "counter", "writes refused: store queue full",
 	    st->busy_rejects);
 	one(b, "pdeltad_store_read_errors_total", "counter", "failed store reads", st->read_errors);
+	one(b, "pdeltad_store_conflicts_total", "counter",
+	    "conditional writes refused: the row moved on (another node, expiry, admin)",
+	    st->conflicts);
+	one(b, "pdeltad_store_up", "gauge", "1 while the store's database is reachable",
+	    (uint64_t)!st->unreachable);
 	one(b, "pdeltad_store_log_suppressed_total", "counter",
 	    "store error lines left out by the log rate limit", st->log_suppressed);
 	family(b, "pdeltad_store_last_error_timestamp_seconds", "gauge",
