@@ -145,6 +145,18 @@ int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e)
 	return PD_OK;
 }
 
+size_t pd_stream_rec_size(const pd_stream_rec *r)
+{
+	size_t n = 512 + PD_STORE_HASH_LEN;
+	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
+
+	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+		n += texts[i] ? strlen(texts[i]) : 0;
+	if (r->state_len > SIZE_MAX / 4 || r->last_delta_len > SIZE_MAX / 4)
+		return SIZE_MAX;
+	return n + r->state_len + r->last_delta_len;
+}
+
 static size_t str_size(const char *s)
 {
 	return s ? strlen(s) + 1 : 1;

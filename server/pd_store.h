@@ -396,5 +396,9 @@ int pd_store_is_pg(const char *path);
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes
  * (amortised growth); returns PD_E_NOMEM on failure. */
 int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e);
+/* Upper estimate of the bytes a put of rec stores (values plus slack for
+ * the metadata), SIZE_MAX if absurd: what backends hold against their
+ * largest row (max_row_bytes). */
+size_t pd_stream_rec_size(const pd_stream_rec *rec);
 
 #endif

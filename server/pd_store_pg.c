@@ -327,9 +327,12 @@ static int pg_prepare_all(PGconn *c, const struct pg_stmt *stmts, int n, pd_err 
  * (so it overrides them), then the session settings. */
 static int pg_connect(struct pg_be *b, PGconn **out, pd_err *e)
 {
-	const char *kw[5] = {"connect_timeout", "application_name"}, *val[5] = {PG_CONNECT_TIMEOUT,
-										 "pdeltad"};
-	int k = 2, rc = PD_OK;
+	/* TCP keepalives and a user timeout bound how long a write can hang on
+	 * a database host that vanished without closing the connection. */
+	const char *kw[10] = {"connect_timeout", "application_name", "keepalives_idle",
+			      "keepalives_interval", "keepalives_count", "tcp_user_timeout"};
+	const char *val[10] = {PG_CONNECT_TIMEOUT, "pdeltad", "10", "5", "3", "30000"};
+	int k = 6, rc = PD_OK;
 	PGconn *c;
 	char buf[64];
 
@@ -690,19 +693,6 @@ static int pg_write(struct pg_be *b, enum w_stmt which, const struct pg_params *
 	return rc;
 }
 
-/* Upper estimate of a row's size. */
-static size_t pg_row_size(const pd_stream_rec *r)
-{
-	size_t n = 512 + PD_STORE_HASH_LEN;
-	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
-
-	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
-		n += texts[i] ? strlen(texts[i]) : 0;
-	if (r->state_len > SIZE_MAX / 4 || r->last_delta_len > SIZE_MAX / 4)
-		return SIZE_MAX;
-	return n + r->state_len + r->last_delta_len;
-}
-
 static void bind_rec(struct pg_params *p, const pd_stream_rec *r, int64_t now_ms)
 {
 	p->n = 0;
@@ -741,7 +731,7 @@ static int pg_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t exp
 	uint64_t changed;
 	int rc;
 
-	if (pg_row_size(r) > b->max_value)
+	if (pd_stream_rec_size(r) > b->max_value)
 		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
 				  r->tenant, r->name, b->max_value);
 	if (has_expect)

@@ -622,19 +622,6 @@ static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what, in
 	return PD_OK;
 }
 
-/* Upper estimate of a row's record size (values plus header slack). */
-static size_t sq_row_size(const pd_stream_rec *r)
-{
-	size_t n = 512 + PD_STORE_HASH_LEN;
-	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
-
-	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
-		n += texts[i] ? strlen(texts[i]) : 0;
-	if (r->state_len > SIZE_MAX / 4 || r->last_delta_len > SIZE_MAX / 4)
-		return SIZE_MAX;
-	return n + r->state_len + r->last_delta_len;
-}
-
 static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
 		  int64_t now_ms, pd_err *e)
 {
@@ -643,7 +630,7 @@ static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t exp
 	int changed, rc;
 
 	/* Refused before stepping, so one oversized row cannot fail its batch. */
-	if (sq_row_size(r) > b->max_value)
+	if (pd_stream_rec_size(r) > b->max_value)
 		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
 				  r->tenant, r->name, b->max_value);
 	if (has_expect)

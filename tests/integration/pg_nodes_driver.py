@@ -298,11 +298,7 @@ def main(argv=None):
     rep = k9.Report()
     print("%s: %d nodes, %d clients x %s, seed %d" % (args.mode, len(args.ports), args.clients, args.seqs, seed),
           flush=True)
-    seqs = {}
-    for name in args.seqs.split(","):
-        d = os.path.join(args.testdata, "profiles", name)
-        seqs[name] = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".pb.gz"))
-    data = {n: [open(p, "rb").read() for p in ps] for n, ps in seqs.items()}
+    seqs, data = k9.load_seqs(args.testdata, args.seqs)
     {"alternate": mode_alternate, "race": mode_race, "kill9": mode_kill9,
      "pgrestart": mode_pgrestart}[args.mode](args, rep, rnd, seqs, data)
     print("%d passed, %d failed" % (rep.passed, rep.failed))
