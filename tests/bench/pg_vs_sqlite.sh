@@ -59,6 +59,7 @@ bench() { # bench NAME DB
 		--connections 20 --streams "$STREAMS" --seed --warmup 3 --seconds "$SECONDS_RUN" \
 		--prefix "bench-$name" >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out"; exit 1; }
 	c1=$(pg_cpu)
+	curl -fsS "http://127.0.0.1:$MPORT/metrics" >"$WORK/$name.metrics"
 	pd_stop_server
 	sed 's/^/    /' "$WORK/$name.out"
 	local resp cpu rate p99 seeds
@@ -72,9 +73,21 @@ bench() { # bench NAME DB
 		printf "%-10s %6.1f deltas/s  p99 %6.1f ms  pdeltad CPU %5.2f ms/delta", n, rate, p, 1e3 * c / r
 		if (is_pg) printf "  + postgres CPU %5.2f ms/answer (%.1f s over %d answers)", 1e3 * pg / (r + seeds), pg, r + seeds
 		printf "\n" }' | tee -a "$WORK/summary"
+	# Group commit: writes per transaction and the time of one, from the server's metrics.
+	awk -v n="$name" '$1 == "pdeltad_store_commits_total" { c = $2 }
+		$1 == "pdeltad_store_rows_written_total" { w = $2 }
+		$1 == "pdeltad_store_commit_seconds_sum" { t = $2 }
+		END { printf "%-10s %d commits, %.1f writes per commit, %.2f ms per commit = %.2f ms per write\n",
+			n, c, w / c, 1e3 * t / c, 1e3 * t / w }' "$WORK/$name.metrics" | tee -a "$WORK/summary"
 }
 
 bench sqlite "$WORK/state.db" 0
 bench postgresql "$PG_URI" 1
+# One round trip of a prepared statement to this PostgreSQL (what pipelining a batch's
+# statements could save per write).
+"$PG_BIN/pgbench" -i -q -s 1 "$PG_CONNINFO" >/dev/null 2>&1
+"$PG_BIN/pgbench" -n -S -M prepared -T 5 -c 1 -h 127.0.0.1 -p "$PG_PORT" -U pdelta bench 2>/dev/null |
+	awk '/latency average/ { printf "postgresql round trip (pgbench -S, prepared, one client, TCP): %s ms\n", $4 }' |
+	tee -a "$WORK/summary"
 echo "---- summary ($STREAMS streams of heap-medium + mutex-medium, ${SECONDS_RUN} s closed loop, 2 workers) ----"
 cat "$WORK/summary"
