@@ -49,9 +49,12 @@ static const setting settings[] = {
 	STR(db, "pdeltad.db", "stream state: a SQLite file, or PostgreSQL as postgresql://... or\n"
 	    "        libpq key=value pairs (host=... dbname=...; TLS with sslmode=...)"),
 	STR(db_password_file, "", "PostgreSQL password, first line of this file (or PGPASSFILE)"),
-	NUM("db_sync", T_BOOL, db_sync, 1, 0, 1, "fsync the WAL at every commit (power-loss safe)"),
+	NUM("db_sync", T_BOOL, db_sync, 1, 0, 1,
+	    "SQLite: fsync the WAL at every commit (power-loss safe); PostgreSQL always\n"
+	    "        commits with synchronous_commit = on"),
 	NUM("db_max_bytes", T_BYTES, db_max_bytes, 0, 0, 1ull << 50,
-	    "size budget of the database; past it commits fail (store errors); 0 = none"),
+	    "SQLite: size budget of the database; past it commits fail (store errors);\n"
+	    "        0 = none (PostgreSQL: refused, use its quotas)"),
 	NUM("workers", T_COUNT, workers, 0, 0, 1024, "delta worker threads; 0 = one per CPU"),
 	NUM("cache_bytes", T_BYTES, cache_bytes, 256 * MIB, MIB, 1ull << 40,
 	    "hot stream-state cache budget"),

@@ -8,8 +8,9 @@ interval lost, none counted twice). Modes:
 
   alternate  every client moves to the next node after each round, so consecutive requests
              of a stream go to different nodes (each node's cache is stale for it every
-             other request); the nodes' pdeltad_store_conflicts_total must show that the
-             compare-and-set caught those stale caches
+             other request); requests carry AFTER (the seq last answered), so a stale cache
+             would look like a restored backup if it were trusted; the nodes'
+             pdeltad_store_conflicts_total must show that the compare-and-set caught them
   race       the same request of one stream sent to two nodes at once, a whole sequence
              long: one applies it, the other answers DUPLICATE with the same body (after
              dropping its stale cache and reloading the row), never an error
@@ -56,17 +57,30 @@ class NodeClient(k9.Client):
             port = self.ports[self.turn % len(self.ports)]
             try:
                 self.conn = pdproto.Client.connect("127.0.0.1", port, self.args.ca, token=self.args.token,
-                                                   timeout=15)
+                                                   timeout=15, versions=(3, 3))
             except CONN_ERRORS:
                 self.conn = None
                 self.turn += 1
                 time.sleep(k9.RETRY_SLEEP)
         self.stats["connects"] += 1
+        self.declare_after(self.conn)
         if self.lost:
             for s in self.streams:
                 if s.answers:
                     s.probe = s.answers[-1]
         self.lost = False
+
+    def declare_after(self, conn):
+        """Every request says which seq of its stream was answered last (protocol 3, AFTER), as
+        libpdelta does: a node whose cache is older must not take that for a restored backup
+        (BASELINE state-lost) but reload the row."""
+        send, streams = conn.send_delta, {s.name: s for s in self.streams}
+
+        def send_delta(stream, seq, inc, data, rid, **kw):
+            s = streams[stream]
+            last = s.answers[-1].seq if s.answers else None
+            return send(stream, seq, inc, data, rid, after=last if last is not None and last < seq else None, **kw)
+        conn.send_delta = send_delta
 
     def drop(self):
         super().drop()
