@@ -4,12 +4,13 @@
  * One compact row per stream (tenant, name): the engine's opaque serialized
  * state blob plus the metadata needed for idempotency (DESIGN §2.7) and for
  * admin listings. The store is backend-neutral: callers only see the opaque
- * pd_store and the functions below; a backend (SQLite today, a
- * PostgreSQL-protocol one later) is a vtable at the bottom of this header.
+ * pd_store and the functions below; a backend (pd_store_sqlite.c, the
+ * embedded default, or pd_store_pg.c, PostgreSQL shared by several nodes) is
+ * a vtable at the bottom of this header.
  *
  * Writes are asynchronous and durable-before-acknowledged: pd_store_put_async()
  * copies the record and queues it for ONE writer thread that group-commits
- * (everything queued, up to a batch cap, in one BEGIN IMMEDIATE ... COMMIT)
+ * (everything queued, up to a batch cap, in one transaction)
  * and only then calls each write's completion. The server sends a response
  * only from that completion, so after kill -9 every response a client got is
  * consistent with the stored state.
@@ -27,7 +28,7 @@
  *   - pd_store_open()/pd_store_close(): one thread, no other call in flight.
  *   - pd_store_get(), _list(), _count_streams(), _tenant_totals(),
  *     _integrity_check(): any thread, concurrently. Each call borrows a read
- *     connection from a pool (WAL: readers never wait for the writer) and
+ *     connection from a pool (readers never wait for the writer) and
  *     sees only committed data; it may block briefly, so call it from worker
  *     threads, not from an event loop.
  *   - pd_store_put_async(), _put_if_async(), _delete_async(), _reset_async(),
