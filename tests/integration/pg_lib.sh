@@ -12,6 +12,8 @@
 #   pg_restart_server      starts it again on the same directory and port
 #   pg_psql SQL            runs SQL as the superuser, prints unaligned tuples
 #   pg_createdb NAME       a fresh database; sets PG_CONNINFO / PG_URI to it
+#   pg_enable_tls CERT KEY TLS with this server certificate, and a role pdpass (password
+#                          $PG_PASS) that may only log in over TLS with that password
 #
 # The server never runs as root: when the tests are root (CI), it runs as the
 # `postgres` system user (runuser), in a directory that user owns.
@@ -102,4 +104,21 @@ pg_createdb() {
 	pg_psql "CREATE DATABASE \"$1\"" >/dev/null
 	PG_CONNINFO="host=$PG_SOCKDIR port=$PG_PORT user=pdelta dbname=$1"
 	PG_URI="postgresql://pdelta@127.0.0.1:$PG_PORT/$1"
+}
+
+pg_enable_tls() {
+	install -m 600 "$1" "$PG_DIR/data/server.crt"
+	install -m 600 "$2" "$PG_DIR/data/server.key"
+	[[ $(id -u) == 0 ]] && chown postgres: "$PG_DIR/data/server.crt" "$PG_DIR/data/server.key"
+	PG_PASS=pw-$RANDOM$RANDOM
+	pg_psql "ALTER SYSTEM SET ssl = on" >/dev/null
+	pg_psql "CREATE ROLE pdpass LOGIN PASSWORD '$PG_PASS'" >/dev/null
+	{
+		echo "hostssl all pdpass 127.0.0.1/32 scram-sha-256"
+		echo "host all pdpass 127.0.0.1/32 reject"
+		cat "$PG_DIR/data/pg_hba.conf"
+	} >"$PG_DIR/hba.new"
+	pg_as cp "$PG_DIR/hba.new" "$PG_DIR/data/pg_hba.conf"
+	pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" reload >/dev/null
+	sleep 0.5
 }

@@ -10,7 +10,10 @@
 #      applies it, the other answers DUPLICATE after reloading), kill9 (a node SIGKILLed
 #      and restarted under load), pgrestart (PostgreSQL restarted under load: retryable
 #      errors, /healthz 503 and --healthcheck failing meanwhile, then recovery, nothing
-#      acknowledged lost).
+#      acknowledged lost);
+#   3. TLS to the database: a role that may only log in over TLS with a password, pdeltad with
+#      sslmode=verify-full and db_password_file (every connection TLS in pg_stat_ssl), and a
+#      wrong password refused at start with libpq's message.
 #
 # Skipped without PostgreSQL server binaries (a failure under CI=true).
 # Env: BINDIR (default bin), PG_KILL_CYCLES (default 6), PG_RESTARTS (default 2).
@@ -77,6 +80,33 @@ drive() { # drive MODE [ARGS]
 	fi
 	for f in "$WORK"/node.pid.*; do [[ -s $f ]] && kill -KILL "$(cat "$f")" 2>/dev/null || true; done
 }
+# ---- 3. TLS to the database (sslmode=verify-full) and the password from db_password_file ----
+pg_enable_tls "$WORK/certs/server.pem" "$WORK/certs/server.key"
+pg_psql "CREATE DATABASE tlsdb OWNER pdpass" >/dev/null
+printf '%s\n' "$PG_PASS" >"$WORK/dbpass"
+tls_uri="postgresql://pdpass@127.0.0.1:$PG_PORT/tlsdb?sslmode=verify-full&sslrootcert=$CA"
+pd_start_server --workers 2 --db "$tls_uri" --db-password-file "$WORK/dbpass"
+send=("$BINDIR/pdelta" send --server "127.0.0.1:$PORT" --ca "$CA" --token "$AGENT_TOKEN" --incarnation 3)
+if "${send[@]}" --stream tls/heap -o "$WORK/tls" "$TESTDATA"/profiles/heap-small/*.pb.gz >"$WORK/tls.out" 2>&1; then
+	ok "a sequence through pdeltad on PostgreSQL over TLS with a password file: $(awk '{print $2}' "$WORK/tls.out" | sort | uniq -c | xargs)"
+else
+	bad "sequence over TLS to PostgreSQL: $(tail -n 3 "$WORK/tls.out")"
+fi
+ssl=$(pg_psql "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'pdeltad' AND a.usename = 'pdpass'")
+[[ $ssl =~ ^[1-9][0-9]*\|[0-9]+$ && ${ssl%|*} == "${ssl#*|}" ]] && ok "every pdeltad connection to PostgreSQL is TLS (with TLS|all: $ssl)" ||
+	bad "pdeltad's connections to PostgreSQL: with TLS|all = $ssl"
+pd_stop_server
+printf 'wrong\n' >"$WORK/dbpass"
+if "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen off --tls_cert "$WORK/certs/server.pem" \
+	--tls_key "$WORK/certs/server.key" --tenants "$WORK/tenants" --db "$tls_uri" \
+	--db-password-file "$WORK/dbpass" >"$WORK/badpw.out" 2>&1; then
+	bad "pdeltad started with a wrong database password"
+else
+	grep -q "cannot connect to PostgreSQL.*password authentication failed" "$WORK/badpw.out" &&
+		ok "a wrong database password: pdeltad refuses to start ($(grep -o 'cannot connect.*' "$WORK/badpw.out" | head -n 1))" ||
+		bad "wrong password, unclear error: $(tail -n 2 "$WORK/badpw.out")"
+fi
+
 drive alternate --seconds 4
 drive race --seqs heap-small,mutex-medium,goroutine-small
 drive kill9 --cycles "${PG_KILL_CYCLES:-6}"
