@@ -145,6 +145,101 @@ int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e)
 	return PD_OK;
 }
 
+/* Copies a text column, NUL-terminated, to *p. */
+static const char *fill_text(const struct pd_store_row *row, int col, char **p)
+{
+	size_t n;
+	const void *v = row->bytes(row->ctx, col, &n);
+	char *out = *p;
+
+	if (n)
+		memcpy(out, v, n);
+	out[n] = '\0';
+	*p += n + 1;
+	return out;
+}
+
+static const uint8_t *fill_blob(const struct pd_store_row *row, int col, size_t *len, char **p)
+{
+	const void *v = row->bytes(row->ctx, col, len);
+	uint8_t *out = (uint8_t *)*p;
+
+	if (*len)
+		memcpy(out, v, *len);
+	*p += *len;
+	return out;
+}
+
+static void fill_fixed(pd_stream_rec *r, const struct pd_store_row *row)
+{
+	size_t hn;
+	const void *h = row->bytes(row->ctx, PD_COL_HASH, &hn);
+
+	r->version = row->u64(row->ctx, PD_COL_VERSION);
+	r->identities = row->u64(row->ctx, PD_COL_IDENT);
+	r->state_bytes = row->u64(row->ctx, PD_COL_STATE_BYTES);
+	r->last_seq = row->u64(row->ctx, PD_COL_SEQ);
+	memset(r->last_hash, 0, sizeof r->last_hash);
+	if (h && hn)
+		memcpy(r->last_hash, h, hn < sizeof r->last_hash ? hn : sizeof r->last_hash);
+	r->last_status = (int32_t)row->u64(row->ctx, PD_COL_STATUS);
+	r->last_samples_in = row->u64(row->ctx, PD_COL_IN);
+	r->last_samples_out = row->u64(row->ctx, PD_COL_OUT);
+	r->incarnation = row->u64(row->ctx, PD_COL_INCARN);
+	r->last_time_nanos = (int64_t)row->u64(row->ctx, PD_COL_TIME);
+	r->created_ms = (int64_t)row->u64(row->ctx, PD_COL_CREATED);
+	r->last_seen_ms = (int64_t)row->u64(row->ctx, PD_COL_SEEN);
+	r->deltas_served = row->u64(row->ctx, PD_COL_SERVED);
+	r->resets = row->u64(row->ctx, PD_COL_RESETS);
+}
+
+int pd_stream_rec_fill(pd_stream_rec *r, const struct pd_store_row *row, int blobs, pd_err *e)
+{
+	static const int text_cols[] = {PD_COL_TENANT, PD_COL_NAME, PD_COL_REASON,
+					PD_COL_RESET_REASON};
+	size_t need = 0, n;
+	char *p;
+	int rc;
+
+	for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++) {
+		row->bytes(row->ctx, text_cols[i], &n);
+		need += n + 1;
+	}
+	if (blobs & PD_STORE_FILL_STATE) {
+		row->bytes(row->ctx, PD_COL_STATE, &n);
+		need += n;
+	}
+	if (blobs & PD_STORE_FILL_DELTA) {
+		row->bytes(row->ctx, PD_COL_DELTA, &n);
+		need += n;
+	}
+	if ((rc = pd_stream_rec_reserve(r, need, e)))
+		return rc;
+	fill_fixed(r, row);
+	p = r->own_mem;
+	r->tenant = fill_text(row, PD_COL_TENANT, &p);
+	r->name = fill_text(row, PD_COL_NAME, &p);
+	r->last_reason = fill_text(row, PD_COL_REASON, &p);
+	r->last_reset_reason = fill_text(row, PD_COL_RESET_REASON, &p);
+	if (blobs & PD_STORE_FILL_STATE) {
+		r->state = fill_blob(row, PD_COL_STATE, &r->state_len, &p);
+	} else {
+		r->state = NULL;
+		r->state_len = (size_t)row->u64(row->ctx, PD_COL_STATE);
+	}
+	r->has_delta_crc = 0;
+	r->last_delta_crc = 0;
+	if (blobs & PD_STORE_FILL_DELTA) {
+		r->last_delta = fill_blob(row, PD_COL_DELTA, &r->last_delta_len, &p);
+		r->has_delta_crc = !row->is_null(row->ctx, PD_COL_DELTA_CRC);
+		r->last_delta_crc = (uint32_t)row->u64(row->ctx, PD_COL_DELTA_CRC);
+	} else {
+		r->last_delta = NULL;
+		r->last_delta_len = (size_t)row->u64(row->ctx, PD_COL_DELTA);
+	}
+	return PD_OK;
+}
+
 size_t pd_stream_rec_size(const pd_stream_rec *r)
 {
 	size_t n = 512 + PD_STORE_HASH_LEN;

@@ -397,6 +397,28 @@ int pd_store_is_pg(const char *path);
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes
  * (amortised growth); returns PD_E_NOMEM on failure. */
 int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e);
+/* A backend's result row, read through accessors, with its columns in this
+ * order (both backends select them so); STATE and DELTA hold the blob, or
+ * its length as an integer when that blob was not asked for, and DELTA_CRC
+ * is only in reads of the response. */
+enum pd_store_col {
+	PD_COL_VERSION, PD_COL_TENANT, PD_COL_NAME, PD_COL_IDENT, PD_COL_STATE_BYTES,
+	PD_COL_SEQ, PD_COL_HASH, PD_COL_STATUS, PD_COL_REASON, PD_COL_IN, PD_COL_OUT,
+	PD_COL_INCARN, PD_COL_TIME, PD_COL_CREATED, PD_COL_SEEN, PD_COL_SERVED, PD_COL_RESETS,
+	PD_COL_RESET_REASON, PD_COL_STATE, PD_COL_DELTA, PD_COL_DELTA_CRC
+};
+struct pd_store_row {
+	void *ctx;
+	/* bytes of a text or blob column (valid until the next call on the row) */
+	const void *(*bytes)(void *ctx, int col, size_t *len);
+	uint64_t (*u64)(void *ctx, int col); /* integer column, bit for bit */
+	int (*is_null)(void *ctx, int col);
+};
+enum { PD_STORE_FILL_STATE = 1, PD_STORE_FILL_DELTA = 2 };
+/* Fills rec from row: strings and the blobs named in `blobs` are copied to
+ * rec's own memory; the other blobs only get their length. */
+int pd_stream_rec_fill(pd_stream_rec *rec, const struct pd_store_row *row, int blobs, pd_err *e);
+
 /* Upper estimate of the bytes a put of rec stores (values plus slack for
  * the metadata), SIZE_MAX if absurd: what backends hold against their
  * largest row (max_row_bytes). */

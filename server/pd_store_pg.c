@@ -112,7 +112,8 @@ static const char pg_schema[] =
 	"state_crc = $21::int8"
 #define PG_NPUT 21
 
-/* Result columns of reads (the two blobs, or their lengths, come last). */
+/* Result columns of reads: enum pd_store_col (the two blobs, or their
+ * lengths, come last). */
 #define PG_SELECT_META                                                                      \
 	"SELECT version, tenant, name, identities, state_bytes, last_seq, last_hash, "        \
 	"last_status, last_reason, last_samples_in, last_samples_out, incarnation, "          \
@@ -120,11 +121,6 @@ static const char pg_schema[] =
 	"last_reset_reason, "
 #define PG_LEN(c) "octet_length(" c ")::int8"
 #define PG_KEY "WHERE tenant = $1::bytea AND name = $2::bytea"
-enum {
-	C_VERSION, C_TENANT, C_NAME, C_IDENT, C_STATE_BYTES, C_SEQ, C_HASH, C_STATUS,
-	C_REASON, C_IN, C_OUT, C_INCARN, C_TIME, C_CREATED, C_SEEN, C_SERVED, C_RESETS,
-	C_RESET_REASON, C_STATE, C_DELTA, C_DELTA_CRC
-};
 
 /* ---- statements (prepared once per connection) ------------------------------ */
 
@@ -790,21 +786,19 @@ static int pg_expire(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_
 static uint64_t col_u64(const PGresult *r, int row, int c)
 {
 	uint64_t x;
+	uint32_t y;
 
-	if (PQgetisnull(r, row, c) || PQgetlength(r, row, c) != 8)
+	if (PQgetisnull(r, row, c))
 		return 0;
-	memcpy(&x, PQgetvalue(r, row, c), 8);
-	return be64toh(x);
-}
-
-static int32_t col_i32(const PGresult *r, int row, int c)
-{
-	uint32_t x;
-
-	if (PQgetisnull(r, row, c) || PQgetlength(r, row, c) != 4)
-		return 0;
-	memcpy(&x, PQgetvalue(r, row, c), 4);
-	return (int32_t)be32toh(x);
+	if (PQgetlength(r, row, c) == 8) {
+		memcpy(&x, PQgetvalue(r, row, c), 8);
+		return be64toh(x);
+	}
+	if (PQgetlength(r, row, c) == 4) { /* int4, sign-extended */
+		memcpy(&y, PQgetvalue(r, row, c), 4);
+		return (uint64_t)(int64_t)(int32_t)be32toh(y);
+	}
+	return 0;
 }
 
 static size_t col_len(const PGresult *r, int row, int c)
@@ -812,92 +806,38 @@ static size_t col_len(const PGresult *r, int row, int c)
 	return (size_t)PQgetlength(r, row, c);
 }
 
-static const char *take_text(const PGresult *r, int row, int c, char **p)
-{
-	size_t n = col_len(r, row, c);
-	char *out = *p;
+/* One row of a result, for pd_stream_rec_fill. */
+struct pg_row {
+	const PGresult *r;
+	int row;
+};
 
-	memcpy(out, PQgetvalue(r, row, c), n);
-	out[n] = '\0';
-	*p += n + 1;
-	return out;
+static const void *pg_col_bytes(void *ctx, int c, size_t *len)
+{
+	struct pg_row *x = ctx;
+
+	*len = col_len(x->r, x->row, c);
+	return PQgetvalue(x->r, x->row, c);
 }
 
-static const uint8_t *take_blob(const PGresult *r, int row, int c, size_t *len, char **p)
+static uint64_t pg_col_u64(void *ctx, int c)
 {
-	uint8_t *out = (uint8_t *)*p;
-
-	*len = col_len(r, row, c);
-	if (*len)
-		memcpy(out, PQgetvalue(r, row, c), *len);
-	*p += *len;
-	return out;
+	struct pg_row *x = ctx;
+	return col_u64(x->r, x->row, c);
 }
 
-static void fill_fixed(const PGresult *r, int row, pd_stream_rec *o)
+static int pg_col_null(void *ctx, int c)
 {
-	size_t hn = col_len(r, row, C_HASH);
-
-	o->version = col_u64(r, row, C_VERSION);
-	o->identities = col_u64(r, row, C_IDENT);
-	o->state_bytes = col_u64(r, row, C_STATE_BYTES);
-	o->last_seq = col_u64(r, row, C_SEQ);
-	memset(o->last_hash, 0, sizeof o->last_hash);
-	memcpy(o->last_hash, PQgetvalue(r, row, C_HASH),
-	       hn < sizeof o->last_hash ? hn : sizeof o->last_hash);
-	o->last_status = col_i32(r, row, C_STATUS);
-	o->last_samples_in = col_u64(r, row, C_IN);
-	o->last_samples_out = col_u64(r, row, C_OUT);
-	o->incarnation = col_u64(r, row, C_INCARN);
-	o->last_time_nanos = (int64_t)col_u64(r, row, C_TIME);
-	o->created_ms = (int64_t)col_u64(r, row, C_CREATED);
-	o->last_seen_ms = (int64_t)col_u64(r, row, C_SEEN);
-	o->deltas_served = col_u64(r, row, C_SERVED);
-	o->resets = col_u64(r, row, C_RESETS);
+	struct pg_row *x = ctx;
+	return PQgetisnull(x->r, x->row, c);
 }
 
-enum { FILL_STATE = 1, FILL_DELTA = 2 };
-
-/* Fills o from row `row`: blobs named in `blobs` are copied, the others'
- * columns hold their lengths. */
 static int fill_rec(const PGresult *r, int row, int blobs, pd_stream_rec *o, pd_err *e)
 {
-	static const int text_cols[] = {C_TENANT, C_NAME, C_REASON, C_RESET_REASON};
-	size_t need = 0;
-	char *p;
-	int rc;
+	struct pg_row x = {r, row};
+	struct pd_store_row acc = {&x, pg_col_bytes, pg_col_u64, pg_col_null};
 
-	for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++)
-		need += col_len(r, row, text_cols[i]) + 1;
-	if (blobs & FILL_STATE)
-		need += col_len(r, row, C_STATE);
-	if (blobs & FILL_DELTA)
-		need += col_len(r, row, C_DELTA);
-	if ((rc = pd_stream_rec_reserve(o, need, e)))
-		return rc;
-	fill_fixed(r, row, o);
-	p = o->own_mem;
-	o->tenant = take_text(r, row, C_TENANT, &p);
-	o->name = take_text(r, row, C_NAME, &p);
-	o->last_reason = take_text(r, row, C_REASON, &p);
-	o->last_reset_reason = take_text(r, row, C_RESET_REASON, &p);
-	if (blobs & FILL_STATE) {
-		o->state = take_blob(r, row, C_STATE, &o->state_len, &p);
-	} else {
-		o->state = NULL;
-		o->state_len = (size_t)col_u64(r, row, C_STATE);
-	}
-	o->has_delta_crc = 0;
-	o->last_delta_crc = 0;
-	if (blobs & FILL_DELTA) {
-		o->last_delta = take_blob(r, row, C_DELTA, &o->last_delta_len, &p);
-		o->has_delta_crc = !PQgetisnull(r, row, C_DELTA_CRC);
-		o->last_delta_crc = (uint32_t)col_u64(r, row, C_DELTA_CRC);
-	} else {
-		o->last_delta = NULL;
-		o->last_delta_len = (size_t)col_u64(r, row, C_DELTA);
-	}
-	return PD_OK;
+	return pd_stream_rec_fill(o, &acc, blobs, e);
 }
 
 /* Runs a read statement on a borrowed connection; *out is the result (the
@@ -945,8 +885,8 @@ static int pg_get(void *be, const char *tenant, const char *name, unsigned what,
 		rc = pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);
 	else
 		rc = fill_rec(r, 0,
-			      (what & PD_STORE_GET_STATE ? FILL_STATE : 0) |
-				      (what & PD_STORE_GET_RESPONSE ? FILL_DELTA : 0),
+			      (what & PD_STORE_GET_STATE ? PD_STORE_FILL_STATE : 0) |
+				      (what & PD_STORE_GET_RESPONSE ? PD_STORE_FILL_DELTA : 0),
 			      out, e);
 	PQclear(r);
 	return rc;
