@@ -669,12 +669,13 @@ int pdelta_scrape_new(const pdelta_scrape_opts *o, pdelta_scrape **out, char *er
 		goto fail;
 	while (s->incarnation == 0 && getrandom(&s->incarnation, sizeof s->incarnation, 0) < 0)
 		;
+	if (make_lanes(s, e, sizeof e) || sc_targets_init(s, e, sizeof e))
+		goto fail;
+	/* after the targets took their entries: the others count as gone from now */
 	if (sc_state_save(s)) {
 		snprintf(e, sizeof e, "cannot write the state file %s: %s", s->state_file, strerror(errno));
 		goto fail;
 	}
-	if (make_lanes(s, e, sizeof e) || sc_targets_init(s, e, sizeof e))
-		goto fail;
 	*out = s;
 	return PDELTA_OK;
 fail:
