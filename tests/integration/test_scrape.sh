@@ -588,7 +588,7 @@ printf 'a http://127.0.0.1:1 timeout=0\n' >"$WORK/t0"
 usage_err "zero target timeout" "timeout=0: not a duration above 0" --local --targets "$WORK/t0" --out-dir "$WORK/u"
 label_err() { # label_err WHAT PATTERN LINE: LINE as line 2 of a targets file
 	printf 'x http://127.0.0.1:1\n%s\n' "$3" >"$WORK/bad-labels"
-	usage_err "$1" "$WORK/bad-labels:2: $2" --local --targets "$WORK/bad-labels" --out-dir "$WORK/u"
+	usage_err "$1" "$WORK/bad-labels:2: $2" --local --targets "$WORK/bad-labels" --once --out-dir "$WORK/u"
 }
 label_err "label value with ','" "label 'env': the value may not hold" "y http://127.0.0.1:1 label.env=a,b"
 label_err "label value with '}'" "label 'env': the value may not hold" "y http://127.0.0.1:1 label.env=a}"
