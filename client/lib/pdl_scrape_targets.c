@@ -373,12 +373,17 @@ void sc_targets_reap(pdelta_scrape *s)
 
 	for (size_t i = 0; i < s->nstreams; i++) {
 		sc_stream *st = s->streams[i];
+		int renamed = 0; /* a changed target's new stream has the same name */
+		if (!st->removed || st->running)
+			continue;
+		for (size_t m = 0; m < s->nstreams; m++)
+			renamed |= !s->streams[m]->removed && strcmp(s->streams[m]->name, st->name) == 0;
+		if (!renamed)
+			sc_state_detach(s, st->name, now);
+	}
+	for (size_t i = 0; i < s->nstreams; i++) {
+		sc_stream *st = s->streams[i];
 		if (st->removed && !st->running) {
-			int renamed = 0; /* a changed target's new stream has the same name */
-			for (size_t m = 0; m < s->nstreams; m++)
-				renamed |= !s->streams[m]->removed && strcmp(s->streams[m]->name, st->name) == 0;
-			if (!renamed)
-				sc_state_detach(s, st->name, now);
 			free(st);
 			continue;
 		}
