@@ -119,8 +119,11 @@ wait "$AGENT_PID" || true
 AGENT_PID=
 grep -q 'scrape failed' "$T3.err" && ok "target down: the failed scrape is logged" ||
 	echo "info: no round fell into the target's downtime"
-judge "target restarted, oracle (one BASELINE reset per stream)" "$T3/in" "$T3/out" \
-	--expect-resets w3/heap=1 --expect-resets w3/mutex=1 --expect-resets w3/block=1
+# heap always shows the restart (its counters go back). A restarted process's mutex and block
+# profiles may hold no sample of the old one yet within the remaining rounds (contention takes
+# its time): then nothing went back in the inputs, and the oracle's own count is 0.
+judge "target restarted, oracle (one BASELINE reset for heap, at most one for mutex/block)" "$T3/in" "$T3/out" \
+	--expect-resets w3/heap=1 --expect-resets w3/mutex=0..1 --expect-resets w3/block=0..1
 grep -q 'w3 heap seq=[0-9]* BASELINE reset' "$T3.log" && ok "target restarted: pdeltad answered BASELINE reset" ||
 	bad "target restarted: no BASELINE reset in the log"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Judges a delivery tree of `pdelta scrape` against the oracle.
 
-  check_tree.py [--first keep|drop] [--expect-resets STREAM=N ...] [--rebase STREAM=NNN ...]
+  check_tree.py [--first keep|drop] [--expect-resets STREAM=N[..M] ...] [--rebase STREAM=NNN ...]
                 [--min-files N] IN_ROOT OUT_ROOT
 
 IN_ROOT holds the cumulative profiles as scraped (--save-input: IN_ROOT/NAME/TYPE/NNN.pb.gz),
@@ -9,8 +9,8 @@ OUT_ROOT the deltas delivered for them (--out-dir, same layout). For every strea
 replays the inputs in order and each output must be structurally valid (no negative values,
 no all-zero samples in delta columns) and semantically equal to what the oracle expects:
 so no interval is lost (a missing output, or a delta over a longer window, differs) and
-none is counted twice. --expect-resets NAME/TYPE=N: exactly N BASELINE resets in that
-stream. --rebase NAME/TYPE=NNN: output NNN is a BASELINE the service chose (moved to local
+none is counted twice. --expect-resets NAME/TYPE=N (or =N..M): exactly N (N to M) BASELINE
+resets in that stream, counted by the oracle from the inputs. --rebase NAME/TYPE=NNN: output NNN is a BASELINE the service chose (moved to local
 mode: the whole profile; state-lost after a server restore: empty), judged for validity only
 (no negative value); the outputs after it are deltas from input NNN on, as the oracle's.
 Prints one line per stream and "check_tree: N passed, N failed".
@@ -91,8 +91,10 @@ def main(argv=None):
         problems, resets, n = check_stream(rel, args.in_root, args.out_root, args.first, rebase.get(rel, ()))
         if n < args.min_files:
             problems.append("only %d files (want >= %d)" % (n, args.min_files))
-        if rel in want and resets != int(want[rel]):
-            problems.append("%d BASELINE resets, expected %s" % (resets, want[rel]))
+        if rel in want:
+            lo, _, hi = want[rel].partition("..")
+            if not int(lo) <= resets <= int(hi or lo):
+                problems.append("%d BASELINE resets, expected %s" % (resets, want[rel]))
         if problems:
             failed += 1
             print("FAIL %s (%d files, %d resets)" % (rel, n, resets))
