@@ -10,6 +10,8 @@
 #   free_port               a free 127.0.0.1 TCP port
 #   pd_certs DIR            dev certificates (deploy/certs/gen-certs.sh) in DIR
 #   pd_hash TOKEN           the token's token_sha256 for a tenants file
+#   pd_conf METRICS DB      config lines of a server on $PORT with pd_pki's certificates and
+#                           $WORK/tenants, metrics_listen METRICS, database DB
 #   pd_wait_http URL [PID]  until URL answers (10 s; 1 sooner if PID exits)
 #   pd_wait_port PORT [PID] until 127.0.0.1:PORT accepts a TCP connection (same limits)
 #   pd_wait_file FILE [PID] until FILE is not empty (same limits)
@@ -56,7 +58,7 @@ pd_check() {
 pd_tally() {
 	local line p f
 	grep -v -E '^[0-9]+ passed, [0-9]+ failed$' <<<"$1" || true
-	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' <<<"$1" | tail -n 1)
+	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' <<<"$1" | tail -n 1) || true
 	if [[ -z $line ]]; then
 		bad "${2:-helper} printed no summary"
 		return
@@ -78,6 +80,11 @@ pd_need() {
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 pd_hash() { printf '%s' "$1" | "$BINDIR/pdeltad" --hash-token; }
+
+pd_conf() {
+	printf '%s = %s\n' listen "127.0.0.1:$PORT" metrics_listen "$1" tls_cert "$WORK/certs/server.pem" \
+		tls_key "$WORK/certs/server.key" tenants "$WORK/tenants" db "$2"
+}
 
 pd_certs() { bash "$ROOT/deploy/certs/gen-certs.sh" "$1" >/dev/null; }
 

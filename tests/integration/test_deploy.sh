@@ -129,14 +129,7 @@ fi
 
 # ---- environment variables: flag > environment > file ------------------------------------------------------
 DEAD=$(free_port)
-cat >"$WORK/env.conf" <<CONF
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$DEAD
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
-tenants = $WORK/tenants
-db = $WORK/env.db
-CONF
+pd_conf "127.0.0.1:$DEAD" "$WORK/env.db" >"$WORK/env.conf"
 "$BINDIR/pdeltad" --config "$WORK/env.conf" --metrics-listen "127.0.0.1:$MPORT" >>"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || true

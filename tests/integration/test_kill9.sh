@@ -33,13 +33,8 @@ TOKEN=tok-kill9-$RANDOM$RANDOM
 printf '%s\n' "$TOKEN" >"$WORK/token"
 printf 'tenant=kill9 role=agent token_sha256=%s\n' "$(pd_hash "$TOKEN")" >"$WORK/tenants"
 # db_sync stays at its default (yes): the test is about what the server promises as shipped.
-cat >"$WORK/pdeltad.conf" <<EOF
-listen = 127.0.0.1:$PORT
-metrics_listen = off
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
-tenants = $WORK/tenants
-db = $WORK/state.db
+pd_conf off "$WORK/state.db" >"$WORK/pdeltad.conf"
+cat >>"$WORK/pdeltad.conf" <<EOF
 workers = 2
 log_level = warn
 EOF

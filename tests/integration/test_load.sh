@@ -62,13 +62,8 @@ printf 'tenant=load role=agent token_sha256=%s\n' "$(pd_hash "$TOKEN")" >"$WORK/
 # and the caps on unauthenticated connections (in total and per source address:
 # everything here comes from 127.0.0.1) are raised above IDLE, since this test
 # measures what idle sockets cost, not how they are evicted (test_server_flood).
-cat >"$WORK/pdeltad.conf" <<EOF
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$MPORT
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
-tenants = $WORK/tenants
-db = $WORK/state.db
+pd_conf "127.0.0.1:$MPORT" "$WORK/state.db" >"$WORK/pdeltad.conf"
+cat >>"$WORK/pdeltad.conf" <<EOF
 max_connections = $((2 * (CONNS + IDLE) + 200))
 max_unauth_connections = $((CONNS + IDLE + 100))
 max_unauth_per_source = $((CONNS + IDLE + 100))

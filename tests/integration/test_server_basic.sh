@@ -51,14 +51,9 @@ tenant=acme role=agent token_sha256=$HASH
 tenant=acme role=agent cert_cn=agent-acme
 tenant=acme role=admin cert_cn=admin
 EOF
-cat >"$WORK/pdeltad.conf" <<EOF
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$MPORT
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
+pd_conf "127.0.0.1:$MPORT" "$WORK/state.db" >"$WORK/pdeltad.conf"
+cat >>"$WORK/pdeltad.conf" <<EOF
 tls_client_ca = $CA
-tenants = $WORK/tenants
-db = $WORK/state.db
 workers = 2
 drain_timeout_ms = 10s
 db_sync = no   # the crash tests cover durability; this one wants speed
