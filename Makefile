@@ -6,7 +6,7 @@
 PREFIX ?= /usr/local
 CC ?= cc
 SANITIZER ?=
-PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate libisal sqlite3 libcurl
+PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate libisal sqlite3 libcurl libpq
 
 VARIANT := $(if $(SANITIZER),$(SANITIZER),release)
 BUILD := build/$(VARIANT)

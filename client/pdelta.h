@@ -300,7 +300,9 @@ typedef struct pdelta_scrape_target {
 	const char *name;        /* stream name part; [A-Za-z0-9._-] */
 	const char *url;         /* base URL, e.g. http://10.0.0.7:6060 */
 	const char *path_prefix; /* NULL = "/debug/pprof" */
-	const char *labels;      /* "k=v,k2=v2" for the push sink; NULL = none */
+	const char *labels;      /* "k=v,k2=v2" for the push sink; NULL = none. Keys
+				    [A-Za-z_][A-Za-z0-9_]*, not "__..." nor pdelta_type; values
+				    without , } = " or control characters; at most 2 KiB */
 	const char *ca_file;     /* CA bundle for an https target; NULL = system */
 	const char *bearer_token; /* Authorization: Bearer; NULL = none */
 	const char *basic_auth;   /* "user:password"; NULL = none */
@@ -338,6 +340,8 @@ typedef struct pdelta_scrape_opts {
 				     deltas and BASELINE resets are pushed) */
 	pdelta_scrape_log_fn log; /* one line per delivery / error; NULL = stdout/stderr */
 	void *log_ctx;
+	uint64_t state_grace_ms;  /* a removed target's state entries are dropped after this
+				     (default 24 h); the state file is locked (STATE.lock) */
 } pdelta_scrape_opts;
 
 void pdelta_scrape_opts_init(pdelta_scrape_opts *o);

@@ -50,6 +50,9 @@ static void usage(FILE *f)
 		"  --targets FILE           one target a line, re-read when it changes:\n"
 		"                           NAME URL [prefix=/debug/pprof] [timeout=10s] [max_body=64m] [ca=FILE]\n"
 		"                           [bearer_file=FILE] [basic_auth_file=FILE] [label.KEY=VALUE]...\n"
+		"                           KEY: [A-Za-z_][A-Za-z0-9_]*, not __* nor pdelta_type; VALUE without\n"
+		"                           , } = \" or control characters; labels at most 2 KiB a target. A bad\n"
+		"                           line is refused (FILE:LINE); on a reload the previous targets stay\n"
 		"  --types LIST             heap,allocs,mutex,block,goroutine,cpu (default heap,mutex,block)\n"
 		"  --path-prefix P          path before /TYPE for --target targets (default /debug/pprof)\n"
 		"  --stream-prefix P        prepended to every stream name (default none)\n"
@@ -68,9 +71,14 @@ static void usage(FILE *f)
 		"  --server HOST:PORT       pdeltad ([v6]:port); --ca FILE, --cert F --key F, --token-file F,\n"
 		"                           --server-name NAME as for `pdelta send`\n"
 		"  --local                  compute deltas in this process (state in memory only)\n"
-		"  --fallback-local         compute locally while the server stays unreachable\n"
+		"  --fallback-local         compute locally while the server stays unreachable (BASELINE moved,\n"
+		"                           then local deltas); back to it once it answers (BASELINE state-lost)\n"
 		"  --first keep|drop|auto   first-profile policy (default keep)\n"
-		"  --state FILE             sequence numbers + incarnation, kept across runs (default: none)\n"
+		"  --state FILE             sequence numbers + incarnation, kept across runs (default: none);\n"
+		"                           one agent per file (FILE.lock; a second one exits 2)\n"
+		"  --state-grace DUR        a removed target's streams leave the state file after DUR\n"
+		"                           (default 24h; re-added later, a stream continues after the\n"
+		"                           server's sequence)\n"
 		"delivery:\n"
 		"  --out-dir DIR            DIR/NAME/TYPE/NNN.pb.gz (NNN = round, 000 first)\n"
 		"  --keep N                 keep the last N files per stream in --out-dir/--save-input\n"
@@ -157,7 +165,8 @@ enum {
 	O_TARGET = 256, O_TARGETS, O_TYPES, O_PATH_PREFIX, O_STREAM_PREFIX, O_TIMEOUT, O_MAX_BODY,
 	O_TARGET_CA, O_BEARER, O_BASIC, O_CPU, O_INTERVAL, O_COUNT, O_ONCE, O_CONC, O_SERVER, O_CA,
 	O_CERT, O_KEY, O_TOKEN_FILE, O_SNI, O_LOCAL, O_FALLBACK, O_FIRST, O_STATE, O_OUT, O_KEEP,
-	O_SAVE, O_PUSH, O_PUSH_FIRST, O_PUSH_TOKEN, O_SPOOL, O_SPOOL_MAX, O_PUSH_TIMEOUT, O_METRICS
+	O_SAVE, O_PUSH, O_PUSH_FIRST, O_PUSH_TOKEN, O_SPOOL, O_SPOOL_MAX, O_PUSH_TIMEOUT, O_METRICS,
+	O_STATE_GRACE
 };
 
 static const struct option longopts[] = {
@@ -187,6 +196,7 @@ static const struct option longopts[] = {
 	{"local-fallback", no_argument, NULL, O_FALLBACK},
 	{"first", required_argument, NULL, O_FIRST},
 	{"state", required_argument, NULL, O_STATE},
+	{"state-grace", required_argument, NULL, O_STATE_GRACE},
 	{"out-dir", required_argument, NULL, O_OUT},
 	{"keep", required_argument, NULL, O_KEEP},
 	{"save-input", required_argument, NULL, O_SAVE},
@@ -247,6 +257,13 @@ static int parse_one(scrape_cli *c, int ch, const char *arg)
 		}
 		return 0;
 	case O_STATE: o->state_file = arg; return 0;
+	case O_STATE_GRACE:
+		if (pd_parse_ms(arg, &v)) {
+			fprintf(stderr, "pdelta scrape: --state-grace wants a duration (24h, 30m, 10s), got '%s'\n", arg);
+			return -1;
+		}
+		o->state_grace_ms = v;
+		return 0;
 	case O_OUT: o->out_dir = arg; return 0;
 	case O_KEEP: return parse_uint("--keep", arg, &o->keep);
 	case O_SAVE: o->save_input_dir = arg; return 0;

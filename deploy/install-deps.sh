@@ -4,7 +4,7 @@
 # prints the apt-get command to run and fails.
 set -euo pipefail
 PKGS=(build-essential pkg-config clang libclang-rt-14-dev valgrind openssl
-	libevent-dev libssl-dev zlib1g-dev libdeflate-dev libisal-dev libsqlite3-dev libcurl4-openssl-dev libsystemd-dev sqlite3
+	libevent-dev libssl-dev zlib1g-dev libdeflate-dev libisal-dev libsqlite3-dev libcurl4-openssl-dev libsystemd-dev sqlite3 libpq-dev postgresql
 	python3 python3-protobuf python3-yaml python3-prometheus-client curl golang-go golang-github-google-pprof-dev)
 missing=()
 for p in "${PKGS[@]}"; do

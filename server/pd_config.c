@@ -35,6 +35,7 @@ static const size_t setting_field[PD_SET__COUNT] = {
 	[PD_SET_REQUIRE_CLIENT_CERT] = offsetof(pd_config, require_client_cert),
 	[PD_SET_TENANTS] = offsetof(pd_config, tenants),
 	[PD_SET_DB] = offsetof(pd_config, db),
+	[PD_SET_DB_PASSWORD_FILE] = offsetof(pd_config, db_password_file),
 	[PD_SET_DB_SYNC] = offsetof(pd_config, db_sync),
 	[PD_SET_DB_MAX_BYTES] = offsetof(pd_config, db_max_bytes),
 	[PD_SET_STORE_MAX_QUEUE] = offsetof(pd_config, store_max_queue),

@@ -41,7 +41,8 @@ typedef struct pd_config {
 	bool require_client_cert; /* refuse TLS handshakes without a valid client cert */
 	char *tenants;            /* credentials file (pd_auth.h) */
 	/* state and workers */
-	char *db;       /* SQLite database path */
+	char *db;       /* SQLite database path or PostgreSQL connection string */
+	char *db_password_file; /* PostgreSQL password file, "" = none */
 	bool db_sync;   /* fsync the WAL at every commit */
 	uint64_t db_max_bytes; /* database size budget, 0 = none */
 	/* state-store queue and group commit (pd_store_opts) */

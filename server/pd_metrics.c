@@ -422,6 +422,11 @@ static void render_store(const struct pd_store_stats *st, expo *b)
 	one(b, "pdeltad_store_busy_rejects_total", "counter", "writes refused: store queue full",
 	    st->busy_rejects);
 	one(b, "pdeltad_store_read_errors_total", "counter", "failed store reads", st->read_errors);
+	one(b, "pdeltad_store_conflicts_total", "counter",
+	    "conditional writes refused: the row moved on (another node, expiry, admin)",
+	    st->conflicts);
+	one(b, "pdeltad_store_up", "gauge", "1 while the store's database is reachable",
+	    (uint64_t)!st->unreachable);
 	one(b, "pdeltad_store_log_suppressed_total", "counter",
 	    "store error lines left out by the log rate limit", st->log_suppressed);
 	family(b, "pdeltad_store_last_error_timestamp_seconds", "gauge",
@@ -582,6 +587,8 @@ static void healthz_store(const struct pd_store_stats *st, struct evbuffer *b)
 	struct tm tm;
 	char when[32];
 
+	if (st->unreachable)
+		evbuffer_add_printf(b, "store: unreachable (reconnecting)\n");
 	if (!st->last_error_ms) {
 		evbuffer_add_printf(b, "store: ok, no error since start\n");
 		return;
@@ -600,15 +607,18 @@ static void on_healthz(struct evhttp_request *req, void *arg)
 	pd_metrics_http *h = arg;
 	struct evbuffer *b = evbuffer_new();
 	pd_metrics_view *v = calloc(1, sizeof *v);
+	int down;
 
 	if (!b || !v) {
 		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
 		goto out;
 	}
 	h->fn(h->arg, v);
-	evbuffer_add_printf(b, "%s\n", v->draining ? "draining" : "ok");
+	down = v->draining || v->svc.store.unreachable;
+	evbuffer_add_printf(b, "%s\n", v->draining ? "draining"
+				       : v->svc.store.unreachable ? "store unreachable" : "ok");
 	healthz_store(&v->svc.store, b);
-	reply_text(req, v->draining ? 503 : HTTP_OK, v->draining ? "Service Unavailable" : "OK", b);
+	reply_text(req, down ? 503 : HTTP_OK, down ? "Service Unavailable" : "OK", b);
 out:
 	free(v);
 	if (b)

@@ -373,6 +373,7 @@ static int start_service(pd_server *s, pd_err *e)
 	o.worker_keep_bytes = c->worker_keep_bytes;
 	o.limits = c->limits;
 	o.store.path = c->db;
+	o.store.password_file = c->db_password_file;
 	o.store.synchronous_full = c->db_sync;
 	o.store.max_db_bytes = c->db_max_bytes;
 	o.store.max_queue = (size_t)c->store_max_queue;
@@ -493,7 +494,9 @@ int pd_server_run(pd_server *s, pd_err *e)
 	       s->cfg->tls_client_ca[0] ? (s->cfg->require_client_cert ? ", client cert required"
 								       : ", client certs accepted")
 					: "",
-	       s->cfg->metrics_listen, pd_auth_count(s->env.auth), s->cfg->db);
+	       s->cfg->metrics_listen, pd_auth_count(s->env.auth),
+	       /* a connection string may carry a password */
+	       pd_store_is_pg(s->cfg->db) ? "PostgreSQL (connection string not logged)" : s->cfg->db);
 	pd_notify_ready("serving");
 	if (event_base_dispatch(s->base) < 0)
 		return pd_err_set(e, PD_E_IO, "event loop failed");

@@ -34,10 +34,16 @@ const pd_setting pd_settings[PD_SET__COUNT] = {
 	    "refuse TLS clients without a valid client certificate"),
 	[PD_SET_TENANTS] = STR("tenants", "", "credentials file: tenant=.. role=.. token_sha256=..|cert_cn=.. (required;\n"
 	    "        refused without credentials unless it says allow_empty = true)"),
-	[PD_SET_DB] = STR("db", "pdeltad.db", "SQLite database of stream state"),
-	[PD_SET_DB_SYNC] = NUM("db_sync", T_BOOL, 1, 0, 1, "fsync the WAL at every commit (power-loss safe)"),
+	[PD_SET_DB] = STR("db", "pdeltad.db", "stream state: a SQLite file, or PostgreSQL as postgresql://... or\n"
+	    "        libpq key=value pairs (host=... dbname=...; TLS with sslmode=...)"),
+	[PD_SET_DB_PASSWORD_FILE] = STR("db_password_file", "",
+	    "PostgreSQL password, first line of this file (or PGPASSFILE)"),
+	[PD_SET_DB_SYNC] = NUM("db_sync", T_BOOL, 1, 0, 1,
+	    "SQLite: fsync the WAL at every commit (power-loss safe); PostgreSQL always\n"
+	    "        commits with synchronous_commit = on"),
 	[PD_SET_DB_MAX_BYTES] = NUM("db_max_bytes", T_BYTES, 0, 0, 1ull << 50,
-	    "size budget of the database; past it commits fail (store errors); 0 = none"),
+	    "SQLite: size budget of the database; past it commits fail (store errors);\n"
+	    "        0 = none (PostgreSQL: refused, use its quotas)"),
 	[PD_SET_STORE_MAX_QUEUE] = NUM("store_max_queue", T_COUNT, 10000, 1, 10000000,
 	    "state-store writes queued or being committed; beyond: store busy"),
 	[PD_SET_STORE_MAX_QUEUE_BYTES] = NUM("store_max_queue_bytes", T_BYTES, 256 * MIB, MIB, 1ull << 40,

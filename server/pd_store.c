@@ -3,8 +3,8 @@
  *
  * Owns what every backend needs the same way: the bounded write queue, the
  * single writer thread and its group commit, completions, fault injection and
- * metrics. A backend (pd_store_sqlite.c) only runs statements, so a
- * PostgreSQL backend later gets group commit and backpressure for free.
+ * metrics. A backend (pd_store_sqlite.c, pd_store_pg.c) only runs
+ * statements, so both get group commit and backpressure the same way.
  *
  * Queue accounting: a write counts against max_queue / max_queue_bytes from
  * enqueue until its completion has returned, so memory held by in-flight
@@ -144,6 +144,113 @@ int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e)
 	rec->own_mem = p;
 	rec->own_alloc = na;
 	return PD_OK;
+}
+
+/* Copies a text column, NUL-terminated, to *p. */
+static const char *fill_text(const struct pd_store_row *row, int col, char **p)
+{
+	size_t n;
+	const void *v = row->bytes(row->ctx, col, &n);
+	char *out = *p;
+
+	if (n)
+		memcpy(out, v, n);
+	out[n] = '\0';
+	*p += n + 1;
+	return out;
+}
+
+static const uint8_t *fill_blob(const struct pd_store_row *row, int col, size_t *len, char **p)
+{
+	const void *v = row->bytes(row->ctx, col, len);
+	uint8_t *out = (uint8_t *)*p;
+
+	if (*len)
+		memcpy(out, v, *len);
+	*p += *len;
+	return out;
+}
+
+static void fill_fixed(pd_stream_rec *r, const struct pd_store_row *row)
+{
+	size_t hn;
+	const void *h = row->bytes(row->ctx, PD_COL_HASH, &hn);
+
+	r->version = row->u64(row->ctx, PD_COL_VERSION);
+	r->identities = row->u64(row->ctx, PD_COL_IDENT);
+	r->state_bytes = row->u64(row->ctx, PD_COL_STATE_BYTES);
+	r->last_seq = row->u64(row->ctx, PD_COL_SEQ);
+	memset(r->last_hash, 0, sizeof r->last_hash);
+	if (h && hn)
+		memcpy(r->last_hash, h, hn < sizeof r->last_hash ? hn : sizeof r->last_hash);
+	r->last_status = (int32_t)row->u64(row->ctx, PD_COL_STATUS);
+	r->last_samples_in = row->u64(row->ctx, PD_COL_IN);
+	r->last_samples_out = row->u64(row->ctx, PD_COL_OUT);
+	r->incarnation = row->u64(row->ctx, PD_COL_INCARN);
+	r->last_time_nanos = (int64_t)row->u64(row->ctx, PD_COL_TIME);
+	r->created_ms = (int64_t)row->u64(row->ctx, PD_COL_CREATED);
+	r->last_seen_ms = (int64_t)row->u64(row->ctx, PD_COL_SEEN);
+	r->deltas_served = row->u64(row->ctx, PD_COL_SERVED);
+	r->resets = row->u64(row->ctx, PD_COL_RESETS);
+}
+
+int pd_stream_rec_fill(pd_stream_rec *r, const struct pd_store_row *row, int blobs, pd_err *e)
+{
+	static const int text_cols[] = {PD_COL_TENANT, PD_COL_NAME, PD_COL_REASON,
+					PD_COL_RESET_REASON};
+	size_t need = 0, n;
+	char *p;
+	int rc;
+
+	for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++) {
+		row->bytes(row->ctx, text_cols[i], &n);
+		need += n + 1;
+	}
+	if (blobs & PD_STORE_FILL_STATE) {
+		row->bytes(row->ctx, PD_COL_STATE, &n);
+		need += n;
+	}
+	if (blobs & PD_STORE_FILL_DELTA) {
+		row->bytes(row->ctx, PD_COL_DELTA, &n);
+		need += n;
+	}
+	if ((rc = pd_stream_rec_reserve(r, need, e)))
+		return rc;
+	fill_fixed(r, row);
+	p = r->own_mem;
+	r->tenant = fill_text(row, PD_COL_TENANT, &p);
+	r->name = fill_text(row, PD_COL_NAME, &p);
+	r->last_reason = fill_text(row, PD_COL_REASON, &p);
+	r->last_reset_reason = fill_text(row, PD_COL_RESET_REASON, &p);
+	if (blobs & PD_STORE_FILL_STATE) {
+		r->state = fill_blob(row, PD_COL_STATE, &r->state_len, &p);
+	} else {
+		r->state = NULL;
+		r->state_len = (size_t)row->u64(row->ctx, PD_COL_STATE);
+	}
+	r->has_delta_crc = 0;
+	r->last_delta_crc = 0;
+	if (blobs & PD_STORE_FILL_DELTA) {
+		r->last_delta = fill_blob(row, PD_COL_DELTA, &r->last_delta_len, &p);
+		r->has_delta_crc = !row->is_null(row->ctx, PD_COL_DELTA_CRC);
+		r->last_delta_crc = (uint32_t)row->u64(row->ctx, PD_COL_DELTA_CRC);
+	} else {
+		r->last_delta = NULL;
+		r->last_delta_len = (size_t)row->u64(row->ctx, PD_COL_DELTA);
+	}
+	return PD_OK;
+}
+
+size_t pd_stream_rec_size(const pd_stream_rec *r)
+{
+	size_t n = 512 + PD_STORE_HASH_LEN;
+	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
+
+	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+		n += texts[i] ? strlen(texts[i]) : 0;
+	if (r->state_len > SIZE_MAX / 4 || r->last_delta_len > SIZE_MAX / 4)
+		return SIZE_MAX;
+	return n + r->state_len + r->last_delta_len;
 }
 
 static size_t str_size(const char *s)
@@ -536,6 +643,26 @@ static void writer_batch(pd_store *s, struct wop *batch, size_t n, int fault)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Waits for work (mu held). While a backend with a database server is
+ * unreachable, wakes up every second to let it reconnect, so /healthz
+ * recovers without a write. */
+static void writer_wait(pd_store *s)
+{
+	struct timespec ts;
+
+	if (!s->ops->healthy || s->ops->healthy(s->be)) {
+		pthread_cond_wait(&s->cv_work, &s->mu);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 1;
+	if (pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) && !s->head && !s->stopping) {
+		pthread_mutex_unlock(&s->mu);
+		s->ops->reconnect(s->be);
+		pthread_mutex_lock(&s->mu);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	pd_store *s = arg;
@@ -547,7 +674,7 @@ static void *writer_main(void *arg)
 
 		pthread_mutex_lock(&s->mu);
 		while (!s->head && !s->stopping)
-			pthread_cond_wait(&s->cv_work, &s->mu);
+			writer_wait(s);
 		if (!s->head) {
 			pthread_mutex_unlock(&s->mu);
 			break; /* stopping and drained */
@@ -583,17 +710,30 @@ static int start_writer(pd_store *s, pd_err *e)
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
+int pd_store_is_pg(const char *path)
+{
+	static const char *const keys[] = {"host", "hostaddr", "port", "dbname", "user",
+					   "service", "sslmode", "passfile", "options"};
+	size_t n = strspn(path, "abcdefghijklmnopqrstuvwxyz_");
+	const char *eq = path + n + strspn(path + n, " \t");
+
+	if (!strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13))
+		return 1;
+	if (*eq != '=')
+		return 0;
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+		if (strlen(keys[i]) == n && !strncmp(path, keys[i], n))
+			return 1;
+	return 0;
+}
+
 static const struct pd_store_backend *pick_backend(const char *path, pd_err *e)
 {
 	if (!path || !*path) {
 		pd_err_set(e, PD_E_ARG, "state store path is required");
 		return NULL;
 	}
-	if (!strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13)) {
-		pd_err_set(e, PD_E_ARG, "the PostgreSQL state backend is not built yet (%s)", path);
-		return NULL;
-	}
-	return &pd_store_sqlite_backend;
+	return pd_store_is_pg(path) ? &pd_store_pg_backend : &pd_store_sqlite_backend;
 }
 
 static unsigned env_faults(void)
@@ -835,6 +975,7 @@ void pd_store_stats(pd_store *s, struct pd_store_stats *out)
 	out->reads = atomic_load_explicit(&s->reads, memory_order_relaxed);
 	out->read_errors = atomic_load_explicit(&s->read_errors, memory_order_relaxed);
 	out->responses_corrupt = atomic_load_explicit(&s->responses_corrupt, memory_order_relaxed);
+	out->unreachable = s->ops->healthy && !s->ops->healthy(s->be);
 }
 
 void pd_store_inject_fault(pd_store *s, unsigned n)

@@ -4,12 +4,13 @@
  * One compact row per stream (tenant, name): the engine's opaque serialized
  * state blob plus the metadata needed for idempotency (DESIGN §2.7) and for
  * admin listings. The store is backend-neutral: callers only see the opaque
- * pd_store and the functions below; a backend (SQLite today, a
- * PostgreSQL-protocol one later) is a vtable at the bottom of this header.
+ * pd_store and the functions below; a backend (pd_store_sqlite.c, the
+ * embedded default, or pd_store_pg.c, PostgreSQL shared by several nodes) is
+ * a vtable at the bottom of this header.
  *
  * Writes are asynchronous and durable-before-acknowledged: pd_store_put_async()
  * copies the record and queues it for ONE writer thread that group-commits
- * (everything queued, up to a batch cap, in one BEGIN IMMEDIATE ... COMMIT)
+ * (everything queued, up to a batch cap, in one transaction)
  * and only then calls each write's completion. The server sends a response
  * only from that completion, so after kill -9 every response a client got is
  * consistent with the stored state.
@@ -27,7 +28,7 @@
  *   - pd_store_open()/pd_store_close(): one thread, no other call in flight.
  *   - pd_store_get(), _list(), _count_streams(), _tenant_totals(),
  *     _integrity_check(): any thread, concurrently. Each call borrows a read
- *     connection from a pool (WAL: readers never wait for the writer) and
+ *     connection from a pool (readers never wait for the writer) and
  *     sees only committed data; it may block briefly, so call it from worker
  *     threads, not from an event loop.
  *   - pd_store_put_async(), _put_if_async(), _delete_async(), _reset_async(),
@@ -61,9 +62,14 @@ typedef struct pd_store pd_store;
  * so start from pd_store_opts_init(). */
 
 struct pd_store_opts {
-	/* Database file (SQLite). "postgresql://..." is reserved for the
-	 * planned PostgreSQL backend and is refused until it exists. */
+	/* Database file (SQLite), or a PostgreSQL connection string: a
+	 * "postgres://" / "postgresql://" URI or libpq key=value pairs whose
+	 * first word is a libpq keyword ("host=... dbname=..."); see
+	 * pd_store_is_pg(). */
 	const char *path;
+	/* PostgreSQL: file whose first line is the password (NULL or "" =
+	 * none: the connection string, PGPASSFILE or ~/.pgpass). */
+	const char *password_file;
 	/* 1 (default): PRAGMA synchronous=FULL, the WAL is fsynced at every
 	 * commit, so acknowledged writes survive power loss. 0: NORMAL; in WAL
 	 * mode that still survives a process crash (kill -9: committed frames
@@ -307,6 +313,7 @@ struct pd_store_stats {
 	char last_error[sizeof(((pd_err *)0)->msg)]; /* most recent store error, "" if none */
 	int64_t last_error_ms;    /* its unix time, ms; 0 if none */
 	uint64_t log_suppressed;  /* store error lines left out by the rate limit */
+	int unreachable;          /* now: the backend lost its database (reconnecting) */
 };
 
 /* Store errors (failed transactions, failed reads) are logged with their
@@ -364,12 +371,52 @@ struct pd_store_backend {
 	int (*tenant_totals)(void *be, const char *tenant, pd_store_tenant_fn fn, void *arg,
 			     pd_err *e);
 	int (*integrity_check)(void *be, pd_err *e);
+
+	/* Optional, for backends with a database server. healthy: any thread,
+	 * never blocks; 0 while the database is unreachable. reconnect: the
+	 * writer thread calls it about once a second while idle and unhealthy
+	 * (the backend keeps its own backoff). */
+	int (*healthy)(void *be);
+	void (*reconnect)(void *be);
 };
 
 extern const struct pd_store_backend pd_store_sqlite_backend;
+extern const struct pd_store_backend pd_store_pg_backend;
+
+/* Does this store path name a PostgreSQL database? A URI with the scheme
+ * postgres:// or postgresql://, or key=value pairs whose first key is one of
+ * libpq's usual keywords (host, hostaddr, port, dbname, user, service, ...).
+ * Anything else is a SQLite file (write "./host=x" for such a file name). */
+int pd_store_is_pg(const char *path);
 
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes
  * (amortised growth); returns PD_E_NOMEM on failure. */
 int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e);
+/* A backend's result row, read through accessors, with its columns in this
+ * order (both backends select them so); STATE and DELTA hold the blob, or
+ * its length as an integer when that blob was not asked for, and DELTA_CRC
+ * is only in reads of the response. */
+enum pd_store_col {
+	PD_COL_VERSION, PD_COL_TENANT, PD_COL_NAME, PD_COL_IDENT, PD_COL_STATE_BYTES,
+	PD_COL_SEQ, PD_COL_HASH, PD_COL_STATUS, PD_COL_REASON, PD_COL_IN, PD_COL_OUT,
+	PD_COL_INCARN, PD_COL_TIME, PD_COL_CREATED, PD_COL_SEEN, PD_COL_SERVED, PD_COL_RESETS,
+	PD_COL_RESET_REASON, PD_COL_STATE, PD_COL_DELTA, PD_COL_DELTA_CRC
+};
+struct pd_store_row {
+	void *ctx;
+	/* bytes of a text or blob column (valid until the next call on the row) */
+	const void *(*bytes)(void *ctx, int col, size_t *len);
+	uint64_t (*u64)(void *ctx, int col); /* integer column, bit for bit */
+	int (*is_null)(void *ctx, int col);
+};
+enum { PD_STORE_FILL_STATE = 1, PD_STORE_FILL_DELTA = 2 };
+/* Fills rec from row: strings and the blobs named in `blobs` are copied to
+ * rec's own memory; the other blobs only get their length. */
+int pd_stream_rec_fill(pd_stream_rec *rec, const struct pd_store_row *row, int blobs, pd_err *e);
+
+/* Upper estimate of the bytes a put of rec stores (values plus slack for
+ * the metadata), SIZE_MAX if absurd: what backends hold against their
+ * largest row (max_row_bytes). */
+size_t pd_stream_rec_size(const pd_stream_rec *rec);
 
 #endif

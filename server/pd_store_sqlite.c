@@ -92,7 +92,7 @@ static const char sq_schema[] =
 #define SQ_P_EXPECT 21
 
 /* Result columns of reads: version, then SQ_COLS order (blob lengths in
- * listings). */
+ * listings): enum pd_store_col. */
 #define SQ_SELECT "SELECT version, " SQ_COLS " FROM streams "
 /* Every column but the two blobs, which the reads below add (or their lengths). */
 #define SQ_SELECT_META                                                                      \
@@ -101,11 +101,6 @@ static const char sq_schema[] =
 	"last_time_nanos, created_ms, last_seen_ms, deltas_served, resets, "                  \
 	"last_reset_reason, "
 #define SQ_SELECT_NOBLOB SQ_SELECT_META "length(state), length(last_delta) FROM streams "
-enum {
-	C_VERSION, C_TENANT, C_NAME, C_IDENT, C_STATE_BYTES, C_SEQ, C_HASH, C_STATUS,
-	C_REASON, C_IN, C_OUT, C_INCARN, C_TIME, C_CREATED, C_SEEN, C_SERVED, C_RESETS,
-	C_RESET_REASON, C_STATE, C_DELTA, C_DELTA_CRC /* only in reads of the response */
-};
 
 /* ---- statements ------------------------------------------------------------ */
 
@@ -622,19 +617,6 @@ static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what, in
 	return PD_OK;
 }
 
-/* Upper estimate of a row's record size (values plus header slack). */
-static size_t sq_row_size(const pd_stream_rec *r)
-{
-	size_t n = 512 + PD_STORE_HASH_LEN;
-	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
-
-	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
-		n += texts[i] ? strlen(texts[i]) : 0;
-	if (r->state_len > SIZE_MAX / 4 || r->last_delta_len > SIZE_MAX / 4)
-		return SIZE_MAX;
-	return n + r->state_len + r->last_delta_len;
-}
-
 static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
 		  int64_t now_ms, pd_err *e)
 {
@@ -643,7 +625,7 @@ static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t exp
 	int changed, rc;
 
 	/* Refused before stepping, so one oversized row cannot fail its batch. */
-	if (sq_row_size(r) > b->max_value)
+	if (pd_stream_rec_size(r) > b->max_value)
 		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
 				  r->tenant, r->name, b->max_value);
 	if (has_expect)
@@ -700,110 +682,24 @@ static int sq_expire(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_
 
 /* ---- reads ---------------------------------------------------------------------- */
 
-static size_t col_len(sqlite3_stmt *st, int c)
+/* The current row of a statement, for pd_stream_rec_fill. */
+static const void *sq_col_bytes(void *ctx, int c, size_t *len)
 {
-	return (size_t)sqlite3_column_bytes(st, c);
+	const void *v = sqlite3_column_blob(ctx, c); /* text too, as its bytes */
+
+	*len = (size_t)sqlite3_column_bytes(ctx, c);
+	return v;
 }
 
-/* Copies a text column into *p and returns it. */
-static const char *take_text(sqlite3_stmt *st, int c, char **p)
-{
-	const unsigned char *s = sqlite3_column_text(st, c);
-	size_t n = col_len(st, c);
-	char *out = *p;
+static uint64_t sq_col_u64(void *ctx, int c) { return (uint64_t)sqlite3_column_int64(ctx, c); }
 
-	if (n)
-		memcpy(out, s, n);
-	out[n] = '\0';
-	*p += n + 1;
-	return out;
-}
-
-static const uint8_t *take_blob(sqlite3_stmt *st, int c, size_t *len, char **p)
-{
-	const void *s = sqlite3_column_blob(st, c);
-	uint8_t *out = (uint8_t *)*p;
-
-	*len = col_len(st, c);
-	if (*len)
-		memcpy(out, s, *len);
-	*p += *len;
-	return out;
-}
-
-static void fill_fixed(sqlite3_stmt *st, pd_stream_rec *r)
-{
-	const void *h = sqlite3_column_blob(st, C_HASH);
-	size_t hn = col_len(st, C_HASH);
-
-	r->version = (uint64_t)sqlite3_column_int64(st, C_VERSION);
-	r->identities = (uint64_t)sqlite3_column_int64(st, C_IDENT);
-	r->state_bytes = (uint64_t)sqlite3_column_int64(st, C_STATE_BYTES);
-	r->last_seq = (uint64_t)sqlite3_column_int64(st, C_SEQ);
-	memset(r->last_hash, 0, sizeof r->last_hash);
-	if (h)
-		memcpy(r->last_hash, h, hn < sizeof r->last_hash ? hn : sizeof r->last_hash);
-	r->last_status = sqlite3_column_int(st, C_STATUS);
-	r->last_samples_in = (uint64_t)sqlite3_column_int64(st, C_IN);
-	r->last_samples_out = (uint64_t)sqlite3_column_int64(st, C_OUT);
-	r->incarnation = (uint64_t)sqlite3_column_int64(st, C_INCARN);
-	r->last_time_nanos = sqlite3_column_int64(st, C_TIME);
-	r->created_ms = sqlite3_column_int64(st, C_CREATED);
-	r->last_seen_ms = sqlite3_column_int64(st, C_SEEN);
-	r->deltas_served = (uint64_t)sqlite3_column_int64(st, C_SERVED);
-	r->resets = (uint64_t)sqlite3_column_int64(st, C_RESETS);
-}
-
-/* Fills r from the current row: the blobs named in `blobs` are copied, the
- * others only have their lengths set (their columns hold length(...)).
- * Strings go to r's own memory. */
-enum { FILL_STATE = 1, FILL_DELTA = 2 };
+static int sq_col_null(void *ctx, int c) { return sqlite3_column_type(ctx, c) == SQLITE_NULL; }
 
 static int fill_rec(sqlite3_stmt *st, int blobs, pd_stream_rec *r, pd_err *e)
 {
-	static const int text_cols[] = {C_TENANT, C_NAME, C_REASON, C_RESET_REASON};
-	size_t need = 0;
-	char *p;
-	int rc;
+	struct pd_store_row row = {st, sq_col_bytes, sq_col_u64, sq_col_null};
 
-	for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++) {
-		sqlite3_column_text(st, text_cols[i]); /* converts first, so bytes is right */
-		need += col_len(st, text_cols[i]) + 1;
-	}
-	if (blobs & FILL_STATE) {
-		sqlite3_column_blob(st, C_STATE);
-		need += col_len(st, C_STATE);
-	}
-	if (blobs & FILL_DELTA) {
-		sqlite3_column_blob(st, C_DELTA);
-		need += col_len(st, C_DELTA);
-	}
-	rc = pd_stream_rec_reserve(r, need, e);
-	if (rc)
-		return rc;
-	fill_fixed(st, r);
-	p = r->own_mem;
-	r->tenant = take_text(st, C_TENANT, &p);
-	r->name = take_text(st, C_NAME, &p);
-	r->last_reason = take_text(st, C_REASON, &p);
-	r->last_reset_reason = take_text(st, C_RESET_REASON, &p);
-	if (blobs & FILL_STATE) {
-		r->state = take_blob(st, C_STATE, &r->state_len, &p);
-	} else {
-		r->state = NULL;
-		r->state_len = (size_t)sqlite3_column_int64(st, C_STATE);
-	}
-	r->has_delta_crc = 0;
-	r->last_delta_crc = 0;
-	if (blobs & FILL_DELTA) {
-		r->last_delta = take_blob(st, C_DELTA, &r->last_delta_len, &p);
-		r->has_delta_crc = sqlite3_column_type(st, C_DELTA_CRC) != SQLITE_NULL;
-		r->last_delta_crc = (uint32_t)sqlite3_column_int64(st, C_DELTA_CRC);
-	} else {
-		r->last_delta = NULL;
-		r->last_delta_len = (size_t)sqlite3_column_int64(st, C_DELTA);
-	}
-	return PD_OK;
+	return pd_stream_rec_fill(r, &row, blobs, e);
 }
 
 static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
@@ -826,8 +722,8 @@ static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
 	bind_text(st, 2, name);
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
-		rc = fill_rec(st, (what & PD_STORE_GET_STATE ? FILL_STATE : 0) |
-					  (what & PD_STORE_GET_RESPONSE ? FILL_DELTA : 0),
+		rc = fill_rec(st, (what & PD_STORE_GET_STATE ? PD_STORE_FILL_STATE : 0) |
+					  (what & PD_STORE_GET_RESPONSE ? PD_STORE_FILL_DELTA : 0),
 			      out, e);
 		break;
 	case SQLITE_DONE:

@@ -9,7 +9,10 @@
  * one, fetch the profile, write it as pending, get the delta from the stream's
  * lane (a pdelta handle shared by the streams that hash to it, so local mode
  * keeps each stream's state in one handle), deliver it to the sinks, save the
- * state, drop the pending file.
+ * state, drop the pending file. A stream never has two jobs in flight, not
+ * even when a targets-file edit replaced its target while its scrape ran:
+ * streams are identified by name, and the scheduler takes the oldest due
+ * first, so under overload every stream still gets its turn.
  */
 #include <curl/curl.h>
 #include <dirent.h>
@@ -71,6 +74,7 @@ void pdelta_scrape_opts_init(pdelta_scrape_opts *o)
 	o->max_body = (size_t)64 << 20;
 	o->spool_max_bytes = (uint64_t)256 << 20;
 	o->push_timeout_ms = 10000;
+	o->state_grace_ms = (uint64_t)24 * 3600 * 1000;
 }
 
 /* ---- one round of one stream ------------------------------------------- */
@@ -101,7 +105,7 @@ static int pushable(const pdelta_scrape *s, const pdelta_result *r)
  * last and only after the files were written: a failed file write leaves the
  * pending upload for the next round, and its resend (DUPLICATE) must not push
  * the same delta a second time. */
-static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, int64_t now)
+static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, const sc_pending *pd)
 {
 	int rc = 0;
 
@@ -114,8 +118,7 @@ static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, int6
 		}
 	}
 	if (rc == 0 && s->push_url && pushable(s, r)) {
-		int64_t from = st->last_scrape_ms ? st->last_scrape_ms : now - s->o.interval_ms;
-		if (sc_push_enqueue(s, st, from, now, r->data, r->len)) {
+		if (sc_push_enqueue(s, st, pd->from_ms, pd->until_ms, r->data, r->len)) {
 			sc_log(s, 1, "%s: cannot spool the delta in %s: %s", st->name, s->spool_dir,
 			       strerror(errno));
 			rc = -1;
@@ -126,6 +129,45 @@ static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, int6
 	return rc;
 }
 
+/* --fallback-local: a stream the lane's handle moved to local mode stays
+ * local in that handle. While the lane has such streams, the server is
+ * tried (a connection, no request) at most once per probe period; once it
+ * answers, the lane gets a new handle, so its streams go back to the
+ * server: their next answer is BASELINE state-lost (the server's state is
+ * older than the last local answer, declared with pdelta_set_answered), then
+ * deltas again. Called with the lane's mutex held. */
+static void lane_probe(pdelta_scrape *s, sc_lane *lane)
+{
+	pdelta_opts o = s->o.delta;
+	pdelta *probe = NULL, *fresh = NULL;
+	int64_t now = sc_now_ms();
+	int64_t period = s->o.interval_ms < 1000 ? 1000 : s->o.interval_ms > 60000 ? 60000 : s->o.interval_ms;
+	char err[256];
+
+	if (!lane->nlocal || now < lane->next_probe_ms)
+		return;
+	lane->next_probe_ms = now + period;
+	o.incarnation = s->incarnation;
+	o.local_fallback = 0;
+	o.max_attempts = 1;
+	if (pdelta_new(&o, &probe, err, sizeof err) || pdelta_connect(probe)) {
+		pdelta_free(probe);
+		return;
+	}
+	pdelta_free(probe);
+	o.max_attempts = s->o.delta.max_attempts;
+	o.local_fallback = s->o.delta.local_fallback;
+	if (pdelta_new(&o, &fresh, err, sizeof err)) {
+		sc_log(s, 1, "fallback: the server is back but a new handle failed: %s", err);
+		return;
+	}
+	sc_log(s, 0, "fallback: the server answers again: %u local stream(s) go back to it", lane->nlocal);
+	pdelta_free(lane->h);
+	lane->h = fresh;
+	lane->gen++;
+	lane->nlocal = 0;
+}
+
 static void count_status(pdelta_scrape *s, const pdelta_result *r)
 {
 	sc_count(s, r->status == PDELTA_DELTA ? SCM_DELTA : r->status == PDELTA_BASELINE ? SCM_BASELINE
@@ -133,21 +175,32 @@ static void count_status(pdelta_scrape *s, const pdelta_result *r)
 	sc_count(s, SCM_BYTES_OUT, r->len);
 }
 
+static void save_state(pdelta_scrape *s, sc_state_snap *snap, int have_snap)
+{
+	if (!have_snap || sc_state_write(s, snap))
+		sc_log(s, 1, "cannot save the state file %s: %s", s->state_file, strerror(errno));
+}
+
+/* Records seq as delivered: the map under s->mu, the file outside it. */
 static void save_seq(pdelta_scrape *s, sc_stream *st, uint64_t seq)
 {
+	sc_state_snap snap;
+	int ok;
+
 	pthread_mutex_lock(&s->mu);
 	st->seq = seq;
 	sc_state_set(s, st->name, seq);
-	if (sc_state_save(s))
-		sc_log(s, 1, "cannot save the state file %s: %s", s->state_file, strerror(errno));
+	ok = sc_state_snapshot(s, &snap) == 0;
 	pthread_mutex_unlock(&s->mu);
+	save_state(s, &snap, ok);
 }
 
-/* Sends one profile as sequence seq of st and delivers the delta. 0 done,
- * -1 failed and may be retried with the same bytes (the pending file stays),
- * -2 failed for good (the pending file goes). */
-static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const sc_buf *in, int resend)
+/* Sends one profile as sequence pd->seq of st and delivers the delta over
+ * pd's interval. 0 done, -1 failed and may be retried with the same bytes
+ * (the pending file stays), -2 failed for good (the pending file goes). */
+static int send_and_deliver(pdelta_scrape *s, sc_stream *st, const sc_pending *pd, const sc_buf *in, int resend)
 {
+	uint64_t seq = pd->seq;
 	sc_lane *lane = lane_of(s, st);
 	pdelta_result r;
 	pdelta_error_info ei;
@@ -156,7 +209,13 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const
 
 	memset(&r, 0, sizeof r);
 	pthread_mutex_lock(&lane->mu);
-	/* The first request of a stream in this run tells the server the last
+	lane_probe(s, lane);
+	if (st->lane_gen != lane->gen) {
+		st->lane_gen = lane->gen;
+		st->answered_told = 0;
+		st->local = 0;
+	}
+	/* The first request of a stream in a handle tells the server the last
 	 * answer the state file holds (protocol 3): a server restored to an older
 	 * state answers BASELINE state-lost instead of a delta over intervals
 	 * already delivered. Later answers are tracked by the handle. */
@@ -184,12 +243,17 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const
 		       ei.retryable ? " (will resend)" : " (profile dropped)");
 		return ei.retryable ? -1 : -2;
 	}
+	if (r.reason == PDELTA_REASON_MOVED && !st->local) {
+		st->local = 1;
+		if (!lane->nlocal++)
+			lane->next_probe_ms = sc_now_ms() + s->o.interval_ms;
+	}
 	pthread_mutex_unlock(&lane->mu);
 	now = sc_now_ms();
 	count_status(s, &r);
 	if (resend)
 		sc_count(s, SCM_RESENT, 1);
-	rc = deliver(s, st, &r, now);
+	rc = deliver(s, st, &r, pd);
 	sc_log(s, 0, "%s %s seq=%" PRIu64 " %s %s%s%s bytes_in=%zu bytes_out=%zu ms=%" PRId64 "%s",
 	       st->t->name, st->type, seq, pdelta_status_name(r.status), pdelta_reason_name(r.reason),
 	       r.status == PDELTA_DUPLICATE ? " orig=" : "",
@@ -205,21 +269,25 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const
 static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 {
 	char err[1024];
-	uint64_t seq;
+	sc_pending pd;
 	int64_t t_scrape;
 
 	/* A profile a previous run (or round) sent without a delivered answer goes
-	 * first, with its own sequence number: the server answers DUPLICATE if it
-	 * had applied it. Until it is through, no new profile is taken, so no
-	 * interval is skipped. */
-	if (sc_pending_read(s, st, &seq, in)) {
-		if (seq <= st->seq) {
-			sc_pending_remove(s, st); /* delivered before the state was saved */
+	 * first, with its own sequence number and interval: the server answers
+	 * DUPLICATE if it had applied it. Until it is through, no new profile is
+	 * taken, so no interval is skipped. */
+	if (sc_pending_read(s, st->name, &pd, in)) {
+		if (pd.seq <= st->seq) {
+			sc_pending_remove(s, st->name); /* delivered before the state was saved */
 		} else {
-			int rc = send_and_deliver(s, st, seq, in, 1);
-			if (rc == -1)
+			if (!pd.until_ms) /* written by an older agent: no interval kept */
+				pd.until_ms = sc_now_ms();
+			if (!pd.from_ms)
+				pd.from_ms = pd.until_ms - s->o.interval_ms;
+			if (send_and_deliver(s, st, &pd, in, 1) == -1)
 				return;
-			sc_pending_remove(s, st);
+			sc_pending_remove(s, st->name);
+			st->last_scrape_ms = pd.until_ms;
 		}
 	}
 	t_scrape = sc_now_ms();
@@ -230,16 +298,18 @@ static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 		return;
 	}
 	sc_count(s, SCM_BYTES_IN, in->n);
-	seq = st->seq + 1;
-	if (s->save_dir && sc_write_seq_file(s, s->save_dir, st, seq, in->p, in->n, s->o.keep))
+	pd.seq = st->seq + 1;
+	pd.from_ms = st->last_scrape_ms ? st->last_scrape_ms : t_scrape - s->o.interval_ms;
+	pd.until_ms = t_scrape;
+	if (s->save_dir && sc_write_seq_file(s, s->save_dir, st, pd.seq, in->p, in->n, s->o.keep))
 		sc_log(s, 1, "%s: cannot write to %s: %s", st->name, s->save_dir, strerror(errno));
-	if (sc_pending_write(s, st, seq, in)) {
+	if (sc_pending_write(s, st->name, &pd, in)) {
 		sc_log(s, 1, "%s: cannot write the pending upload in %s: %s (round skipped)", st->name,
 		       s->pending_dir, strerror(errno));
 		return;
 	}
-	if (send_and_deliver(s, st, seq, in, 0) != -1)
-		sc_pending_remove(s, st);
+	if (send_and_deliver(s, st, &pd, in, 0) != -1)
+		sc_pending_remove(s, st->name);
 	st->last_scrape_ms = t_scrape;
 }
 
@@ -260,6 +330,9 @@ static void *worker_main(void *arg)
 		sc_stream *st = s->queue[s->qhead];
 		s->qhead = (s->qhead + 1) % s->qcap;
 		s->qlen--;
+		/* the last job of the same name (a replaced target's) may have
+		 * moved the sequence on since this stream was created */
+		st->seq = sc_state_get(s, st->name);
 		pthread_mutex_unlock(&s->mu);
 		if (curl)
 			job(s, st, curl, &in);
@@ -290,34 +363,62 @@ static int stream_wants_round(pdelta_scrape *s, const sc_stream *st)
 	return !st->running && !st->removed && (s->o.count == 0 || st->rounds < s->o.count);
 }
 
-/* Queues the due streams; returns how long to sleep (ms), -1 when all done. */
+/* Whether another stream object of the same name (the old one of a target
+ * the targets file changed) has a job in flight. */
+static int name_running(pdelta_scrape *s, const sc_stream *st)
+{
+	for (size_t i = 0; i < s->nstreams; i++)
+		if (s->streams[i] != st && s->streams[i]->running && strcmp(s->streams[i]->name, st->name) == 0)
+			return 1;
+	return 0;
+}
+
+/* The due stream that has waited longest (the first in the table on a tie),
+ * NULL when none is due; *next gets the earliest future due time. */
+static sc_stream *oldest_due(pdelta_scrape *s, int64_t now, int64_t *next, int *busy)
+{
+	sc_stream *best = NULL;
+
+	for (size_t i = 0; i < s->nstreams; i++) {
+		sc_stream *st = s->streams[i];
+		if (!stream_wants_round(s, st)) {
+			*busy |= st->running;
+			continue;
+		}
+		*busy = 1;
+		if (st->due_ms > now) {
+			if (st->due_ms < *next)
+				*next = st->due_ms;
+			continue;
+		}
+		if ((!best || st->due_ms < best->due_ms) && !name_running(s, st))
+			best = st;
+	}
+	return best;
+}
+
+/* Queues the due streams, oldest due first; returns how long to sleep (ms),
+ * -1 when all done. */
 static int schedule(pdelta_scrape *s)
 {
 	int64_t now = sc_now_ms(), next = now + 200;
 	int busy = s->inflight > 0 || s->qlen > 0;
+	sc_stream *st;
 
 	sc_targets_poll(s);
-	for (size_t i = 0; i < s->nstreams; i++) {
-		sc_stream *st = s->streams[i];
-		if (!stream_wants_round(s, st)) {
-			busy |= st->running;
-			continue;
-		}
-		busy = 1;
-		if (st->due_ms > now) {
-			if (st->due_ms < next)
-				next = st->due_ms;
-			continue;
-		}
-		/* the ring was sized before a reload may have added streams */
-		if (s->inflight >= s->o.concurrency || s->qlen == s->qcap)
-			break;
+	sc_targets_reap(s);
+	sc_state_expire(s, now);
+	/* the ring was sized before a reload may have added streams */
+	while (s->inflight < s->o.concurrency && s->qlen < s->qcap &&
+	       (st = oldest_due(s, now, &next, &busy))) {
 		st->running = 1;
 		s->inflight++;
 		s->queue[(s->qhead + s->qlen) % s->qcap] = st;
 		s->qlen++;
 		pthread_cond_broadcast(&s->cv);
 	}
+	if (s->inflight >= s->o.concurrency || s->qlen == s->qcap)
+		oldest_due(s, now, &next, &busy); /* for busy and next only */
 	if (!busy && !s->targets_file)
 		return -1;
 	if (!busy && s->targets_file && s->o.count)
@@ -373,6 +474,13 @@ int pdelta_scrape_run(pdelta_scrape *s)
 			break;
 		}
 		int wait_ms = schedule(s);
+		if (s->state_dirty) { /* entries expired: written outside the lock */
+			sc_state_snap snap;
+			int ok = sc_state_snapshot(s, &snap) == 0;
+			pthread_mutex_unlock(&s->mu);
+			save_state(s, &snap, ok);
+			pthread_mutex_lock(&s->mu);
+		}
 		if (wait_ms < 0)
 			break;
 		if (wait_ms > 200)
@@ -395,9 +503,8 @@ int pdelta_scrape_run(pdelta_scrape *s)
 	free(s->workers);
 	s->workers = NULL;
 	sc_push_join(s);
-	pthread_mutex_lock(&s->mu);
-	sc_state_save(s);
-	pthread_mutex_unlock(&s->mu);
+	if (sc_state_save(s))
+		sc_log(s, 1, "cannot save the state file %s: %s", s->state_file, strerror(errno));
 	return PDELTA_OK;
 }
 
@@ -526,7 +633,10 @@ int pdelta_scrape_new(const pdelta_scrape_opts *o, pdelta_scrape **out, char *er
 	pthread_once(&curl_once, curl_init_once);
 	s->o = *o;
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->save_mu, NULL);
+	pthread_mutex_init(&s->spool_mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	s->lock_fd = -1;
 	s->prefix = strdup(o->stream_prefix ? o->stream_prefix : "");
 	s->state_file = dup0(o->state_file);
 	s->out_dir = dup0(o->out_dir);
@@ -555,18 +665,17 @@ int pdelta_scrape_new(const pdelta_scrape_opts *o, pdelta_scrape **out, char *er
 		goto fail;
 	if (parse_types(s, o->types, e, sizeof e))
 		goto fail;
-	if (s->state_file && sc_state_load(s, e, sizeof e))
-		goto fail;
-	if (setup_dirs(s, e, sizeof e))
+	if (setup_dirs(s, e, sizeof e) || sc_state_lock(s, e, sizeof e) || sc_state_load(s, e, sizeof e))
 		goto fail;
 	while (s->incarnation == 0 && getrandom(&s->incarnation, sizeof s->incarnation, 0) < 0)
 		;
+	if (make_lanes(s, e, sizeof e) || sc_targets_init(s, e, sizeof e))
+		goto fail;
+	/* after the targets took their entries: the others count as gone from now */
 	if (sc_state_save(s)) {
 		snprintf(e, sizeof e, "cannot write the state file %s: %s", s->state_file, strerror(errno));
 		goto fail;
 	}
-	if (make_lanes(s, e, sizeof e) || sc_targets_init(s, e, sizeof e))
-		goto fail;
 	*out = s;
 	return PDELTA_OK;
 fail:
@@ -586,6 +695,7 @@ char *pdelta_scrape_metrics(pdelta_scrape *s)
 		{SCM_SCRAPE_HTTP, "pdelta_scrape_failures_by_reason_total", "failed scrapes by reason", "{reason=\"http_status\"}"},
 		{SCM_SCRAPE_TIMEOUT, "pdelta_scrape_failures_by_reason_total", NULL, "{reason=\"timeout\"}"},
 		{SCM_SCRAPE_TOO_LARGE, "pdelta_scrape_failures_by_reason_total", NULL, "{reason=\"too_large\"}"},
+		{SCM_SCRAPE_TLS, "pdelta_scrape_failures_by_reason_total", NULL, "{reason=\"tls\"}"},
 		{SCM_DELTA, "pdelta_scrape_deltas_total", "answers by status", "{status=\"delta\"}"},
 		{SCM_BASELINE, "pdelta_scrape_deltas_total", NULL, "{status=\"baseline\"}"},
 		{SCM_DUPLICATE, "pdelta_scrape_deltas_total", NULL, "{status=\"duplicate\"}"},
@@ -599,13 +709,15 @@ char *pdelta_scrape_metrics(pdelta_scrape *s)
 		{SCM_SPOOL_DROPPED, "pdelta_scrape_spool_dropped_total", "deltas dropped from a full spool", ""},
 		{SCM_SINK_ERRORS, "pdelta_scrape_sink_errors_total", "deliveries a sink could not take", ""},
 		{SCM_TARGET_RELOADS, "pdelta_scrape_target_reloads_total", "targets file reloads applied", ""},
+		{SCM_TARGET_RELOAD_ERRORS, "pdelta_scrape_target_reload_errors_total",
+		 "targets file reloads refused (the previous targets stay)", ""},
 		{SCM_BYTES_IN, "pdelta_scrape_profile_bytes_total", "bytes by direction", "{dir=\"scraped\"}"},
 		{SCM_BYTES_OUT, "pdelta_scrape_profile_bytes_total", NULL, "{dir=\"delta\"}"},
 	};
 	size_t cap = 8192, n = 0;
 	char *p = malloc(cap);
 	const char *last = "";
-	uint64_t spool_bytes, spool_files, targets = 0;
+	uint64_t spool_bytes, spool_files, targets = 0, streams, state_entries;
 
 	if (!p)
 		return NULL;
@@ -622,6 +734,8 @@ char *pdelta_scrape_metrics(pdelta_scrape *s)
 	spool_files = s->spool_files;
 	for (size_t i = 0; i < s->ntargets; i++)
 		targets += !s->targets[i]->removed;
+	streams = s->nstreams;
+	state_entries = s->nstate;
 	pthread_mutex_unlock(&s->mu);
 	snprintf(p + n, cap - n,
 		 "# HELP pdelta_scrape_spool_bytes bytes waiting in the push spool\n"
@@ -629,8 +743,12 @@ char *pdelta_scrape_metrics(pdelta_scrape *s)
 		 "# HELP pdelta_scrape_spool_files deltas waiting in the push spool\n"
 		 "# TYPE pdelta_scrape_spool_files gauge\npdelta_scrape_spool_files %" PRIu64 "\n"
 		 "# HELP pdelta_scrape_targets targets being scraped\n"
-		 "# TYPE pdelta_scrape_targets gauge\npdelta_scrape_targets %" PRIu64 "\n",
-		 spool_bytes, spool_files, targets);
+		 "# TYPE pdelta_scrape_targets gauge\npdelta_scrape_targets %" PRIu64 "\n"
+		 "# HELP pdelta_scrape_streams streams held in memory (removed ones until their job ends)\n"
+		 "# TYPE pdelta_scrape_streams gauge\npdelta_scrape_streams %" PRIu64 "\n"
+		 "# HELP pdelta_scrape_state_entries streams in the state file\n"
+		 "# TYPE pdelta_scrape_state_entries gauge\npdelta_scrape_state_entries %" PRIu64 "\n",
+		 spool_bytes, spool_files, targets, streams, state_entries);
 	return p;
 }
 
@@ -671,8 +789,12 @@ void pdelta_scrape_free(pdelta_scrape *s)
 		rm_flat_dir(s->pending_dir);
 		if (s->spool_dir && !s->o.spool_dir)
 			rm_flat_dir(s->spool_dir);
-		if (s->state_file)
+		if (s->state_file) {
+			char lock[4200];
+			snprintf(lock, sizeof lock, "%s.lock", s->state_file);
+			unlink(lock);
 			unlink(s->state_file);
+		}
 		rmdir(s->tmp_dir);
 	}
 	free(s->queue);
@@ -686,7 +808,11 @@ void pdelta_scrape_free(pdelta_scrape *s)
 	free(s->spool_dir);
 	free(s->targets_file);
 	free(s->tmp_dir);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->save_mu);
+	pthread_mutex_destroy(&s->spool_mu);
 	pthread_cond_destroy(&s->cv);
 	free(s);
 }

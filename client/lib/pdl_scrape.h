@@ -5,8 +5,12 @@
  *   pdl_scrape_targets.c  targets from options and from the targets file
  *   pdl_scrape_files.c    HTTP fetch, the state file, pending uploads, file sinks
  *   pdl_scrape_push.c     the push sink: an on-disk spool drained in order by one thread
- * Locking: s->mu guards the stream table, the state map and the spool list;
- * a lane's mutex guards its pdelta handle; counters are atomics.
+ * Locking: s->mu guards the stream table, the state map and the spool
+ * accounting; nothing touches the disk with it held except the spool's
+ * directory scans. The state file is written from a snapshot taken under
+ * s->mu, by one writer at a time (s->save_mu) and never older over newer
+ * (generations); spool files are written in counter order under s->spool_mu.
+ * A lane's mutex guards its pdelta handle; counters are atomics.
  */
 #ifndef PDL_SCRAPE_H
 #define PDL_SCRAPE_H
@@ -19,6 +23,7 @@
 #define SC_MAX_LANES 8
 #define SC_NAME_MAX 200
 #define SC_PREFIX_MAX 64
+#define SC_LABELS_MAX 2048 /* "k=v,k2=v2" of one target */
 
 typedef struct sc_buf {
 	unsigned char *p;
@@ -38,29 +43,43 @@ typedef struct sc_stream {
 	char type[16];
 	char name[SC_PREFIX_MAX + SC_NAME_MAX + 20]; /* PREFIX NAME/TYPE */
 	char rel[SC_NAME_MAX + 20];  /* NAME/TYPE: the sinks' directory */
-	uint64_t seq;                /* last delivered sequence number */
+	uint64_t seq;                /* last delivered sequence number, read at job start */
 	unsigned rounds;             /* rounds done in this run */
 	int64_t due_ms;
 	int64_t last_scrape_ms;      /* previous scrape, for the push's from= */
-	int running, removed;
+	int running;                 /* queued or in a worker; never freed while set */
+	int removed;                 /* its target left: freed once not running */
 	int answered_told;           /* its last answer was declared to its lane's handle */
+	unsigned lane_gen;           /* the lane handle generation answered_told refers to */
+	int local;                   /* moved to local mode in lane_gen */
 } sc_stream;
 
 typedef struct sc_state_ent {
 	char *name;
 	uint64_t seq;
+	int64_t gone_ms; /* when its last stream went (0: a stream uses it) */
 } sc_state_ent;
+
+/* The state file's text as of one moment, written outside s->mu. */
+typedef struct sc_state_snap {
+	char *text;
+	size_t n;
+	uint64_t gen;
+} sc_state_snap;
 
 enum {
 	SCM_SCRAPES, SCM_SCRAPE_ERRORS, SCM_SCRAPE_TOO_LARGE, SCM_SCRAPE_HTTP, SCM_SCRAPE_TIMEOUT,
 	SCM_DELTA, SCM_BASELINE, SCM_DUPLICATE, SCM_DELTA_ERRORS, SCM_RESENT, SCM_RESYNC,
 	SCM_OUT_FILES, SCM_PUSH_OK, SCM_PUSH_RETRY, SCM_PUSH_PERMANENT, SCM_SPOOL_DROPPED,
-	SCM_SINK_ERRORS, SCM_TARGET_RELOADS, SCM_BYTES_IN, SCM_BYTES_OUT, SCM_NCOUNTERS
+	SCM_SINK_ERRORS, SCM_TARGET_RELOADS, SCM_TARGET_RELOAD_ERRORS, SCM_SCRAPE_TLS, SCM_BYTES_IN, SCM_BYTES_OUT, SCM_NCOUNTERS
 };
 
 typedef struct sc_lane {
 	pthread_mutex_t mu;
 	pdelta *h;
+	unsigned gen;          /* bumped when h is replaced (streams back to the server) */
+	unsigned nlocal;       /* streams h moved to local mode (--fallback-local) */
+	int64_t next_probe_ms; /* when to try the server again for them */
 } sc_lane;
 
 struct pdelta_scrape {
@@ -79,6 +98,11 @@ struct pdelta_scrape {
 	size_t nstreams;
 	sc_state_ent *state;
 	size_t nstate;
+	uint64_t state_gen;  /* bumped by every snapshot (s->mu) */
+	int state_dirty;     /* entries dropped since the last snapshot */
+	pthread_mutex_t save_mu;
+	uint64_t saved_gen;  /* newest snapshot on disk (save_mu) */
+	int lock_fd;         /* flock on STATE.lock, -1 without --state */
 	uint64_t incarnation;
 	int64_t targets_mtime_ns;
 	off_t targets_size;
@@ -95,6 +119,7 @@ struct pdelta_scrape {
 	unsigned nlanes;
 
 	/* push spool */
+	pthread_mutex_t spool_mu;
 	pthread_t pusher;
 	int pusher_started;
 	uint64_t spool_next;
@@ -118,8 +143,10 @@ int sc_buf_add(sc_buf *b, const void *p, size_t n);
 void sc_buf_free(sc_buf *b);
 
 /* targets */
+int sc_labels_check(const char *labels, char *err, size_t errlen);
 int sc_targets_init(pdelta_scrape *s, char *err, size_t errlen);
 void sc_targets_poll(pdelta_scrape *s);     /* with s->mu held */
+void sc_targets_reap(pdelta_scrape *s);     /* with s->mu held: frees what no job holds */
 void sc_targets_free(pdelta_scrape *s);
 int sc_parse_duration_ms(const char *v, unsigned *out);
 int sc_parse_size(const char *v, size_t *out);
@@ -127,12 +154,23 @@ int sc_parse_size(const char *v, size_t *out);
 /* files: fetch, state, pending, sinks */
 int sc_fetch(pdelta_scrape *s, const sc_stream *st, void *curl, sc_buf *body, char *err, size_t errlen);
 int sc_state_load(pdelta_scrape *s, char *err, size_t errlen);
-int sc_state_save(pdelta_scrape *s);        /* with s->mu held */
+int sc_state_lock(pdelta_scrape *s, char *err, size_t errlen);
+int sc_state_snapshot(pdelta_scrape *s, sc_state_snap *snap); /* with s->mu held */
+int sc_state_write(pdelta_scrape *s, sc_state_snap *snap);    /* without s->mu; frees snap */
+int sc_state_save(pdelta_scrape *s);  /* snapshot + write: s->mu not held, no job running */
 uint64_t sc_state_get(pdelta_scrape *s, const char *stream);
+uint64_t sc_state_attach(pdelta_scrape *s, const char *stream); /* a stream uses it again */
+void sc_state_detach(pdelta_scrape *s, const char *stream, int64_t now);
+void sc_state_expire(pdelta_scrape *s, int64_t now);          /* with s->mu held */
 void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq);
-int sc_pending_write(pdelta_scrape *s, const sc_stream *st, uint64_t seq, const sc_buf *b);
-int sc_pending_read(pdelta_scrape *s, const sc_stream *st, uint64_t *seq, sc_buf *b);
-void sc_pending_remove(pdelta_scrape *s, const sc_stream *st);
+/* A pending upload: the profile of sequence seq and the interval it closes. */
+typedef struct sc_pending {
+	uint64_t seq;
+	int64_t from_ms, until_ms;
+} sc_pending;
+int sc_pending_write(pdelta_scrape *s, const char *stream, const sc_pending *pd, const sc_buf *b);
+int sc_pending_read(pdelta_scrape *s, const char *stream, sc_pending *pd, sc_buf *b);
+void sc_pending_remove(pdelta_scrape *s, const char *stream);
 int sc_write_seq_file(pdelta_scrape *s, const char *root, const sc_stream *st, uint64_t seq,
 		      const void *p, size_t n, unsigned keep);
 int sc_mkdirs(const char *path);

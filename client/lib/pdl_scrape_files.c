@@ -4,7 +4,8 @@
  *    TLS CA, bearer or basic auth, and a hard cap on the body (never buffered
  *    past it);
  *  - the state file: the incarnation and each stream's last delivered
- *    sequence number, rewritten atomically (temporary file, fsync, rename);
+ *    sequence number, rewritten atomically (temporary file, fsync, rename)
+ *    from a snapshot, outside the loop's lock; locked by STATE.lock;
  *  - pending uploads: a profile is written to PENDING/<stream> before it is
  *    sent and removed once its delta was delivered and the state saved, so a
  *    restarted agent sends it again with the same sequence number;
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -102,6 +104,13 @@ int sc_fetch(pdelta_scrape *s, const sc_stream *st, void *curl, sc_buf *body, ch
 	if (rc == CURLE_OPERATION_TIMEDOUT) {
 		sc_count(s, SCM_SCRAPE_TIMEOUT, 1);
 		snprintf(err, errlen, "%s: timeout after %u ms", url, timeout);
+		return -1;
+	}
+	if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ||
+	    rc == CURLE_SSL_CONNECT_ERROR) {
+		sc_count(s, SCM_SCRAPE_TLS, 1);
+		snprintf(err, errlen, "%s: TLS: %s (check the target's CA: ca= / --target-ca)", url,
+			 curl_easy_strerror(rc));
 		return -1;
 	}
 	if (rc != CURLE_OK) {
@@ -201,39 +210,124 @@ static int read_whole(const char *path, sc_buf *b)
 
 /* ---- the state file ------------------------------------------------------- */
 
-uint64_t sc_state_get(pdelta_scrape *s, const char *stream)
+/* One agent per state file: an exclusive flock on STATE.lock (not on the state
+ * file itself, which every save replaces by a rename), held until exit. */
+int sc_state_lock(pdelta_scrape *s, char *err, size_t errlen)
+{
+	char path[4200], pid[32];
+	int fd, n;
+
+	snprintf(path, sizeof path, "%s.lock", s->state_file);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open the state lock %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		int e = errno;
+		char holder[32] = "";
+		ssize_t k = pread(fd, holder, sizeof holder - 1, 0);
+		holder[k > 0 ? k : 0] = 0;
+		holder[strcspn(holder, "\n")] = 0;
+		close(fd);
+		if (e == EWOULDBLOCK)
+			snprintf(err, errlen, "the state file %s is in use by another agent (%s held by pid %s)",
+				 s->state_file, path, holder[0] ? holder : "?");
+		else
+			snprintf(err, errlen, "cannot lock %s: %s", path, strerror(e));
+		return -1;
+	}
+	n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+	/* the pid only names the holder in a second agent's message */
+	if (ftruncate(fd, 0) || pwrite(fd, pid, (size_t)n, 0) != n)
+		sc_log(s, 1, "cannot write the pid to %s: %s", path, strerror(errno));
+	s->lock_fd = fd;
+	return 0;
+}
+
+static sc_state_ent *state_find(pdelta_scrape *s, const char *stream)
 {
 	for (size_t i = 0; i < s->nstate; i++)
 		if (strcmp(s->state[i].name, stream) == 0)
-			return s->state[i].seq;
-	return 0;
+			return &s->state[i];
+	return NULL;
+}
+
+uint64_t sc_state_get(pdelta_scrape *s, const char *stream)
+{
+	sc_state_ent *e = state_find(s, stream);
+
+	return e ? e->seq : 0;
+}
+
+uint64_t sc_state_attach(pdelta_scrape *s, const char *stream)
+{
+	sc_state_ent *e = state_find(s, stream);
+
+	if (!e)
+		return 0;
+	e->gone_ms = 0;
+	return e->seq;
+}
+
+void sc_state_detach(pdelta_scrape *s, const char *stream, int64_t now)
+{
+	sc_state_ent *e = state_find(s, stream);
+
+	if (e && !e->gone_ms)
+		e->gone_ms = now;
+}
+
+/* Drops the entries (and pending uploads) of streams gone for longer than
+ * the grace period: target churn does not grow the state file. */
+void sc_state_expire(pdelta_scrape *s, int64_t now)
+{
+	size_t j = 0;
+
+	for (size_t i = 0; i < s->nstate; i++) {
+		sc_state_ent *e = &s->state[i];
+		if (e->gone_ms && now - e->gone_ms >= (int64_t)s->o.state_grace_ms) {
+			sc_log(s, 0, "state: %s dropped (its target is gone since %" PRId64 " s)", e->name,
+			       (now - e->gone_ms) / 1000);
+			sc_pending_remove(s, e->name);
+			free(e->name);
+			s->state_dirty = 1;
+			continue;
+		}
+		s->state[j++] = *e;
+	}
+	s->nstate = j;
 }
 
 void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq)
 {
-	sc_state_ent *ns;
+	sc_state_ent *ns, *e = state_find(s, stream);
 
-	for (size_t i = 0; i < s->nstate; i++)
-		if (strcmp(s->state[i].name, stream) == 0) {
-			s->state[i].seq = seq;
-			return;
-		}
+	if (e) {
+		e->seq = seq;
+		return;
+	}
 	ns = realloc(s->state, (s->nstate + 1) * sizeof *ns);
 	if (!ns)
 		return;
 	s->state = ns;
 	s->state[s->nstate].name = strdup(stream);
 	s->state[s->nstate].seq = seq;
+	s->state[s->nstate].gone_ms = 0;
 	if (s->state[s->nstate].name)
 		s->nstate++;
 }
 
+/* Lines: "incarnation K", "stream NAME SEQ [GONE_UNIX_MS]". An entry no target
+ * of this run takes counts as gone from the load on. */
 int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 {
 	FILE *f = fopen(s->state_file, "r");
 	char line[1024], name[512];
 	unsigned long long v;
+	long long gone;
 	unsigned lineno = 0;
+	int64_t now = sc_now_ms();
 
 	if (!f) {
 		if (errno != ENOENT) {
@@ -243,13 +337,15 @@ int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 		return 0;
 	}
 	while (fgets(line, sizeof line, f)) {
+		int k;
 		lineno++;
 		if (line[0] == '#' || line[0] == '\n')
 			continue;
 		if (sscanf(line, "incarnation %llu", &v) == 1) {
 			s->incarnation = v;
-		} else if (sscanf(line, "stream %511s %llu", name, &v) == 2) {
+		} else if ((k = sscanf(line, "stream %511s %llu %lld", name, &v, &gone)) >= 2) {
 			sc_state_set(s, name, v);
+			sc_state_detach(s, name, k == 3 && gone > 0 ? gone : now);
 		} else {
 			snprintf(err, errlen, "%s:%u: not a state line (move the file away to start afresh)",
 				 s->state_file, lineno);
@@ -261,31 +357,66 @@ int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 	return 0;
 }
 
-int sc_state_save(pdelta_scrape *s)
+int sc_state_snapshot(pdelta_scrape *s, sc_state_snap *snap)
 {
-	size_t cap = 128 + s->nstate * (SC_NAME_MAX + 80), n;
+	size_t cap = 128 + s->nstate * (SC_PREFIX_MAX + SC_NAME_MAX + 100), n;
 	char *text = malloc(cap);
-	int rc;
 
+	snap->text = NULL;
 	if (!text)
 		return -1;
 	n = (size_t)snprintf(text, cap, "# pdelta scrape state (rewritten by the agent)\nincarnation %" PRIu64 "\n",
 			     s->incarnation);
-	for (size_t i = 0; i < s->nstate && n < cap; i++)
-		n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64 "\n", s->state[i].name,
-				      s->state[i].seq);
-	rc = sc_write_atomic(s->state_file, text, n, NULL, 0);
-	free(text);
+	for (size_t i = 0; i < s->nstate && n < cap; i++) {
+		const sc_state_ent *e = &s->state[i];
+		if (e->gone_ms)
+			n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64 " %" PRId64 "\n", e->name,
+					      e->seq, e->gone_ms);
+		else
+			n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64 "\n", e->name, e->seq);
+	}
+	snap->text = text;
+	snap->n = n < cap ? n : cap - 1;
+	snap->gen = ++s->state_gen;
+	s->state_dirty = 0;
+	return 0;
+}
+
+/* Writes a snapshot unless a newer one is already on disk: two workers that
+ * took theirs in one order may come here in the other. */
+int sc_state_write(pdelta_scrape *s, sc_state_snap *snap)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&s->save_mu);
+	if (snap->gen > s->saved_gen) {
+		rc = sc_write_atomic(s->state_file, snap->text, snap->n, NULL, 0);
+		if (rc == 0)
+			s->saved_gen = snap->gen;
+	}
+	pthread_mutex_unlock(&s->save_mu);
+	free(snap->text);
+	snap->text = NULL;
 	return rc;
+}
+
+int sc_state_save(pdelta_scrape *s)
+{
+	sc_state_snap snap;
+
+	pthread_mutex_lock(&s->mu);
+	int rc = sc_state_snapshot(s, &snap);
+	pthread_mutex_unlock(&s->mu);
+	return rc ? rc : sc_state_write(s, &snap);
 }
 
 /* ---- pending uploads ------------------------------------------------------- */
 
-static void pending_path(pdelta_scrape *s, const sc_stream *st, char *out, size_t len)
+static void pending_path(pdelta_scrape *s, const char *stream, char *out, size_t len)
 {
 	size_t n = (size_t)snprintf(out, len, "%s/", s->pending_dir);
 
-	for (const char *p = st->name; *p && n + 4 < len; p++) {
+	for (const char *p = stream; *p && n + 4 < len; p++) {
 		if (*p == '/' || *p == '%')
 			n += (size_t)snprintf(out + n, len - n, "%%%02X", (unsigned char)*p);
 		else
@@ -294,45 +425,56 @@ static void pending_path(pdelta_scrape *s, const sc_stream *st, char *out, size_
 	out[n] = 0;
 }
 
-int sc_pending_write(pdelta_scrape *s, const sc_stream *st, uint64_t seq, const sc_buf *b)
+/* Header line: "pdelta-pending SEQ FROM_MS UNTIL_MS", then the profile. */
+int sc_pending_write(pdelta_scrape *s, const char *stream, const sc_pending *pd, const sc_buf *b)
 {
-	char path[4096], head[64];
-	int hn = snprintf(head, sizeof head, "pdelta-pending %" PRIu64 "\n", seq);
+	char path[4096], head[96];
+	int hn = snprintf(head, sizeof head, "pdelta-pending %" PRIu64 " %" PRId64 " %" PRId64 "\n", pd->seq,
+			  pd->from_ms, pd->until_ms);
 
-	pending_path(s, st, path, sizeof path);
+	pending_path(s, stream, path, sizeof path);
 	return sc_write_atomic(path, head, (size_t)hn, b->p, b->n);
 }
 
-/* 1 and the profile when the stream has a pending upload, 0 when not. */
-int sc_pending_read(pdelta_scrape *s, const sc_stream *st, uint64_t *seq, sc_buf *b)
+/* 1 and the profile when the stream has a pending upload, 0 when not. A file
+ * of an older agent has no interval: from/until are 0 then. */
+int sc_pending_read(pdelta_scrape *s, const char *stream, sc_pending *pd, sc_buf *b)
 {
-	char path[4096];
+	char path[4096], head[96];
 	unsigned long long v;
+	long long from = 0, until = 0;
 	unsigned char *nl;
 	size_t skip;
 
-	pending_path(s, st, path, sizeof path);
+	pending_path(s, stream, path, sizeof path);
 	if (access(path, F_OK))
 		return 0;
 	b->max = 0;
-	if (read_whole(path, b) || b->n < 16 || !(nl = memchr(b->p, '\n', b->n < 64 ? b->n : 64)) ||
-	    sscanf((const char *)b->p, "pdelta-pending %llu", &v) != 1 || v == 0) {
-		sc_log(s, 1, "%s: unreadable pending upload %s removed", st->name, path);
+	if (read_whole(path, b) || b->n < 16 || !(nl = memchr(b->p, '\n', b->n < 96 ? b->n : 96))) {
+		nl = NULL;
+	} else {
+		memcpy(head, b->p, (size_t)(nl - b->p));
+		head[nl - b->p] = 0;
+	}
+	if (!nl || sscanf(head, "pdelta-pending %llu %lld %lld", &v, &from, &until) < 1 || v == 0) {
+		sc_log(s, 1, "%s: unreadable pending upload %s removed", stream, path);
 		unlink(path);
 		return 0;
 	}
 	skip = (size_t)(nl - b->p) + 1;
 	memmove(b->p, b->p + skip, b->n - skip);
 	b->n -= skip;
-	*seq = v;
+	pd->seq = v;
+	pd->from_ms = from;
+	pd->until_ms = until;
 	return 1;
 }
 
-void sc_pending_remove(pdelta_scrape *s, const sc_stream *st)
+void sc_pending_remove(pdelta_scrape *s, const char *stream)
 {
 	char path[4096];
 
-	pending_path(s, st, path, sizeof path);
+	pending_path(s, stream, path, sizeof path);
 	unlink(path);
 }
 

@@ -1,7 +1,9 @@
 /*
  * pdl_scrape_push: the push sink. Every delta to push is first written to the
  * spool directory (SPOOL/<20-digit counter>.push: the ingest query, a newline,
- * the gzipped pprof), then one thread POSTs the spool in order to
+ * the gzipped pprof; the query holds the name with the labels and the
+ * delta's own from/until, so a resend after an outage or a restart carries
+ * the interval of the delta, not the time of the resend), then one thread POSTs the spool in order to
  * PUSH_URL/ingest (Pyroscope's ingest API: format=pprof, the profile as the
  * multipart field "profile", the name carrying the target's labels and
  * __delta__=false, which tells the backend the profile is already a delta and
@@ -124,7 +126,7 @@ static void url_escape(const char *in, char *out, size_t len)
 int sc_push_enqueue(pdelta_scrape *s, const sc_stream *st, int64_t from_ms, int64_t until_ms,
 		    const void *p, size_t n)
 {
-	char name[2048], esc[6144], query[8192], path[4200];
+	char name[SC_NAME_MAX + SC_LABELS_MAX + 64], esc[3 * sizeof name], query[sizeof esc + 128], path[4200];
 	uint64_t id, dropped = 0;
 	int qn, rc;
 
@@ -133,10 +135,16 @@ int sc_push_enqueue(pdelta_scrape *s, const sc_stream *st, int64_t from_ms, int6
 	url_escape(name, esc, sizeof esc);
 	qn = snprintf(query, sizeof query, "name=%s&from=%" PRId64 "&until=%" PRId64
 			 "&format=pprof&spyName=pdelta\n", esc, from_ms / 1000, (until_ms + 999) / 1000);
+	/* Files appear in counter order (the pusher takes the oldest), written
+	 * and fsynced without s->mu: the workers' other work goes on meanwhile. */
+	pthread_mutex_lock(&s->spool_mu);
 	pthread_mutex_lock(&s->mu);
 	id = s->spool_next++;
+	pthread_mutex_unlock(&s->mu);
 	spool_path(s, id, path, sizeof path);
 	rc = sc_write_atomic(path, query, (size_t)qn, p, n);
+	pthread_mutex_lock(&s->mu);
+	pthread_mutex_unlock(&s->spool_mu);
 	if (rc == 0) {
 		s->spool_bytes += (uint64_t)qn + n;
 		s->spool_files++;

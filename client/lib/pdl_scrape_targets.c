@@ -4,6 +4,9 @@
  * applied 500 ms after the last change so a half-written file is not taken).
  * A reload adds and removes targets without touching the others' streams.
  *
+ * A removed target and its streams are freed once no job holds them
+ * (sc_targets_reap); their state entries go after the grace period.
+ *
  * Targets file: one target a line, '#' comments, blank-separated words:
  *   NAME URL [prefix=/debug/pprof] [timeout=10s] [max_body=64m] [ca=FILE]
  *            [bearer_file=FILE] [basic_auth_file=FILE] [label.KEY=VALUE]...
@@ -54,6 +57,56 @@ static int valid_name(const char *n)
 	return 1;
 }
 
+/* One label: the key [A-Za-z_][A-Za-z0-9_]*, not reserved (Pyroscope's
+ * "__" keys, our pdelta_type); the value free of what would end or split
+ * the label set in the pushed name NAME{k=v,...}. */
+static int label_check(const char *k, size_t klen, const char *v, size_t vlen, char *err, size_t errlen)
+{
+	int ok = klen > 0 && (isalpha((unsigned char)k[0]) || k[0] == '_');
+
+	for (size_t i = 1; ok && i < klen; i++)
+		ok = isalnum((unsigned char)k[i]) || k[i] == '_';
+	if (!ok) {
+		snprintf(err, errlen, "label '%.*s': the key must be [A-Za-z_][A-Za-z0-9_]*", (int)klen, k);
+		return -1;
+	}
+	if ((klen >= 2 && k[0] == '_' && k[1] == '_') || (klen == 11 && memcmp(k, "pdelta_type", 11) == 0)) {
+		snprintf(err, errlen, "label '%.*s': the key is reserved ('__' keys, pdelta_type)", (int)klen, k);
+		return -1;
+	}
+	for (size_t i = 0; i < vlen; i++)
+		if (strchr(",}=\"", v[i]) || (unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			snprintf(err, errlen, "label '%.*s': the value may not hold , } = \" or control characters",
+				 (int)klen, k);
+			return -1;
+		}
+	return 0;
+}
+
+/* A label set "k=v,k2=v2" as the API takes it. */
+int sc_labels_check(const char *labels, char *err, size_t errlen)
+{
+	size_t n = strlen(labels);
+
+	if (n >= SC_LABELS_MAX) {
+		snprintf(err, errlen, "labels: %zu bytes, at most %d", n, SC_LABELS_MAX - 1);
+		return -1;
+	}
+	for (const char *p = labels; *p;) {
+		size_t len = strcspn(p, ",");
+		const char *eq = memchr(p, '=', len);
+		if (!eq) {
+			snprintf(err, errlen, "label '%.*s': not KEY=VALUE", (int)len, p);
+			return -1;
+		}
+		if (label_check(p, (size_t)(eq - p), eq + 1, len - (size_t)(eq - p) - 1, err, errlen))
+			return -1;
+		p += len;
+		p += *p == ',';
+	}
+	return 0;
+}
+
 static void target_free(sc_target *t)
 {
 	if (!t)
@@ -91,6 +144,13 @@ static sc_target *target_new(const pdelta_scrape_target *in, char *err, size_t e
 			 in->url ? in->url : "");
 		goto fail;
 	}
+	if (in->labels) {
+		char e2[300];
+		if (sc_labels_check(in->labels, e2, sizeof e2)) {
+			snprintf(err, errlen, "target %s: %s", in->name, e2);
+			goto fail;
+		}
+	}
 	t->name = strdup(in->name);
 	t->url = strdup(in->url);
 	t->prefix = dup_or(in->path_prefix, "/debug/pprof");
@@ -121,14 +181,19 @@ static int target_same(const sc_target *a, const sc_target *b)
 static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 {
 	pdelta_scrape_target in = {0};
-	char *words[64], *save = NULL, *w, labels[2048] = "", *bearer = NULL, *basic = NULL;
+	char *words[64], *save = NULL, *w, labels[SC_LABELS_MAX] = "", *bearer = NULL, *basic = NULL;
 	size_t nw = 0;
 	int rc = -1;
 
 	*out = NULL;
 	line[strcspn(line, "#\r\n")] = 0;
-	for (w = strtok_r(line, " \t", &save); w && nw < 64; w = strtok_r(NULL, " \t", &save))
+	for (w = strtok_r(line, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+		if (nw == 64) {
+			snprintf(err, errlen, "more than 64 words");
+			return -1;
+		}
 		words[nw++] = w;
+	}
 	if (nw == 0)
 		return 0;
 	if (nw < 2) {
@@ -169,9 +234,15 @@ static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 			if (!(basic = pd_first_line(v, err, errlen)))
 				goto out;
 			in.basic_auth = basic;
-		} else if (strncmp(k, "label.", 6) == 0 && k[6]) {
+		} else if (strncmp(k, "label.", 6) == 0) {
 			size_t l = strlen(labels);
-			snprintf(labels + l, sizeof labels - l, "%s%s=%s", l ? "," : "", k + 6, v);
+			if (label_check(k + 6, strlen(k + 6), v, strlen(v), err, errlen))
+				goto out;
+			if ((size_t)snprintf(labels + l, sizeof labels - l, "%s%s=%s", l ? "," : "", k + 6, v) >=
+			    sizeof labels - l) {
+				snprintf(err, errlen, "label '%s': the labels pass %d bytes", k + 6, SC_LABELS_MAX - 1);
+				goto out;
+			}
 			in.labels = labels;
 		} else {
 			snprintf(err, errlen, "unknown key '%s'", k);
@@ -190,7 +261,7 @@ out:
 static int read_targets_file(const char *path, sc_target ***out, size_t *n, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "r");
-	char line[8192], e2[256];
+	char line[8192], e2[512];
 	sc_target **arr = NULL, *t;
 	size_t cnt = 0;
 	unsigned lineno = 0;
@@ -203,6 +274,10 @@ static int read_targets_file(const char *path, sc_target ***out, size_t *n, char
 	}
 	while (fgets(line, sizeof line, f)) {
 		lineno++;
+		if (!strchr(line, '\n') && !feof(f)) {
+			snprintf(err, errlen, "%s:%u: line longer than %zu bytes", path, lineno, sizeof line - 2);
+			goto fail;
+		}
 		if (parse_line(line, &t, e2, sizeof e2)) {
 			snprintf(err, errlen, "%s:%u: %s", path, lineno, e2);
 			goto fail;
@@ -271,7 +346,7 @@ static int add_target(pdelta_scrape *s, sc_target *t)
 		snprintf(st->type, sizeof st->type, "%s", s->types[i]);
 		snprintf(st->rel, sizeof st->rel, "%s/%s", t->name, st->type);
 		snprintf(st->name, sizeof st->name, "%s%s", s->prefix, st->rel);
-		st->seq = sc_state_get(s, st->name);
+		st->seq = sc_state_attach(s, st->name);
 		st->due_ms = now;
 		if (s->o.count != 1 && s->o.interval_ms > 0)
 			st->due_ms += (int64_t)(fnv1a(st->name) % s->o.interval_ms);
@@ -286,6 +361,47 @@ static void remove_target(pdelta_scrape *s, sc_target *t)
 	for (size_t i = 0; i < s->nstreams; i++)
 		if (s->streams[i]->t == t)
 			s->streams[i]->removed = 1;
+}
+
+/* Frees the streams of removed targets that no job holds (a queued stream is
+ * running too), then the removed targets none of the remaining streams
+ * points at; their state entries start their grace period. */
+void sc_targets_reap(pdelta_scrape *s)
+{
+	int64_t now = sc_now_ms();
+	size_t j = 0, k = 0;
+
+	for (size_t i = 0; i < s->nstreams; i++) {
+		sc_stream *st = s->streams[i];
+		int renamed = 0; /* a changed target's new stream has the same name */
+		if (!st->removed || st->running)
+			continue;
+		for (size_t m = 0; m < s->nstreams; m++)
+			renamed |= !s->streams[m]->removed && strcmp(s->streams[m]->name, st->name) == 0;
+		if (!renamed)
+			sc_state_detach(s, st->name, now);
+	}
+	for (size_t i = 0; i < s->nstreams; i++) {
+		sc_stream *st = s->streams[i];
+		if (st->removed && !st->running) {
+			free(st);
+			continue;
+		}
+		s->streams[j++] = st;
+	}
+	s->nstreams = j;
+	for (size_t i = 0; i < s->ntargets; i++) {
+		sc_target *t = s->targets[i];
+		int held = 0;
+		for (size_t m = 0; t->removed && m < s->nstreams && !held; m++)
+			held = s->streams[m]->t == t;
+		if (t->removed && !held) {
+			target_free(t);
+			continue;
+		}
+		s->targets[k++] = t;
+	}
+	s->ntargets = k;
 }
 
 static int find_target(pdelta_scrape *s, const char *name)
@@ -375,6 +491,7 @@ void sc_targets_poll(pdelta_scrape *s)
 		return;
 	s->targets_change_ms = 0;
 	if (read_targets_file(s->targets_file, &arr, &n, err, sizeof err)) {
+		sc_count(s, SCM_TARGET_RELOAD_ERRORS, 1);
 		sc_log(s, 1, "targets: %s (keeping the current targets)", err);
 		return;
 	}

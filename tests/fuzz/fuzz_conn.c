@@ -606,6 +606,11 @@ static void wait_gone(void)
 		}
 		server_turn();
 		idle = server_idle() ? idle + 1 : 0;
+		/* A failed HELLO is answered only after its delay (the auth
+		 * throttle), with reading off: the closed client goes unnoticed
+		 * until the janitor answers it, so tell the janitor that time. */
+		if (idle == QUIET_TURNS)
+			pd_conn_sweep_at(&F.env, now_ms() + F.cfg.auth_fail_delay_max_ms + 1);
 		if (idle > 100)
 			usleep(1000); /* something is wrong; the deadline will tell */
 	}

@@ -104,7 +104,7 @@ check("make install PREFIX=/opt/pdelta" in runs, "build stage installs into /opt
 pkgs = re.search(r"^PKGS := (.*)$", read("Makefile"), re.M).group(1).split()
 deb = {"libevent": "libevent-dev", "libevent_openssl": "libevent-dev", "libevent_pthreads": "libevent-dev",
        "openssl": "libssl-dev", "zlib": "zlib1g-dev", "libdeflate": "libdeflate-dev", "libisal": "libisal-dev",
-       "sqlite3": "libsqlite3-dev", "libcurl": "libcurl4-openssl-dev"}
+       "sqlite3": "libsqlite3-dev", "libcurl": "libcurl4-openssl-dev", "libpq": "libpq-dev"}
 for p in pkgs:
     check(deb.get(p, "?") in runs, "build stage installs %s (for pkg-config %s)" % (deb.get(p), p))
 check("libsystemd-dev" in runs, "build stage installs libsystemd-dev (sd_notify)")

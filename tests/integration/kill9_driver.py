@@ -365,6 +365,15 @@ def verify(rep, judge, streams):
 
 # ---- main -------------------------------------------------------------------------------------
 
+def load_seqs(testdata, names):
+    """{name: [file paths]} and {name: [file bytes]} of the comma-separated fixture sequences."""
+    seqs = {}
+    for name in names.split(","):
+        d = os.path.join(testdata, "profiles", name)
+        seqs[name] = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".pb.gz"))
+    return seqs, {n: [open(p, "rb").read() for p in ps] for n, ps in seqs.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pdeltad", required=True)
@@ -391,11 +400,7 @@ def main(argv=None):
     print("kill9: %d clients x %s, %d kill cycles, %d-%d ms, seed %d" % (
         args.clients, args.seqs, args.cycles, args.min_ms, args.max_ms, seed), flush=True)
 
-    seqs = {}
-    for name in args.seqs.split(","):
-        d = os.path.join(args.testdata, "profiles", name)
-        seqs[name] = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".pb.gz"))
-    data = {n: [open(p, "rb").read() for p in ps] for n, ps in seqs.items()}
+    seqs, data = load_seqs(args.testdata, args.seqs)
     t_judge = time.monotonic()
     judge = Judge(seqs)
     t_judge = time.monotonic() - t_judge

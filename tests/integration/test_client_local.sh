@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_client_local.sh: libpdelta without a server, and the client command lines' argument checks.
 #
-#   - tests/tools/client_unit: options, errors, local mode (one-call / push / pull give the
+#   - tests/unit/test_client: options, errors, local mode (one-call / push / pull give the
 #     engine's exact bytes; DUPLICATE, stale, conflict; a bad profile keeps the state), call
 #     order, unreachable server with retries and backoff, local fallback;
 #   - tests/tools/client_mock: the network paths a real server rarely takes, against a scripted
@@ -20,34 +20,16 @@
 # Env: BINDIR (default bin), BUILD (default build/release).
 set -uo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BINDIR=${BINDIR:-bin}
-BUILD=${BUILD:-build/release}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
-TOOLS=$BUILD/tests/tools
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
+. "$(dirname "$0")/lib.sh"
+TOOLS=$BUILDDIR/tests/tools
+UNIT=$BUILDDIR/tests/unit/test_client
 PROFILES=$TESTDATA/profiles
-PY=/usr/bin/python3
 PDELTA=$BINDIR/pdelta
 CTL=$BINDIR/pdeltactl
 
-for b in "$PDELTA" "$CTL" "$TOOLS/client_unit"; do
-	[[ -x $b ]] || { echo "test_client_local: $b not built" >&2; exit 1; }
-done
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-client-local.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+pd_need "$PDELTA" "$CTL" "$UNIT"
+pd_init client-local
 
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); echo "ok   $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-check() {
-	local name=$1
-	shift
-	if "$@"; then ok "$name"; else bad "$name"; fi
-}
 # The same delta: identical profile bytes once inflated (one-call and server outputs are
 # deflated whole with ISA-L, streaming local mode's with zlib: common/pd_gz.h).
 # shellcheck source=compare.sh
@@ -55,17 +37,17 @@ source "$HERE/compare.sh"
 
 # ---- unit tests of the library ---------------------------------------------------------------
 for s in heap-small block-small; do
-	if "$TOOLS/client_unit" "$PROFILES/$s" >"$WORK/unit-$s.log" 2>&1; then
-		ok "client_unit $s: $(tail -1 "$WORK/unit-$s.log")"
+	if "$UNIT" "$PROFILES/$s" >"$WORK/unit-$s.log" 2>&1; then
+		ok "test_client $s: $(tail -1 "$WORK/unit-$s.log")"
 	else
-		bad "client_unit $s"
+		bad "test_client $s"
 		cat "$WORK/unit-$s.log"
 	fi
 done
 
 # ---- the network paths, against a mock server ---------------------------------------------------------
 if [[ -x $TOOLS/client_mock ]]; then
-	bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/pki" >/dev/null
+	pd_certs "$WORK/pki"
 	if "$TOOLS/client_mock" "$WORK/pki/ca.pem" "$WORK/pki/server.pem" "$WORK/pki/server.key" \
 		>"$WORK/mock.log" 2>&1; then
 		ok "client_mock: $(tail -1 "$WORK/mock.log")"
@@ -80,7 +62,7 @@ for s in heap-small heap-medium block-small mutex-small cpu-small goroutine-smal
 	mapfile -t F < <(ls "$PROFILES/$s"/*.pb.gz)
 	"$PDELTA" seq -o "$WORK/seq-$s" "${F[@]}" >/dev/null 2>&1
 	"$PDELTA" send --local --stream "$s" -o "$WORK/send-$s" "${F[@]}" >"$WORK/send-$s.status" 2>&1
-	check "send --local $s: byte-identical to pdelta seq" same_dirs "$WORK/seq-$s" "$WORK/send-$s"
+	pd_check "send --local $s: byte-identical to pdelta seq" same_dirs "$WORK/seq-$s" "$WORK/send-$s"
 done
 
 # the oracle on `pdelta send --local` (check_seq.py calls it as `seq [opts] -o DIR FILE...`)
@@ -123,15 +105,15 @@ usage_err "ctl unknown command" "unknown command" "$CTL" --server 127.0.0.1:1 fr
 usage_err "ctl stream without NAME" "NAME" "$CTL" --server 127.0.0.1:1 stream
 usage_err "ctl without --server" "--server" "$CTL" stats
 "$PDELTA" send --local --stream s -o "$WORK/missing" /nonexistent/file.pb.gz >"$WORK/missing.out" 2>&1
-check "send of a missing file: ERROR line, exit 1" bash -c "[[ $? == 1 ]] && grep -q '^file.pb.gz ERROR' '$WORK/missing.out'"
+pd_check "send of a missing file: ERROR line, exit 1" bash -c "[[ $? == 1 ]] && grep -q '^file.pb.gz ERROR' '$WORK/missing.out'"
 "$CTL" --server 127.0.0.1:1 --ca "$WORK/none.pem" stats >"$WORK/noca.out" 2>&1
-check "ctl with a missing CA file: clear error" grep -q "none.pem" "$WORK/noca.out"
+pd_check "ctl with a missing CA file: clear error" grep -q "none.pem" "$WORK/noca.out"
 
 # ---- --version: one format and one version for the three programs ---------------------------------
 want_ver=$(sed -n 's/^#define PD_VERSION "\(.*\)"/\1/p' "$ROOT/common/pd_version.h")
 pmin=$(sed -n 's/^#define PD_PROTO_VERSION_MIN \([0-9]*\).*/\1/p' "$ROOT/proto/pdelta_proto.h")
 pmax=$(sed -n 's/^#define PD_PROTO_VERSION \([0-9]*\).*/\1/p' "$ROOT/proto/pdelta_proto.h")
-check "PDELTA_VERSION (pdelta.h) and pdelta.pc.in's Version are PD_VERSION ($want_ver)" bash -c \
+pd_check "PDELTA_VERSION (pdelta.h) and pdelta.pc.in's Version are PD_VERSION ($want_ver)" bash -c \
 	"grep -q '^#define PDELTA_VERSION \"$want_ver\"' '$ROOT/client/pdelta.h' && grep -q '^Version: $want_ver\$' '$ROOT/client/pdelta.pc.in'"
 version_ok() { # version_ok PROG CMD...: exit 0, one line "PROG V (protocol A..B; built D C; OpenSSL ...)"
 	local prog=$1 out
@@ -140,12 +122,12 @@ version_ok() { # version_ok PROG CMD...: exit 0, one line "PROG V (protocol A..B
 		[[ $out =~ ^$prog\ ${want_ver//./\\.}\ \(protocol\ $pmin\.\.$pmax\;\ built\ [0-9]{4}-[0-9]{2}-[0-9]{2}\ [^\;]+\;\ OpenSSL\ .*zlib\ .*\)$ ]] ||
 		{ echo "  got: $out"; return 1; }
 }
-check "pdelta --version" version_ok pdelta "$PDELTA" --version
-check "pdelta send --version" version_ok pdelta "$PDELTA" send --version
-check "pdeltactl --version" version_ok pdeltactl "$CTL" --version
+pd_check "pdelta --version" version_ok pdelta "$PDELTA" --version
+pd_check "pdelta send --version" version_ok pdelta "$PDELTA" send --version
+pd_check "pdeltactl --version" version_ok pdeltactl "$CTL" --version
 if [[ -x $BINDIR/pdeltad ]]; then
-	check "pdeltad --version" version_ok pdeltad "$BINDIR/pdeltad" --version
-	check "pdeltad --version names SQLite and libevent" bash -c "'$BINDIR/pdeltad' --version | grep -q 'libevent .*SQLite '"
+	pd_check "pdeltad --version" version_ok pdeltad "$BINDIR/pdeltad" --version
+	pd_check "pdeltad --version names SQLite and libevent" bash -c "'$BINDIR/pdeltad' --version | grep -q 'libevent .*SQLite '"
 fi
 
 # ---- -o -: the delta on stdout, the status line on stderr -----------------------------------------
@@ -153,34 +135,34 @@ pushd "$WORK" >/dev/null # a pdelta that took "-" for a file name writes it here
 F1=${HS[1]}
 "$PDELTA" diff "$F0" "$F1" -o "$WORK/diff-file.pb.gz" >/dev/null 2>&1
 "$PDELTA" diff "$F0" "$F1" -o - >"$WORK/diff-stdout.pb.gz" 2>"$WORK/diff-stdout.err"
-check "diff -o -: exit 0, stdout is the delta, byte-identical to -o FILE" bash -c \
+pd_check "diff -o -: exit 0, stdout is the delta, byte-identical to -o FILE" bash -c \
 	"[[ $? == 0 ]] && cmp -s '$WORK/diff-file.pb.gz' '$WORK/diff-stdout.pb.gz'"
-check "diff -o -: status line on stderr" grep -q '^- DELTA ' "$WORK/diff-stdout.err"
+pd_check "diff -o -: status line on stderr" grep -q '^- DELTA ' "$WORK/diff-stdout.err"
 "$PDELTA" diff "$F0" /nonexistent.pb.gz -o - >"$WORK/diff-bad.out" 2>/dev/null
-check "diff -o - of a missing file: exit 1, nothing on stdout" bash -c "[[ $? == 1 && ! -s '$WORK/diff-bad.out' ]]"
+pd_check "diff -o - of a missing file: exit 1, nothing on stdout" bash -c "[[ $? == 1 && ! -s '$WORK/diff-bad.out' ]]"
 "$PDELTA" seq -o - "$F0" >"$WORK/seq-stdout.pb.gz" 2>"$WORK/seq-stdout.err"
-check "seq -o - FILE: the delta on stdout, status on stderr" bash -c \
+pd_check "seq -o - FILE: the delta on stdout, status on stderr" bash -c \
 	"cmp -s '$WORK/seq-heap-small/$(basename "$F0")' '$WORK/seq-stdout.pb.gz' && grep -q BASELINE '$WORK/seq-stdout.err'"
 usage_err "seq -o - with two files" "one FILE" "$PDELTA" seq -o - "$F0" "$F1"
 "$PDELTA" send --local --stream so -o - "$F0" >"$WORK/send-stdout.pb.gz" 2>"$WORK/send-stdout.err"
-check "send --local -o - FILE: the delta on stdout (same profile as seq), status on stderr" bash -c \
+pd_check "send --local -o - FILE: the delta on stdout (same profile as seq), status on stderr" bash -c \
 	"[[ $? == 0 ]] && grep -q '^$(basename "$F0") BASELINE' '$WORK/send-stdout.err' && cmp -s <(gzip -dc '$WORK/seq-stdout.pb.gz') <(gzip -dc '$WORK/send-stdout.pb.gz')"
 usage_err "send -o - with two files" "one FILE" "$PDELTA" send --local --stream so -o - "$F0" "$F1"
 popd >/dev/null
 
 # ---- send to a refused port: nothing was sent, and the message says so ----------------------------
-[[ -f $WORK/pki/ca.pem ]] || bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/pki" >/dev/null
-NOPORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+[[ -f $WORK/pki/ca.pem ]] || pd_certs "$WORK/pki"
+NOPORT=$(free_port)
 "$PDELTA" send --server "127.0.0.1:$NOPORT" --ca "$WORK/pki/ca.pem" --token t --attempts 2 --stream r \
 	-o "$WORK/refused" "$F0" "$F1" >"$WORK/refused.out" 2>"$WORK/refused.err"
-check "send to a refused port: exit 1, says nothing was sent, not 'may have been applied'" bash -c \
+pd_check "send to a refused port: exit 1, says nothing was sent, not 'may have been applied'" bash -c \
 	"[[ $? == 1 ]] && grep -q 'not reached, nothing of seq 1 was sent' '$WORK/refused.err' && ! grep -q 'may have been applied' '$WORK/refused.err'"
 
 # ---- the example agent, built through pkg-config ------------------------------------------------------
 agent_test() {
 	local P=$WORK/prefix
 	mkdir -p "$P/lib/pkgconfig" "$P/include"
-	cp "$BUILD/libpdelta.so" "$P/lib/libpdelta.so.1"
+	cp "$BUILDDIR/libpdelta.so" "$P/lib/libpdelta.so.1"
 	ln -sf libpdelta.so.1 "$P/lib/libpdelta.so"
 	cp "$ROOT/client/pdelta.h" "$P/include/"
 	sed -e "s|@PREFIX@|$P|g" "$ROOT/client/pdelta.pc.in" >"$P/lib/pkgconfig/pdelta.pc"
@@ -193,19 +175,19 @@ agent_test() {
 	fi
 	ok "example agent builds with cc agent.c \$(pkg-config --cflags --libs pdelta)"
 	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream a -o "$WORK/agent-out" "${HS[@]}" >"$WORK/agent.log" 2>&1
-	check "agent (local mode, files): deltas identical to pdelta seq" same_dirs "$WORK/seq-heap-small" "$WORK/agent-out"
+	pd_check "agent (local mode, files): deltas identical to pdelta seq" same_dirs "$WORK/seq-heap-small" "$WORK/agent-out"
 	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream w -o "$WORK/agent-watch" --watch "${HS[0]}" --count 2 \
 		--interval 0 >"$WORK/agent-watch.log" 2>&1
 	# same profile twice: the second delta keeps only samples with in-use (gauge) values
-	check "agent --watch: first BASELINE, then a DELTA" \
+	pd_check "agent --watch: first BASELINE, then a DELTA" \
 		bash -c "grep -q 'delta-000001.pb.gz seq=1 BASELINE first' '$WORK/agent-watch.log' && grep -q 'delta-000002.pb.gz seq=2 DELTA -' '$WORK/agent-watch.log'"
 	LD_LIBRARY_PATH=$P/lib "$WORK/agent" --stream i -o "$WORK/agent-stdin" - <"${HS[0]}" >"$WORK/agent-stdin.log" 2>&1
-	check "agent reading stdin" same_profile "$WORK/agent-stdin/delta-000001.pb.gz" "$WORK/seq-heap-small/$(basename "${HS[0]}")"
-	check "libpdelta.so does not need libevent or sqlite" bash -c "! ldd '$P/lib/libpdelta.so.1' | grep -Eq 'libevent|sqlite'"
+	pd_check "agent reading stdin" same_profile "$WORK/agent-stdin/delta-000001.pb.gz" "$WORK/seq-heap-small/$(basename "${HS[0]}")"
+	pd_check "libpdelta.so does not need libevent or sqlite" bash -c "! ldd '$P/lib/libpdelta.so.1' | grep -Eq 'libevent|sqlite'"
 	# Only the public API is exported (client/libpdelta.map): every function of pdelta.h, no pd_* internals.
 	nm -D --defined-only "$P/lib/libpdelta.so.1" | awk '$2 ~ /^[TtWw]$/ {print $3}' | sed 's/@.*//' | sort >"$WORK/exports"
 	grep -oE '\bpdelta_[a-z0-9_]+ *\(' "$ROOT/client/pdelta.h" | sed 's/ *($//' | sort -u >"$WORK/api"
-	check "libpdelta.so exports exactly the functions of pdelta.h ($(wc -l <"$WORK/api"))" \
+	pd_check "libpdelta.so exports exactly the functions of pdelta.h ($(wc -l <"$WORK/api"))" \
 		cmp -s "$WORK/exports" "$WORK/api"
 }
 case $(basename "$BUILD") in
@@ -213,5 +195,4 @@ release | o3) agent_test ;;
 *) echo "skip example agent: $BUILD is a sanitizer build (an uninstrumented program cannot load its libpdelta.so)" ;;
 esac
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+pd_finish

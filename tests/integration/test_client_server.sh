@@ -27,64 +27,31 @@
 # KEEP_WORK=1, ONLY="equiv kill fork rules auth ctl footprint valgrind fallback" (a subset).
 set -uo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BINDIR=${BINDIR:-bin}
-BUILD=${BUILD:-build/release}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
-TOOLS=$BUILD/tests/tools
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
+. "$(dirname "$0")/lib.sh"
+TOOLS=$BUILDDIR/tests/tools
 PROFILES=$TESTDATA/profiles
-PY=/usr/bin/python3
 PDELTA=$BINDIR/pdelta
 PDELTAD=$BINDIR/pdeltad
 CTL=$BINDIR/pdeltactl
 
-for b in "$PDELTA" "$PDELTAD" "$CTL" "$TOOLS/client_run" "$TOOLS/client_fork"; do
-	if [[ ! -x $b ]]; then
-		echo "test_client_server: $b not built" >&2
-		exit 1
-	fi
-done
+pd_need "$PDELTA" "$PDELTAD" "$CTL" "$TOOLS/client_run" "$TOOLS/client_fork"
+pd_init client-server
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-client.XXXXXX")
-SERVER_PID=
-cleanup() {
-	if [[ -n $SERVER_PID ]]; then
-		kill -9 "$SERVER_PID" 2>/dev/null
-		wait "$SERVER_PID" 2>/dev/null
-	fi
-	[[ -n ${KEEP_WORK:-} ]] && echo "work dir kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); echo "ok   $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 want() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
-check() { # check NAME CMD...: ok when CMD succeeds
-	local name=$1
-	shift
-	if "$@"; then ok "$name"; else bad "$name"; fi
-}
 
 # ---- PKI, credentials, server ---------------------------------------------------------------
 PKI=$WORK/pki
-bash "$ROOT/deploy/certs/gen-certs.sh" "$PKI" >/dev/null
-hash() { printf '%s' "$1" | "$PDELTAD" --hash-token; }
+pd_certs "$PKI"
 AGENT_TOKEN=agent-$RANDOM-$RANDOM
 ADMIN_TOKEN=admin-$RANDOM-$RANDOM
 BETA_TOKEN=beta-$RANDOM-$RANDOM
 cat >"$WORK/tenants" <<EOF
-tenant=acme role=agent token_sha256=$(hash "$AGENT_TOKEN")
-tenant=acme role=admin token_sha256=$(hash "$ADMIN_TOKEN")
-tenant=beta role=agent token_sha256=$(hash "$BETA_TOKEN")
+tenant=acme role=agent token_sha256=$(pd_hash "$AGENT_TOKEN")
+tenant=acme role=admin token_sha256=$(pd_hash "$ADMIN_TOKEN")
+tenant=beta role=agent token_sha256=$(pd_hash "$BETA_TOKEN")
 tenant=acme role=agent cert_cn=agent-acme
 tenant=acme role=admin cert_cn=admin
 EOF
-PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SERVER=127.0.0.1:$PORT
 
 start_server() {
@@ -92,10 +59,7 @@ start_server() {
 		--tls_cert "$PKI/server.pem" --tls_key "$PKI/server.key" --tls_client_ca "$PKI/ca.pem" \
 		--tenants "$WORK/tenants" --workers 2 --log_level warn --metrics-tenants 1 >>"$WORK/server.log" 2>&1 &
 	SERVER_PID=$!
-	for _ in $(seq 1 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
-		sleep 0.05
-	done
+	pd_wait_port "$PORT" "$SERVER_PID" && return 0
 	echo "pdeltad did not start; log:" >&2
 	tail -20 "$WORK/server.log" >&2
 	return 1
@@ -159,7 +123,7 @@ api_equivalence() {
 		"${F[@]}" >"$WORK/eq-$seqname-send.status" 2>"$WORK/eq-$seqname-send.err" ||
 		{ bad "pdelta send $seqname"; cat "$WORK/eq-$seqname-send.err"; }
 	for v in stream pull local send; do
-		check "$seqname: onecall and $v give identical deltas" same_dirs "$WORK/eq-$seqname-onecall" "$WORK/eq-$seqname-$v"
+		pd_check "$seqname: onecall and $v give identical deltas" same_dirs "$WORK/eq-$seqname-onecall" "$WORK/eq-$seqname-$v"
 	done
 	judge "$seqname-send" "$WORK/eq-$seqname-send" "$WORK/eq-$seqname-send.status" -- "${F[@]}"
 }
@@ -178,7 +142,7 @@ fi
 # ---- 2. SIGKILL in the middle of a sequence -------------------------------------------------------
 kill_test() {
 	local seqname=$1 api=$2 kills=$3 d=$PROFILES/$1
-	[[ -d $d ]] || d=$ROOT/${BUILD:-build/release}/testdata/profiles/$seqname # large: make bench made it
+	[[ -d $d ]] || d=$BUILDDIR/testdata/profiles/$seqname # large: make bench made it
 	mapfile -t F < <(ls "$d"/*.pb.gz)
 	local out=$WORK/kill-$seqname-$api
 	"$TOOLS/client_run" "${AUTH[@]}" --api "$api" --stream "kill/$seqname/$api" --attempts 40 \
@@ -222,19 +186,19 @@ seq_rules() {
 	mkdir -p "$o/a" "$o/b" "$o/c" "$o/d"
 	"$PDELTA" send "${AUTH[@]}" --stream rules --seq 5 --incarnation 77 -o "$o/a" "${HS[0]}" "${HS[1]}" >"$o/1" 2>&1
 	"$PDELTA" send "${AUTH[@]}" --stream rules --seq 6 --incarnation 77 -o "$o/b" "${HS[1]}" >"$o/2" 2>&1
-	check "resend of the last (seq, bytes) is DUPLICATE" grep -q "DUPLICATE - orig=DELTA" "$o/2"
-	check "DUPLICATE replays identical bytes" cmp -s "$o/a/$(basename "${HS[1]}")" "$o/b/$(basename "${HS[1]}")"
+	pd_check "resend of the last (seq, bytes) is DUPLICATE" grep -q "DUPLICATE - orig=DELTA" "$o/2"
+	pd_check "DUPLICATE replays identical bytes" cmp -s "$o/a/$(basename "${HS[1]}")" "$o/b/$(basename "${HS[1]}")"
 	"$PDELTA" send "${AUTH[@]}" --stream rules --seq 5 --incarnation 77 -o "$o/c" "${HS[0]}" >"$o/3" 2>&1
-	check "older seq is refused (stale, exit 1)" grep -q "ERROR sequence .*SEQ_STALE" "$o/3"
+	pd_check "older seq is refused (stale, exit 1)" grep -q "ERROR sequence .*SEQ_STALE" "$o/3"
 	"$PDELTA" send "${AUTH[@]}" --stream rules --seq 6 --incarnation 77 -o "$o/d" "${HS[2]}" >"$o/4" 2>&1
-	check "same seq, other bytes: conflict" grep -q "ERROR sequence .*SEQ_CONFLICT" "$o/4"
-	check "a refused file leaves no output" test ! -e "$o/d/$(basename "${HS[2]}")"
+	pd_check "same seq, other bytes: conflict" grep -q "ERROR sequence .*SEQ_CONFLICT" "$o/4"
+	pd_check "a refused file leaves no output" test ! -e "$o/d/$(basename "${HS[2]}")"
 	"$PDELTA" send "${AUTH[@]}" --stream rules -o "$o/e" "${HS[2]}" >"$o/5" 2>&1
-	check "a new run (new incarnation) is a reset" grep -q "BASELINE reset" "$o/5"
+	pd_check "a new run (new incarnation) is a reset" grep -q "BASELINE reset" "$o/5"
 	printf 'junk' >"$o/junk.pb.gz"
 	"$PDELTA" send "${AUTH[@]}" --stream rules -o "$o/f" "$o/junk.pb.gz" "${HS[3]}" >"$o/6" 2>&1
 	local rc=$?
-	check "invalid profile: ERROR malformed, the next file still sent, exit 1" \
+	pd_check "invalid profile: ERROR malformed, the next file still sent, exit 1" \
 		bash -c "[[ $rc == 1 ]] && grep -q '^junk.pb.gz ERROR malformed' '$o/6' && grep -q '^$(basename "${HS[3]}") ' '$o/6'"
 }
 want rules && seq_rules
@@ -245,22 +209,22 @@ auth_tests() {
 	local t0=$SECONDS
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token wrong-token --stream a -o "$o" "$f" >"$o.1" 2>&1
 	local el=$((SECONDS - t0))
-	check "bad token: auth error, not retried (${el}s)" bash -c "grep -q 'ERROR auth' '$o.1' && grep -q AUTH_FAILED '$o.1' && (( $el < 3 ))"
+	pd_check "bad token: auth error, not retried (${el}s)" bash -c "grep -q 'ERROR auth' '$o.1' && grep -q AUTH_FAILED '$o.1' && (( $el < 3 ))"
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/rogue-ca.pem" --token "$AGENT_TOKEN" --stream a -o "$o" "$f" >"$o.2" 2>&1
-	check "wrong CA: certificate verification fails" grep -q "ERROR tls .*certificate verification failed" "$o.2"
+	pd_check "wrong CA: certificate verification fails" grep -q "ERROR tls .*certificate verification failed" "$o.2"
 	"$PDELTA" send --server "localhost:$PORT" --ca "$PKI/ca.pem" --token "$AGENT_TOKEN" --stream a -o "$o/ok" "$f" >"$o.3" 2>&1
-	check "host name localhost verifies" grep -q "BASELINE" "$o.3"
+	pd_check "host name localhost verifies" grep -q "BASELINE" "$o.3"
 	"$PDELTA" send "${AUTH[@]}" --server-name wrong.example --stream a -o "$o" "$f" >"$o.4" 2>&1
-	check "host-name mismatch is refused" grep -q "ERROR tls .*verif" "$o.4"
+	pd_check "host-name mismatch is refused" grep -q "ERROR tls .*verif" "$o.4"
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --cert "$PKI/agent-acme.pem" --key "$PKI/agent-acme.key" \
 		--stream mtls -o "$o/m" "$f" >"$o.5" 2>&1
-	check "mTLS client certificate authenticates" grep -q "BASELINE first" "$o.5"
+	pd_check "mTLS client certificate authenticates" grep -q "BASELINE first" "$o.5"
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --cert "$PKI/rogue.pem" --key "$PKI/rogue.key" \
 		--stream mtls -o "$o/r" "$f" >"$o.6" 2>&1
-	check "rogue client certificate is refused" bash -c "! grep -q BASELINE '$o.6' && grep -q ERROR '$o.6'"
+	pd_check "rogue client certificate is refused" bash -c "! grep -q BASELINE '$o.6' && grep -q ERROR '$o.6'"
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token "$BETA_TOKEN" --stream eq/heap-small/send \
 		-o "$o/beta" "$f" >"$o.7" 2>&1
-	check "another tenant's namespace is separate (BASELINE first)" grep -q "BASELINE first" "$o.7"
+	pd_check "another tenant's namespace is separate (BASELINE first)" grep -q "BASELINE first" "$o.7"
 	# Token files: one reader and one rule for both CLIs (first line, CR/LF and trailing
 	# blanks trimmed); an empty or whitespace-only file is refused before connecting.
 	printf '%s\r\n' "$ADMIN_TOKEN" >"$o/tok-crlf"
@@ -268,9 +232,9 @@ auth_tests() {
 	printf ' \t\r\n' >"$o/tok-blank"
 	"$PDELTA" send --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-crlf" --stream tokfile \
 		-o "$o/tf" "$f" >"$o.8" 2>&1
-	check "CRLF token file accepted by pdelta send" grep -q "BASELINE first" "$o.8"
+	pd_check "CRLF token file accepted by pdelta send" grep -q "BASELINE first" "$o.8"
 	"$CTL" --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-crlf" stats >"$o.9" 2>&1
-	check "CRLF token file accepted by pdeltactl" grep -q "uptime" "$o.9"
+	pd_check "CRLF token file accepted by pdeltactl" grep -q "uptime" "$o.9"
 	local t cli rc
 	for t in empty blank; do
 		for cli in send ctl; do
@@ -281,7 +245,7 @@ auth_tests() {
 				"$CTL" --server "$SERVER" --ca "$PKI/ca.pem" --token-file "$o/tok-$t" stats >"$o.tf" 2>&1
 			fi
 			rc=$?
-			check "$t token file refused by $cli (exit $rc)" \
+			pd_check "$t token file refused by $cli (exit $rc)" \
 				bash -c "[[ $rc != 0 ]] && grep -q -- '--token-file: .*tok-$t is empty' '$o.tf'"
 		done
 	done
@@ -294,60 +258,60 @@ ctl_tests() {
 	local o=$WORK/ctl
 	mkdir -p "$o"
 	"$CTL" "${ADMIN[@]}" streams --tenant acme >"$o/streams" 2>&1
-	check "ctl streams --tenant: table with header and our streams" \
+	pd_check "ctl streams --tenant: table with header and our streams" \
 		bash -c "head -2 '$o/streams' | grep -q '^NAME  *SEQ  *INCARNATION' && grep -q '^eq/heap-small/send ' '$o/streams'"
 	"$CTL" "${ADMIN[@]}" streams >"$o/streams-all" 2>&1
-	check "ctl streams without --tenant: every tenant's streams, with a TENANT column" \
+	pd_check "ctl streams without --tenant: every tenant's streams, with a TENANT column" \
 		bash -c "head -1 '$o/streams-all' | grep -q '^all tenants' && head -2 '$o/streams-all' | grep -q '^TENANT  *NAME  *SEQ' &&
 			grep -Eq '^acme +eq/heap-small/send ' '$o/streams-all' && grep -Eq '^beta +eq/heap-small/send ' '$o/streams-all'"
 	"$CTL" "${ADMIN[@]}" --json streams --prefix eq/heap-small/ >"$o/streams-all.json" 2>&1
-	check "ctl --json streams without --tenant: both tenants, no tenant member" $PY -c "
+	pd_check "ctl --json streams without --tenant: both tenants, no tenant member" $PY -c "
 import json; d=json.load(open('$o/streams-all.json'))
 assert 'tenant' not in d and {(s['tenant'], s['name']) for s in d['streams']} >= {('acme','eq/heap-small/send'), ('beta','eq/heap-small/send')}, d"
 	"$CTL" "${ADMIN[@]}" --json streams --tenant acme --prefix eq/ --sort name --limit 3 >"$o/streams.json" 2>&1
-	check "ctl --json streams --prefix --limit" $PY -c "
+	pd_check "ctl --json streams --prefix --limit" $PY -c "
 import json,sys
 d=json.load(open('$o/streams.json'))
 names=[s['name'] for s in d['streams']]
 assert d['tenant']=='acme' and len(names)==3 and all(n.startswith('eq/') for n in names), d
 assert names==sorted(names) and d['truncated'] is True, d"
 	"$CTL" "${ADMIN[@]}" stream eq/heap-small/send >"$o/stream" 2>&1
-	check "ctl stream NAME: key/value lines" bash -c "grep -Eq '^name +eq/heap-small/send' '$o/stream' && grep -Eq '^seq +[0-9]+' '$o/stream'"
+	pd_check "ctl stream NAME: key/value lines" bash -c "grep -Eq '^name +eq/heap-small/send' '$o/stream' && grep -Eq '^seq +[0-9]+' '$o/stream'"
 	"$CTL" "${ADMIN[@]}" --json stream eq/heap-small/send --tenant acme >"$o/stream.json" 2>&1
-	check "ctl --json stream" $PY -c "
+	pd_check "ctl --json stream" $PY -c "
 import json; d=json.load(open('$o/stream.json')); assert d['name']=='eq/heap-small/send' and d['seq']>=1, d"
 	"$CTL" "${ADMIN[@]}" stream no/such/stream >"$o/nf" 2>&1
-	check "ctl stream of a missing stream: not found, exit 1" bash -c "[[ $? == 1 ]] && grep -q 'no such stream' '$o/nf'"
+	pd_check "ctl stream of a missing stream: not found, exit 1" bash -c "[[ $? == 1 ]] && grep -q 'no such stream' '$o/nf'"
 	"$CTL" "${ADMIN[@]}" --json stream no/such/stream >"$o/nf.json" 2>/dev/null
-	check "ctl --json of a failure: an error document, exit 1" bash -c "[[ $? == 1 ]] && $PY -c \"
+	pd_check "ctl --json of a failure: an error document, exit 1" bash -c "[[ $? == 1 ]] && $PY -c \"
 import json; e=json.load(open('$o/nf.json'))['error']; assert e['command']=='stream' and e['code']==12 and 'no/such/stream' in e['message'], e\""
 	"$CTL" "${ADMIN[@]}" reset eq/heap-small/send >"$o/reset" 2>&1
-	check "ctl reset" grep -q "reset stream 'eq/heap-small/send'" "$o/reset"
+	pd_check "ctl reset" grep -q "reset stream 'eq/heap-small/send'" "$o/reset"
 	"$PDELTA" send "${AUTH[@]}" --stream eq/heap-small/send -o "$o/after-reset" "${HS[1]}" >"$o/after" 2>&1
-	check "after reset the next profile is BASELINE first" grep -q "BASELINE first" "$o/after"
+	pd_check "after reset the next profile is BASELINE first" grep -q "BASELINE first" "$o/after"
 	"$CTL" "${ADMIN[@]}" delete eq/heap-small/send >"$o/delete" 2>&1
-	check "ctl delete NAME" grep -q "deleted 1 stream" "$o/delete"
+	pd_check "ctl delete NAME" grep -q "deleted 1 stream" "$o/delete"
 	"$CTL" "${ADMIN[@]}" --json streams --tenant acme --prefix eq/heap-small/ >"$o/after-del.json" 2>&1
-	check "deleted stream is gone" $PY -c "
+	pd_check "deleted stream is gone" $PY -c "
 import json; d=json.load(open('$o/after-del.json')); assert 'eq/heap-small/send' not in [s['name'] for s in d['streams']], d"
 	"$CTL" "${ADMIN[@]}" delete --prefix pol/ >"$o/delete2" 2>&1
-	check "ctl delete --prefix" grep -q "deleted 1 stream" "$o/delete2"
+	pd_check "ctl delete --prefix" grep -q "deleted 1 stream" "$o/delete2"
 	# a delete that removes nothing is "not found" like stream and reset: exit 1
 	"$CTL" "${ADMIN[@]}" delete eq/heap-small/send >"$o/del-nf" 2>"$o/del-nf.err"
-	check "ctl delete of a missing stream: not found, exit 1" \
+	pd_check "ctl delete of a missing stream: not found, exit 1" \
 		bash -c "[[ $? == 1 ]] && grep -q \"no such stream 'eq/heap-small/send' of tenant 'acme'\" '$o/del-nf.err' && ! grep -q deleted '$o/del-nf'"
 	"$CTL" "${ADMIN[@]}" delete eq/heap-medium/send --tenant acmee >"$o/del-nt" 2>"$o/del-nt.err"
-	check "ctl delete with a misspelled tenant: not found, exit 1" \
+	pd_check "ctl delete with a misspelled tenant: not found, exit 1" \
 		bash -c "[[ $? == 1 ]] && grep -q \"no such stream 'eq/heap-medium/send' of tenant 'acmee'\" '$o/del-nt.err'"
 	"$CTL" "${ADMIN[@]}" --json delete --prefix no/such/ >"$o/del-np.json" 2>"$o/del-np.err"
-	check "ctl --json delete --prefix matching nothing: the document, and exit 1" \
+	pd_check "ctl --json delete --prefix matching nothing: the document, and exit 1" \
 		bash -c "[[ $? == 1 ]] && grep -q '\"deleted\":0' '$o/del-np.json' && grep -q \"no stream of tenant 'acme' starts with 'no/such/'\" '$o/del-np.err'"
 	"$CTL" "${ADMIN[@]}" stats >"$o/stats" 2>&1
-	check "ctl stats: key/value lines" grep -Eq '^uptime_s +[0-9]+' "$o/stats"
+	pd_check "ctl stats: key/value lines" grep -Eq '^uptime_s +[0-9]+' "$o/stats"
 	"$CTL" "${ADMIN[@]}" --json stats >"$o/stats.json" 2>&1
-	check "ctl --json stats" $PY -c "import json; d=json.load(open('$o/stats.json')); assert 'uptime_s' in d, d"
+	pd_check "ctl --json stats" $PY -c "import json; d=json.load(open('$o/stats.json')); assert 'uptime_s' in d, d"
 	# --metrics-tenants 1: acme (seen first) has its own counters, beta is summed under _other
-	check "stats by_tenant: bounded by metrics_tenants (acme, then _other)" $PY -c "
+	pd_check "stats by_tenant: bounded by metrics_tenants (acme, then _other)" $PY -c "
 import json; d=json.load(open('$o/stats.json')); t=d['by_tenant']
 assert d['metrics_tenants']==1 and set(t)=={'acme','_other'} and t['acme']['requests']>0 and t['_other']['requests']>0, t
 assert d['latency']['total_le_ms']['+Inf']==d['latency']['count'], d['latency']"
@@ -358,37 +322,37 @@ assert d['latency']['total_le_ms']['+Inf']==d['latency']['count'], d['latency']"
 	"$CTL" "${ADMIN[@]}" top --once --interval 1.5 >"$o/top" 2>&1
 	local trc=$?
 	wait $burst
-	check "ctl top --once: one frame with requests/s, p99, cache, queue, tenants (exit $trc)" \
+	pd_check "ctl top --once: one frame with requests/s, p99, cache, queue, tenants (exit $trc)" \
 		bash -c "[[ $trc == 0 ]] && grep -Eq '^requests +[0-9.]+/s +p99 ' '$o/top' && grep -q '^cache ' '$o/top' &&
 			grep -q '^queue ' '$o/top' && grep -Eq '^TENANT +REQ/S' '$o/top' && grep -Eq '^_other +[1-9]' '$o/top'"
 	(for i in 0 1 2 3 4 5; do "$PDELTA" send "${AUTH[@]}" --stream "top/acme$i" -o "$o/top-seed" "${HS[@]:0:3}" >/dev/null 2>&1; done) &
 	burst=$!
 	"$CTL" "${ADMIN[@]}" --json top --once --interval 1.5 >"$o/top.json" 2>&1
 	wait $burst
-	check "ctl --json top --once: rates from two samples" $PY -c "
+	pd_check "ctl --json top --once: rates from two samples" $PY -c "
 import json; d=json.load(open('$o/top.json')); t={x['tenant']: x for x in d['tenants']}
 assert d['requests_per_s']>0 and d['p99_ms'] is not None and t['acme']['requests_per_s']>0, d"
 	"$CTL" "${AUTH[@]}" top --once --interval 0.2 >"$o/top-agent" 2>&1
-	check "ctl top with an agent credential: refused, exit 1" bash -c "[[ $? == 1 ]] && grep -q 'not an admin credential' '$o/top-agent'"
+	pd_check "ctl top with an agent credential: refused, exit 1" bash -c "[[ $? == 1 ]] && grep -q 'not an admin credential' '$o/top-agent'"
 	"$CTL" "${ADMIN[@]}" tenants >"$o/tenants" 2>&1
-	check "ctl tenants: table" bash -c "grep -q '^TENANT  *STREAMS' '$o/tenants' && grep -q '^acme ' '$o/tenants' && grep -q '^beta ' '$o/tenants'"
+	pd_check "ctl tenants: table" bash -c "grep -q '^TENANT  *STREAMS' '$o/tenants' && grep -q '^acme ' '$o/tenants' && grep -q '^beta ' '$o/tenants'"
 	"$CTL" "${ADMIN[@]}" --json tenants --limit 1 >"$o/tenants.json" 2>&1
-	check "ctl --json tenants --limit 1" $PY -c "import json; d=json.load(open('$o/tenants.json')); assert len(d['tenants'])==1 and d['truncated'], d"
+	pd_check "ctl --json tenants --limit 1" $PY -c "import json; d=json.load(open('$o/tenants.json')); assert len(d['tenants'])==1 and d['truncated'], d"
 	"$CTL" "${ADMIN[@]}" streams --tenant beta >"$o/beta" 2>&1
-	check "ctl streams --tenant beta" bash -c "grep -q '^tenant beta' '$o/beta' && grep -q '^eq/heap-small/send ' '$o/beta'"
+	pd_check "ctl streams --tenant beta" bash -c "grep -q '^tenant beta' '$o/beta' && grep -q '^eq/heap-small/send ' '$o/beta'"
 	"$CTL" --server "$SERVER" --ca "$PKI/ca.pem" --cert "$PKI/admin.pem" --key "$PKI/admin.key" stats >"$o/cert" 2>&1
-	check "ctl with an admin client certificate" grep -Eq '^uptime_s' "$o/cert"
+	pd_check "ctl with an admin client certificate" grep -Eq '^uptime_s' "$o/cert"
 	for cmd in "streams" "stream eq/heap-medium/send" "reset eq/heap-medium/send" "delete eq/heap-medium/send" "stats" "tenants"; do
 		# shellcheck disable=SC2086
 		"$CTL" "${AUTH[@]}" $cmd >"$o/agent" 2>&1
 		local rc=$?
-		check "agent token refused: pdeltactl $cmd (exit $rc)" \
+		pd_check "agent token refused: pdeltactl $cmd (exit $rc)" \
 			bash -c "[[ $rc == 1 ]] && grep -q 'not an admin credential' '$o/agent'"
 	done
 	"$CTL" "${ADMIN[@]}" stream eq/heap-medium/send >"$o/still" 2>&1
-	check "the refused reset/delete (and the misspelled tenant's delete) changed nothing" grep -Eq '^name +eq/heap-medium/send' "$o/still"
+	pd_check "the refused reset/delete (and the misspelled tenant's delete) changed nothing" grep -Eq '^name +eq/heap-medium/send' "$o/still"
 	"$CTL" "${ADMIN[@]}" bogus >"$o/bogus" 2>&1
-	check "ctl unknown command: usage, exit 2" bash -c "[[ $? == 2 ]]"
+	pd_check "ctl unknown command: usage, exit 2" bash -c "[[ $? == 2 ]]"
 }
 if want ctl; then
 	# streams for the admin commands to list (also when the equiv section did not run)
@@ -405,10 +369,10 @@ fi
 
 # ---- 7. footprint -------------------------------------------------------------------------------------
 footprint() {
-	local so=$BUILD/libpdelta.so
+	local so=$BUILDDIR/libpdelta.so
 	echo "  libpdelta.so: $(stat -c %s "$so") bytes ($(size "$so" | awk 'NR==2{print $1}') text; stripped $(strip -o "$WORK/so.stripped" "$so" && stat -c %s "$WORK/so.stripped"))"
 	# heap-large when `make bench` has generated it ($BUILD/testdata), else the medium ones only
-	local seqs=(heap-medium:$PROFILES mutex-medium:$PROFILES) large=$ROOT/${BUILD:-build/release}/testdata/profiles
+	local seqs=(heap-medium:$PROFILES mutex-medium:$PROFILES) large=$BUILDDIR/testdata/profiles
 	[[ -d $large/heap-large ]] && seqs+=("heap-large:$large")
 	for sd in "${seqs[@]}"; do
 		local s=${sd%%:*} dir=${sd#*:}
@@ -420,7 +384,7 @@ footprint() {
 			echo "  $s: $line"
 			rss=$(sed -E 's/.*peak_rss_kb=([0-9]+).*/\1/' <<<"$line")
 			if [[ $api == stream ]]; then
-				check "streaming $s: client peak RSS ${rss} KiB < 32 MiB" test "$rss" -lt 32768
+				pd_check "streaming $s: client peak RSS ${rss} KiB < 32 MiB" test "$rss" -lt 32768
 			fi
 		done
 	done
@@ -454,11 +418,10 @@ if want fallback; then
 	mapfile -t BS < <(ls "$PROFILES/block-small"/*.pb.gz)
 	"$TOOLS/client_run" "${AUTH[@]}" --fallback --attempts 2 --backoff 20 --stream fb -o "$WORK/fb" "${BS[@]}" \
 		>"$WORK/fb.status" 2>"$WORK/fb.err"
-	check "fallback: every file answered locally, first one BASELINE moved" \
+	pd_check "fallback: every file answered locally, first one BASELINE moved" \
 		bash -c "grep -q 'BASELINE moved' '$WORK/fb.status' && [[ \$(grep -c 'local=1' '$WORK/fb.status') == ${#BS[@]} ]]"
 	sed -i 's/BASELINE moved/BASELINE first/' "$WORK/fb.status"
 	judge fallback "$WORK/fb" "$WORK/fb.status" -- "${BS[@]}"
 fi
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+pd_finish

@@ -49,7 +49,7 @@ rc=0; hc || rc=$?
 
 "$PDELTAD" --config "$WORK/etc/pdeltad.conf" >>"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$MPORT/healthz" >/dev/null && break; sleep 0.1; done
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || true
 rc=0; hc || rc=$?
 [[ $rc == 0 ]] && ok "HEALTHCHECK against the running container config: exit 0 ($(cat "$WORK/hc.out"))" ||
 	bad "HEALTHCHECK healthy: exit $rc: $(cat "$WORK/hc.out")"
@@ -129,17 +129,10 @@ fi
 
 # ---- environment variables: flag > environment > file ------------------------------------------------------
 DEAD=$(free_port)
-cat >"$WORK/env.conf" <<CONF
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$DEAD
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
-tenants = $WORK/tenants
-db = $WORK/env.db
-CONF
+pd_conf "127.0.0.1:$DEAD" "$WORK/env.db" >"$WORK/env.conf"
 "$BINDIR/pdeltad" --config "$WORK/env.conf" --metrics-listen "127.0.0.1:$MPORT" >>"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$MPORT/healthz" >/dev/null && break; sleep 0.1; done
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || true
 rc=0; "$PDELTAD" --config "$WORK/env.conf" --healthcheck >/dev/null 2>&1 || rc=$?
 [[ $rc == 1 ]] && ok "file alone: metrics_listen from the file (nothing there)" || bad "file alone: exit $rc"
 rc=0; PDELTAD_METRICS_LISTEN=127.0.0.1:$MPORT "$PDELTAD" --config "$WORK/env.conf" --healthcheck >/dev/null 2>&1 || rc=$?

@@ -11,15 +11,9 @@
 # Env: BINDIR (default bin), PDELTA_JOBS (default 2).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
-BINDIR=${BINDIR:-bin}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+. "$(dirname "$0")/lib.sh"
 PDELTA=$BINDIR/pdelta
-PY=/usr/bin/python3
 ORACLE=$ROOT/tests/oracle
-JOBS=${PDELTA_JOBS:-2}
 # Well under the 2 GiB a full inflate needs; 0 = no cap (sanitizer builds reserve huge
 # virtual ranges, so the cap is off for them by default).
 case $BINDIR in
@@ -28,30 +22,10 @@ case $BINDIR in
 esac
 BOMB_SECONDS=${PDELTA_BOMB_SECONDS:-60}
 
-if [[ ! -x $PDELTA ]]; then
-	echo "test_engine_hostile: $PDELTA not built" >&2
-	exit 1
-fi
+pd_need "$PDELTA"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-hostile.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-LOGS=$WORK/logs
-mkdir -p "$LOGS"
-NJOB=0
-
-run_job() {
-	local name=$1
-	shift
-	while (($(jobs -rp | wc -l) >= JOBS)); do
-		wait -n || true
-	done
-	NJOB=$((NJOB + 1))
-	local log
-	log=$(printf '%s/%03d-%s' "$LOGS" "$NJOB" "$name")
-	(
-		if "$@" >"$log.log" 2>&1; then echo 0 >"$log.rc"; else echo $? >"$log.rc"; fi
-	) &
-}
+pd_init engine-hostile
+pd_jobs_init
 
 # capped CMD...: runs CMD under the bomb limits (memory, wall time).
 capped() {
@@ -86,30 +60,15 @@ while IFS='|' read -r name args files; do
 	wrap=()
 	[[ $name == gzip-bomb* ]] && wrap=(capped)
 	for mode in seq diff; do
-		run_job "$name-$mode" "${wrap[@]}" "$PY" "$ORACLE/check_seq.py" --pdelta "$PDELTA" --no-go \
+		pd_job "$name-$mode" "${wrap[@]}" "$PY" "$ORACLE/check_seq.py" --pdelta "$PDELTA" --no-go \
 			--label "$name-$mode" --mode "$mode" "${extra[@]}" "${paths[@]}"
 	done
 	if [[ -z $args || $args != *--extra* ]] && [[ $args == *--expect-error* ]]; then
-		run_job "$name-inspect" inspect_refuses "${paths[1]}"
+		pd_job "$name-inspect" inspect_refuses "${paths[1]}"
 	fi
 done <"$WORK/cases/manifest.txt"
 wait
 
-pass=0 fail=0 jobs_failed=0
-for rc in "$LOGS"/*.rc; do
-	log=${rc%.rc}.log
-	summary=$(grep -E '^check_seq .*: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1 || true)
-	if [[ $summary =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
-		pass=$((pass + BASH_REMATCH[1]))
-		fail=$((fail + BASH_REMATCH[2]))
-	fi
-	if [[ $(cat "$rc") != 0 ]]; then
-		jobs_failed=$((jobs_failed + 1))
-		[[ $summary =~ [1-9][0-9]*\ failed ]] || fail=$((fail + 1))
-		echo "---- $(basename "$log" .log) (exit $(cat "$rc"))"
-		head -30 "$log"
-	fi
-done
-echo "test_engine_hostile: $NJOB checks run, $jobs_failed failed"
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 && $jobs_failed -eq 0 ]]
+pd_jobs_tally 30
+echo "test_engine_hostile: $NJOB checks run, $JOBS_FAILED failed"
+pd_finish

@@ -8,48 +8,21 @@
 #      PDELTA_NO_GO=1 skips `go tool pprof` on the outputs.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
-BINDIR=${BINDIR:-bin}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+. "$(dirname "$0")/lib.sh"
 PDELTA=$BINDIR/pdelta
-PY=/usr/bin/python3
 ORACLE=$ROOT/tests/oracle
-JOBS=${PDELTA_JOBS:-2}
 GOFLAG=()
 [[ -n ${PDELTA_NO_GO:-} ]] && GOFLAG=(--no-go)
 
-if [[ ! -x $PDELTA ]]; then
-	echo "test_engine_oracle: $PDELTA not built" >&2
-	exit 1
-fi
+pd_need "$PDELTA"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdelta-oracle.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-LOGS=$WORK/logs
-mkdir -p "$LOGS"
-NJOB=0
-
-# run_job NAME CMD...: runs one check in the background, at most $JOBS at a time.
-run_job() {
-	local name=$1
-	shift
-	while (($(jobs -rp | wc -l) >= JOBS)); do
-		wait -n || true
-	done
-	NJOB=$((NJOB + 1))
-	local log
-	log=$(printf '%s/%03d-%s' "$LOGS" "$NJOB" "$name")
-	(
-		if "$@" >"$log.log" 2>&1; then echo 0 >"$log.rc"; else echo $? >"$log.rc"; fi
-	) &
-}
+pd_init engine-oracle
+pd_jobs_init
 
 check() { # check NAME [check_seq options] FILE...
 	local name=$1
 	shift
-	run_job "$name" "$PY" "$ORACLE/check_seq.py" --pdelta "$PDELTA" "${GOFLAG[@]}" --label "$name" "$@"
+	pd_job "$name" "$PY" "$ORACLE/check_seq.py" --pdelta "$PDELTA" "${GOFLAG[@]}" --label "$name" "$@"
 }
 
 seq_files() { ls "$TESTDATA/profiles/$1"/*.pb.gz; }
@@ -116,30 +89,12 @@ while IFS='|' read -r name args files; do
 done <"$WORK/variants/manifest.txt"
 
 # --- inspect --json on a few files ---------------------------------------------------------
-run_job inspect "$PY" "$ORACLE/inspect_check.py" --pdelta "$PDELTA" "${HS[0]}" "$RAW/heap-002.pprof" \
+pd_job inspect "$PY" "$ORACLE/inspect_check.py" --pdelta "$PDELTA" "${HS[0]}" "$RAW/heap-002.pprof" \
 	"$TESTDATA/profiles/cpu-small/000.pb.gz" "$TESTDATA/profiles/goroutine-medium/000.pb.gz"
 
 wait
 
 # --- summary -------------------------------------------------------------------------------
-pass=0 fail=0 jobs_failed=0
-for rc in "$LOGS"/*.rc; do
-	log=${rc%.rc}.log
-	summary=$(grep -E '^check_seq .*: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1 || true)
-	if [[ $summary =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
-		pass=$((pass + BASH_REMATCH[1]))
-		fail=$((fail + BASH_REMATCH[2]))
-	fi
-	if [[ $(cat "$rc") != 0 ]]; then
-		jobs_failed=$((jobs_failed + 1))
-		[[ $summary =~ [1-9][0-9]*\ failed ]] || fail=$((fail + 1))
-		echo "---- $(basename "$log" .log) (exit $(cat "$rc"))"
-		head -60 "$log"
-	else
-		echo "$summary"
-		grep '^WARN' "$log" | head -3 || true
-	fi
-done
-echo "test_engine_oracle: $NJOB checks run, $jobs_failed failed"
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 && $jobs_failed -eq 0 ]]
+pd_jobs_tally 60 verbose
+echo "test_engine_oracle: $NJOB checks run, $JOBS_FAILED failed"
+pd_finish

@@ -16,50 +16,25 @@
 # KILL_MIN_MS / KILL_MAX_MS (default 50 / 500).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BINDIR=${BINDIR:-bin}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+. "$(dirname "$0")/lib.sh"
 PDELTAD=$BINDIR/pdeltad
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
-PY=/usr/bin/python3
+pd_need "$PDELTAD"
 
-[[ -x $PDELTAD ]] || { echo "test_kill9: $PDELTAD not built" >&2; exit 1; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdeltad-kill9.XXXXXX")
+pd_init kill9
 DRIVER_PID=
-
-cleanup() {
-	# The driver kills its server on every exit path; the pidfile (rewritten at each
-	# start) covers the driver itself being killed.
-	if [[ -n $DRIVER_PID ]]; then
-		kill -KILL "$DRIVER_PID" 2>/dev/null || true
-		wait "$DRIVER_PID" 2>/dev/null || true
-	fi
-	if [[ -s $WORK/server.pid ]]; then
-		kill -KILL "$(cat "$WORK/server.pid")" 2>/dev/null || true
-	fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
+# The driver kills its server on every exit path; the pidfile (rewritten at each start)
+# covers the driver itself being killed.
+pd_at_exit 'if [[ -n $DRIVER_PID ]]; then kill -KILL "$DRIVER_PID" 2>/dev/null; wait "$DRIVER_PID" 2>/dev/null; fi'
+pd_at_exit '[[ ! -s $WORK/server.pid ]] || kill -KILL "$(cat "$WORK/server.pid")" 2>/dev/null'
 trap 'exit 130' INT TERM
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-PORT=$(free_port)
-bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/null
+pd_certs "$WORK/certs"
 TOKEN=tok-kill9-$RANDOM$RANDOM
 printf '%s\n' "$TOKEN" >"$WORK/token"
-HASH=$(printf '%s\n' "$TOKEN" | "$PDELTAD" --hash-token)
-printf 'tenant=kill9 role=agent token_sha256=%s\n' "$HASH" >"$WORK/tenants"
+printf 'tenant=kill9 role=agent token_sha256=%s\n' "$(pd_hash "$TOKEN")" >"$WORK/tenants"
 # db_sync stays at its default (yes): the test is about what the server promises as shipped.
-cat >"$WORK/pdeltad.conf" <<EOF
-listen = 127.0.0.1:$PORT
-metrics_listen = off
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
-tenants = $WORK/tenants
-db = $WORK/state.db
+pd_conf off "$WORK/state.db" >"$WORK/pdeltad.conf"
+cat >>"$WORK/pdeltad.conf" <<EOF
 workers = 2
 log_level = warn
 EOF

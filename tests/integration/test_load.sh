@@ -25,44 +25,13 @@
 # Env: BINDIR (default bin), BUILD (default build/release).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BINDIR=${BINDIR:-bin}
-BUILD=${BUILD:-build/release}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+. "$(dirname "$0")/lib.sh"
 PDELTAD=$BINDIR/pdeltad
-LOAD=$BUILD/tests/tools/pd_load
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
-PY=/usr/bin/python3
+LOAD=$BUILDDIR/tests/tools/pd_load
 FULL=${LOAD_FULL:-0}
 
-for b in "$PDELTAD" "$LOAD"; do
-	[[ -x $b ]] || { echo "test_load: $b not built (make all)" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdeltad-load.XXXXXX")
-SERVER_PID=
-PASS=0
-FAIL=0
-
-cleanup() {
-	if [[ -n $SERVER_PID ]]; then
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-	fi
-	if ((FAIL > 0)) && [[ -f $WORK/server.log ]]; then
-		echo "---- server log (tail) ----"
-		tail -n 30 "$WORK/server.log"
-	fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-ok() { PASS=$((PASS + 1)); echo "ok   $*"; }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL $*"; }
-
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pd_need "$PDELTAD" "$LOAD"
+pd_init load
 
 # ---- setup -------------------------------------------------------------------------------
 if ((FULL)); then
@@ -83,27 +52,18 @@ fi
 SEQ_ARGS=()
 for s in "${SEQS[@]}"; do SEQ_ARGS+=(--seq "$TESTDATA/profiles/$s"); done
 
-PORT=$(free_port)
-MPORT=$(free_port)
-while [[ $MPORT == "$PORT" ]]; do MPORT=$(free_port); done
 HEALTHZ=http://127.0.0.1:$MPORT/healthz
-bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/null
+pd_certs "$WORK/certs"
 TOKEN=tok-load-$RANDOM$RANDOM
 printf '%s\n' "$TOKEN" >"$WORK/token"
-HASH=$(printf '%s\n' "$TOKEN" | "$PDELTAD" --hash-token)
-printf 'tenant=load role=agent token_sha256=%s\n' "$HASH" >"$WORK/tenants"
+printf 'tenant=load role=agent token_sha256=%s\n' "$(pd_hash "$TOKEN")" >"$WORK/tenants"
 # Idle sockets must be able to sit for the whole run: the handshake deadline is
 # raised above it (the default 10 s would close and the tool would reopen them),
 # and the caps on unauthenticated connections (in total and per source address:
 # everything here comes from 127.0.0.1) are raised above IDLE, since this test
 # measures what idle sockets cost, not how they are evicted (test_server_flood).
-cat >"$WORK/pdeltad.conf" <<EOF
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$MPORT
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
-tenants = $WORK/tenants
-db = $WORK/state.db
+pd_conf "127.0.0.1:$MPORT" "$WORK/state.db" >"$WORK/pdeltad.conf"
+cat >>"$WORK/pdeltad.conf" <<EOF
 max_connections = $((2 * (CONNS + IDLE) + 200))
 max_unauth_connections = $((CONNS + IDLE + 100))
 max_unauth_per_source = $((CONNS + IDLE + 100))
@@ -114,13 +74,7 @@ EOF
 start_server() {
 	"$PDELTAD" --config "$WORK/pdeltad.conf" >>"$WORK/server.log" 2>&1 &
 	SERVER_PID=$!
-	for _ in $(seq 100); do
-		if "$PY" -c "import urllib.request; urllib.request.urlopen('$HEALTHZ', timeout=1)" 2>/dev/null; then
-			return 0
-		fi
-		kill -0 "$SERVER_PID" 2>/dev/null || break
-		sleep 0.1
-	done
+	pd_wait_http "$HEALTHZ" "$SERVER_PID" && return 0
 	bad "server did not start"
 	exit 1
 }
@@ -277,5 +231,4 @@ else
 	ok "server log has no errors"
 fi
 
-echo "$PASS passed, $FAIL failed"
-((FAIL == 0))
+pd_finish

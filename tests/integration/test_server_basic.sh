@@ -20,66 +20,26 @@
 # Env: BINDIR (default bin).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BINDIR=${BINDIR:-bin}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+. "$(dirname "$0")/lib.sh"
 PDELTAD=$BINDIR/pdeltad
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
-PY=/usr/bin/python3
 CHECK=$HERE/srv_check.py
+pd_need "$PDELTAD"
 
-[[ -x $PDELTAD ]] || { echo "test_server_basic: $PDELTAD not built" >&2; exit 1; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdeltad-basic.XXXXXX")
-SERVER_PID=
-PASS=0
-FAIL=0
-
-cleanup() {
-	if [[ -n $SERVER_PID ]]; then
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-	fi
-	if ((FAIL > 0)) && [[ -f $WORK/server.log ]]; then
-		echo "---- server log (tail) ----"
-		tail -n 40 "$WORK/server.log"
-	fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-ok() { PASS=$((PASS + 1)); echo "ok   $*"; }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL $*"; }
+pd_init server-basic
+PD_LOG_TAIL=40
 
 # Runs a srv_check.py command and adds its "N passed, N failed" to ours.
 pycheck() {
 	local out rc=0
 	out=$("$PY" "$CHECK" "$@" 2>&1) || rc=$?
-	echo "$out" | grep -v '^[0-9]* passed, [0-9]* failed$' || true
-	local line p f
-	line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
-	if [[ -z $line ]]; then
-		bad "srv_check.py $* (no summary, exit $rc)"
-		return
-	fi
-	p=${line%% passed*}
-	f=${line#*, }
-	f=${f%% failed}
-	PASS=$((PASS + p))
-	FAIL=$((FAIL + f))
+	pd_tally "$out" "srv_check.py $* (exit $rc)"
 }
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-PORT=$(free_port)
-MPORT=$(free_port)
-while [[ $MPORT == "$PORT" ]]; do MPORT=$(free_port); done
 METRICS=http://127.0.0.1:$MPORT/metrics
 HEALTHZ=http://127.0.0.1:$MPORT/healthz
 
 # ---- setup: certificates, tokens, config ------------------------------------------------
-bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/null
+pd_certs "$WORK/certs"
 CA=$WORK/certs/ca.pem
 TOKEN=tok-acme-$RANDOM$RANDOM
 HASH=$(printf '%s\n' "$TOKEN" | "$PDELTAD" --hash-token)
@@ -91,14 +51,9 @@ tenant=acme role=agent token_sha256=$HASH
 tenant=acme role=agent cert_cn=agent-acme
 tenant=acme role=admin cert_cn=admin
 EOF
-cat >"$WORK/pdeltad.conf" <<EOF
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$MPORT
-tls_cert = $WORK/certs/server.pem
-tls_key = $WORK/certs/server.key
+pd_conf "127.0.0.1:$MPORT" "$WORK/state.db" >"$WORK/pdeltad.conf"
+cat >>"$WORK/pdeltad.conf" <<EOF
 tls_client_ca = $CA
-tenants = $WORK/tenants
-db = $WORK/state.db
 workers = 2
 drain_timeout_ms = 10s
 db_sync = no   # the crash tests cover durability; this one wants speed
@@ -169,10 +124,7 @@ rc=0
 cp "$WORK/tenants" "$WORK/hup-tenants"
 "$PDELTAD" --config "$WORK/pdeltad.conf" --tenants "$WORK/hup-tenants" --db "$WORK/hup.db" >"$WORK/hup.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 100); do
-	"$PY" -c "import urllib.request; urllib.request.urlopen('$HEALTHZ', timeout=1)" 2>/dev/null && break
-	sleep 0.1
-done
+pd_wait_http "$HEALTHZ" "$SERVER_PID" || true
 : >"$WORK/hup-tenants"
 kill -HUP "$SERVER_PID"
 sleep 0.5
@@ -203,13 +155,7 @@ out=$("$PDELTAD" --config "$ROOT/deploy/pdeltad.conf.example" --tls_cert "$WORK/
 start_server() {
 	"$PDELTAD" --config "$WORK/pdeltad.conf" "$@" >>"$WORK/server.log" 2>&1 &
 	SERVER_PID=$!
-	for _ in $(seq 100); do
-		if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('$HEALTHZ', timeout=1)" 2>/dev/null; then
-			return 0
-		fi
-		kill -0 "$SERVER_PID" 2>/dev/null || break
-		sleep 0.1
-	done
+	pd_wait_http "$HEALTHZ" "$SERVER_PID" && return 0
 	bad "server did not start"
 	return 1
 }
@@ -286,5 +232,4 @@ else
 	ok "server log has no errors or sanitizer reports"
 fi
 
-echo "$PASS passed, $FAIL failed"
-((FAIL == 0))
+pd_finish

@@ -18,12 +18,6 @@ SERVER_VARIANTS=1 bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/nul
 pd_pki
 C=$WORK/certs
 
-metric() { # metric NAME_WITH_LABELS: its value in /metrics
-	"$PY" -c "import urllib.request,sys; t=urllib.request.urlopen('http://127.0.0.1:$MPORT/metrics', timeout=5).read().decode()
-for l in t.splitlines():
-    if l.startswith(sys.argv[1] + ' '): print(l.split()[-1]); break" "$1"
-}
-
 client_ok() { # a real TLS + HELLO against the server, verifying its certificate
 	"$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); import pdproto
 c = pdproto.Client.connect('127.0.0.1', int(sys.argv[2]), sys.argv[3], token=sys.argv[4]); c.close()" \
@@ -61,7 +55,7 @@ cp "$C/server.pem" "$WORK/live.pem"
 cp "$C/server.key" "$WORK/live.key"
 cp "$C/ca.pem" "$WORK/live-ca.pem"
 pd_start_server --tls_cert "$WORK/live.pem" --tls_key "$WORK/live.key" --tls_client_ca "$WORK/live-ca.pem"
-days=$(metric pdeltad_tls_cert_expiry_days)
+days=$(pd_metric pdeltad_tls_cert_expiry_days)
 "$PY" -c "import sys; sys.exit(0 if 800 < float('$days') < 830 else 1)" && ok "pdeltad_tls_cert_expiry_days = $days" ||
 	bad "pdeltad_tls_cert_expiry_days = '$days'"
 
@@ -95,10 +89,10 @@ for v in expired future clientauth mismatch client-ca; do
 	client_ok 2>"$WORK/client.err" && ok "SIGHUP with $v: the old certificate still serves" ||
 		bad "SIGHUP with $v: client fails: $(tail -n 1 "$WORK/client.err")"
 done
-[[ $(metric pdeltad_tls_cert_refused_total) == "$refused" ]] && ok "pdeltad_tls_cert_refused_total = $refused" ||
-	bad "pdeltad_tls_cert_refused_total = $(metric pdeltad_tls_cert_refused_total), want $refused"
-[[ $(metric 'pdeltad_tls_reloads_total{result="failed"}') == "$refused" ]] && ok "reloads counted as failed" ||
-	bad "pdeltad_tls_reloads_total{failed} = $(metric 'pdeltad_tls_reloads_total{result="failed"}')"
+[[ $(pd_metric pdeltad_tls_cert_refused_total) == "$refused" ]] && ok "pdeltad_tls_cert_refused_total = $refused" ||
+	bad "pdeltad_tls_cert_refused_total = $(pd_metric pdeltad_tls_cert_refused_total), want $refused"
+[[ $(pd_metric 'pdeltad_tls_reloads_total{result="failed"}') == "$refused" ]] && ok "reloads counted as failed" ||
+	bad "pdeltad_tls_reloads_total{failed} = $(pd_metric 'pdeltad_tls_reloads_total{result="failed"}')"
 
 # A certificate that expires in 5 days is still valid: installed, with a warning.
 hup "$C/server-soon.pem" "$C/server-soon.key"
@@ -106,7 +100,7 @@ tail -n 3 "$WORK/server.log" | grep -q "reloaded TLS files" && ok "SIGHUP with a
 	bad "SIGHUP soon: $(tail -n 2 "$WORK/server.log")"
 grep -q "WARN the server certificate .* expires in [0-9.]* days" "$WORK/server.log" && ok "expiring certificate warned in the log" ||
 	bad "no expiry warning in the log"
-days=$(metric pdeltad_tls_cert_expiry_days)
+days=$(pd_metric pdeltad_tls_cert_expiry_days)
 "$PY" -c "import sys; sys.exit(0 if 4 < float('$days') <= 5 else 1)" && ok "pdeltad_tls_cert_expiry_days = $days after the reload" ||
 	bad "pdeltad_tls_cert_expiry_days = '$days'"
 client_ok 2>"$WORK/client.err" && ok "the new certificate serves" || bad "client after soon reload: $(tail -n 1 "$WORK/client.err")"

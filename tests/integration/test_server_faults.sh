@@ -27,17 +27,6 @@ want() { [[ -z ${ONLY:-} || ${ONLY:-} == "$1" ]]; }
 send() { "$BINDIR/pdelta" send --server "127.0.0.1:$PORT" --ca "$CA" --token "$AGENT_TOKEN" \
 	--attempts 1 --incarnation 7 "$@"; }
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$SERVER_PID/status"; }
-metric() { # metric NAME_WITH_LABELS: its value (0 when absent)
-	"$PY" - "http://127.0.0.1:$MPORT/metrics" "$1" <<'EOF'
-import sys, urllib.request
-body = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
-for line in body.splitlines():
-    if line.startswith(sys.argv[2] + " "):
-        print(line.split()[-1]); break
-else:
-    print(0)
-EOF
-}
 http_body() { "$PY" -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"; }
 sql() { "$PY" - "$WORK/state.db" "$@" <<'EOF'
 import sqlite3, sys
@@ -54,7 +43,7 @@ umount_tmpfs() {
 		MNT=
 	fi
 }
-trap 'umount_tmpfs; pd_cleanup' EXIT
+pd_at_exit umount_tmpfs
 
 # ---- memory: gzip bombs ----------------------------------------------------------------------
 if want memory; then
@@ -97,7 +86,7 @@ EOF
 	peak_budget=$((base + W * (INFL_MB + KEEP_MB) * 1024 + 32 * 1024))
 	echo "     RSS kB: base $base, after bombs $after_bombs, after a normal request $after_normal," \
 		"peak $peak; budgets: steady $steady, peak $peak_budget"
-	if ldd "$BINDIR/pdeltad" 2>/dev/null | grep -q 'lib[at]san'; then
+	if ldd "$BINDIR/pdeltad" 2>/dev/null | grep 'lib[at]san' >/dev/null; then
 		# A sanitizer's shadow memory and quarantine make RSS meaningless: figures only.
 		echo "info: sanitizer build, RSS not judged: after bombs ${after_bombs} kB, after a normal request ${after_normal} kB, peak ${peak} kB"
 	else
@@ -108,7 +97,7 @@ EOF
 		((peak <= peak_budget)) && ok "memory: peak RSS ${peak} kB <= peak budget ${peak_budget} kB" ||
 			bad "memory: peak RSS ${peak} kB > peak budget ${peak_budget} kB"
 	fi
-	trims=$(metric pdeltad_worker_trims_total)
+	trims=$(pd_metric pdeltad_worker_trims_total 0)
 	((trims >= 1)) && ok "memory: pdeltad_worker_trims_total = $trims" ||
 		bad "memory: no worker trim counted"
 	pd_stop_server TERM
@@ -136,7 +125,7 @@ if want corrupt; then
 	else
 		ok "corrupt response: no corrupt output file"
 	fi
-	n=$(metric 'pdeltad_store_corrupt_rows_total{what="response"}')
+	n=$(pd_metric 'pdeltad_store_corrupt_rows_total{what="response"}' 0)
 	((n == 1)) && ok "corrupt response: counted in /metrics" || bad "corrupt response: metric is $n"
 	grep -q 'ERROR.*c/resp.*fails its checksum' "$WORK/server.log" && ok "corrupt response: logged" ||
 		bad "corrupt response: no log line"
@@ -152,7 +141,7 @@ if want corrupt; then
 	out=$(send --stream c/state --seq 3 -o "$WORK/s3" "${HS[2]}" 2>&1) || true
 	[[ $out == *"BASELINE evicted"* ]] && ok "corrupt state: BASELINE evicted" ||
 		bad "corrupt state: got [$out]"
-	n=$(metric 'pdeltad_store_corrupt_rows_total{what="state"}')
+	n=$(pd_metric 'pdeltad_store_corrupt_rows_total{what="state"}' 0)
 	((n == 1)) && ok "corrupt state: counted in /metrics" || bad "corrupt state: metric is $n"
 	grep -q 'ERROR stream acme/c/state: stored state is corrupt' "$WORK/server.log" &&
 		ok "corrupt state: logged" || bad "corrupt state: no log line"
@@ -187,7 +176,7 @@ check_full() { # check_full LABEL CAUSE_REGEX
 	body=$(http_body "http://127.0.0.1:$MPORT/healthz")
 	grep -Eq "^store: last error at .*$2" <<<"$body" && ok "$1: /healthz shows the last store error" ||
 		bad "$1: /healthz: $body"
-	ts=$(metric pdeltad_store_last_error_timestamp_seconds)
+	ts=$(pd_metric pdeltad_store_last_error_timestamp_seconds 0)
 	"$PY" -c "import sys, time; sys.exit(0 if abs(time.time() - float(sys.argv[1])) < 300 else 1)" "$ts" &&
 		ok "$1: /metrics has the last store error's time" || bad "$1: last error timestamp $ts"
 	body=$(http_body "http://127.0.0.1:$MPORT/metrics")
@@ -212,10 +201,7 @@ if want full; then
 			--tenants "$WORK/tenants" --db "$MNT/state.db" --workers 2 --db_sync no \
 			>>"$WORK/server.log" 2>&1 &
 		SERVER_PID=$!
-		for _ in $(seq 100); do
-			http_body "http://127.0.0.1:$MPORT/healthz" >/dev/null 2>&1 && break
-			sleep 0.1
-		done
+		pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || true
 		fill_until_full tmpfs/
 		check_full "full (tmpfs)" "disk is full \(sqlite 13, [0-9]{1,6} bytes free"
 		umount_tmpfs

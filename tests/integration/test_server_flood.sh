@@ -18,12 +18,6 @@ pd_init flood
 pd_pki
 ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-metric() {
-	"$PY" -c "import urllib.request,sys; t=urllib.request.urlopen('http://127.0.0.1:$MPORT/metrics', timeout=5).read().decode()
-for l in t.splitlines():
-    if l.startswith(sys.argv[1] + ' '): print(l.split()[-1]); break" "$1"
-}
-
 tally() { # tally OUTPUT: counts the helper's ok/FAIL lines as ours
 	echo "$1"
 	PASS=$((PASS + $(grep -c '^ok ' <<<"$1" || true)))
@@ -36,9 +30,9 @@ pd_start_server --max_connections 512 --log_level warn
 out=$("$PY" "$ROOT/tests/integration/srv_flood.py" idle --port "$PORT" --ca "$CA" --token "$AGENT_TOKEN" \
 	--sockets 2000 --sources 40 --bound 2 2>&1 || true)
 tally "$out"
-n=$(metric 'pdeltad_limit_hits_total{limit="max_unauth_connections"}')
+n=$(pd_metric 'pdeltad_limit_hits_total{limit="max_unauth_connections"}')
 ((${n:-0} > 1000)) && ok "max_unauth_connections hits counted ($n)" || bad "max_unauth_connections hits: '$n'"
-n=$(metric 'pdeltad_connection_closes_total{reason="unauth_evicted"}')
+n=$(pd_metric 'pdeltad_connection_closes_total{reason="unauth_evicted"}')
 ((${n:-0} > 1000)) && ok "evictions counted ($n)" || bad "unauth_evicted closes: '$n'"
 (($(grep -c 'unauthenticated' "$WORK/server.log" || true) < 50)) && ok "evictions do not flood the log" ||
 	bad "log lines about evictions: $(grep -c unauthenticated "$WORK/server.log")"
@@ -49,10 +43,10 @@ pd_start_server --auth_fail_delay_max_ms 1s --auth_fail_block_after 10
 out=$("$PY" "$ROOT/tests/integration/srv_flood.py" brute --port "$PORT" --ca "$CA" --token "$AGENT_TOKEN" \
 	--threads 8 --seconds 6 --max-rate 10 2>&1 || true)
 tally "$out"
-[[ $(metric pdeltad_auth_blocks_total) == 1 ]] && ok "pdeltad_auth_blocks_total = 1" || bad "auth blocks: $(metric pdeltad_auth_blocks_total)"
-n=$(metric pdeltad_auth_failures_delayed_total)
+[[ $(pd_metric pdeltad_auth_blocks_total) == 1 ]] && ok "pdeltad_auth_blocks_total = 1" || bad "auth blocks: $(pd_metric pdeltad_auth_blocks_total)"
+n=$(pd_metric pdeltad_auth_failures_delayed_total)
 ((${n:-0} >= 5)) && ok "delayed failures counted ($n)" || bad "pdeltad_auth_failures_delayed_total = '$n'"
-n=$(metric 'pdeltad_limit_hits_total{limit="auth_blocked"}')
+n=$(pd_metric 'pdeltad_limit_hits_total{limit="auth_blocked"}')
 ((${n:-0} >= 1)) && ok "HELLOs of the blocked address counted ($n)" || bad "auth_blocked hits: '$n'"
 grep -q 'blocked for' "$WORK/server.log" && ok "the block is logged" || bad "no block in the log"
 (($(grep -c 'closed (auth)' "$WORK/server.log" || true) <= 10 * 8)) && ok "auth failures are logged rate-limited" ||

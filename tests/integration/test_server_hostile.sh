@@ -9,21 +9,13 @@
 # Env: BINDIR (default bin).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BINDIR=${BINDIR:-bin}
-case $BINDIR in /*) ;; *) BINDIR=$ROOT/$BINDIR ;; esac
+. "$(dirname "$0")/lib.sh"
 PDELTAD=$BINDIR/pdeltad
-TESTDATA=$ROOT/tests/data  # the repository's fixtures (tests/data/README.md)
-PY=/usr/bin/python3
+pd_need "$PDELTAD"
 
-[[ -x $PDELTAD ]] || { echo "test_server_hostile: $PDELTAD not built" >&2; exit 1; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pdeltad-hostile.XXXXXX")
+pd_init server-hostile
 PID_A=
 PID_B=
-PASS=0
-FAIL=0
 
 stop_pid() { # stop_pid PID: ends a server this script started
 	[[ -n $1 ]] || return 0
@@ -31,64 +23,33 @@ stop_pid() { # stop_pid PID: ends a server this script started
 	wait "$1" 2>/dev/null || true
 }
 
-cleanup() {
-	stop_pid "$PID_A"
-	stop_pid "$PID_B"
-	if ((FAIL > 0)); then
-		for f in "$WORK"/server-*.log; do
-			[[ -f $f ]] || continue
-			echo "---- $(basename "$f") (tail) ----"
-			grep -v DEBUG "$f" | tail -n 30
-		done
-	fi
-	rm -rf "$WORK"
+server_logs() {
+	for f in "$WORK"/server-*.log; do
+		[[ -f $f ]] || continue
+		echo "---- $(basename "$f") (tail) ----"
+		grep -v DEBUG "$f" | tail -n 30
+	done
 }
-trap cleanup EXIT
-
-ok() { PASS=$((PASS + 1)); echo "ok   $*"; }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL $*"; }
-
-# Adds a helper's "N passed, N failed" to ours; prints its lines.
-tally() {
-	local out=$1 line p f
-	echo "$out" | grep -v -E '^[0-9]+ passed, [0-9]+ failed$' || true
-	line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
-	if [[ -z $line ]]; then
-		bad "helper printed no summary"
-		return
-	fi
-	p=${line%% passed*}
-	f=${line#*, }
-	f=${f%% failed}
-	PASS=$((PASS + p))
-	FAIL=$((FAIL + f))
-}
-
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pd_at_exit 'stop_pid "$PID_A"; stop_pid "$PID_B"; ((FAIL == 0)) || server_logs'
 
 wait_healthy() { # wait_healthy PID URL
-	for _ in $(seq 100); do
-		"$PY" -c "import urllib.request; urllib.request.urlopen('$2', timeout=1)" 2>/dev/null && return 0
-		kill -0 "$1" 2>/dev/null || break
-		sleep 0.1
-	done
+	pd_wait_http "$2" "$1" && return 0
 	bad "server did not start"
 	return 1
 }
 
 # ---- setup ------------------------------------------------------------------------------------
-bash "$ROOT/deploy/certs/gen-certs.sh" "$WORK/certs" >/dev/null
+pd_certs "$WORK/certs"
 CA=$WORK/certs/ca.pem
 cp "$WORK/certs/server.pem" "$WORK/server.pem" # the copy SIGHUP reloads (and the test breaks)
 cp "$WORK/certs/server.key" "$WORK/server.key"
 TOKEN_A=tok-a-$RANDOM$RANDOM
 TOKEN_B=tok-b-$RANDOM$RANDOM
 TOKEN_R=tok-r-$RANDOM$RANDOM
-hash() { printf '%s' "$1" | "$PDELTAD" --hash-token; }
 cat >"$WORK/tenants" <<EOF
-tenant=acme role=agent token_sha256=$(hash "$TOKEN_A")
-tenant=beta role=agent token_sha256=$(hash "$TOKEN_B")
-tenant=acme role=agent token_sha256=$(hash "$TOKEN_R")
+tenant=acme role=agent token_sha256=$(pd_hash "$TOKEN_A")
+tenant=beta role=agent token_sha256=$(pd_hash "$TOKEN_B")
+tenant=acme role=agent token_sha256=$(pd_hash "$TOKEN_R")
 tenant=acme role=agent cert_cn=agent-acme
 tenant=acme role=admin cert_cn=admin
 EOF
@@ -122,21 +83,21 @@ hostile() { # hostile ATTACK [ARG]: on server A, then a normal client must still
 		--token-r "$TOKEN_R" --certs "$WORK/certs" --profiles "$TESTDATA/profiles/heap-small" \
 		--metrics "$METRICS_A" --pid "$PID_A" --tenants "$WORK/tenants" --server-cert "$WORK/server.pem" \
 		"$@" 2>&1) || true
-	tally "$out"
+	pd_tally "$out"
 	out=$("$PY" "$HERE/srv_hostile.py" --port "$PORT_A" --ca "$CA" --token "$TOKEN_A" \
 		--profiles "$TESTDATA/profiles/heap-small" normal 2>&1) || true
-	tally "$(echo "$out" | sed "s/^ok   normal/ok   after $1: normal/")"
+	pd_tally "$(echo "$out" | sed "s/^ok   normal/ok   after $1: normal/")"
 }
 
 on_b() { # on_b ATTACK [ARG]: on server B (client certificate required)
 	local out
 	out=$("$PY" "$HERE/srv_hostile.py" --port "$PORT_B" --ca "$CA" --token "$TOKEN_A" --certs "$WORK/certs" \
 		--profiles "$TESTDATA/profiles/heap-small" "$@" 2>&1) || true
-	tally "$(echo "$out" | sed "s/^\(ok   \|FAIL \)/\1[mTLS required] /")"
+	pd_tally "$(echo "$out" | sed "s/^\(ok   \|FAIL \)/\1[mTLS required] /")"
 }
 
 metrics() { # metrics URL EXPR...
-	tally "$("$PY" "$HERE/srv_check.py" metrics "$@" 2>&1 || true)"
+	pd_tally "$("$PY" "$HERE/srv_check.py" metrics "$@" 2>&1 || true)"
 }
 
 # ---- attacks on server A ------------------------------------------------------------------------
@@ -236,5 +197,4 @@ else
 	ok "no sanitizer reports in the server logs"
 fi
 
-echo "$PASS passed, $FAIL failed"
-((FAIL == 0))
+pd_finish

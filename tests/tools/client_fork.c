@@ -21,20 +21,7 @@
 #include <unistd.h>
 
 #include "pdelta.h"
-
-static int pass, fail;
-
-#define EXPECT(cond, ...)                                        \
-	do {                                                     \
-		if (cond) {                                      \
-			pass++;                                  \
-		} else {                                         \
-			fail++;                                  \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-			fprintf(stderr, __VA_ARGS__);            \
-			fputc('\n', stderr);                     \
-		}                                                \
-	} while (0)
+#include "../unit/tharness.h"
 
 static unsigned char *slurp(const char *path, size_t *len)
 {
@@ -103,8 +90,8 @@ static int child(pdelta *h, unsigned char **in, size_t *len, uint64_t parent_inc
 	       (unsigned long long)st.connects);
 	EXPECT(pdelta_incarnation(h) != parent_inc, "child: incarnation not redrawn");
 	pdelta_free(h); /* must not say GOODBYE on the parent's connection */
-	fprintf(stderr, "child: %d passed, %d failed\n", pass, fail);
-	return fail ? 1 : 0;
+	fprintf(stderr, "child: %d passed, %d failed\n", th_pass, th_fail);
+	return th_fail ? 1 : 0;
 }
 
 static void parent_continue(pdelta *h, pdelta *loc, unsigned char **in, size_t *len)
@@ -197,6 +184,5 @@ int main(int argc, char **argv)
 	pdelta_free(loc);
 	for (int i = 0; i < 4; i++)
 		free(in[i]);
-	printf("client_fork: %d passed, %d failed\n", pass, fail);
-	return fail ? 1 : 0;
+	return TH_DONE_AS("client_fork");
 }

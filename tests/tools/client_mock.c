@@ -35,20 +35,7 @@
 #include "pd_frame.h"
 #include "pd_gz.h"
 #include "pdelta.h"
-
-static int pass, fail;
-
-#define EXPECT(cond, ...)                                                    \
-	do {                                                                 \
-		if (cond) {                                                  \
-			pass++;                                              \
-		} else {                                                     \
-			fail++;                                              \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fputc('\n', stderr);                                 \
-		}                                                            \
-	} while (0)
+#include "../unit/tharness.h"
 
 static const char *ca_path, *cert_path, *key_path;
 
@@ -819,6 +806,5 @@ int main(int argc, char **argv)
 	t_goodbye();
 	t_early();
 	t_reset();
-	printf("client_mock: %d passed, %d failed\n", pass, fail);
-	return fail ? 1 : 0;
+	return TH_DONE_AS("client_mock");
 }

@@ -1,9 +1,17 @@
 /*
- * Unit tests of the state store (server/pd_store.h) on the SQLite backend:
- * round trip, concurrent readers, group commit, fault injection and real
- * SQLITE_FULL, backpressure, listings, expiry, compare-and-set, reopen.
- * Each test uses its own database in a temp dir under /tmp, removed at exit.
+ * Unit tests of the state store (server/pd_store.h): round trip, concurrent
+ * readers, group commit, fault injection, backpressure, listings, expiry,
+ * compare-and-set, reopen, checksums.
+ *
+ * By default on the SQLite backend, each test with its own database in a temp
+ * dir under /tmp, removed at exit (plus the SQLite-only cases: real
+ * SQLITE_FULL, file mode, schema-1 migration). With PDELTA_TEST_PG set to a
+ * libpq key=value connection string, the backend-neutral tests run on
+ * PostgreSQL instead, each in its own schema (search_path) dropped at exit,
+ * plus the PostgreSQL-only cases (schema refusals, connection loss);
+ * tests/integration/test_store_pg.sh does that against a throwaway server.
  */
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -18,14 +26,43 @@
 #include "pd_store.h"
 #include "tharness.h"
 
+#define PATH_CAP 512 /* a file name, or a PostgreSQL connection string */
+
 static char tmp_dir[64];
 static int db_counter;
+static const char *pg_conninfo; /* PDELTA_TEST_PG: run on PostgreSQL */
 
 /* ---- helpers ------------------------------------------------------------------ */
 
+/* Runs SQL on the PostgreSQL server of the tests; 1 if it succeeded. */
+static int pg_sql(const char *sql)
+{
+	PGconn *c = PQconnectdb(pg_conninfo);
+	PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+	ExecStatusType st = PQresultStatus(r);
+	int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+
+	if (!ok)
+		fprintf(stderr, "pg: %s: %s", sql, PQerrorMessage(c));
+	PQclear(r);
+	PQfinish(c);
+	return ok;
+}
+
+/* SQLite: a file in tmp_dir. PostgreSQL: a fresh schema pdt_<id>, named by
+ * the connection string's search_path. */
 static void db_path(char *buf, size_t n, int id)
 {
-	snprintf(buf, n, "%s/s%d.db", tmp_dir, id);
+	char sql[128];
+
+	if (!pg_conninfo) {
+		snprintf(buf, n, "%s/s%d.db", tmp_dir, id);
+		return;
+	}
+	snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS pdt_%d CASCADE; CREATE SCHEMA pdt_%d", id,
+		 id);
+	CHECK(pg_sql(sql));
+	snprintf(buf, n, "%s options='-csearch_path=pdt_%d'", pg_conninfo, id);
 }
 
 static void remove_db(const char *path)
@@ -226,7 +263,7 @@ static int64_t now_ms(void)
 
 static void test_round_trip(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	pd_stream_rec got = {0};
 	pd_stream_rec *in;
@@ -327,7 +364,7 @@ static void *reader_main(void *p)
 
 static void test_concurrent_readers(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	struct reader_arg ra[2];
 	pthread_t th[2];
@@ -379,7 +416,7 @@ static void visible_done(void *arg, int rc, uint64_t latency_ns)
 static void test_group_commit(void)
 {
 	enum { N = 1000, STREAMS = 50 };
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	struct done_count d;
 	struct pd_store_stats st;
@@ -422,7 +459,7 @@ static void test_group_commit(void)
 
 static void test_injected_fault(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	struct done_count d;
 	struct gate g;
@@ -470,7 +507,7 @@ static void test_injected_fault(void)
 /* A real SQLITE_FULL from the disk budget: the batch is rolled back whole. */
 static void test_disk_full(void)
 {
-	char path[128], name[32];
+	char path[PATH_CAP], name[32];
 	struct pd_store_opts o;
 	struct rec_buf b;
 	struct pd_store_stats st;
@@ -516,7 +553,7 @@ static void test_disk_full(void)
 
 static void test_backpressure(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct pd_store_opts o;
 	struct rec_buf b;
 	struct done_count d;
@@ -566,7 +603,7 @@ static void test_backpressure(void)
 /* A row over max_row_bytes fails alone; its batch neighbours commit. */
 static void test_row_limit(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct pd_store_opts o;
 	struct rec_buf b;
 	struct done_count d;
@@ -647,7 +684,7 @@ static void put_seen(pd_store *s, const char *tenant, const char *name, int64_t 
 
 static void test_list_and_admin(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct listing l;
 	struct totals t = {{0}};
 	struct done_count d;
@@ -709,7 +746,7 @@ static void test_list_and_admin(void)
 
 static void test_expire(void)
 {
-	char path[128], name[32];
+	char path[PATH_CAP], name[32];
 	struct pd_store_stats st;
 	uint64_t n = 99, left;
 	int64_t now = now_ms();
@@ -739,7 +776,7 @@ static void test_expire(void)
 
 static void test_compare_and_set(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	struct done_count d;
 	struct pd_store_stats st;
@@ -778,7 +815,7 @@ static void flush_from_writer(void *arg, int rc, uint64_t latency_ns)
 
 static void test_reopen_and_close(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	struct done_count d;
 	struct flush_probe fp;
@@ -828,8 +865,15 @@ static void test_reopen_and_close(void)
 	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "not a pdelta"));
 	o.path = "/nonexistent-dir/x.db";
 	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
-	o.path = "postgresql://db/pdelta";
-	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG);
+	/* PostgreSQL connection strings go to that backend: a server that is
+	 * not there is a store error naming the cause. */
+	CHECK(pd_store_is_pg("postgresql://db/pdelta") && pd_store_is_pg("postgres://x"));
+	CHECK(pd_store_is_pg("host=/run/pg dbname=p") && pd_store_is_pg("dbname = p"));
+	CHECK(!pd_store_is_pg("state.db") && !pd_store_is_pg("./host=x") &&
+	      !pd_store_is_pg("/var/lib/pdelta/x=y.db") && !pd_store_is_pg("hosts=x"));
+	o.path = "postgresql://127.0.0.1:1/pdelta?connect_timeout=2";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
+	CHECK(strstr(e.msg, "cannot connect to PostgreSQL") != NULL);
 }
 
 /* Flips one byte of the kept response of tenant/name behind the store's back. */
@@ -853,7 +897,7 @@ static void flip_response_byte(const char *path, const char *tenant, const char 
  * state alone still work; the next put heals the row. */
 static void test_response_checksum(void)
 {
-	char path[128];
+	char path[PATH_CAP];
 	struct rec_buf b;
 	struct pd_store_stats st;
 	pd_stream_rec r = {0};
@@ -902,7 +946,7 @@ static void test_migrate_schema1(void)
 		"INSERT INTO streams VALUES (1, 't', 'old', 3, 0, 0, 5, x'00', 1, 'first', 1, 1, 9,"
 		" 0, 1, 1, 1, 0, '', x'', x'1f8b0800');"
 		"PRAGMA application_id=1885621364; PRAGMA user_version=1;";
-	char path[128];
+	char path[PATH_CAP];
 	struct pd_store_opts o;
 	struct rec_buf b;
 	pd_stream_rec r = {0};
@@ -940,11 +984,180 @@ static void test_migrate_schema1(void)
 	CHECK(ver == 2);
 }
 
+/* ---- PostgreSQL only ------------------------------------------------------------- */
+
+/* SQL on one test's schema. */
+static int pg_sql_in(int id, const char *stmt)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof sql, "SET search_path = pdt_%d; %s", id, stmt);
+	return pg_sql(sql);
+}
+
+/* Reopen keeps the rows; a newer schema, a foreign table of our name and a
+ * schema row of another application are refused with a clear error. */
+static void test_pg_schema(void)
+{
+	char path[PATH_CAP], other[PATH_CAP];
+	struct pd_store_opts o;
+	struct rec_buf b;
+	pd_err e = {0};
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+	int id = db_counter, other_id;
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	CHECK(put_sync(s, make_rec(&b, "t", "x", 5, 100)) == PD_OK);
+	pd_store_close(s);
+	pd_store_opts_init(&o);
+	o.path = path;
+	CHECK(pd_store_open(&o, &s, &e) == PD_OK);
+	if (s) {
+		CHECK(get_seq(s, "t", "x") == 5);
+		CHECK(pd_store_integrity_check(s, &e) == PD_OK);
+		pd_store_close(s);
+	}
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET version = 99"));
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "newer") && !s);
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET application = 'other', version = 1"));
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "not a pdelta") && !s);
+
+	db_path(other, sizeof other, other_id = ++db_counter);
+	CHECK(pg_sql_in(other_id, "CREATE TABLE pdelta_streams (x int)"));
+	o.path = other;
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "not a pdelta") && !s);
+	o.path = path;
+	o.max_db_bytes = 1 << 20;
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && strstr(e.msg, "SQLite only"));
+}
+
+/* Both blobs are checksummed: a flipped byte of the kept response is
+ * PD_E_STATE on read, and the integrity check finds either. */
+static void test_pg_checksums(void)
+{
+	char path[PATH_CAP];
+	struct rec_buf b;
+	pd_stream_rec r = {0};
+	pd_err e = {0};
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+	int id = db_counter;
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	CHECK(put_sync(s, make_rec(&b, "t", "c", 7, 100)) == PD_OK);
+	CHECK(put_sync(s, make_rec(&b, "t", "d", 7, 100)) == PD_OK);
+	CHECK(pd_store_integrity_check(s, &e) == PD_OK);
+	CHECK(pd_store_get_response(s, "t", "c", &r, &e) == PD_OK && r.has_delta_crc);
+	CHECK(pg_sql_in(id, "UPDATE pdelta_streams SET last_delta = set_byte(last_delta, 9, "
+			    "get_byte(last_delta, 9) # 1) WHERE name = 'c'"));
+	CHECK(pd_store_get_response(s, "t", "c", &r, &e) == PD_E_STATE && strstr(e.msg, "checksum"));
+	CHECK(pd_store_integrity_check(s, &e) == PD_E_STATE && strstr(e.msg, "response of t/c"));
+	CHECK(put_sync(s, make_rec(&b, "t", "c", 8, 100)) == PD_OK);
+	CHECK(pd_store_integrity_check(s, &e) == PD_OK);
+	CHECK(pg_sql_in(id, "UPDATE pdelta_streams SET state = set_byte(state, 3, "
+			    "get_byte(state, 3) # 1) WHERE name = 'c'"));
+	CHECK(pd_store_integrity_check(s, &e) == PD_E_STATE && strstr(e.msg, "state of t/c"));
+	pd_stream_rec_free(&r);
+	pd_store_close(s);
+}
+
+/* Two stores (two nodes) on one database: of two conditional puts on the
+ * same version, exactly one applies, every round. */
+static void test_pg_two_nodes(void)
+{
+	char path[PATH_CAP];
+	struct pd_store_opts o;
+	struct rec_buf b1, b2;
+	struct done_count d1, d2;
+	pd_stream_rec r = {0};
+	pd_store *a = open_fresh(NULL, path, sizeof path), *c = NULL;
+	pd_err e = {0};
+	uint64_t version = 0;
+	int rounds = 50, single = 1;
+
+	pd_store_opts_init(&o);
+	o.path = path;
+	CHECK(a != NULL && pd_store_open(&o, &c, &e) == PD_OK);
+	if (!a || !c)
+		goto out;
+	for (int i = 0; i < rounds; i++) {
+		done_init(&d1);
+		done_init(&d2);
+		CHECK(pd_store_put_if_async(a, make_rec(&b1, "t", "race", 2 * (uint64_t)i + 1, 64),
+					    version, count_done, &d1) == PD_OK);
+		CHECK(pd_store_put_if_async(c, make_rec(&b2, "t", "race", 2 * (uint64_t)i + 2, 64),
+					    version, count_done, &d2) == PD_OK);
+		pd_store_flush(a);
+		pd_store_flush(c);
+		single &= d1.ok + d2.ok == 1 && d1.state + d2.state == 1;
+		CHECK(pd_store_get(c, "t", "race", &r, NULL) == PD_OK);
+		single &= r.version == version + 1 &&
+			  r.last_seq == (d1.ok ? 2 * (uint64_t)i + 1 : 2 * (uint64_t)i + 2);
+		version = r.version;
+	}
+	CHECK(single && version == (uint64_t)rounds);
+out:
+	pd_stream_rec_free(&r);
+	pd_store_close(c);
+	pd_store_close(a);
+}
+
+static void wait_reachable(pd_store *s, int want, int max_ms)
+{
+	struct pd_store_stats st;
+
+	for (int t = 0; t < max_ms; t += 50) {
+		pd_store_stats(s, &st);
+		if ((st.unreachable == 0) == want)
+			return;
+		usleep(50 * 1000);
+	}
+}
+
+/* The server drops our connections: the write in flight fails with
+ * PD_E_STORE, the store says unreachable, reconnects by itself, and then
+ * writes and reads work again with nothing committed lost. */
+static void test_pg_connection_loss(void)
+{
+	char path[PATH_CAP];
+	struct rec_buf b;
+	struct pd_store_stats st;
+	pd_stream_rec r = {0};
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	CHECK(put_sync(s, make_rec(&b, "t", "k", 1, 100)) == PD_OK);
+	CHECK(get_seq(s, "t", "k") == 1);
+	CHECK(pg_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+		     "WHERE application_name = 'pdeltad' AND pid <> pg_backend_pid()"));
+	CHECK(put_sync(s, make_rec(&b, "t", "k", 2, 100)) == PD_E_STORE);
+	pd_store_stats(s, &st);
+	CHECK(st.unreachable == 1 && st.writes_failed == 1);
+	wait_reachable(s, 1, 5000);
+	pd_store_stats(s, &st);
+	CHECK(st.unreachable == 0);
+	CHECK(put_sync(s, make_rec(&b, "t", "k", 3, 100)) == PD_OK);
+	/* The pooled read connection died too: reads reconnect transparently. */
+	CHECK(pd_store_get(s, "t", "k", &r, NULL) == PD_OK && r.last_seq == 3 && r.version == 2);
+	pd_stream_rec_free(&r);
+	pd_store_close(s);
+}
+
 static void cleanup_dir(void)
 {
 	char p[128];
 
 	for (int i = 1; i <= db_counter; i++) {
+		if (pg_conninfo) {
+			snprintf(p, sizeof p, "DROP SCHEMA IF EXISTS pdt_%d CASCADE", i);
+			pg_sql(p);
+			continue;
+		}
 		db_path(p, sizeof p, i);
 		remove_db(p);
 	}
@@ -953,6 +1166,10 @@ static void cleanup_dir(void)
 
 int main(void)
 {
+	pg_conninfo = getenv("PDELTA_TEST_PG");
+	if (pg_conninfo && !*pg_conninfo)
+		pg_conninfo = NULL;
+	printf("backend: %s\n", pg_conninfo ? "postgresql (PDELTA_TEST_PG)" : "sqlite");
 	snprintf(tmp_dir, sizeof tmp_dir, "/tmp/pd_store_test.XXXXXX");
 	if (!mkdtemp(tmp_dir)) {
 		perror("mkdtemp");
@@ -962,15 +1179,22 @@ int main(void)
 	test_concurrent_readers();
 	test_group_commit();
 	test_injected_fault();
-	test_disk_full();
 	test_backpressure();
 	test_row_limit();
 	test_list_and_admin();
 	test_expire();
 	test_compare_and_set();
-	test_reopen_and_close();
-	test_response_checksum();
-	test_migrate_schema1();
+	if (pg_conninfo) {
+		test_pg_schema();
+		test_pg_checksums();
+		test_pg_two_nodes();
+		test_pg_connection_loss();
+	} else {
+		test_disk_full();
+		test_reopen_and_close();
+		test_response_checksum();
+		test_migrate_schema1();
+	}
 	cleanup_dir();
 	return TH_DONE();
 }

@@ -1,12 +1,13 @@
 /*
- * client_unit: libpdelta tests that need no server: options and argument
+ * test_client: libpdelta tests that need no server: options and argument
  * checks, local mode (one-call, streaming push and pull give the engine's
  * exact bytes; the PROTOCOL.md §8 rules: DUPLICATE, stale, conflict; a bad
  * profile leaves the state alone), call-order errors, error classification,
  * connection failures with retries and backoff, the local fallback, and TLS
  * setup errors.
  *
- *   client_unit PROFILE_DIR      (a sequence, e.g. testdata/profiles/heap-small)
+ *   test_client [PROFILE_DIR]    (a sequence; default tests/data/profiles/heap-small,
+ *                                 under $PDELTA_FIXTURES instead of tests/data if set)
  *
  * Expected bytes come from the engine called directly (common/pd_engine.h),
  * the way `pdelta seq` runs it. Prints "N passed, N failed".
@@ -24,20 +25,7 @@
 #include "pd_engine.h"
 #include "pd_gz.h"
 #include "pdelta.h"
-
-static int pass, fail;
-
-#define EXPECT(cond, ...)                                                    \
-	do {                                                                 \
-		if (cond) {                                                  \
-			pass++;                                              \
-		} else {                                                     \
-			fail++;                                              \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fputc('\n', stderr);                                 \
-		}                                                            \
-	} while (0)
+#include "tharness.h"
 
 #define MAXF 64
 
@@ -420,13 +408,23 @@ static void test_unreachable(void)
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: client_unit PROFILE_DIR\n");
+	char def[1024];
+	const char *dir = argv[1];
+
+	if (argc > 2) {
+		fprintf(stderr, "usage: test_client [PROFILE_DIR]\n");
 		return 2;
 	}
-	load_dir(argv[1]);
+	if (argc == 1) {
+		/* The repository's fixtures; the unit tests run from the repository root. */
+		const char *td = getenv("PDELTA_FIXTURES");
+
+		snprintf(def, sizeof def, "%s/profiles/heap-small", td ? td : "tests/data");
+		dir = def;
+	}
+	load_dir(dir);
 	if (nfiles < 3) {
-		fprintf(stderr, "client_unit: need at least 3 profiles in %s\n", argv[1]);
+		fprintf(stderr, "test_client: need at least 3 profiles in %s\n", dir);
 		return 2;
 	}
 	engine_expect(42);
@@ -441,6 +439,5 @@ int main(int argc, char **argv)
 		free(files[i].p);
 		free(expect[i].p);
 	}
-	printf("client_unit: %d passed, %d failed\n", pass, fail);
-	return fail ? 1 : 0;
+	return TH_DONE_AS("test_client");
 }

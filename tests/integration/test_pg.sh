@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# test_pg.sh: pdeltad on the PostgreSQL backend, against a throwaway server (pg_lib.sh).
+#
+#   1. test_server_all_seqs.sh (every fixture sequence through pdeltad, statuses and deltas
+#      equal to the oracle-checked local engine's, some outputs judged by the oracle) with
+#      its pdeltad pointed at PostgreSQL: a wrapper appends --db (the last flag wins);
+#   2. pg_nodes_driver.py (read its header) with TWO pdeltad nodes on one database:
+#      alternate (a stream's requests alternated between the nodes; every answer judged
+#      by the oracle; conflicts in /metrics), race (the same request to both at once: one
+#      applies it, the other answers DUPLICATE after reloading), kill9 (a node SIGKILLed
+#      and restarted under load), pgrestart (PostgreSQL restarted under load: retryable
+#      errors, /healthz 503 and --healthcheck failing meanwhile, then recovery, nothing
+#      acknowledged lost);
+#   3. TLS to the database: a role that may only log in over TLS with a password, pdeltad with
+#      sslmode=verify-full and db_password_file (every connection TLS in pg_stat_ssl), and a
+#      wrong password refused at start with libpq's message.
+#
+# Skipped without PostgreSQL server binaries (a failure under CI=true).
+# Env: BINDIR (default bin), PG_KILL_CYCLES (default 6), PG_RESTARTS (default 2).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/pg_lib.sh"
+pg_require
+pd_init pg
+pg_start
+echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT and $PG_SOCKDIR"
+
+# ---- 1. every fixture sequence, oracle-checked, through pdeltad on PostgreSQL ----
+pg_createdb allseqs
+mkdir -p "$WORK/bin"
+for b in pdelta pdeltactl; do ln -s "$BINDIR/$b" "$WORK/bin/$b"; done
+cat >"$WORK/bin/pdeltad" <<WRAP
+#!/bin/sh
+exec "$BINDIR/pdeltad" "\$@" --db "$PG_URI"
+WRAP
+chmod +x "$WORK/bin/pdeltad"
+if BINDIR=$WORK/bin bash "$ROOT/tests/integration/test_server_all_seqs.sh" >"$WORK/allseqs.out" 2>&1; then
+	ok "every fixture sequence through pdeltad on PostgreSQL: $(tail -n 1 "$WORK/allseqs.out")"
+else
+	bad "test_server_all_seqs.sh on PostgreSQL:"
+	grep -v '^ok' "$WORK/allseqs.out" | tail -n 20
+fi
+rows=$("$PG_BIN/psql" -X -At -d "$PG_CONNINFO" -c "SELECT count(*) FROM pdelta_streams" 2>&1 || true)
+[[ $rows -ge $(ls -d "$TESTDATA"/profiles/*/ | wc -l) ]] && ok "the streams are rows in PostgreSQL ($rows)" ||
+	bad "expected a row per sequence in PostgreSQL, found '$rows'"
+
+# ---- 2. two nodes on one database ----
+pd_pki
+printf '%s\n' "$AGENT_TOKEN" >"$WORK/token"
+node_conf() { # node_conf I DB_URI
+	local p=$(free_port) m=$(free_port)
+	while [[ $m == "$p" ]]; do m=$(free_port); done
+	cat >"$WORK/node$1.conf" <<CONF
+listen = 127.0.0.1:$p
+metrics_listen = 127.0.0.1:$m
+tls_cert = $WORK/certs/server.pem
+tls_key = $WORK/certs/server.key
+tenants = $WORK/tenants
+db = $2
+workers = 2
+log_level = warn
+CONF
+	NODE_ARGS+=(--config "$WORK/node$1.conf" --port "$p" --metrics-port "$m")
+}
+pg_ctl_cmd() { printf '%s %q -D %q -l %q -w -t 60' "${PG_USER_RUN[*]:-}" "$PG_BIN/pg_ctl" "$PG_DIR/data" "$PG_DIR/server.log"; }
+drive() { # drive MODE [ARGS]
+	local mode=$1
+	shift
+	pg_createdb "nodes_$mode"
+	NODE_ARGS=()
+	node_conf 1 "$PG_URI"
+	node_conf 2 "$PG_CONNINFO"  # the other spelling: key=value over the Unix socket
+	if "$PY" "$ROOT/tests/integration/pg_nodes_driver.py" --mode "$mode" --pdeltad "$BINDIR/pdeltad" \
+		"${NODE_ARGS[@]}" --ca "$CA" --token-file "$WORK/token" --testdata "$TESTDATA" \
+		--log "$WORK/server.log" --pidfile "$WORK/node.pid" "$@" >"$WORK/$mode.out" 2>&1; then
+		ok "$mode: $(grep -E '^(alternate|race|kill9|pgrestart): .*(answers|conflicts)' "$WORK/$mode.out" | tail -n 1)"
+	else
+		bad "$mode:"
+		grep -v '^ok' "$WORK/$mode.out" | tail -n 25
+	fi
+	for f in "$WORK"/node.pid.*; do [[ -s $f ]] && kill -KILL "$(cat "$f")" 2>/dev/null || true; done
+}
+# ---- 3. TLS to the database (sslmode=verify-full) and the password from db_password_file ----
+pg_enable_tls "$WORK/certs/server.pem" "$WORK/certs/server.key"
+pg_psql "CREATE DATABASE tlsdb OWNER pdpass" >/dev/null
+printf '%s\n' "$PG_PASS" >"$WORK/dbpass"
+tls_uri="postgresql://pdpass@127.0.0.1:$PG_PORT/tlsdb?sslmode=verify-full&sslrootcert=$CA"
+pd_start_server --workers 2 --db "$tls_uri" --db-password-file "$WORK/dbpass"
+send=("$BINDIR/pdelta" send --server "127.0.0.1:$PORT" --ca "$CA" --token "$AGENT_TOKEN" --incarnation 3)
+if "${send[@]}" --stream tls/heap -o "$WORK/tls" "$TESTDATA"/profiles/heap-small/*.pb.gz >"$WORK/tls.out" 2>&1; then
+	ok "a sequence through pdeltad on PostgreSQL over TLS with a password file: $(awk '{print $2}' "$WORK/tls.out" | sort | uniq -c | xargs)"
+else
+	bad "sequence over TLS to PostgreSQL: $(tail -n 3 "$WORK/tls.out")"
+fi
+ssl=$(pg_psql "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'pdeltad' AND a.usename = 'pdpass'")
+[[ $ssl =~ ^[1-9][0-9]*\|[0-9]+$ && ${ssl%|*} == "${ssl#*|}" ]] && ok "every pdeltad connection to PostgreSQL is TLS (with TLS|all: $ssl)" ||
+	bad "pdeltad's connections to PostgreSQL: with TLS|all = $ssl"
+pd_stop_server
+printf 'wrong\n' >"$WORK/dbpass"
+if "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen off --tls_cert "$WORK/certs/server.pem" \
+	--tls_key "$WORK/certs/server.key" --tenants "$WORK/tenants" --db "$tls_uri" \
+	--db-password-file "$WORK/dbpass" >"$WORK/badpw.out" 2>&1; then
+	bad "pdeltad started with a wrong database password"
+else
+	grep -q "cannot connect to PostgreSQL.*password authentication failed" "$WORK/badpw.out" &&
+		ok "a wrong database password: pdeltad refuses to start ($(grep -o 'cannot connect.*' "$WORK/badpw.out" | head -n 1))" ||
+		bad "wrong password, unclear error: $(tail -n 2 "$WORK/badpw.out")"
+fi
+
+drive alternate --seconds 4
+drive race --seqs heap-small,mutex-medium,goroutine-small
+drive kill9 --cycles "${PG_KILL_CYCLES:-6}"
+drive pgrestart --cycles "${PG_RESTARTS:-2}" --stop-cmd "$(pg_ctl_cmd) -m fast stop" --start-cmd "$(pg_ctl_cmd) start"
+pd_finish
