@@ -45,6 +45,7 @@ start_pg() { # DIR
 	if [[ $(id -u) == 0 ]]; then
 		id postgres >/dev/null 2>&1 || die "running as root without a 'postgres' user"
 		chown postgres: "$dir/pg"
+		as_pg test -w "$dir/pg" || die "the postgres user cannot reach $dir (a parent directory is not searchable)"
 	fi
 	as_pg "$pgb/initdb" -D "$dir/pg/data" -U pdelta --auth=trust -E UTF8 --locale=C.UTF-8 \
 		>"$dir/pg/initdb.log" 2>&1 || die "initdb failed: $(tail -n 5 "$dir/pg/initdb.log")"

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# test_route.sh: clients spread streams over several pdeltad nodes and fail over
+# (libpdelta's --server list, client/lib/pdl_nodes.c), on a shared PostgreSQL
+# (deploy/local-cluster.sh: 3 nodes + PostgreSQL on loopback).
+#
+#   1. 24 streams, 3 files each, `pdelta send --server H1:P1,H2:P2,H3:P3`: every node answers
+#      some streams and each stream stays on one node (per-node pdeltad_requests_total);
+#   2. node 2 is stopped with SIGTERM (it drains: GOODBYE) while every stream sends its next
+#      3 files concurrently: all answered, by the other nodes;
+#   3. node 3 is SIGKILLed while every stream sends its next file: all answered (retries on
+#      node 1; a request node 3 had committed is answered DUPLICATE);
+#   4. nodes 2 and 3 start again: each stream's last file goes back to its first node (the
+#      per-node counts are those of step 1);
+#   5. the oracle (tests/oracle/check_seq.py) over every stream's 8 answers: no interval lost,
+#      none counted twice; pdeltactl through the list: a stream from its node, the listing of
+#      any node shows all 24 (shared store);
+#   6. bad lists are refused with a clear error by pdelta send and pdeltactl.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+# shellcheck source=pg_lib.sh
+. "$HERE/pg_lib.sh"
+pd_init route
+pg_require
+pd_need "$BINDIR/pdelta" "$BINDIR/pdeltactl" "$BINDIR/pdeltad"
+
+CL=$WORK/cluster
+chmod 755 "$WORK" # PostgreSQL runs as its own user under it
+CLUSTER=(env BINDIR="$BINDIR" PG_BINDIR="$PG_BIN" bash "$ROOT/deploy/local-cluster.sh")
+pd_at_exit '"${CLUSTER[@]}" stop "$CL" >/dev/null 2>&1'
+"${CLUSTER[@]}" start "$CL" 3 >"$WORK/cluster.log" 2>&1 || { cat "$WORK/cluster.log"; exit 1; }
+ok "deploy/local-cluster.sh: 3 nodes on one PostgreSQL"
+# shellcheck source=/dev/null
+. "$CL/cluster.env"
+
+NSTREAMS=24
+SEQS=(heap-small cpu-small mutex-small goroutine-small)
+stream() { printf 'route/%02d' "$1"; }
+files() { # I FROM TO: stream I's files FROM..TO (0-based)
+	local d=$TESTDATA/profiles/${SEQS[$(($1 % ${#SEQS[@]}))]}
+	ls "$d"/*.pb.gz | sed -n "$(($2 + 1)),$(($3 + 1))p"
+}
+send() { # I FROM TO: sends them with the stream's seq numbers, outputs and status kept
+	local i=$1 s
+	s=$(stream "$i")
+	mkdir -p "$WORK/out/$i"
+	local after=()
+	(($2 > 0)) && after=(--after "$2")
+	# shellcheck disable=SC2046
+	"$BINDIR/pdelta" send --server "$SERVERS" --ca "$CA" --token-file "$TOKEN_FILE" --stream "$s" \
+		--incarnation $((7000 + i)) --seq $(($2 + 1)) "${after[@]}" --attempts 8 \
+		--connect-timeout 2000 -o "$WORK/out/$i" $(files "$i" "$2" "$3") \
+		>>"$WORK/status.$i" 2>>"$WORK/err.$i"
+}
+send_all() { # FROM TO [bg]: every stream, one after the other or all at once
+	local i pids=() rc=0
+	for ((i = 0; i < NSTREAMS; i++)); do
+		if [[ ${3:-} == bg ]]; then send "$i" "$1" "$2" & pids+=($!); else send "$i" "$1" "$2" || rc=1; fi
+	done
+	for p in "${pids[@]}"; do wait "$p" || rc=1; done
+	return $rc
+}
+requests() { # I: node I's delta answers since it started
+	local m=METRICS_$1
+	"$PY" - "http://127.0.0.1:${!m}/metrics" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+print(sum(int(float(l.split()[-1])) for l in body.splitlines() if l.startswith("pdeltad_requests_total{")))
+PY
+}
+
+# ---- 1. spread ----
+send_all 0 2 && ok "24 streams x 3 files through the list" || bad "sends through the list failed: $(cat "$WORK"/err.* | head -5)"
+total=0
+for n in 1 2 3; do
+	c=$(requests $n)
+	HOME_COUNT[$n]=$c
+	total=$((total + c))
+	((c > 0 && c % 3 == 0)) && ok "node $n answered $c requests ($((c / 3)) whole streams)" ||
+		bad "node $n answered $c requests (want > 0, whole streams of 3)"
+done
+((total == NSTREAMS * 3)) && ok "every request answered once ($total)" || bad "$total requests answered, want $((NSTREAMS * 3))"
+
+# ---- 2. node 2 drains (SIGTERM) under load ----
+send_all 3 5 bg & load=$!
+sleep 0.3
+"${CLUSTER[@]}" node "$CL" 2 stop
+wait $load && ok "node 2 stopped (SIGTERM) under load: every request answered" ||
+	bad "requests failed while node 2 drained: $(cat "$WORK"/err.* | head -5)"
+
+# ---- 3. node 3 killed (SIGKILL) under load ----
+send_all 6 6 bg & load=$!
+sleep 0.2
+"${CLUSTER[@]}" node "$CL" 3 kill
+wait $load && ok "node 3 killed (SIGKILL) under load: every request answered" ||
+	bad "requests failed after node 3 was killed: $(cat "$WORK"/err.* | head -5)"
+after1=$(requests 1)
+((after1 > HOME_COUNT[1])) && ok "node 1 took the moved streams ($after1 answers)" || bad "node 1 took nothing ($after1)"
+
+# ---- 4. the nodes return, the streams move back ----
+"${CLUSTER[@]}" node "$CL" 2 start
+"${CLUSTER[@]}" node "$CL" 3 start
+send_all 7 7 && ok "last file of every stream after the nodes returned" || bad "sends after the return failed"
+for n in 2 3; do
+	c=$(requests $n)
+	((c == HOME_COUNT[n] / 3)) && ok "node $n back: its $c streams came back" ||
+		bad "node $n answered $c after its return, want its $((HOME_COUNT[n] / 3)) streams"
+done
+
+# ---- 5. the oracle over every stream; admin through the list ----
+for ((i = 0; i < NSTREAMS; i++)); do
+	w=$WORK/judge-$i.sh
+	cat >"$w" <<JUDGE
+#!/usr/bin/env bash
+while [[ \$# -gt 0 && \$1 != -o ]]; do shift; done
+cp "$WORK/out/$i"/* "\$2"/
+sed -E 's/^([^ ]+) DUPLICATE ([^ ]+) orig=([A-Z]+)/\1 \3 \2/' "$WORK/status.$i"
+JUDGE
+	chmod +x "$w"
+	if "$PY" "$ROOT/tests/oracle/check_seq.py" --pdelta "$w" --no-go --label "$(stream "$i")" \
+		$(files "$i" 0 7) >"$WORK/judge-$i.log" 2>&1; then
+		ok "oracle $(stream "$i"): $(tail -1 "$WORK/judge-$i.log")"
+	else
+		bad "oracle $(stream "$i")"
+		head -20 "$WORK/judge-$i.log"
+	fi
+done
+dups=$(cat "$WORK"/status.* | grep -c DUPLICATE || true)
+echo "  ($dups DUPLICATE answers)"
+CTL=("$BINDIR/pdeltactl" --server "$SERVERS" --ca "$CA" --token-file "$ADMIN_TOKEN_FILE")
+"${CTL[@]}" stream "$(stream 5)" --tenant acme >"$WORK/ctl.stream" 2>&1 &&
+	grep -Eq '^seq +8$' "$WORK/ctl.stream" && ok "pdeltactl stream through the list (seq 8)" ||
+	bad "pdeltactl stream: $(cat "$WORK/ctl.stream")"
+n=$("${CTL[@]}" streams --tenant acme --prefix route/ 2>&1 | grep -c "route/" || true)
+((n == NSTREAMS)) && ok "pdeltactl streams through the list: all $n" || bad "pdeltactl streams listed $n"
+
+# ---- 6. bad lists ----
+badlist() { # LIST WANT
+	local out shown=${1:0:40}
+	out=$("$BINDIR/pdelta" send --server "$1" --ca "$CA" --token-file "$TOKEN_FILE" --stream x -o "$WORK/x" \
+		"$(files 0 0 0)" 2>&1) && { bad "pdelta send accepted --server '$shown'"; return; }
+	[[ $out == *"$2"* ]] && ok "pdelta send --server '$shown': $2" || bad "pdelta send --server '$shown': $out"
+	out=$("${CTL[@]:0:1}" --server "$1" --ca "$CA" --token-file "$ADMIN_TOKEN_FILE" stats 2>&1) &&
+		{ bad "pdeltactl accepted --server '$shown'"; return; }
+	[[ $out == *"$2"* ]] && ok "pdeltactl --server '$shown': $2" || bad "pdeltactl --server '$shown': $out"
+}
+badlist "127.0.0.1:1,,127.0.0.1:2" "empty entry"
+badlist "127.0.0.1:1," "empty entry"
+badlist "127.0.0.1:1,127.0.0.1:70000" "port 1..65535"
+badlist "127.0.0.1:1,127.0.0.1" "want host:port"
+badlist "127.0.0.1:9,127.0.0.1:9" "listed twice"
+badlist "$(seq -s, -f 'n%g:7070' 1 65)" "more than 64 entries"
+pd_finish
