@@ -139,7 +139,12 @@ typedef struct pdelta_override {
 /* Options: call pdelta_opts_init() first, then set what you need. Strings
  * and the override array are copied by pdelta_new(). */
 typedef struct pdelta_opts {
-	const char *server;      /* "host:port" or "[v6addr]:port"; NULL/"" = local mode */
+	const char *server;      /* "host:port" or "[v6addr]:port"; NULL/"" = local mode;
+				    or "h1:p1,h2:p2,..." (up to 64 nodes), or a name with
+				    several addresses: each stream goes to one node by
+				    rendezvous hashing of tenant + stream and moves to the
+				    next while it is down or draining (one connection per
+				    node used) */
 	const char *ca_file;     /* CA bundle (PEM) for the server; NULL = system store */
 	const char *cert_file;   /* client certificate chain (PEM) for mTLS; NULL = none */
 	const char *key_file;    /* its private key; NULL = in cert_file */

@@ -475,6 +475,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: pdeltactl --server HOST:PORT --ca CA [--cert C --key K | --token T |\n"
 		"                 --token-file F] [--server-name N] [--json] COMMAND [ARGS]\n"
+		"--server may list nodes H1:P1,H2:P2,...: stream, reset and delete NAME go to the\n"
+		"stream's node, the other commands to one node (any node sees a shared store).\n"
 		"commands (an admin credential is needed):\n"
 		"  streams [--tenant T] [--prefix P] [--sort name|last_seen|samples|bytes] [--limit N]\n"
 		"                                streams of tenant T; without --tenant, of every tenant\n"
