@@ -14,6 +14,13 @@ PREFIX is a `make install PREFIX=...` tree (what the image's build stage makes a
   - deploy/k8s/statefulset.yaml: every document parses; ConfigMap/Secret/PVC names,
     mount paths, the config's file paths, container ports, Service target ports,
     probe ports and paths, labels and selectors, the PodDisruptionBudget all agree
+  - deploy/k8s/cluster.yaml (stateless nodes on an external PostgreSQL): every document
+    parses; one Deployment (3+ replicas), headless Service, ConfigMap and PodDisruptionBudget
+    whose labels and selectors agree; no volume claim; the config's db is a PostgreSQL URI
+    without a password, db_password_file and the TLS files come from mounted Secret items
+    (the header's `kubectl create secret` commands create them), the database CA too;
+    ports, probes, uid and image as for the StatefulSet; the PodDisruptionBudget leaves
+    most replicas up
   - the systemd unit's ExecStart binary and Documentation= man page are installed in
     PREFIX (paths rewritten from /usr/local)
   - README's Deploy section: docker build/run/curl commands consistent with the above
@@ -221,6 +228,76 @@ check(str(ann.get("prometheus.io/port")) == str(port_of(kconf["metrics_listen"])
 if uid:
     check(pod.get("securityContext", {}).get("runAsUser") == int(uid.group(1)), "runAsUser is the image's uid")
 check(c.get("image", "").split(":")[0] in read("deploy/Dockerfile"), "the image name is the one the Dockerfile builds")
+
+# ---- Kubernetes, the scale-out cluster ------------------------------------------------------------------
+cdocs = list(yaml.safe_load_all(read("deploy/k8s/cluster.yaml")))
+check(all(isinstance(d, dict) and d.get("kind") and d.get("apiVersion") for d in cdocs),
+      "cluster.yaml: %d documents parse, each with kind and apiVersion" % len(cdocs))
+cby = {}
+for d in cdocs:
+    cby.setdefault(d["kind"], []).append(d)
+for k in ("Service", "ConfigMap", "Deployment", "PodDisruptionBudget"):
+    check(len(cby.get(k, [])) == 1, "cluster.yaml: one %s" % k)
+check(not cby.get("StatefulSet") and not cby.get("PersistentVolumeClaim"), "cluster.yaml: no per-pod state")
+csvc, ccm, dep_, cpdb = (cby.get(k, [{}])[0] for k in ("Service", "ConfigMap", "Deployment", "PodDisruptionBudget"))
+dspec = dep_.get("spec", {})
+dpod = dspec.get("template", {}).get("spec", {})
+dlabels = dspec.get("template", {}).get("metadata", {}).get("labels", {})
+dc = dpod.get("containers", [{}])[0]
+check(subset(dspec.get("selector", {}).get("matchLabels", {}), dlabels), "cluster: Deployment selector matches the pod labels")
+check(subset(csvc.get("spec", {}).get("selector", {}), dlabels), "cluster: Service selector matches the pod labels")
+check(subset(cpdb.get("spec", {}).get("selector", {}).get("matchLabels", {}), dlabels),
+      "cluster: PodDisruptionBudget selector matches the pod labels")
+check(not subset(sel, dlabels), "cluster: its pods are not the StatefulSet's (distinct labels)")
+check(csvc.get("spec", {}).get("clusterIP") == "None", "cluster: the Service is headless (its name resolves to every pod)")
+nrep = dspec.get("replicas", 1)
+check(nrep >= 3, "cluster: at least 3 replicas (%s)" % nrep)
+cp = cpdb.get("spec", {})
+check(("maxUnavailable" in cp) != ("minAvailable" in cp), "cluster: PodDisruptionBudget sets one of maxUnavailable/minAvailable")
+check(isinstance(cp.get("maxUnavailable", 0), int) and 0 < cp.get("maxUnavailable", 1) < nrep,
+      "cluster: PodDisruptionBudget keeps most replicas up (maxUnavailable %s)" % cp.get("maxUnavailable"))
+dvols = {v["name"]: v for v in dpod.get("volumes", [])}
+dmounts = dc.get("volumeMounts", [])
+check(all(m["name"] in dvols for m in dmounts), "cluster: every volumeMount names a volume")
+check(not any("persistentVolumeClaim" in v for v in dvols.values()), "cluster: no persistent volume")
+dargs = dc.get("args", [])
+dconf_path = dargs[dargs.index("--config") + 1] if "--config" in dargs else None
+dcm_mount = [m for m in dmounts if m["mountPath"] == dconf_path]
+check(bool(dcm_mount) and dvols.get(dcm_mount[0]["name"], {}).get("configMap", {}).get("name") == ccm.get("metadata", {}).get("name"),
+      "cluster: --config %s is the manifest's ConfigMap" % dconf_path)
+dkey = dcm_mount[0].get("subPath") if dcm_mount else None
+dconf = conf_values(ccm.get("data", {}).get(dkey, ""))
+settings = read("server/pd_settings.c")
+unknown = sorted(k for k in dconf if '"%s"' % k not in settings)
+check(dconf and not unknown, "cluster: the config uses pdeltad's settings (unknown: %s)" % unknown)
+db = dconf.get("db", "")
+check(re.match(r"postgres(ql)?://[^:@/]+@", db) is not None, "cluster: db is a PostgreSQL URI with a role and no password")
+check("sslmode=verify-full" in db, "cluster: TLS to the database is verified (sslmode=verify-full)")
+dsecret_mounts = {m["mountPath"]: dvols[m["name"]]["secret"] for m in dmounts if "secret" in dvols.get(m["name"], {})}
+created = dict(re.findall(r"kubectl create secret generic (\S+)((?:.|\n)*?)(?=\n#\s*kubectl)", read("deploy/k8s/cluster.yaml")))
+ssl_root = re.search(r"sslrootcert=([^&]+)", db)
+for k, path in [(k, dconf.get(k)) for k in ("tls_cert", "tls_key", "tls_client_ca", "tenants", "db_password_file")] + \
+        [("sslrootcert", ssl_root.group(1) if ssl_root else None)]:
+    d, base = os.path.split(path or "")
+    sec = dsecret_mounts.get(d, {})
+    items = {i["path"]: i["key"] for i in sec.get("items", [])}
+    made = {re.sub(r"=.*", "", f) if "=" in f else os.path.basename(f)
+            for f in re.findall(r"--from-file=(\S+)", created.get(sec.get("secretName"), ""))}
+    check(base in items and items[base] in made,
+          "cluster: %s = %s comes from Secret %s, created in the header" % (k, path, sec.get("secretName")))
+dports = {p["name"]: p["containerPort"] for p in dc.get("ports", [])}
+check(dports.get("pdelta") == port_of(dconf.get("listen", ":0")), "cluster: container port pdelta = listen port")
+check(dports.get("metrics") == port_of(dconf.get("metrics_listen", ":0")), "cluster: container port metrics = metrics_listen port")
+for sp in csvc.get("spec", {}).get("ports", []):
+    check(sp.get("targetPort") in dports, "cluster: Service port %s targets a container port" % sp.get("name"))
+for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    hg = dc.get(probe, {}).get("httpGet", {})
+    check(hg.get("path") == "/healthz" and dports.get(hg.get("port")) == dports.get("metrics"),
+          "cluster: %s GETs /healthz on the metrics port" % probe)
+if uid:
+    check(dpod.get("securityContext", {}).get("runAsUser") == int(uid.group(1)), "cluster: runAsUser is the image's uid")
+check(dc.get("image") == c.get("image"), "cluster: the same image as the StatefulSet")
+check(dpod.get("terminationGracePeriodSeconds", 30) > 30, "cluster: the grace period outlasts the drain (30 s)")
 
 # ---- systemd unit ------------------------------------------------------------------------------------
 unit = read("deploy/pdeltad.service")

@@ -5,8 +5,9 @@
 #     $BINDIR, the image config mapped to a local copy) run under dash: 0 against a
 #     running pdeltad listening on 0.0.0.0 (probed on loopback), 1 against nothing,
 #     1 within its deadline against a port that accepts and never answers
-#   - deploy_check.py over a `make install` tree: files the Dockerfile / k8s manifest /
-#     unit reference exist, YAML documents parse and cross-reference, README Deploy
+#   - deploy_check.py over a `make install` tree: files the Dockerfile / k8s manifests
+#     (statefulset.yaml, cluster.yaml) / unit reference exist, YAML documents parse and
+#     cross-reference, README Deploy
 #   - make install puts man pages in PREFIX/share/man; they render without warnings
 #     and list every --help option; systemd-analyze verify is clean on the installed unit
 #   - PDELTAD_<SETTING> variables: flag > environment > file; bad values name the variable
