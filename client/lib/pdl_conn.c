@@ -174,6 +174,9 @@ static int ssl_failure(pdelta *h, int ret, const char *op)
 {
 	char es[256];
 	int se = SSL_get_error(h->ssl, ret);
+	/* a server that stops (drains) or dies between the handshake and
+	 * HELLO_OK: a transport error, as in tls_handshake() */
+	int eof = ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
 
 	if (se == SSL_ERROR_WANT_READ)
 		return PDL_WANT_READ;
@@ -192,7 +195,7 @@ static int ssl_failure(pdelta *h, int ret, const char *op)
 	}
 	if (se == SSL_ERROR_ZERO_RETURN)
 		return conn_lost(h, es);
-	if (se == SSL_ERROR_SSL && !h->ready) {
+	if (se == SSL_ERROR_SSL && !h->ready && !eof) {
 		/* a TLS alert before HELLO_OK: rejected certificate, wrong CA... */
 		drop(h);
 		return pdl_fail(h, PDELTA_E_TLS, 0, "TLS %s with %s failed: %s", op, h->peer, es);

@@ -87,11 +87,13 @@ static int build_table(pdelta *h, const pd_route_node *addrs, size_t n)
 	if (!nodes)
 		return -1;
 	for (size_t i = 0; i < n; i++) {
-		nodes[i].addr = addrs[i];
 		if (!(nodes[i].link = malloc(PDL_LINK_SIZE))) {
 			free_table(nodes, n);
 			return -1;
 		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		nodes[i].addr = addrs[i];
 		memcpy(nodes[i].link, h->blank_link, PDL_LINK_SIZE);
 		for (size_t k = 0; k < h->nnodes; k++)
 			if (h->nodes[k].link && strcmp(h->nodes[k].addr.id, addrs[i].id) == 0) {

@@ -11,6 +11,9 @@
 #      node 1; a request node 3 had committed is answered DUPLICATE);
 #   4. nodes 2 and 3 start again: each stream's last file goes back to its first node (the
 #      per-node counts are those of step 1);
+#   4b. one long-lived handle (client_run, a request every second): its stream's node drains
+#      and comes back while it runs; the stream moves away on the GOODBYE and back once a
+#      probe finds the node up, within the same process;
 #   5. the oracle (tests/oracle/check_seq.py) over every stream's 8 answers: no interval lost,
 #      none counted twice; pdeltactl through the list: a stream from its node, the listing of
 #      any node shows all 24 (shared store);
@@ -23,7 +26,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/pg_lib.sh"
 pd_init route
 pg_require
-pd_need "$BINDIR/pdelta" "$BINDIR/pdeltactl" "$BINDIR/pdeltad"
+TOOLS=$BUILDDIR/tests/tools
+pd_need "$BINDIR/pdelta" "$BINDIR/pdeltactl" "$BINDIR/pdeltad" "$TOOLS/client_run"
 
 CL=$WORK/cluster
 chmod 755 "$WORK" # PostgreSQL runs as its own user under it
@@ -108,8 +112,35 @@ for n in 2 3; do
 		bad "node $n answered $c after its return, want its $((HOME_COUNT[n] / 3)) streams"
 done
 
+# ---- 4b. a long-lived handle follows its node away and back ----
+LIVE=$NSTREAMS # one more stream, judged with the others
+before=($(requests 1) $(requests 2) $(requests 3))
+send $LIVE 0 0
+home=0
+for n in 1 2 3; do (($(requests $n) > before[n - 1])) && home=$n; done
+((home > 0)) && ok "stream $(stream $LIVE) lives on node $home" || bad "no node answered $(stream $LIVE)"
+mkdir -p "$WORK/out/$LIVE"
+others() { local n t=0; for n in 1 2 3; do ((n == home)) || t=$((t + $(requests $n))); done; echo $t; }
+others_before=$(others)
+# shellcheck disable=SC2046
+"$TOOLS/client_run" --server "$SERVERS" --ca "$CA" --token "$(cat "$TOKEN_FILE")" --stream "$(stream $LIVE)" \
+	--incarnation $((7000 + LIVE)) --seq 2 --attempts 8 --delay-ms 1000 -o "$WORK/out/$LIVE" \
+	$(files $LIVE 1 7) >>"$WORK/status.$LIVE" 2>"$WORK/live.err" & live=$!
+sleep 1.5
+"${CLUSTER[@]}" node "$CL" "$home" stop
+"${CLUSTER[@]}" node "$CL" "$home" start
+wait $live && ok "long-lived handle: every request answered while node $home drained and returned" ||
+	bad "long-lived handle failed: $(cat "$WORK/live.err")"
+moved=$(($(others) - others_before))
+((moved >= 1)) && ok "long-lived handle: $moved requests went to the other nodes meanwhile" ||
+	bad "long-lived handle: nothing went to the other nodes while node $home drained"
+c=$(requests "$home")
+((c >= 1)) && ok "long-lived handle: the stream came back to node $home ($c requests after its return)" ||
+	bad "long-lived handle never came back to node $home"
+grep "^stats" "$WORK/live.err" | sed 's/^/  /' || true
+
 # ---- 5. the oracle over every stream; admin through the list ----
-for ((i = 0; i < NSTREAMS; i++)); do
+for ((i = 0; i <= LIVE; i++)); do
 	w=$WORK/judge-$i.sh
 	cat >"$w" <<JUDGE
 #!/usr/bin/env bash
@@ -133,7 +164,7 @@ CTL=("$BINDIR/pdeltactl" --server "$SERVERS" --ca "$CA" --token-file "$ADMIN_TOK
 	grep -Eq '^seq +8$' "$WORK/ctl.stream" && ok "pdeltactl stream through the list (seq 8)" ||
 	bad "pdeltactl stream: $(cat "$WORK/ctl.stream")"
 n=$("${CTL[@]}" streams --tenant acme --prefix route/ 2>&1 | grep -c "route/" || true)
-((n == NSTREAMS)) && ok "pdeltactl streams through the list: all $n" || bad "pdeltactl streams listed $n"
+((n == NSTREAMS + 1)) && ok "pdeltactl streams through the list: all $n" || bad "pdeltactl streams listed $n"
 
 # ---- 6. bad lists ----
 badlist() { # LIST WANT
