@@ -686,6 +686,7 @@ static void job_requeue(pd_job *j)
 	if (j->new_stream)
 		st->ten->pending--;
 	j->new_stream = 0;
+	j->state_lost = 0; /* decided again against the reloaded row */
 	j->retries++;
 	s->st.store_conflicts++;
 	pd_table_unload(s->table, st);
