@@ -7,7 +7,7 @@
  * handlers per type; the input loop; the driver, setter and the one close
  * function; libevent callbacks; accept; janitor and server-wide operations.
  */
-#include "pd_gz.h"
+#include "pd_crc.h"
 #include "pd_conn.h"
 
 #include <arpa/inet.h>

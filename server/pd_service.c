@@ -31,8 +31,9 @@
 #include <malloc.h>
 #endif
 
+#include "pd_clock.h"
 #include "pd_config.h"
-#include "pd_gz.h"
+#include "pd_crc.h"
 #include "pd_service_int.h"
 #include "pdelta_proto.h"
 

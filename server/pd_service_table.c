@@ -19,6 +19,7 @@
 #include <sys/random.h>
 
 #include "pd_hash.h"
+#include "pd_clock.h"
 #include "pd_service_int.h"
 
 #define INITIAL_BUCKETS 1024u

@@ -22,7 +22,7 @@
 #include <time.h>
 
 #include "pd_config.h"
-#include "pd_gz.h"
+#include "pd_crc.h"
 
 /* Rows one expire step may delete, so the writer lock is never held long. */
 #define PD_STORE_EXPIRE_CHUNK 1000u

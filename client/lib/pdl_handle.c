@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pd_clock.h"
 #include "pdl_internal.h"
 
 void pdelta_opts_init(pdelta_opts *o)

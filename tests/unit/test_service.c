@@ -17,7 +17,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "pd_gz.h"
+#include "pd_crc.h"
 #include "pd_service.h"
 #include "pd_store.h"
 #include "pdelta_proto.h"

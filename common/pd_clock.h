@@ -1,0 +1,31 @@
+/*
+ * pd_clock: the two clocks every module reads. Monotonic time measures
+ * durations, timeouts and rates (it never jumps); realtime (wall) time is
+ * what goes into records, logs and profiles. Inline: the engine reads the
+ * monotonic clock around every pass.
+ */
+#ifndef PD_CLOCK_H
+#define PD_CLOCK_H
+
+#include <stdint.h>
+#include <time.h>
+
+static inline uint64_t pd_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t pd_now_ms(void) { return pd_now_ns() / 1000000u; }
+
+static inline int64_t pd_wall_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline int64_t pd_wall_ms(void) { return pd_wall_ns() / 1000000; }
+
+#endif
