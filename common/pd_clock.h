@@ -28,4 +28,19 @@ static inline int64_t pd_wall_ns(void)
 
 static inline int64_t pd_wall_ms(void) { return pd_wall_ns() / 1000000; }
 
+/* The time ms milliseconds from now on clock clk, as an absolute deadline
+ * (pthread_cond_timedwait takes one on the condition's clock). */
+static inline struct timespec pd_deadline(clockid_t clk, uint64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(clk, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
 #endif

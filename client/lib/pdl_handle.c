@@ -121,14 +121,9 @@ const char *pdelta_reason_name(int reason)
 
 /* ---- time, randomness, backoff ------------------------------------------------ */
 
-uint64_t pdl_now_ms(void) { return pd_now_ns() / 1000000u; }
+uint64_t pdl_now_ms(void) { return pd_now_ms(); }
 
-int64_t pdl_wall_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+int64_t pdl_wall_ns(void) { return pd_wall_ns(); }
 
 /* splitmix64: jitter only, seeded from the CSPRNG. */
 uint64_t pdl_random64(pdelta *h)
