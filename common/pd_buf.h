@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "pd_err.h"
 
@@ -36,5 +37,8 @@ int pd_buf_append(pd_buf *b, const void *p, size_t n, pd_err *e);
 	size_t name##_cap
 int pd_array_grow(void **pp, size_t *cap, size_t need, size_t elsz, pd_err *e);
 #define PD_GROW(arr, need) pd_array_grow((void **)&(arr), &arr##_cap, (need), sizeof *(arr), e)
+/* Frees a PD_VEC, leaving it empty and usable; the bytes it holds. */
+#define PD_VEC_FREE(arr) (free(arr), (arr) = NULL, arr##_cap = 0)
+#define PD_VEC_BYTES(arr) (arr##_cap * sizeof *(arr))
 
 #endif

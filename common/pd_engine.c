@@ -129,10 +129,7 @@ pd_engine *pd_engine_new(const pd_limits *lim)
 /* Frees the growable memory; the engine stays usable (it regrows). */
 static void engine_release(pd_engine *g)
 {
-#define RELEASE(v)                                                                                 \
-	free(g->v);                                                                                \
-	g->v = NULL;                                                                               \
-	g->v##_cap = 0;
+#define RELEASE(v) PD_VEC_FREE(g->v);
 	ENGINE_VECS(RELEASE)
 #undef RELEASE
 	pd_buf_free(&g->raw);
@@ -166,7 +163,7 @@ size_t pd_engine_mem_bytes(const pd_engine *g)
 	size_t n = g->raw.alloc + pd_pprof_out_mem_bytes(&g->ow) + g->defl.zout.alloc +
 		   pd_pprof_mem_bytes(&g->ix);
 
-#define COUNT(v) n += g->v##_cap * sizeof *g->v;
+#define COUNT(v) n += PD_VEC_BYTES(g->v);
 	ENGINE_VECS(COUNT)
 #undef COUNT
 	return n;
@@ -602,9 +599,12 @@ static inline void mark_str(pd_engine *g, uint64_t idx)
 		g->str_mark[idx] = 1;
 }
 
-static void mark_msg_strings(pd_engine *g, pd_span s, uint32_t strmask)
+/* Adds d to the reference count of every string index field (in strmask)
+ * of message [p, p + n), each occurrence; the indices were validated. */
+static inline void count_strings(pd_engine *g, const uint8_t *p, size_t n, uint32_t strmask,
+				 uint32_t d)
 {
-	pd_rd r = pd_pprof_rd(&g->ix, s);
+	pd_rd r = pd_rd_make(p, n);
 	while (pd_rd_more(&r)) {
 		uint32_t f, wt;
 		uint64_t v;
@@ -613,25 +613,7 @@ static void mark_msg_strings(pd_engine *g, pd_span s, uint32_t strmask)
 		if (f < 32 && (strmask >> f & 1) && wt == PB_VARINT) {
 			if (pd_rd_varint(&r, &v))
 				return;
-			mark_str(g, v);
-		} else if (pd_rd_skip(&r, wt)) {
-			return;
-		}
-	}
-}
-
-static inline void count_label(pd_engine *g, const uint8_t *p, size_t n, uint32_t d)
-{
-	pd_rd r = pd_rd_make(p, n);
-	while (pd_rd_more(&r)) {
-		uint32_t f, wt;
-		uint64_t v;
-		if (pd_rd_key(&r, &f, &wt))
-			return;
-		if (f < 32 && (PD_LABEL_STRINGS >> f & 1) && wt == PB_VARINT) {
-			if (pd_rd_varint(&r, &v))
-				return;
-			g->str_cnt[v] += d; /* indices were validated by the hash pass */
+			g->str_cnt[v] += d;
 		} else if (pd_rd_skip(&r, wt)) {
 			return;
 		}
@@ -674,7 +656,7 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 		} else if (f == PD_SAMPLE_LOCATION_ID && wt == PB_VARINT && !pd_rd_varint(&r, &v)) {
 			g->loc_cnt[loc_key(g, pd_idmap_get(&g->ix.loc_ids, v) - 1)] += d;
 		} else if (f == PD_SAMPLE_LABEL && wt == PB_LEN && !pd_rd_len(&r, &p, &n)) {
-			count_label(g, p, n, d);
+			count_strings(g, p, n, PD_LABEL_STRINGS, d);
 		} else if (pd_rd_skip(&r, wt)) {
 			return;
 		}
@@ -704,6 +686,8 @@ static void mark_pass(pd_engine *g, uint32_t kept)
 	}
 	for (uint32_t i = 0; i < g->ix.nloc; i++)
 		g->loc_mark[i] = g->loc_cnt[loc_key(g, i)] != 0;
+	count_strings(g, g->ix.base + g->ix.period_type.off, g->ix.period_type.len,
+		      PD_VALUE_TYPE_STRINGS, 1);
 	for (uint32_t i = 0; i < g->ix.nstr; i++)
 		g->str_mark[i] = g->str_cnt[i] != 0;
 	g->str_mark[0] = 1;
@@ -728,7 +712,6 @@ static void mark_pass(pd_engine *g, uint32_t kept)
 		mark_str(g, g->ix.st_type[c]);
 		mark_str(g, g->ix.st_unit[c]);
 	}
-	mark_msg_strings(g, g->ix.period_type, PD_VALUE_TYPE_STRINGS);
 	for (uint32_t i = 0; i < g->ix.ncomments; i++)
 		mark_str(g, (uint64_t)g->ix.comments[i]);
 	mark_str(g, (uint64_t)g->ix.drop_frames);

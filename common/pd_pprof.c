@@ -108,10 +108,7 @@ void pd_pprof_init(pd_pprof *x, const pd_limits *lim)
 
 void pd_pprof_release(pd_pprof *x)
 {
-#define RELEASE(v)                                                                                 \
-	free(x->v);                                                                                \
-	x->v = NULL;                                                                               \
-	x->v##_cap = 0;
+#define RELEASE(v) PD_VEC_FREE(x->v);
 	PPROF_VECS(RELEASE)
 #undef RELEASE
 	idmap_release(&x->loc_ids);
@@ -122,7 +119,7 @@ void pd_pprof_release(pd_pprof *x)
 size_t pd_pprof_mem_bytes(const pd_pprof *x)
 {
 	size_t n = idmap_bytes(&x->loc_ids) + idmap_bytes(&x->fn_ids) + idmap_bytes(&x->map_ids);
-#define COUNT(v) n += x->v##_cap * sizeof *x->v;
+#define COUNT(v) n += PD_VEC_BYTES(x->v);
 	PPROF_VECS(COUNT)
 #undef COUNT
 	return n;
@@ -142,32 +139,16 @@ static int push_span(pd_span **arr, size_t *cap, uint32_t *n, uint64_t limit, co
 	return PD_OK;
 }
 
-static void index_scalar(pd_pprof *x, uint32_t field, uint64_t v)
-{
-	switch (field) {
-	case PD_PROFILE_DROP_FRAMES:
-		x->drop_frames = (int64_t)v;
-		break;
-	case PD_PROFILE_KEEP_FRAMES:
-		x->keep_frames = (int64_t)v;
-		break;
-	case PD_PROFILE_TIME_NANOS:
-		x->time_nanos = (int64_t)v;
-		break;
-	case PD_PROFILE_DURATION_NANOS:
-		x->duration_nanos = (int64_t)v;
-		break;
-	case PD_PROFILE_PERIOD:
-		x->period = (int64_t)v;
-		break;
-	case PD_PROFILE_DEFAULT_SAMPLE_TYPE:
-		x->default_sample_type = (int64_t)v;
-		break;
-	case PD_PROFILE_DOC_LINK:
-		x->doc_link = (int64_t)v;
-		break;
-	}
-}
+/* Where each varint scalar of Profile goes, by field number (0: not a scalar). */
+static const size_t scalar_at[PD_PROFILE_DOC_LINK + 1] = {
+	[PD_PROFILE_DROP_FRAMES] = offsetof(pd_pprof, drop_frames),
+	[PD_PROFILE_KEEP_FRAMES] = offsetof(pd_pprof, keep_frames),
+	[PD_PROFILE_TIME_NANOS] = offsetof(pd_pprof, time_nanos),
+	[PD_PROFILE_DURATION_NANOS] = offsetof(pd_pprof, duration_nanos),
+	[PD_PROFILE_PERIOD] = offsetof(pd_pprof, period),
+	[PD_PROFILE_DEFAULT_SAMPLE_TYPE] = offsetof(pd_pprof, default_sample_type),
+	[PD_PROFILE_DOC_LINK] = offsetof(pd_pprof, doc_link),
+};
 
 static int push_comment(pd_pprof *x, uint64_t v, pd_err *e)
 {
@@ -212,8 +193,7 @@ static int is_message_field(uint32_t field)
 
 static int is_scalar_field(uint32_t field)
 {
-	return field >= PD_PROFILE_DROP_FRAMES && field <= PD_PROFILE_DOC_LINK &&
-	       field != PD_PROFILE_PERIOD_TYPE && field != PD_PROFILE_COMMENT;
+	return field <= PD_PROFILE_DOC_LINK && scalar_at[field] != 0;
 }
 
 static int index_message(pd_pprof *x, uint32_t field, pd_span s, pd_err *e)
@@ -275,7 +255,7 @@ static int index_top(pd_pprof *x, pd_err *e)
 				return pd_err_set(e, PD_E_MALFORMED,
 						  "malformed profile: bad varint field %u at byte %zu", field,
 						  at);
-			index_scalar(x, field, v);
+			*(int64_t *)((char *)x + scalar_at[field]) = (int64_t)v;
 		} else {
 			if (pd_rd_skip(&r, wt))
 				return pd_err_set(e, PD_E_MALFORMED,
