@@ -32,7 +32,7 @@ struct pd_engine {
 	/* marks and reference counts over the index's tables */
 	PD_VEC(uint32_t, str_map);
 	PD_VEC(uint8_t, str_mark);
-	PD_VEC(uint32_t, str_cnt); /* label references per string */
+	PD_VEC(uint32_t, str_cnt); /* label and period type references per string */
 	PD_VEC(uint8_t, map_mark);
 	PD_VEC(uint8_t, fn_mark);
 	PD_VEC(uint8_t, loc_mark);

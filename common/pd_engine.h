@@ -2,7 +2,8 @@
  * pd_engine: the delta engine. Cumulative pprof in, delta pprof out.
  *
  * No object graph: the input is inflated once into a reusable buffer, then
- * field-selective passes run over the protobuf bytes:
+ * field-selective passes run over the protobuf bytes (index and write are
+ * the pprof codec's, pd_pprof.h):
  *   index  - spans of every top-level field, validated tables, id maps;
  *   hash   - 128-bit identity of every sample (pd_hash.h), duplicates summed,
  *            the next state built;

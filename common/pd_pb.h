@@ -113,10 +113,13 @@ static inline int pd_rd_skip(pd_rd *r, uint32_t wt)
  * bounded must be below bound (an index into a table of that size). v[] must
  * have room for the highest wanted number and be zeroed by the caller (absent
  * fields read 0). Returns -1 on malformed input, a wanted field of another
- * wire type or an index out of bounds.
+ * wire type or an index out of bounds. Always inlined: with mask and bounded
+ * constant at the call site it compiles to the hand-written loop (labels are
+ * read once per sample in the hash pass).
  */
-static inline int pd_rd_varints(const uint8_t *p, size_t n, uint32_t mask, uint32_t bounded,
-				uint64_t bound, uint64_t *v)
+__attribute__((always_inline)) static inline int pd_rd_varints(const uint8_t *p, size_t n,
+								uint32_t mask, uint32_t bounded,
+								uint64_t bound, uint64_t *v)
 {
 	pd_rd r = pd_rd_make(p, n);
 	while (pd_rd_more(&r)) {
