@@ -26,6 +26,7 @@
 #include <openssl/crypto.h>
 
 #include "pd_engine.h"
+#include "pd_inspect.h"
 #include "pd_version.h"
 
 #define MAX_OVERRIDES 16

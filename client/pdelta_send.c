@@ -34,6 +34,7 @@
 #include <openssl/crypto.h>
 
 #include "pd_buf.h"
+#include "pd_clock.h"
 #include "pd_err.h"
 #include "pd_textfile.h"
 #include "pd_version.h"
@@ -336,12 +337,7 @@ static int read_to_file(pdelta *h, const char *tmp, FILE **of, char *msg, size_t
 	return pdelta_read_all(h, out_sink, *of);
 }
 
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
+static double now_ms(void) { return (double)pd_now_ns() / 1e6; }
 
 static const char *code_name(int code)
 {

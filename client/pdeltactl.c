@@ -37,6 +37,7 @@
 
 #include <openssl/crypto.h>
 
+#include "pd_clock.h"
 #include "pd_textfile.h"
 #include "pd_version.h"
 #include "pdelta.h"
@@ -713,13 +714,7 @@ static double num_at(const jv *doc, const char *path)
 	return v && v->t == J_NUM ? strtod(v->s, NULL) : 0;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+static double now_s(void) { return (double)pd_now_ns() / 1e9; }
 
 /* p99 in ms from the cumulative buckets of `stats` latency.total_le_ms, over
  * the requests between two samples: the bound of the first bucket that holds

@@ -52,3 +52,21 @@ int pd_buf_append(pd_buf *b, const void *p, size_t n, pd_err *e)
 	b->len += n;
 	return PD_OK;
 }
+
+int pd_array_grow(void **pp, size_t *cap, size_t need, size_t elsz, pd_err *e)
+{
+	size_t nc;
+	void *p;
+
+	if (need <= *cap)
+		return PD_OK;
+	nc = *cap ? *cap : 64;
+	while (nc < need)
+		nc *= 2;
+	p = realloc(*pp, nc * elsz);
+	if (!p)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory (%zu x %zu bytes)", nc, elsz);
+	*pp = p;
+	*cap = nc;
+	return PD_OK;
+}

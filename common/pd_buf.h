@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "pd_err.h"
 
@@ -27,5 +28,17 @@ static inline void pd_buf_reset(pd_buf *b) { b->len = 0; }
 /* Ensures room for n more bytes. */
 int pd_buf_reserve(pd_buf *b, size_t n, pd_err *e);
 int pd_buf_append(pd_buf *b, const void *p, size_t n, pd_err *e);
+
+/* Growable arrays: a pointer and its capacity in elements, declared with
+ * PD_VEC and grown (doubling, contents kept) with PD_GROW, which expects a
+ * pd_err *e in scope. */
+#define PD_VEC(T, name)                                                                            \
+	T *name;                                                                                   \
+	size_t name##_cap
+int pd_array_grow(void **pp, size_t *cap, size_t need, size_t elsz, pd_err *e);
+#define PD_GROW(arr, need) pd_array_grow((void **)&(arr), &arr##_cap, (need), sizeof *(arr), e)
+/* Frees a PD_VEC, leaving it empty and usable; the bytes it holds. */
+#define PD_VEC_FREE(arr) (free(arr), (arr) = NULL, arr##_cap = 0)
+#define PD_VEC_BYTES(arr) (arr##_cap * sizeof *(arr))
 
 #endif

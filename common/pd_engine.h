@@ -2,7 +2,8 @@
  * pd_engine: the delta engine. Cumulative pprof in, delta pprof out.
  *
  * No object graph: the input is inflated once into a reusable buffer, then
- * field-selective passes run over the protobuf bytes:
+ * field-selective passes run over the protobuf bytes (index and write are
+ * the pprof codec's, pd_pprof.h):
  *   index  - spans of every top-level field, validated tables, id maps;
  *   hash   - 128-bit identity of every sample (pd_hash.h), duplicates summed,
  *            the next state built;
@@ -26,32 +27,8 @@
 
 #include "pd_err.h"
 #include "pd_gz.h"
+#include "pd_limits.h"
 #include "pd_state.h"
-
-/* ---- limits: one table, the single source of defaults and of --help ---- */
-typedef struct pd_limits {
-	uint64_t max_input;        /* compressed input bytes */
-	uint64_t max_inflated;     /* inflated (raw protobuf) bytes */
-	uint64_t max_samples;      /* samples per profile */
-	uint64_t max_depth;        /* locations per sample */
-	uint64_t max_string;       /* bytes per string-table entry */
-	uint64_t max_table;        /* strings, locations, functions, mappings each */
-	uint64_t max_labels;       /* labels per sample */
-	uint64_t max_sample_types; /* sample types per profile */
-} pd_limits;
-
-typedef struct pd_limit_desc {
-	const char *name; /* option name without "--", e.g. "max-input" */
-	size_t offset;    /* offsetof(pd_limits, field) */
-	uint64_t def;
-	const char *help;
-} pd_limit_desc;
-
-extern const pd_limit_desc pd_limit_table[];
-extern const size_t pd_limit_count;
-void pd_limits_default(pd_limits *l);
-/* Sets the limit called name from a decimal string (k/m/g suffixes ok). */
-int pd_limits_set(pd_limits *l, const char *name, const char *value, pd_err *e);
 
 /* ---- request / result ---------------------------------------------------- */
 enum pd_first { PD_FIRST_KEEP = 0, PD_FIRST_DROP = 1, PD_FIRST_AUTO = 2 };
@@ -112,19 +89,19 @@ int pd_engine_finish(pd_engine *eng, const pd_state *prev, pd_state *next, const
 int pd_engine_run(pd_engine *eng, const void *in, size_t n, const pd_state *prev, pd_state *next,
 		  const pd_req *req, pd_sink_fn sink, void *sink_ctx, pd_result *res, pd_err *e);
 
-/* Facts about one profile (for `pdelta inspect`). */
-typedef struct pd_inspect {
-	uint32_t nsample_types;
-	const char *type_name[16], *type_unit[16];
-	size_t type_name_len[16], type_unit_len[16];
-	const char *period_type, *period_unit;
-	size_t period_type_len, period_unit_len;
-	int64_t period, time_nanos, duration_nanos;
-	uint64_t samples, locations, functions, mappings, strings, labels, max_depth;
-	uint64_t zero_samples, addr0_locations, unique_identities;
-	uint64_t bytes_in, bytes_raw;
-} pd_inspect;
-int pd_engine_inspect(pd_engine *eng, const void *in, size_t n, pd_inspect *out, pd_err *e);
+/* The indexed input and its sample values after the hash pass, for readers
+ * of a profile that share the engine's validation and identities (inspect).
+ * Valid until the engine's next request. */
+struct pd_pprof;
+typedef struct pd_engine_view {
+	const struct pd_pprof *ix;
+	const int64_t *vals;  /* ix->nst per sample; duplicates summed into the first */
+	const uint8_t *first; /* 1 = first sample of its identity */
+} pd_engine_view;
+/* Loads, indexes and hashes one input (samples into tmp, a throw-away state);
+ * no diff, no output. */
+int pd_engine_index_hashed(pd_engine *eng, const void *in, size_t n, pd_state *tmp,
+			   pd_engine_view *v, pd_err *e);
 
 /* Bytes the engine holds in its growable buffers and arrays (they keep their
  * size between requests: steady state does no malloc). */

@@ -1,47 +1,12 @@
 /* pd_gz: bounded inflate / chunked deflate over libdeflate, ISA-L and zlib. See pd_gz.h. */
 #include "pd_gz.h"
 
-#include <isa-l/crc64.h>
 #include <isa-l/igzip_lib.h>
 #include <libdeflate.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-uint64_t pd_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-uint32_t pd_crc32(uint32_t crc, const void *p, size_t n)
-{
-	return libdeflate_crc32(crc, p, n);
-}
-
-void pd_crc128_update(pd_crc128 *c, const void *p, size_t n)
-{
-	if (!n)
-		return;
-	c->a = crc64_ecma_refl(c->a, p, n);
-	c->b = crc64_jones_refl(c->b, p, n);
-}
-
-void pd_crc128_final(const pd_crc128 *c, uint8_t out[PD_CRC128_LEN])
-{
-	for (int i = 0; i < 8; i++) {
-		out[i] = (uint8_t)(c->a >> (8 * i));
-		out[8 + i] = (uint8_t)(c->b >> (8 * i));
-	}
-}
-
-void pd_crc128_of(const void *p, size_t n, uint8_t out[PD_CRC128_LEN])
-{
-	pd_crc128 c = pd_crc128_init();
-	pd_crc128_update(&c, p, n);
-	pd_crc128_final(&c, out);
-}
+#include "pd_clock.h"
 
 void pd_infl_init(pd_inflater *f)
 {

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pd_engine.h"
+#include "pd_limits.h"
 
 #define L(field, name, def, help) {name, offsetof(pd_limits, field), def, help}
 

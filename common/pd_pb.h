@@ -107,6 +107,38 @@ static inline int pd_rd_skip(pd_rd *r, uint32_t wt)
 }
 
 /*
+ * Reads a message whose wanted fields are all varints: each field whose number
+ * is set in mask (numbers below 32) goes to v[number], the last occurrence
+ * winning; other fields are skipped. Every occurrence of a field set in
+ * bounded must be below bound (an index into a table of that size). v[] must
+ * have room for the highest wanted number and be zeroed by the caller (absent
+ * fields read 0). Returns -1 on malformed input, a wanted field of another
+ * wire type or an index out of bounds. Always inlined: with mask and bounded
+ * constant at the call site it compiles to the hand-written loop (labels are
+ * read once per sample in the hash pass).
+ */
+__attribute__((always_inline)) static inline int pd_rd_varints(const uint8_t *p, size_t n,
+								uint32_t mask, uint32_t bounded,
+								uint64_t bound, uint64_t *v)
+{
+	pd_rd r = pd_rd_make(p, n);
+	while (pd_rd_more(&r)) {
+		uint32_t f, wt;
+		int bad;
+		if (pd_rd_key(&r, &f, &wt))
+			return -1;
+		if (f < 32 && (mask >> f & 1))
+			bad = wt != PB_VARINT || pd_rd_varint(&r, &v[f]) ||
+			      ((bounded >> f & 1) && v[f] >= bound);
+		else
+			bad = pd_rd_skip(&r, wt);
+		if (bad)
+			return -1;
+	}
+	return 0;
+}
+
+/*
  * Branch-light varint decoders for hot loops. Variable-length varints make
  * byte-at-a-time loops mispredict; these read a fixed window and compute the
  * length arithmetically. They may read past the field (never past bend, the

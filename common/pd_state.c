@@ -6,12 +6,12 @@
  *   | varint incarnation | varint ncols | ncols x (varint len, bytes)
  *   | varint n | n x (16-byte hash, ncols x zigzag varint) | u32 crc32
  */
-#include "pd_gz.h"
 #include "pd_state.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_crc.h"
 #include "pd_pb.h"
 
 #define PD_STATE_MAX_COLS 64

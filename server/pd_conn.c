@@ -7,7 +7,6 @@
  * handlers per type; the input loop; the driver, setter and the one close
  * function; libevent callbacks; accept; janitor and server-wide operations.
  */
-#include "pd_gz.h"
 #include "pd_conn.h"
 
 #include <arpa/inet.h>
@@ -27,6 +26,8 @@
 #include <openssl/err.h>
 
 #include "pd_admin.h"
+#include "pd_clock.h"
+#include "pd_crc.h"
 #include "pd_frame.h"
 #include "pd_guard.h"
 #include "pd_log.h"
@@ -123,12 +124,7 @@ static void conn_submit_ready(pd_conn *c);
 
 /* ---- time and logging ------------------------------------------------------- */
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
+static uint64_t now_ms(void) { return pd_now_ms(); }
 
 static void conn_logx(const pd_conn *c, const char *stream, const char *event, int level,
 		      const char *fmt, ...) __attribute__((format(printf, 5, 6)));

@@ -16,13 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
+#include "pd_clock.h"
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static int64_t now_ms(void) { return (int64_t)pd_now_ms(); }
 
 /* host and port of host:port / [v6]:port, wildcards mapped to loopback. */
 static int split_addr(const char *addr, char *host, size_t hl, char *port, size_t pl)

@@ -41,6 +41,8 @@
 #include <malloc.h>
 #endif
 
+#include "pd_clock.h"
+#include "pd_crc.h"
 #include "pd_gz.h"
 #include "pd_log.h"
 #include "pd_seq.h"
@@ -173,13 +175,7 @@ enum { SEQ_APPLY = 0, SEQ_DUPLICATE = -1 };
 
 static const double lat_bounds_ms[10] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000};
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static int64_t now_ms(void) { return pd_wall_ms(); }
 
 void pd_service_opts_init(pd_service_opts *o)
 {
@@ -686,6 +682,7 @@ static void job_requeue(pd_job *j)
 	if (j->new_stream)
 		st->ten->pending--;
 	j->new_stream = 0;
+	j->state_lost = 0; /* decided again against the reloaded row */
 	j->retries++;
 	s->st.store_conflicts++;
 	pd_table_unload(s->table, st);
@@ -1541,13 +1538,7 @@ static void *janitor_main(void *arg)
 
 	pthread_mutex_lock(&s->mu);
 	while (!s->quit) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += s->o.janitor_interval_ms / 1000;
-		ts.tv_nsec += (long)(s->o.janitor_interval_ms % 1000) * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		ts = pd_deadline(CLOCK_MONOTONIC, s->o.janitor_interval_ms);
 		while (!s->quit && pthread_cond_timedwait(&s->jan_cv, &s->mu, &ts) == 0)
 			;
 		if (s->quit)

@@ -21,6 +21,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_clock.h"
+#include "pd_crc.h"
 #include "pd_gz.h"
 #include "pd_log.h"
 #include "pd_settings.h"
@@ -75,21 +77,11 @@ struct pd_store {
 	atomic_uint_fast64_t reads, read_errors, responses_corrupt;
 };
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+static uint64_t mono_ns(void) { return pd_now_ns(); }
 
-static uint64_t mono_ms(void) { return mono_ns() / 1000000u; }
+static uint64_t mono_ms(void) { return pd_now_ms(); }
 
-static int64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static int64_t wall_ms(void) { return pd_wall_ms(); }
 
 void pd_store_opts_init(struct pd_store_opts *o)
 {
@@ -654,8 +646,7 @@ static void writer_wait(pd_store *s)
 		pthread_cond_wait(&s->cv_work, &s->mu);
 		return;
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += 1;
+	ts = pd_deadline(CLOCK_REALTIME, 1000);
 	if (pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) && !s->head && !s->stopping) {
 		pthread_mutex_unlock(&s->mu);
 		s->ops->reconnect(s->be);

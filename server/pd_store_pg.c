@@ -49,7 +49,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "pd_gz.h"
+#include "pd_clock.h"
+#include "pd_crc.h"
 #include "pd_log.h"
 #include "pd_textfile.h"
 
@@ -258,12 +259,7 @@ struct pg_be {
 	size_t n_readers; /* open, idle or borrowed */
 };
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+static uint64_t mono_ms(void) { return pd_now_ms(); }
 
 /* libpq messages end in a newline; the store's messages are one line. */
 static int pg_fail(pd_err *e, PGconn *c, const char *what)

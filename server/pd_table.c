@@ -17,6 +17,7 @@
 
 #include "pd_gz.h"
 #include "pd_hash.h"
+#include "pd_clock.h"
 #include "pd_table.h"
 
 #define INITIAL_BUCKETS 1024u

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pd_gz.h"
+#include "pd_crc.h"
 #include "pdl_internal.h"
 
 static int read_only(const char *cmd)

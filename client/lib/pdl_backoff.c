@@ -8,9 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pd_clock.h"
 #include "pdl_internal.h"
 
-uint64_t pdl_now_ms(void) { return pd_now_ns() / 1000000u; }
+uint64_t pdl_now_ms(void) { return pd_now_ms(); }
 
 /* splitmix64: jitter only, seeded from the CSPRNG. */
 uint64_t pdl_random64(pdelta *h)

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pd_clock.h"
 #include "pdl_internal.h"
 
 void pdelta_opts_init(pdelta_opts *o)
@@ -72,12 +73,7 @@ const char *pdelta_reason_name(int reason)
 
 /* ---- wall clock ----------------------------------------------------------------- */
 
-int64_t pdl_wall_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+int64_t pdl_wall_ns(void) { return pd_wall_ns(); }
 
 /* ---- streams ---------------------------------------------------------------------- */
 

@@ -35,6 +35,7 @@
 #include "pd_engine.h"
 #include "pd_err.h"
 #include "pd_frame.h"
+#include "pd_crc.h"
 #include "pd_gz.h"
 #include "pd_route.h"
 #include "pd_state.h"

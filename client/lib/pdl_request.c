@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pd_gz.h"
+#include "pd_crc.h"
 #include "pdl_internal.h"
 
 static void reset_attempt(pdl_req *r)

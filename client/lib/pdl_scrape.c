@@ -27,15 +27,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pd_clock.h"
 #include "pdl_scrape.h"
 
-int64_t sc_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t sc_now_ms(void) { return pd_wall_ms(); }
 
 void sc_log(pdelta_scrape *s, int is_error, const char *fmt, ...)
 {
@@ -485,11 +480,7 @@ int pdelta_scrape_run(pdelta_scrape *s)
 			break;
 		if (wait_ms > 200)
 			wait_ms = 200;
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += (long)wait_ms * 1000000L;
-		ts.tv_sec += ts.tv_nsec / 1000000000L;
-		ts.tv_nsec %= 1000000000L;
+		struct timespec ts = pd_deadline(CLOCK_REALTIME, (uint64_t)wait_ms);
 		pthread_cond_timedwait(&s->cv, &s->mu, &ts);
 	}
 	/* Workers finish what they hold; the queue is dropped on stop. */

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pd_clock.h"
 #include "pdl_scrape.h"
 
 #define SPOOL_SUFFIX ".push"
@@ -257,9 +258,7 @@ static void *pusher_main(void *arg)
 		uint64_t id = 0;
 		pthread_mutex_lock(&s->mu);
 		while (!s->stop && !(id = spool_oldest(s)) && !s->loop_done) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1;
+			struct timespec ts = pd_deadline(CLOCK_REALTIME, 1000);
 			pthread_cond_timedwait(&s->cv, &s->mu, &ts);
 		}
 		int done = s->loop_done;

@@ -22,6 +22,7 @@
 #include <libdeflate.h>
 #include <zlib.h>
 
+#include "pd_clock.h"
 #include "pd_engine.h"
 
 extern void *__libc_malloc(size_t);

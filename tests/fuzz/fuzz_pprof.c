@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "pd_engine.h"
+#include "pd_inspect.h"
 
 static int buf_sink(void *ctx, const uint8_t *p, size_t n)
 {

@@ -33,7 +33,7 @@
 #include <zlib.h>
 
 #include "pd_frame.h"
-#include "pd_gz.h"
+#include "pd_crc.h"
 #include "pdelta.h"
 #include "../unit/tharness.h"
 

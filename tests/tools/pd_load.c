@@ -82,7 +82,7 @@
 
 #include "pd_buf.h"
 #include "pd_frame.h"
-#include "pd_gz.h"
+#include "pd_crc.h"
 
 #define TICK_MS 10
 #define CONNECT_TIMEOUT_US (120 * 1000000ull)

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "pd_buf.h"
+#include "pd_clock.h"
 #include "pd_engine.h"
 #include "pd_slowdelta.h"
 

@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "pd_engine.h"
+#include "pd_inspect.h"
 #include "tharness.h"
 
 /* ---- a tiny protobuf builder ---------------------------------------------- */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "pd_crc.h"
 #include "pd_gz.h"
 #include "tharness.h"
 

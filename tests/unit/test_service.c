@@ -19,6 +19,7 @@
 
 #include "pd_admin.h"
 #include "pd_gz.h"
+#include "pd_crc.h"
 #include "pd_service.h"
 #include "pd_store.h"
 #include "pdelta_proto.h"
