@@ -27,6 +27,7 @@
 
 #include "pd_engine.h"
 #include "pd_inspect.h"
+#include "pd_json.h"
 #include "pd_version.h"
 
 #define MAX_OVERRIDES 16
@@ -365,21 +366,6 @@ out:
 	return rc;
 }
 
-static void json_str(const char *p, size_t n)
-{
-	putchar('"');
-	for (size_t i = 0; i < n; i++) {
-		unsigned char ch = (unsigned char)p[i];
-		if (ch == '"' || ch == '\\')
-			printf("\\%c", ch);
-		else if (ch < 0x20)
-			printf("\\u%04x", ch);
-		else
-			putchar(ch);
-	}
-	putchar('"');
-}
-
 static int cmd_inspect(cli *c, int argc, char **argv, pd_err *e)
 {
 	pd_engine *eng = pd_engine_new(&c->lim);
@@ -401,19 +387,19 @@ static int cmd_inspect(cli *c, int argc, char **argv, pd_err *e)
 		goto out;
 	if (c->json) {
 		printf("{\"file\":");
-		json_str(argv[0], strlen(argv[0]));
+		pd_json_str(stdout, argv[0], strlen(argv[0]));
 		printf(",\"sample_types\":[");
 		for (uint32_t i = 0; i < o.nsample_types; i++) {
 			printf("%s{\"type\":", i ? "," : "");
-			json_str(o.type_name[i], o.type_name_len[i]);
+			pd_json_str(stdout, o.type_name[i], o.type_name_len[i]);
 			printf(",\"unit\":");
-			json_str(o.type_unit[i], o.type_unit_len[i]);
+			pd_json_str(stdout, o.type_unit[i], o.type_unit_len[i]);
 			printf("}");
 		}
 		printf("],\"period_type\":{\"type\":");
-		json_str(o.period_type, o.period_type_len);
+		pd_json_str(stdout, o.period_type, o.period_type_len);
 		printf(",\"unit\":");
-		json_str(o.period_unit, o.period_unit_len);
+		pd_json_str(stdout, o.period_unit, o.period_unit_len);
 		printf("},\"period\":%lld,\"time_nanos\":%lld,\"duration_nanos\":%lld,"
 		       "\"samples\":%llu,\"unique_identities\":%llu,\"zero_samples\":%llu,"
 		       "\"locations\":%llu,\"addr0_locations\":%llu,\"functions\":%llu,"

@@ -38,6 +38,7 @@
 #include <openssl/crypto.h>
 
 #include "pd_clock.h"
+#include "pd_json.h"
 #include "pd_textfile.h"
 #include "pd_version.h"
 #include "pdelta.h"
@@ -622,20 +623,10 @@ static void explain(pdelta *h, const char *cmd, int rc, const char *const *kv)
 	fprintf(stderr, "pdeltactl: %s: %s\n", cmd, pdelta_last_error(h));
 }
 
-/* A JSON string on stdout: quotes, backslashes and control bytes escaped. */
+/* A JSON string on stdout; NULL is written as "". */
 static void put_json_str(const char *v)
 {
-	putchar('"');
-	for (; v && *v; v++) {
-		unsigned char ch = (unsigned char)*v;
-		if (ch == '"' || ch == '\\')
-			printf("\\%c", ch);
-		else if (ch < 0x20)
-			printf("\\u%04x", ch);
-		else
-			putchar(ch);
-	}
-	putchar('"');
+	pd_json_str(stdout, v ? v : "", v ? strlen(v) : 0);
 }
 
 /* --json: a failure is a document too, so scripts never parse stderr. */

@@ -319,7 +319,7 @@ struct srow {
 	char *own; /* the copy of tenant and name in the top-k heap */
 };
 
-static void srow_from_rec(struct srow *r, const pd_stream_rec *rec, int sort)
+static void srow_from_rec(struct srow *r, const pd_store_row *rec, int sort)
 {
 	r->seq = rec->last_seq;
 	r->incarnation = rec->incarnation;
@@ -363,7 +363,7 @@ struct list_ctx {
 	struct srow *heap; /* top-k min-heap by key */
 };
 
-static int list_in_order(void *arg, const pd_stream_rec *rec)
+static int list_in_order(void *arg, const pd_store_row *rec)
 {
 	struct list_ctx *c = arg;
 	struct srow r;
@@ -421,7 +421,7 @@ static int srow_own(struct srow *r)
 	return 0;
 }
 
-static int list_top(void *arg, const pd_stream_rec *rec)
+static int list_top(void *arg, const pd_store_row *rec)
 {
 	struct list_ctx *c = arg;
 	struct srow r;
@@ -508,7 +508,7 @@ static void cache_facts(const adm_req *j, jw *out)
 	jw_u64(out, "queued", f.queued);
 }
 
-static void state_facts(const pd_stream_rec *r, jw *out)
+static void state_facts(const pd_store_row *r, jw *out)
 {
 	pd_state *tmp = r->state_len ? pd_state_new() : NULL;
 	int ok = tmp && !pd_state_deserialize(tmp, r->state, r->state_len, NULL) &&
@@ -529,15 +529,15 @@ static void state_facts(const pd_stream_rec *r, jw *out)
 
 static int adm_stream(const adm_req *j, jw *out, pd_err *e)
 {
-	pd_stream_rec rec = {0};
-	const pd_stream_rec *r = &rec;
+	pd_store_row rec = {0};
+	const pd_store_row *r = &rec;
 	/* The state only: the kept response is read (and checked) by retries. */
 	int rc = pd_store_get_state(pd_service_store(j->svc), j->tenant, j->name, &rec, e);
 
 	if (rc == PD_E_NOTFOUND)
 		rc = pd_err_set(e, rc, "no stream %s in tenant %s", j->name, j->tenant);
 	if (rc) {
-		pd_stream_rec_free(&rec);
+		pd_store_row_free(&rec);
 		return rc;
 	}
 	jw_open(out, '{');
@@ -562,7 +562,7 @@ static int adm_stream(const adm_req *j, jw *out, pd_err *e)
 	state_facts(r, out);
 	cache_facts(j, out);
 	jw_close(out, '}');
-	pd_stream_rec_free(&rec);
+	pd_store_row_free(&rec);
 	return PD_OK;
 }
 
@@ -718,7 +718,7 @@ struct name_vec {
 	int oom;
 };
 
-static int collect_name(void *arg, const pd_stream_rec *rec)
+static int collect_name(void *arg, const pd_store_row *rec)
 {
 	struct name_vec *nv = arg;
 

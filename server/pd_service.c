@@ -124,7 +124,7 @@ typedef struct pd_worker {
 	pd_state *next;  /* scratch for the engine's next state */
 	pd_state *empty; /* never valid: "no previous state" */
 	pd_buf ser;      /* serialized state */
-	pd_stream_rec rec;
+	pd_store_row rec;
 	EVP_MD_CTX *md_ctx;
 } pd_worker;
 
@@ -764,7 +764,7 @@ static void set_absent(pd_stream *st)
 /* Copies the row's metadata into the (busy) stream. The kept response stays
  * in the store: only a retry (DUPLICATE) reads it, so the cache holds states,
  * not ~200 KB of response per medium stream. */
-static void fill_from_rec(pd_stream *st, const pd_stream_rec *r)
+static void fill_from_rec(pd_stream *st, const pd_store_row *r)
 {
 	st->exists = 1;
 	st->version = r->version;
@@ -1024,7 +1024,7 @@ static void store_done(void *arg, int rc, uint64_t latency_ns);
 static int commit_async(pd_worker *w, pd_job *j, pd_stream *st)
 {
 	pd_service *s = w->svc;
-	pd_stream_rec rec;
+	pd_store_row rec;
 	int reset = j->res.reason == PD_REASON_RESET || j->res.reason == PD_REASON_EVICTED ||
 		    j->res.reason == PD_REASON_STATE_LOST, rc;
 
@@ -1367,7 +1367,7 @@ static void worker_trim(pd_worker *w)
 		return;
 	pd_engine_trim(w->eng, 0);
 	pd_buf_free(&w->ser);
-	pd_stream_rec_free(&w->rec);
+	pd_store_row_free(&w->rec);
 #ifdef __GLIBC__
 	malloc_trim(0);
 #endif
@@ -1440,7 +1440,7 @@ static void worker_free(pd_worker *w)
 	pd_state_free(w->next);
 	pd_state_free(w->empty);
 	pd_buf_free(&w->ser);
-	pd_stream_rec_free(&w->rec);
+	pd_store_row_free(&w->rec);
 	EVP_MD_CTX_free(w->md_ctx);
 }
 

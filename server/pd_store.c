@@ -39,7 +39,7 @@ enum wop_kind { WOP_PUT, WOP_DELETE, WOP_RESET, WOP_EXPIRE };
 struct wop {
 	struct wop *next;
 	enum wop_kind kind;
-	pd_stream_rec rec; /* PUT; DELETE/RESET use tenant, name, last_reset_reason */
+	pd_store_row rec; /* PUT; DELETE/RESET use tenant, name, last_reset_reason */
 	int has_expect;
 	uint64_t expect_version;
 	int64_t expire_before_ms;
@@ -114,13 +114,13 @@ static void opts_fill_defaults(struct pd_store_opts *o)
 
 /* ---- records ---------------------------------------------------------------- */
 
-void pd_stream_rec_free(pd_stream_rec *rec)
+void pd_store_row_free(pd_store_row *rec)
 {
 	free(rec->own_mem);
 	memset(rec, 0, sizeof *rec);
 }
 
-int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e)
+int pd_store_row_reserve(pd_store_row *rec, size_t n, pd_err *e)
 {
 	size_t na;
 	void *p;
@@ -139,7 +139,7 @@ int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e)
 }
 
 /* Copies a text column, NUL-terminated, to *p. */
-static const char *fill_text(const struct pd_store_row *row, int col, char **p)
+static const char *fill_text(const struct pd_store_result *row, int col, char **p)
 {
 	size_t n;
 	const void *v = row->bytes(row->ctx, col, &n);
@@ -152,7 +152,7 @@ static const char *fill_text(const struct pd_store_row *row, int col, char **p)
 	return out;
 }
 
-static const uint8_t *fill_blob(const struct pd_store_row *row, int col, size_t *len, char **p)
+static const uint8_t *fill_blob(const struct pd_store_result *row, int col, size_t *len, char **p)
 {
 	const void *v = row->bytes(row->ctx, col, len);
 	uint8_t *out = (uint8_t *)*p;
@@ -163,7 +163,7 @@ static const uint8_t *fill_blob(const struct pd_store_row *row, int col, size_t 
 	return out;
 }
 
-static void fill_fixed(pd_stream_rec *r, const struct pd_store_row *row)
+static void fill_fixed(pd_store_row *r, const struct pd_store_result *row)
 {
 	size_t hn;
 	const void *h = row->bytes(row->ctx, PD_COL_HASH, &hn);
@@ -186,7 +186,7 @@ static void fill_fixed(pd_stream_rec *r, const struct pd_store_row *row)
 	r->resets = row->u64(row->ctx, PD_COL_RESETS);
 }
 
-int pd_stream_rec_fill(pd_stream_rec *r, const struct pd_store_row *row, int blobs, pd_err *e)
+int pd_store_row_fill(pd_store_row *r, const struct pd_store_result *row, int blobs, pd_err *e)
 {
 	static const int text_cols[] = {PD_COL_TENANT, PD_COL_NAME, PD_COL_REASON,
 					PD_COL_RESET_REASON};
@@ -206,7 +206,7 @@ int pd_stream_rec_fill(pd_stream_rec *r, const struct pd_store_row *row, int blo
 		row->bytes(row->ctx, PD_COL_DELTA, &n);
 		need += n;
 	}
-	if ((rc = pd_stream_rec_reserve(r, need, e)))
+	if ((rc = pd_store_row_reserve(r, need, e)))
 		return rc;
 	fill_fixed(r, row);
 	p = r->own_mem;
@@ -233,7 +233,7 @@ int pd_stream_rec_fill(pd_stream_rec *r, const struct pd_store_row *row, int blo
 	return PD_OK;
 }
 
-size_t pd_stream_rec_size(const pd_stream_rec *r)
+size_t pd_store_row_size(const pd_store_row *r)
 {
 	size_t n = 512 + PD_STORE_HASH_LEN;
 	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
@@ -282,7 +282,7 @@ static const uint8_t *copy_blob(char **dst, const uint8_t *src, size_t n)
 }
 
 /* Size of a wop carrying a copy of rec (0 if it overflows size_t). */
-static size_t wop_size(const pd_stream_rec *r)
+static size_t wop_size(const pd_store_row *r)
 {
 	size_t n = sizeof(struct wop);
 	int ok = size_add(&n, str_size(r->tenant)) && size_add(&n, str_size(r->name)) &&
@@ -293,7 +293,7 @@ static size_t wop_size(const pd_stream_rec *r)
 }
 
 /* Allocates a wop of `bytes` holding a deep copy of r. */
-static struct wop *wop_new(const pd_stream_rec *r, size_t bytes)
+static struct wop *wop_new(const pd_store_row *r, size_t bytes)
 {
 	struct wop *w = calloc(1, bytes);
 	char *p;
@@ -317,7 +317,7 @@ static struct wop *wop_new(const pd_stream_rec *r, size_t bytes)
 /* ---- queue ------------------------------------------------------------------ */
 
 /* Builds a wop for rec, checking what can be checked without the lock. */
-static int wop_make(pd_store *s, const pd_stream_rec *rec, struct wop **out)
+static int wop_make(pd_store *s, const pd_store_row *rec, struct wop **out)
 {
 	size_t bytes;
 
@@ -363,7 +363,7 @@ static int enqueue(pd_store *s, struct wop *w)
 	return rc;
 }
 
-static int put_common(pd_store *s, const pd_stream_rec *rec, int has_expect, uint64_t expect,
+static int put_common(pd_store *s, const pd_store_row *rec, int has_expect, uint64_t expect,
 		      pd_store_done_fn done, void *arg)
 {
 	struct wop *w;
@@ -382,12 +382,12 @@ static int put_common(pd_store *s, const pd_stream_rec *rec, int has_expect, uin
 	return enqueue(s, w);
 }
 
-int pd_store_put_async(pd_store *s, const pd_stream_rec *rec, pd_store_done_fn done, void *arg)
+int pd_store_put_async(pd_store *s, const pd_store_row *rec, pd_store_done_fn done, void *arg)
 {
 	return put_common(s, rec, 0, 0, done, arg);
 }
 
-int pd_store_put_if_async(pd_store *s, const pd_stream_rec *rec, uint64_t expect_version,
+int pd_store_put_if_async(pd_store *s, const pd_store_row *rec, uint64_t expect_version,
 			  pd_store_done_fn done, void *arg)
 {
 	return put_common(s, rec, 1, expect_version, done, arg);
@@ -397,7 +397,7 @@ int pd_store_put_if_async(pd_store *s, const pd_stream_rec *rec, uint64_t expect
 static int key_op(pd_store *s, enum wop_kind kind, const char *tenant, const char *name,
 		  const char *reason, pd_store_done_fn done, void *arg)
 {
-	pd_stream_rec key = {.tenant = tenant, .name = name, .last_reset_reason = reason};
+	pd_store_row key = {.tenant = tenant, .name = name, .last_reset_reason = reason};
 	struct wop *w;
 	int rc = wop_make(s, &key, &w);
 
@@ -824,7 +824,7 @@ static void sync_done(void *arg, int rc, uint64_t latency_ns)
 static int expire_chunk(pd_store *s, int64_t before_ms, uint64_t *n, pd_err *e)
 {
 	struct sync_wait sw = {.done = 0};
-	pd_stream_rec none = {.tenant = "", .name = ""};
+	pd_store_row none = {.tenant = "", .name = ""};
 	struct wop *w;
 	int rc = wop_make(s, &none, &w);
 
@@ -876,7 +876,7 @@ int pd_store_expire(pd_store *s, int64_t older_than_ms, uint64_t *n_deleted, pd_
 
 /* The kept response must be the bytes its put checksummed: a DUPLICATE
  * replays them to the client as valid. */
-static int check_response(pd_store *s, const pd_stream_rec *r, pd_err *err)
+static int check_response(pd_store *s, const pd_store_row *r, pd_err *err)
 {
 	uint32_t crc;
 
@@ -893,7 +893,7 @@ static int check_response(pd_store *s, const pd_stream_rec *r, pd_err *err)
 }
 
 static int get(pd_store *s, const char *tenant, const char *name, unsigned what,
-	       pd_stream_rec *rec_out, pd_err *err)
+	       pd_store_row *rec_out, pd_err *err)
 {
 	int rc;
 
@@ -910,20 +910,20 @@ static int get(pd_store *s, const char *tenant, const char *name, unsigned what,
 	return rc;
 }
 
-int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
+int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_store_row *rec_out,
 		 pd_err *err)
 {
 	return get(s, tenant, name, PD_STORE_GET_STATE | PD_STORE_GET_RESPONSE, rec_out, err);
 }
 
-int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
+int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_store_row *rec_out,
 		       pd_err *err)
 {
 	return get(s, tenant, name, PD_STORE_GET_STATE, rec_out, err);
 }
 
 int pd_store_get_response(pd_store *s, const char *tenant, const char *name,
-			  pd_stream_rec *rec_out, pd_err *err)
+			  pd_store_row *rec_out, pd_err *err)
 {
 	return get(s, tenant, name, PD_STORE_GET_RESPONSE, rec_out, err);
 }

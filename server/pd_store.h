@@ -108,13 +108,13 @@ void pd_store_opts_init(struct pd_store_opts *o);
  * "now". version is ignored (the store sets it).
  *
  * On get: all pointers point into memory owned by the record (own_mem),
- * valid until the next get into the same record or pd_stream_rec_free().
+ * valid until the next get into the same record or pd_store_row_free().
  * A zero-initialised record is ready for get; reusing one record across gets
  * avoids an allocation per read.
  *
  * Unsigned 64-bit values are stored bit-for-bit in SQLite's signed INTEGER.
  */
-typedef struct pd_stream_rec {
+typedef struct pd_store_row {
 	const char *tenant;
 	const char *name;
 
@@ -156,10 +156,10 @@ typedef struct pd_stream_rec {
 	/* Owned storage behind the pointers after a get. */
 	void *own_mem;
 	size_t own_alloc;
-} pd_stream_rec;
+} pd_store_row;
 
 /* Frees what a get stored in rec and zeroes it. */
-void pd_stream_rec_free(pd_stream_rec *rec);
+void pd_store_row_free(pd_store_row *rec);
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
@@ -177,15 +177,15 @@ void pd_store_close(pd_store *s);
 /* Reads one row. PD_E_NOTFOUND when absent, PD_E_STORE on a database error,
  * PD_E_STATE when the kept response fails its checksum (the row is corrupt:
  * rec_out is then not to be used; counted in responses_corrupt). */
-int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
+int pd_store_get(pd_store *s, const char *tenant, const char *name, pd_store_row *rec_out,
 		 pd_err *err);
 /* The same with one blob only; the other is NULL and its length is set. A
  * stream load needs the state, a retry (DUPLICATE) only the kept response. */
 enum { PD_STORE_GET_STATE = 1, PD_STORE_GET_RESPONSE = 2 };
-int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_stream_rec *rec_out,
+int pd_store_get_state(pd_store *s, const char *tenant, const char *name, pd_store_row *rec_out,
 		       pd_err *err);
 int pd_store_get_response(pd_store *s, const char *tenant, const char *name,
-			  pd_stream_rec *rec_out, pd_err *err);
+			  pd_store_row *rec_out, pd_err *err);
 
 /* ---- writes (asynchronous, group-committed) -------------------------------- */
 
@@ -206,7 +206,7 @@ typedef void (*pd_store_done_fn)(void *arg, int rc, uint64_t latency_ns);
  * max_queue_bytes), PD_E_ARG (missing tenant/name), PD_E_NOMEM.
  * The same return codes apply to the other *_async functions.
  */
-int pd_store_put_async(pd_store *s, const pd_stream_rec *rec, pd_store_done_fn done,
+int pd_store_put_async(pd_store *s, const pd_store_row *rec, pd_store_done_fn done,
 		       void *arg);
 
 /*
@@ -218,7 +218,7 @@ int pd_store_put_async(pd_store *s, const pd_stream_rec *rec, pd_store_done_fn d
  * notice that an earlier write of the same stream failed, and keeps the
  * interface ready for several nodes sharing one database (DESIGN §6).
  */
-int pd_store_put_if_async(pd_store *s, const pd_stream_rec *rec, uint64_t expect_version,
+int pd_store_put_if_async(pd_store *s, const pd_store_row *rec, uint64_t expect_version,
 			  pd_store_done_fn done, void *arg);
 
 /* Queues removal of a stream's row. done gets PD_E_NOTFOUND if there was none. */
@@ -257,7 +257,7 @@ enum pd_store_sort {
 /* Called per row; rec has state/last_delta NULL (their lengths are set) and
  * pointers valid only during the call. Return non-zero to stop. Must not call
  * back into the store. */
-typedef int (*pd_store_row_fn)(void *arg, const pd_stream_rec *rec);
+typedef int (*pd_store_row_fn)(void *arg, const pd_store_row *rec);
 
 /* Lists rows of tenant (NULL = all tenants) whose name starts with prefix
  * (NULL or "" = all), in sort order, at most limit rows (0 = no limit). */
@@ -352,7 +352,7 @@ struct pd_store_backend {
 
 	int (*begin)(void *be, pd_err *e);
 	/* has_expect = 0: unconditional upsert; otherwise compare-and-set. */
-	int (*put)(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
+	int (*put)(void *be, const pd_store_row *r, int has_expect, uint64_t expect_version,
 		   int64_t now_ms, pd_err *e);
 	int (*del)(void *be, const char *tenant, const char *name, pd_err *e);
 	int (*reset)(void *be, const char *tenant, const char *name, const char *reason,
@@ -364,7 +364,7 @@ struct pd_store_backend {
 
 	/* what: PD_STORE_GET_STATE and/or PD_STORE_GET_RESPONSE, the blobs to read */
 	int (*get)(void *be, const char *tenant, const char *name, unsigned what,
-		   pd_stream_rec *out, pd_err *e);
+		   pd_store_row *out, pd_err *e);
 	int (*list)(void *be, const char *tenant, const char *prefix, enum pd_store_sort sort,
 		    size_t limit, pd_store_row_fn fn, void *arg, pd_err *e);
 	int (*count)(void *be, const char *tenant, uint64_t *out, pd_err *e);
@@ -391,8 +391,8 @@ int pd_store_is_pg(const char *path);
 
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes
  * (amortised growth); returns PD_E_NOMEM on failure. */
-int pd_stream_rec_reserve(pd_stream_rec *rec, size_t n, pd_err *e);
-/* A backend's result row, read through accessors, with its columns in this
+int pd_store_row_reserve(pd_store_row *rec, size_t n, pd_err *e);
+/* A backend's result row (pd_store_result), read through accessors, with its columns in this
  * order (both backends select them so); STATE and DELTA hold the blob, or
  * its length as an integer when that blob was not asked for, and DELTA_CRC
  * is only in reads of the response. */
@@ -402,7 +402,7 @@ enum pd_store_col {
 	PD_COL_INCARN, PD_COL_TIME, PD_COL_CREATED, PD_COL_SEEN, PD_COL_SERVED, PD_COL_RESETS,
 	PD_COL_RESET_REASON, PD_COL_STATE, PD_COL_DELTA, PD_COL_DELTA_CRC
 };
-struct pd_store_row {
+struct pd_store_result {
 	void *ctx;
 	/* bytes of a text or blob column (valid until the next call on the row) */
 	const void *(*bytes)(void *ctx, int col, size_t *len);
@@ -412,11 +412,11 @@ struct pd_store_row {
 enum { PD_STORE_FILL_STATE = 1, PD_STORE_FILL_DELTA = 2 };
 /* Fills rec from row: strings and the blobs named in `blobs` are copied to
  * rec's own memory; the other blobs only get their length. */
-int pd_stream_rec_fill(pd_stream_rec *rec, const struct pd_store_row *row, int blobs, pd_err *e);
+int pd_store_row_fill(pd_store_row *rec, const struct pd_store_result *row, int blobs, pd_err *e);
 
 /* Upper estimate of the bytes a put of rec stores (values plus slack for
  * the metadata), SIZE_MAX if absurd: what backends hold against their
  * largest row (max_row_bytes). */
-size_t pd_stream_rec_size(const pd_stream_rec *rec);
+size_t pd_store_row_size(const pd_store_row *rec);
 
 #endif

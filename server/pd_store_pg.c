@@ -19,7 +19,7 @@
  *
  *   pdelta_schema (application text, version integer)  -- one row ('pdelta', N)
  *   pdelta_streams (tenant, name: bytea, primary key; version, the
- *     metadata columns of pd_stream_rec as bigint / integer, its strings as
+ *     metadata columns of pd_store_row as bigint / integer, its strings as
  *     bytea (any bytes, byte order, as with SQLite, whatever the database's
  *     encoding: one odd name can never fail a whole group commit);
  *     last_delta_crc, state_crc: CRC-32 of the two blobs; state, last_delta:
@@ -685,7 +685,7 @@ static int pg_write(struct pg_be *b, enum w_stmt which, const struct pg_params *
 	return rc;
 }
 
-static void bind_rec(struct pg_params *p, const pd_stream_rec *r, int64_t now_ms)
+static void bind_rec(struct pg_params *p, const pd_store_row *r, int64_t now_ms)
 {
 	p->n = 0;
 	p_name(p, r->tenant);
@@ -714,7 +714,7 @@ static void bind_rec(struct pg_params *p, const pd_stream_rec *r, int64_t now_ms
 	p_i64(p, pd_crc32(0, r->state, r->state_len));
 }
 
-static int pg_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
+static int pg_put(void *be, const pd_store_row *r, int has_expect, uint64_t expect_version,
 		  int64_t now_ms, pd_err *e)
 {
 	struct pg_be *b = be;
@@ -723,7 +723,7 @@ static int pg_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t exp
 	uint64_t changed;
 	int rc;
 
-	if (pd_stream_rec_size(r) > b->max_value)
+	if (pd_store_row_size(r) > b->max_value)
 		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
 				  r->tenant, r->name, b->max_value);
 	if (has_expect)
@@ -802,7 +802,7 @@ static size_t col_len(const PGresult *r, int row, int c)
 	return (size_t)PQgetlength(r, row, c);
 }
 
-/* One row of a result, for pd_stream_rec_fill. */
+/* One row of a result, for pd_store_row_fill. */
 struct pg_row {
 	const PGresult *r;
 	int row;
@@ -828,12 +828,12 @@ static int pg_col_null(void *ctx, int c)
 	return PQgetisnull(x->r, x->row, c);
 }
 
-static int fill_rec(const PGresult *r, int row, int blobs, pd_stream_rec *o, pd_err *e)
+static int fill_rec(const PGresult *r, int row, int blobs, pd_store_row *o, pd_err *e)
 {
 	struct pg_row x = {r, row};
-	struct pd_store_row acc = {&x, pg_col_bytes, pg_col_u64, pg_col_null};
+	struct pd_store_result acc = {&x, pg_col_bytes, pg_col_u64, pg_col_null};
 
-	return pd_stream_rec_fill(o, &acc, blobs, e);
+	return pd_store_row_fill(o, &acc, blobs, e);
 }
 
 /* Runs a read statement on a borrowed connection; *out is the result (the
@@ -864,7 +864,7 @@ static int pg_query(struct pg_be *b, enum r_stmt which, const struct pg_params *
 }
 
 static int pg_get(void *be, const char *tenant, const char *name, unsigned what,
-		  pd_stream_rec *out, pd_err *e)
+		  pd_store_row *out, pd_err *e)
 {
 	struct pg_params p = {.n = 0};
 	enum r_stmt which = what == PD_STORE_GET_STATE      ? R_GET_STATE
@@ -899,7 +899,7 @@ static int pg_list(void *be, const char *tenant, const char *prefix, enum pd_sto
 		   size_t limit, pd_store_row_fn fn, void *arg, pd_err *e)
 {
 	struct pg_params p = {.n = 0};
-	pd_stream_rec rec = {0};
+	pd_store_row rec = {0};
 	PGresult *r;
 	int rc;
 
@@ -917,7 +917,7 @@ static int pg_list(void *be, const char *tenant, const char *prefix, enum pd_sto
 		if (!rc && fn(arg, &rec))
 			break;
 	}
-	pd_stream_rec_free(&rec);
+	pd_store_row_free(&rec);
 	PQclear(r);
 	return rc;
 }

@@ -575,7 +575,7 @@ static void bind_u64(sqlite3_stmt *st, int i, uint64_t v)
 	sqlite3_bind_int64(st, i, (sqlite3_int64)v);
 }
 
-static void bind_rec(sqlite3_stmt *st, const pd_stream_rec *r, int64_t now_ms)
+static void bind_rec(sqlite3_stmt *st, const pd_store_row *r, int64_t now_ms)
 {
 	bind_text(st, 1, r->tenant);
 	bind_text(st, 2, r->name);
@@ -617,7 +617,7 @@ static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what, in
 	return PD_OK;
 }
 
-static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t expect_version,
+static int sq_put(void *be, const pd_store_row *r, int has_expect, uint64_t expect_version,
 		  int64_t now_ms, pd_err *e)
 {
 	struct sq_be *b = be;
@@ -625,7 +625,7 @@ static int sq_put(void *be, const pd_stream_rec *r, int has_expect, uint64_t exp
 	int changed, rc;
 
 	/* Refused before stepping, so one oversized row cannot fail its batch. */
-	if (pd_stream_rec_size(r) > b->max_value)
+	if (pd_store_row_size(r) > b->max_value)
 		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
 				  r->tenant, r->name, b->max_value);
 	if (has_expect)
@@ -682,7 +682,7 @@ static int sq_expire(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_
 
 /* ---- reads ---------------------------------------------------------------------- */
 
-/* The current row of a statement, for pd_stream_rec_fill. */
+/* The current row of a statement, for pd_store_row_fill. */
 static const void *sq_col_bytes(void *ctx, int c, size_t *len)
 {
 	const void *v = sqlite3_column_blob(ctx, c); /* text too, as its bytes */
@@ -695,15 +695,15 @@ static uint64_t sq_col_u64(void *ctx, int c) { return (uint64_t)sqlite3_column_i
 
 static int sq_col_null(void *ctx, int c) { return sqlite3_column_type(ctx, c) == SQLITE_NULL; }
 
-static int fill_rec(sqlite3_stmt *st, int blobs, pd_stream_rec *r, pd_err *e)
+static int fill_rec(sqlite3_stmt *st, int blobs, pd_store_row *r, pd_err *e)
 {
-	struct pd_store_row row = {st, sq_col_bytes, sq_col_u64, sq_col_null};
+	struct pd_store_result row = {st, sq_col_bytes, sq_col_u64, sq_col_null};
 
-	return pd_stream_rec_fill(r, &row, blobs, e);
+	return pd_store_row_fill(r, &row, blobs, e);
 }
 
 static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
-		  pd_stream_rec *out, pd_err *e)
+		  pd_store_row *out, pd_err *e)
 {
 	struct sq_be *b = be;
 	struct sq_reader *r;
@@ -788,7 +788,7 @@ static enum r_stmt list_stmt(const char *tenant, enum pd_store_sort sort)
 
 static int run_listing(sqlite3 *db, sqlite3_stmt *st, pd_store_row_fn fn, void *arg, pd_err *e)
 {
-	pd_stream_rec rec = {0};
+	pd_store_row rec = {0};
 	int rc = PD_OK, step;
 
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
@@ -798,7 +798,7 @@ static int run_listing(sqlite3 *db, sqlite3_stmt *st, pd_store_row_fn fn, void *
 	}
 	if (!rc && step != SQLITE_ROW && step != SQLITE_DONE)
 		rc = sq_fail(e, db, "list streams");
-	pd_stream_rec_free(&rec);
+	pd_store_row_free(&rec);
 	return rc;
 }
 

@@ -172,6 +172,29 @@ static void table_grow(pd_table *s)
 	s->nbuckets = nb;
 }
 
+static void lru_unlink(pd_table *s, pd_stream *st)
+{
+	if (st->lru_prev)
+		st->lru_prev->lru_next = st->lru_next;
+	else
+		s->lru_head = st->lru_next;
+	if (st->lru_next)
+		st->lru_next->lru_prev = st->lru_prev;
+	else
+		s->lru_tail = st->lru_prev;
+	st->lru_prev = st->lru_next = NULL;
+}
+
+static void lru_push_head(pd_table *s, pd_stream *st)
+{
+	st->lru_next = s->lru_head;
+	if (s->lru_head)
+		s->lru_head->lru_prev = st;
+	s->lru_head = st;
+	if (!s->lru_tail)
+		s->lru_tail = st;
+}
+
 static pd_stream *stream_new(pd_table *s, const char *tenant, const char *name, uint64_t h)
 {
 	size_t tl = strlen(tenant), nl = strlen(name);
@@ -203,29 +226,11 @@ pd_stream *pd_table_stream(pd_table *s, const char *tenant, const char *name, in
 		return NULL;
 	st->hnext = s->buckets[k];
 	s->buckets[k] = st;
-	st->lru_next = s->lru_head;
-	if (s->lru_head)
-		s->lru_head->lru_prev = st;
-	s->lru_head = st;
-	if (!s->lru_tail)
-		s->lru_tail = st;
+	lru_push_head(s, st);
 	pd_table_account(s, st);
 	if (++s->nstreams > s->nbuckets)
 		table_grow(s);
 	return st;
-}
-
-static void lru_unlink(pd_table *s, pd_stream *st)
-{
-	if (st->lru_prev)
-		st->lru_prev->lru_next = st->lru_next;
-	else
-		s->lru_head = st->lru_next;
-	if (st->lru_next)
-		st->lru_next->lru_prev = st->lru_prev;
-	else
-		s->lru_tail = st->lru_prev;
-	st->lru_prev = st->lru_next = NULL;
 }
 
 void pd_table_touch(pd_table *s, pd_stream *st)
@@ -233,12 +238,7 @@ void pd_table_touch(pd_table *s, pd_stream *st)
 	if (s->lru_head == st)
 		return;
 	lru_unlink(s, st);
-	st->lru_next = s->lru_head;
-	if (s->lru_head)
-		s->lru_head->lru_prev = st;
-	s->lru_head = st;
-	if (!s->lru_tail)
-		s->lru_tail = st;
+	lru_push_head(s, st);
 }
 
 void pd_table_account(pd_table *s, pd_stream *st)

@@ -12,13 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_engine.h"
 #include "pd_engine.h"
 #include "pd_inspect.h"
-
-static int buf_sink(void *ctx, const uint8_t *p, size_t n)
-{
-	return pd_buf_append(ctx, p, n, NULL);
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -34,11 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pd_inspect ins;
 
 	if (!eng) {
-		pd_limits_default(&lim);
-		lim.max_inflated = 4 << 20;
-		lim.max_samples = 100000;
-		lim.max_depth = 256;
-		lim.max_table = 100000;
+		fuzz_limits(&lim);
 		eng = pd_engine_new(&lim);
 		eng2 = pd_engine_new(&lim);
 		empty = pd_state_new();

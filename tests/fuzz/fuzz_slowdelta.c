@@ -8,20 +8,16 @@
  * first-profile result must equal the engine's output, the delta of the
  * profile against itself must equal the engine's second run (every delta
  * column 0), and comparing a profile with itself finds nothing. Limits are
- * the small ones of fuzz_pprof.
+ * the small ones of fuzz_engine.h.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_engine.h"
 #include "pd_engine.h"
 #include "pd_slowdelta.h"
-
-static int buf_sink(void *ctx, const uint8_t *p, size_t n)
-{
-	return pd_buf_append(ctx, p, n, NULL);
-}
 
 /* Aborts unless the engine's output (decoded) equals the slow path's. */
 static void same(const pd_buf *out, const pd_slow_profile *slow, const pd_limits *lim)
@@ -61,11 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int rc_eng, rc_slow;
 
 	if (!eng) {
-		pd_limits_default(&lim);
-		lim.max_inflated = 4 << 20;
-		lim.max_samples = 100000;
-		lim.max_depth = 256;
-		lim.max_table = 100000;
+		fuzz_limits(&lim);
 		eng = pd_engine_new(&lim);
 		empty = pd_state_new();
 		s1 = pd_state_new();

@@ -374,12 +374,11 @@ def load_seqs(testdata, names):
     return seqs, {n: [open(p, "rb").read() for p in ps] for n, ps in seqs.items()}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def driver_args(doc):
+    """The parser every driver here starts from (described by the first line of doc): the server
+    binary, how clients reach it and what they upload; each driver adds its own options."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--pdeltad", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--ca", required=True)
     ap.add_argument("--token-file", required=True)
     ap.add_argument("--testdata", required=True)
@@ -387,15 +386,28 @@ def main(argv=None):
     ap.add_argument("--pidfile", required=True)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seqs", default="heap-small,block-small,mutex-small")
-    ap.add_argument("--cycles", type=int, default=20)
-    ap.add_argument("--min-ms", type=int, default=50)
-    ap.add_argument("--max-ms", type=int, default=500)
     ap.add_argument("--seed", type=int)
+    return ap
+
+
+def parse_driver_args(ap, argv):
+    """args (with the token read from --token-file), the seed and a random source seeded with it."""
     args = ap.parse_args(argv)
     with open(args.token_file) as f:
         args.token = f.read().strip()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rnd = random.Random(seed)
+    return args, seed, random.Random(seed)
+
+
+def main(argv=None):
+    ap = driver_args(__doc__)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--cycles", type=int, default=20)
+    ap.add_argument("--min-ms", type=int, default=50)
+    ap.add_argument("--max-ms", type=int, default=500)
+    args, seed, rnd = parse_driver_args(ap, argv)
     rep = Report()
     print("kill9: %d clients x %s, %d kill cycles, %d-%d ms, seed %d" % (
         args.clients, args.seqs, args.cycles, args.min_ms, args.max_ms, seed), flush=True)

@@ -23,9 +23,7 @@ interval lost, none counted twice). Modes:
 Prints ok/FAIL lines and "N passed, N failed"; exit status 0 only without failures.
 """
 
-import argparse
 import os
-import random
 import re
 import ssl
 import subprocess
@@ -284,31 +282,18 @@ def mode_race(args, rep, rnd, seqs, data):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = k9.driver_args(__doc__)
     ap.add_argument("--mode", choices=("alternate", "race", "kill9", "pgrestart"), required=True)
-    ap.add_argument("--pdeltad", required=True)
     ap.add_argument("--config", dest="configs", action="append", required=True, help="one per node")
     ap.add_argument("--port", dest="ports", type=int, action="append", required=True)
     ap.add_argument("--metrics-port", dest="metrics_ports", type=int, action="append", required=True)
-    ap.add_argument("--ca", required=True)
-    ap.add_argument("--token-file", required=True)
-    ap.add_argument("--testdata", required=True)
-    ap.add_argument("--log", required=True)
-    ap.add_argument("--pidfile", required=True)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--seqs", default="heap-small,block-small,mutex-small")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--cycles", type=int, default=6)
     ap.add_argument("--min-ms", type=int, default=200)
     ap.add_argument("--max-ms", type=int, default=600)
     ap.add_argument("--stop-cmd")
     ap.add_argument("--start-cmd")
-    ap.add_argument("--seed", type=int)
-    args = ap.parse_args(argv)
-    with open(args.token_file) as f:
-        args.token = f.read().strip()
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rnd = random.Random(seed)
+    args, seed, rnd = k9.parse_driver_args(ap, argv)
     rep = k9.Report()
     print("%s: %d nodes, %d clients x %s, seed %d" % (args.mode, len(args.ports), args.clients, args.seqs, seed),
           flush=True)

@@ -532,25 +532,19 @@ def gen_valid(g):
         permute_columns(ps[1], [1, 0])
         permute_columns(ps[2], [1, 0])
         g.emit("reorder-block", ps)
+    every_profile = (
+        ("addr0-", zero_addresses),
+        ("dups-", lambda p: split_duplicates(p, rng)),
+        ("labels-", lambda p: add_labels(p, rng)),
+    )
     for kind in ("heap", "block"):
-        name = "addr0-" + kind
-        if g.wanted(name):
-            ps = [g.load(f) for f in seqs[kind + "-small"][:5]]
-            for p in ps:
-                zero_addresses(p)
-            g.emit(name, ps)
-        name = "dups-" + kind
-        if g.wanted(name):
-            ps = [g.load(f) for f in seqs[kind + "-small"][:5]]
-            for p in ps:
-                split_duplicates(p, rng)
-            g.emit(name, ps)
-        name = "labels-" + kind
-        if g.wanted(name):
-            ps = [g.load(f) for f in seqs[kind + "-small"][:5]]
-            for p in ps:
-                add_labels(p, rng)
-            g.emit(name, ps)
+        for prefix, change in every_profile:
+            name = prefix + kind
+            if g.wanted(name):
+                ps = [g.load(f) for f in seqs[kind + "-small"][:5]]
+                for p in ps:
+                    change(p)
+                g.emit(name, ps)
     for kind in ("heap", "block", "mutex"):
         name = "renumber-" + kind
         if g.wanted(name):

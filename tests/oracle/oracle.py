@@ -143,6 +143,17 @@ def _label_id(raw, st):
     return _intern(_LABELS, resolved, _LABELS_REV)
 
 
+
+def _sample_label_id(sample, labcache, st):
+    """_label_id of a sample's labels (0 without labels), cached by their raw indexes."""
+    if not sample.label:
+        return 0
+    raw = tuple([(x.key, x.str, x.num, x.num_unit) for x in sample.label])
+    lab = labcache.get(raw)
+    if lab is None:
+        lab = labcache[raw] = _label_id(raw, st)
+    return lab
+
 def resolve(p):
     st = pprof_pb.string_list(p)
     if not st or st[0] != "":
@@ -164,12 +175,7 @@ def resolve(p):
     labcache = {}
     for s in p.sample:
         locs = s.location_id
-        lab = 0
-        if s.label:
-            raw = tuple([(x.key, x.str, x.num, x.num_unit) for x in s.label])
-            lab = labcache.get(raw)
-            if lab is None:
-                lab = labcache[raw] = _label_id(raw, st)
+        lab = _sample_label_id(s, labcache, st)
         try:
             k = (tuple(map(get_ident, locs)), lab)
         except KeyError as e:
@@ -482,12 +488,7 @@ def check_output(p, delta_type_names=(), minimal=True, limit=MAX_DIFF_LINES):
             if v[i] < 0:
                 nneg += 1
                 break
-        lab = 0
-        if smp.label:
-            raw = tuple([(x.key, x.str, x.num, x.num_unit) for x in smp.label])
-            lab = labcache.get(raw)
-            if lab is None:
-                lab = labcache[raw] = _label_id(raw, st)
+        lab = _sample_label_id(smp, labcache, st)
         try:
             k = (tuple(map(get_sem, locs)), lab)
         except KeyError:

@@ -344,23 +344,36 @@ static void check_same_request(mconn *c)
 	MOCK_CHECK(memcmp(c->hash, first_hash, 16) == 0, "retry has the same content hash");
 }
 
-static int s_resume(mconn *c, int n)
+/* Connection n of a client that has to repeat its request: hello with protocol version, one
+ * upload; the first connection's is remembered and answered with first, a later one must be
+ * the same request and is answered with again. -1 when the upload did not come. */
+static int answer_then_retry(mconn *c, int n, int version, const answer *first,
+			     const answer *again)
 {
-	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 0, 0};
-
-	send_hello_ok(c, 2, 30000); /* protocol 2 (CRC-128) on both connections */
+	send_hello_ok(c, (uint16_t)version, 30000);
 	if (recv_upload(c, 0))
-		return 1;
+		return -1;
 	if (n == 1) {
 		remember(c);
-		a.stop_after = 131072; /* two chunks, then the "server dies" */
-		send_answer(c, &a);
-		return 0;
+		send_answer(c, first);
+	} else {
+		check_same_request(c);
+		send_answer(c, again);
 	}
-	check_same_request(c);
-	a.status = PD_WIRE_STATUS_DUPLICATE;
-	a.orig = PD_WIRE_STATUS_DELTA;
-	send_answer(c, &a);
+	return 0;
+}
+
+static int s_resume(mconn *c, int n)
+{
+	/* two chunks, then the "server dies"; the retry is a DUPLICATE of that DELTA */
+	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
+	answer b = {PD_WIRE_STATUS_DUPLICATE, 0, PD_WIRE_STATUS_DELTA, 10, 5, body1, sizeof body1, 0, 0};
+
+	/* protocol 2 (CRC-128) on both connections */
+	if (answer_then_retry(c, n, 2, &a, &b))
+		return 1;
+	if (n == 1)
+		return 0;
 	drain(c);
 	return 1;
 }
@@ -373,16 +386,10 @@ static int restart_versions(mconn *c, int n, int v1, int v2)
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
 	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
 
-	send_hello_ok(c, (uint16_t)(n == 1 ? v1 : v2), 30000);
-	if (recv_upload(c, 0))
+	if (answer_then_retry(c, n, n == 1 ? v1 : v2, &a, &b))
 		return 1;
-	if (n == 1) {
-		remember(c);
-		send_answer(c, &a);
+	if (n == 1)
 		return 0;
-	}
-	check_same_request(c);
-	send_answer(c, &b);
 	drain(c);
 	return 1;
 }
@@ -398,16 +405,10 @@ static int s_prefix(mconn *c, int n)
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
 	answer b = {PD_WIRE_STATUS_DUPLICATE, 0, PD_WIRE_STATUS_DELTA, 10, 5, body2, sizeof body2, 0, 0};
 
-	send_hello_ok(c, 1, 30000);
-	if (recv_upload(c, 0))
+	if (answer_then_retry(c, n, 1, &a, &b))
 		return 1;
-	if (n == 1) {
-		remember(c);
-		send_answer(c, &a);
+	if (n == 1)
 		return 0;
-	}
-	check_same_request(c);
-	send_answer(c, &b);
 	if (n == 2) { /* the client closes after the prefix mismatch and asks again */
 		drain(c);
 		return 0;
@@ -420,14 +421,8 @@ static int s_badcrc(mconn *c, int n)
 {
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 3, 2, body2, 1000, 0, n == 1};
 
-	send_hello_ok(c, 1, 30000);
-	if (recv_upload(c, 0))
+	if (answer_then_retry(c, n, 1, &a, &a))
 		return 1;
-	if (n == 1)
-		remember(c);
-	else
-		check_same_request(c);
-	send_answer(c, &a);
 	if (n == 1) {
 		drain(c);
 		MOCK_CHECK(c->goodbye_reason == PD_BYE_PROTOCOL, "GOODBYE PROTOCOL after a bad CRC");

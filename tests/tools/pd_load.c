@@ -316,32 +316,36 @@ static uint64_t status_kb(const char *text, const char *key)
 	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
 }
 
+/* /proc/<server pid>/<what> into buf, NUL-terminated; false when it cannot be read. */
+static bool read_proc(const char *what, char *buf, size_t cap)
+{
+	char path[64];
+	FILE *fp;
+	size_t n;
+
+	snprintf(path, sizeof path, "/proc/%d/%s", L.o.server_pid, what);
+	if (!(fp = fopen(path, "r")))
+		return false;
+	n = fread(buf, 1, cap - 1, fp);
+	fclose(fp);
+	buf[n] = 0;
+	return true;
+}
+
 static srv_sample server_sample(void)
 {
 	srv_sample s = {0};
-	char path[64], buf[8192];
-	FILE *fp;
-	size_t n;
+	char buf[8192];
 	unsigned long long ut = 0, stt = 0;
 	const char *p;
 
-	if (L.o.server_pid <= 0)
+	if (L.o.server_pid <= 0 || !read_proc("status", buf, sizeof buf))
 		return s;
-	snprintf(path, sizeof path, "/proc/%d/status", L.o.server_pid);
-	if (!(fp = fopen(path, "r")))
-		return s;
-	n = fread(buf, 1, sizeof buf - 1, fp);
-	fclose(fp);
-	buf[n] = 0;
 	s.rss_kb = status_kb(buf, "VmRSS:");
 	s.hwm_kb = status_kb(buf, "VmHWM:");
 	s.threads = status_kb(buf, "Threads:");
-	snprintf(path, sizeof path, "/proc/%d/stat", L.o.server_pid);
-	if (!(fp = fopen(path, "r")))
+	if (!read_proc("stat", buf, sizeof buf))
 		return s;
-	n = fread(buf, 1, sizeof buf - 1, fp);
-	fclose(fp);
-	buf[n] = 0;
 	/* comm may contain blanks: fields are counted after its ')' (field 2). */
 	p = strrchr(buf, ')');
 	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &stt) != 2)

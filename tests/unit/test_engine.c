@@ -12,42 +12,11 @@
 
 #include "pd_engine.h"
 #include "pd_inspect.h"
+#include "pb_build.h"
 #include "tharness.h"
 
 /* ---- a tiny protobuf builder ---------------------------------------------- */
-typedef struct pb {
-	uint8_t d[1 << 16];
-	size_t n;
-} pb;
-
-static void put_varint(pb *b, uint64_t v)
-{
-	while (v >= 0x80) {
-		b->d[b->n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	b->d[b->n++] = (uint8_t)v;
-}
-static void put_key(pb *b, int f, int wt) { put_varint(b, (uint64_t)f << 3 | (uint64_t)wt); }
-static void put_u(pb *b, int f, uint64_t v)
-{
-	put_key(b, f, 0);
-	put_varint(b, v);
-}
-static void put_msg(pb *b, int f, const pb *m)
-{
-	put_key(b, f, 2);
-	put_varint(b, m->n);
-	memcpy(b->d + b->n, m->d, m->n);
-	b->n += m->n;
-}
-static void put_str(pb *b, const char *s)
-{
-	put_key(b, 6, 2);
-	put_varint(b, strlen(s));
-	memcpy(b->d + b->n, s, strlen(s));
-	b->n += strlen(s);
-}
+static void put_str(pb *b, const char *s) { put_bytes(b, 6, s, strlen(s)); }
 
 /* strings: 0 "", 1 alloc_space, 2 bytes, 3 inuse_space, 4 main, 5 f, 6 g,
  * 7 file.go, 8 lbl, 9 a, 10 b, 11 key2, 12 space */
@@ -72,8 +41,8 @@ static void build(pb *out, const smp *s, int ns, int64_t time_nanos, int swap_ty
 	for (int t = 0; t < 2; t++) { /* sample types */
 		int which = swap_types ? 1 - t : t;
 		memset(&m, 0, sizeof m);
-		put_u(&m, 1, which == 0 || dup_types ? 1 : 3);
-		put_u(&m, 2, 2);
+		put_uint(&m, 1, which == 0 || dup_types ? 1 : 3);
+		put_uint(&m, 2, 2);
 		put_msg(out, 1, &m);
 	}
 	for (int i = 0; i < ns; i++) {
@@ -89,15 +58,15 @@ static void build(pb *out, const smp *s, int ns, int64_t time_nanos, int swap_ty
 			m.n += ids.n;
 		} else {
 			for (int k = 0; k < s[i].nloc; k++)
-				put_u(&m, 1, s[i].loc[k] + (uint64_t)renumber);
+				put_uint(&m, 1, s[i].loc[k] + (uint64_t)renumber);
 		}
 		for (int t = 0; t < 2; t++)
-			put_u(&m, 2, (uint64_t)s[i].v[swap_types ? 1 - t : t]);
+			put_uint(&m, 2, (uint64_t)s[i].v[swap_types ? 1 - t : t]);
 		for (int l = 0; l < s[i].nlab; l++) {
 			pb lb;
 			memset(&lb, 0, sizeof lb);
-			put_u(&lb, 1, s[i].lab[l][0]);
-			put_u(&lb, 2, s[i].lab[l][1]);
+			put_uint(&lb, 1, s[i].lab[l][0]);
+			put_uint(&lb, 2, s[i].lab[l][1]);
 			put_msg(&m, 3, &lb);
 		}
 		put_msg(out, 2, &m);
@@ -106,28 +75,28 @@ static void build(pb *out, const smp *s, int ns, int64_t time_nanos, int swap_ty
 		pb line;
 		memset(&m, 0, sizeof m);
 		memset(&line, 0, sizeof line);
-		put_u(&m, 1, loc + (uint64_t)renumber);
-		put_u(&m, 3, 0x1000 * loc);
-		put_u(&line, 1, loc + 10);
-		put_u(&line, 2, 42);
+		put_uint(&m, 1, loc + (uint64_t)renumber);
+		put_uint(&m, 3, 0x1000 * loc);
+		put_uint(&line, 1, loc + 10);
+		put_uint(&line, 2, 42);
 		put_msg(&m, 4, &line);
 		put_msg(out, 4, &m);
 	}
 	for (uint64_t f = 1; f <= 3; f++) {
 		memset(&m, 0, sizeof m);
-		put_u(&m, 1, f + 10);
-		put_u(&m, 2, 3 + f);
-		put_u(&m, 4, 7);
+		put_uint(&m, 1, f + 10);
+		put_uint(&m, 2, 3 + f);
+		put_uint(&m, 4, 7);
 		put_msg(out, 5, &m);
 	}
 	for (size_t i = 0; i < sizeof STRS / sizeof STRS[0]; i++)
 		put_str(out, STRS[i]);
-	put_u(out, 9, (uint64_t)time_nanos);
+	put_uint(out, 9, (uint64_t)time_nanos);
 	memset(&m, 0, sizeof m);
-	put_u(&m, 1, 12);
-	put_u(&m, 2, 2);
+	put_uint(&m, 1, 12);
+	put_uint(&m, 2, 2);
 	put_msg(out, 11, &m);
-	put_u(out, 12, 512);
+	put_uint(out, 12, 512);
 }
 
 /* ---- an independent reader of outputs: sums values per stack+labels ------ */

@@ -594,7 +594,7 @@ static void test_content_hash(void)
 	{
 		struct pd_store_opts so;
 		pd_store *st = NULL;
-		pd_stream_rec rec;
+		pd_store_row rec;
 		pd_err e = {0};
 
 		memset(&rec, 0, sizeof rec);
@@ -609,7 +609,7 @@ static void test_content_hash(void)
 		CHECK(pd_store_put_async(st, &rec, NULL, NULL) == PD_OK);
 		CHECK(pd_store_flush(st) == PD_OK);
 		pd_store_close(st);
-		pd_stream_rec_free(&rec);
+		pd_store_row_free(&rec);
 	}
 	pd_service_opts_init(&o);
 	s = open_svc(&o, path);

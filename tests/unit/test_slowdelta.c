@@ -9,40 +9,11 @@
 
 #include "pd_buf.h"
 #include "pd_engine.h"
+#include "pb_build.h"
 #include "pd_slowdelta.h"
 #include "tharness.h"
 
 /* ---- a tiny pprof writer ------------------------------------------------------ */
-
-typedef struct pb {
-	uint8_t p[1 << 16];
-	size_t n;
-} pb;
-
-static void put_varint(pb *b, uint64_t v)
-{
-	while (v >= 0x80) {
-		b->p[b->n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	b->p[b->n++] = (uint8_t)v;
-}
-
-static void put_uint(pb *b, uint32_t field, uint64_t v)
-{
-	put_varint(b, (uint64_t)field << 3);
-	put_varint(b, v);
-}
-
-static void put_bytes(pb *b, uint32_t field, const void *p, size_t n)
-{
-	put_varint(b, (uint64_t)field << 3 | 2);
-	put_varint(b, n);
-	memcpy(b->p + b->n, p, n);
-	b->n += n;
-}
-
-static void put_msg(pb *b, uint32_t field, const pb *m) { put_bytes(b, field, m->p, m->n); }
 
 typedef struct tprof {
 	pb out;
@@ -142,7 +113,7 @@ static pd_slow_profile *dec(const tprof *t)
 {
 	pd_slow_profile *p = NULL;
 	pd_err e = {0};
-	if (pd_slow_decode(t->out.p, t->out.n, NULL, &p, &e))
+	if (pd_slow_decode(t->out.d, t->out.n, NULL, &p, &e))
 		fprintf(stderr, "decode: %s\n", e.msg);
 	return p;
 }
@@ -309,10 +280,10 @@ static pd_slow_profile *engine_delta(const tprof *prev, const tprof *cur, pd_res
 
 	pd_buf_init(&out, 0);
 	pd_req_default(&req);
-	if (prev && pd_engine_run(g, prev->out.p, prev->out.n, s0, s1, &req, sink, &out, res, &e))
+	if (prev && pd_engine_run(g, prev->out.d, prev->out.n, s0, s1, &req, sink, &out, res, &e))
 		goto out;
 	pd_buf_reset(&out);
-	if (pd_engine_run(g, cur->out.p, cur->out.n, prev ? s1 : s0, prev ? s0 : s1, &req, sink, &out,
+	if (pd_engine_run(g, cur->out.d, cur->out.n, prev ? s1 : s0, prev ? s0 : s1, &req, sink, &out,
 			  res, &e) ||
 	    pd_slow_decode(out.data, out.len, NULL, &o, &e))
 		fprintf(stderr, "engine: %s\n", e.msg);
@@ -411,15 +382,15 @@ static void test_hostile(void)
 	heap_head(&a);
 	sample(&a, L12, 2, (const int64_t[]){1, 1, 1, 1}, 4, NULL);
 	finish(&a, 1000);
-	CHECK(refused(a.out.p, 0, NULL, PD_E_MALFORMED, "empty"));
+	CHECK(refused(a.out.d, 0, NULL, PD_E_MALFORMED, "empty"));
 	for (size_t cut = 1; cut < a.out.n; cut++) { /* cut anywhere: decoded, or a clear error */
 		pd_slow_profile *o = NULL;
 		pd_err e = {0};
-		int rc = pd_slow_decode(a.out.p, cut, NULL, &o, &e);
+		int rc = pd_slow_decode(a.out.d, cut, NULL, &o, &e);
 		CHECK(rc == PD_OK ? o != NULL : o == NULL && rc == PD_E_MALFORMED && e.msg[0]);
 		pd_slow_free(o);
 	}
-	CHECK(refused(a.out.p, a.out.n - 1, NULL, PD_E_MALFORMED, "malformed"));
+	CHECK(refused(a.out.d, a.out.n - 1, NULL, PD_E_MALFORMED, "malformed"));
 
 	/* a giant declared length */
 	big[0] = 2 << 3 | 2;
@@ -431,21 +402,21 @@ static void test_hostile(void)
 	heap_head(&a);
 	sample(&a, (const uint64_t[]){9}, 1, (const int64_t[]){1, 1, 1, 1}, 4, NULL);
 	finish(&a, 1);
-	CHECK(refused(a.out.p, a.out.n, NULL, PD_E_MALFORMED, "unknown location"));
+	CHECK(refused(a.out.d, a.out.n, NULL, PD_E_MALFORMED, "unknown location"));
 	heap_head(&a);
 	sample(&a, L1, 1, (const int64_t[]){1, 1, 1}, 3, NULL);
 	finish(&a, 1);
-	CHECK(refused(a.out.p, a.out.n, NULL, PD_E_MALFORMED, "3 values, expected 4"));
+	CHECK(refused(a.out.d, a.out.n, NULL, PD_E_MALFORMED, "3 values, expected 4"));
 	heap_head(&a);
 	put_uint(&m, 1, 7);
 	put_uint(&m, 2, 999); /* function name: no such string */
 	put_msg(&a.out, 5, &m);
 	finish(&a, 1);
-	CHECK(refused(a.out.p, a.out.n, NULL, PD_E_MALFORMED, "function"));
+	CHECK(refused(a.out.d, a.out.n, NULL, PD_E_MALFORMED, "function"));
 	heap_head(&a);
 	location(&a, 1, 1, 1); /* duplicate location id */
 	finish(&a, 1);
-	CHECK(refused(a.out.p, a.out.n, NULL, PD_E_MALFORMED, "duplicate location id"));
+	CHECK(refused(a.out.d, a.out.n, NULL, PD_E_MALFORMED, "duplicate location id"));
 
 	/* a small input whose frames would render to 80 MB: over the text budget */
 	{
@@ -461,7 +432,7 @@ static void test_hostile(void)
 		put_msg(&a.out, 4, &loc);
 		finish(&a, 1);
 		CHECK(a.out.n < 60000);
-		CHECK(refused(a.out.p, a.out.n, NULL, PD_E_LIMIT, "slow path's rendered frames"));
+		CHECK(refused(a.out.d, a.out.n, NULL, PD_E_LIMIT, "slow path's rendered frames"));
 	}
 
 	/* limits: depth, samples, and a gzip bomb against max_inflated */
@@ -471,10 +442,10 @@ static void test_hostile(void)
 	finish(&a, 1);
 	pd_limits_default(&lim);
 	lim.max_depth = 4;
-	CHECK(refused(a.out.p, a.out.n, &lim, PD_E_LIMIT, "5 locations"));
+	CHECK(refused(a.out.d, a.out.n, &lim, PD_E_LIMIT, "5 locations"));
 	pd_limits_default(&lim);
 	lim.max_samples = 1;
-	CHECK(refused(a.out.p, a.out.n, &lim, PD_E_LIMIT, "samples"));
+	CHECK(refused(a.out.d, a.out.n, &lim, PD_E_LIMIT, "samples"));
 	{
 		size_t zn = 1 << 20, rn = 8 << 20;
 		uint8_t *raw = calloc(1, rn), *z = malloc(zn);

@@ -99,7 +99,7 @@ static pd_store *open_fresh(struct pd_store_opts *opts, char *path_out, size_t n
 struct rec_buf {
 	uint8_t state[4096];
 	uint8_t delta[512];
-	pd_stream_rec r;
+	pd_store_row r;
 };
 
 static void fill_pattern(uint8_t *p, size_t n, uint64_t seq)
@@ -116,10 +116,10 @@ static int pattern_ok(const uint8_t *p, size_t n, uint64_t seq)
 	return 1;
 }
 
-static pd_stream_rec *make_rec(struct rec_buf *b, const char *tenant, const char *name,
+static pd_store_row *make_rec(struct rec_buf *b, const char *tenant, const char *name,
 			       uint64_t seq, size_t state_len)
 {
-	pd_stream_rec *r = &b->r;
+	pd_store_row *r = &b->r;
 
 	memset(r, 0, sizeof *r);
 	if (state_len > sizeof b->state)
@@ -228,7 +228,7 @@ static void hold_writer(pd_store *s, struct gate *g)
 	gate_wait_entered(g);
 }
 
-static int put_sync(pd_store *s, const pd_stream_rec *r)
+static int put_sync(pd_store *s, const pd_store_row *r)
 {
 	struct done_count d;
 	int rc;
@@ -243,12 +243,12 @@ static int put_sync(pd_store *s, const pd_stream_rec *r)
 
 static uint64_t get_seq(pd_store *s, const char *tenant, const char *name)
 {
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	uint64_t seq = 0;
 
 	if (pd_store_get(s, tenant, name, &r, NULL) == PD_OK)
 		seq = r.last_seq;
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	return seq;
 }
 
@@ -265,8 +265,8 @@ static void test_round_trip(void)
 {
 	char path[PATH_CAP];
 	struct rec_buf b;
-	pd_stream_rec got = {0};
-	pd_stream_rec *in;
+	pd_store_row got = {0};
+	pd_store_row *in;
 	pd_store *s = open_fresh(NULL, path, sizeof path);
 	pd_err e = {0};
 
@@ -300,7 +300,7 @@ static void test_round_trip(void)
 
 	/* Without the kept response: the same row, the response only by length. */
 	{
-		pd_stream_rec st = {0};
+		pd_store_row st = {0};
 		CHECK(pd_store_get_state(s, "acme", "api/heap", &st, &e) == PD_OK);
 		CHECK(st.state_len == 3000 && pattern_ok(st.state, st.state_len, 7));
 		CHECK(st.last_delta == NULL && st.last_delta_len == 512);
@@ -311,7 +311,7 @@ static void test_round_trip(void)
 		CHECK(pd_store_get_response(s, "acme", "api/heap", &st, &e) == PD_OK);
 		CHECK(st.last_delta_len == 512 && pattern_ok(st.last_delta, 512, 8));
 		CHECK(st.state == NULL && st.state_len == 3000 && st.version == 1 && st.last_seq == 7);
-		pd_stream_rec_free(&st);
+		pd_store_row_free(&st);
 	}
 
 	/* An update keeps created_ms, bumps the version; empty blobs stay empty. */
@@ -328,8 +328,8 @@ static void test_round_trip(void)
 	/* Tenants are separate namespaces. */
 	CHECK(pd_store_get(s, "other", "api/heap", &got, &e) == PD_E_NOTFOUND);
 	CHECK(pd_store_get(s, "acme", "nope", &got, &e) == PD_E_NOTFOUND);
-	CHECK(pd_store_put_async(s, &(pd_stream_rec){.tenant = "x"}, NULL, NULL) == PD_E_ARG);
-	pd_stream_rec_free(&got);
+	CHECK(pd_store_put_async(s, &(pd_store_row){.tenant = "x"}, NULL, NULL) == PD_E_ARG);
+	pd_store_row_free(&got);
 	CHECK(pd_store_integrity_check(s, &e) == PD_OK);
 	pd_store_close(s);
 }
@@ -343,7 +343,7 @@ struct reader_arg {
 static void *reader_main(void *p)
 {
 	struct reader_arg *a = p;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	uint64_t last = 0;
 
 	while (!__atomic_load_n(a->stop, __ATOMIC_ACQUIRE)) {
@@ -358,7 +358,7 @@ static void *reader_main(void *p)
 			a->regress++;
 		last = r.last_seq;
 	}
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	return NULL;
 }
 
@@ -535,7 +535,7 @@ static void test_disk_full(void)
 	CHECK(pd_store_integrity_check(s, NULL) == PD_OK);
 
 	/* Deleting makes room again. */
-	CHECK(put_sync(s, &(pd_stream_rec){.tenant = "t", .name = "big0"}) == PD_OK);
+	CHECK(put_sync(s, &(pd_store_row){.tenant = "t", .name = "big0"}) == PD_OK);
 	{
 		struct done_count d;
 		done_init(&d);
@@ -589,7 +589,7 @@ static void test_backpressure(void)
 	CHECK(pd_store_put_async(s, make_rec(&b, "t", "c", 2, 4096), count_done, &d) == PD_E_BUSY);
 	{
 		static uint8_t huge[16 << 10];
-		pd_stream_rec r = {.tenant = "t", .name = "h", .state = huge, .state_len = sizeof huge};
+		pd_store_row r = {.tenant = "t", .name = "h", .state = huge, .state_len = sizeof huge};
 		CHECK(pd_store_put_async(s, &r, count_done, &d) == PD_E_LIMIT);
 	}
 	gate_release(&g);
@@ -636,7 +636,7 @@ struct listing {
 	int blobs_null;
 };
 
-static int list_row(void *arg, const pd_stream_rec *r)
+static int list_row(void *arg, const pd_store_row *r)
 {
 	struct listing *l = arg;
 	size_t n = strlen(l->out);
@@ -676,7 +676,7 @@ static int total_row(void *arg, const char *tenant, uint64_t streams, uint64_t b
 static void put_seen(pd_store *s, const char *tenant, const char *name, int64_t seen)
 {
 	struct rec_buf b;
-	pd_stream_rec *r = make_rec(&b, tenant, name, 1, 64);
+	pd_store_row *r = make_rec(&b, tenant, name, 1, 64);
 
 	r->last_seen_ms = seen;
 	CHECK(pd_store_put_async(s, r, NULL, NULL) == PD_OK);
@@ -688,7 +688,7 @@ static void test_list_and_admin(void)
 	struct listing l;
 	struct totals t = {{0}};
 	struct done_count d;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	uint64_t n;
 	pd_store *s = open_fresh(NULL, path, sizeof path);
 
@@ -740,7 +740,7 @@ static void test_list_and_admin(void)
 	CHECK(r.resets == 1 && !strcmp(r.last_reset_reason, "admin") && r.version == 2);
 	CHECK(r.last_seq == 1 && r.last_delta_len == 512 && pattern_ok(r.last_delta, 512, 2));
 	CHECK(r.last_seen_ms == 4000);
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 }
 
@@ -780,7 +780,7 @@ static void test_compare_and_set(void)
 	struct rec_buf b;
 	struct done_count d;
 	struct pd_store_stats st;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_store *s = open_fresh(NULL, path, sizeof path);
 
 	CHECK(s != NULL);
@@ -798,7 +798,7 @@ static void test_compare_and_set(void)
 	CHECK(pd_store_get(s, "t", "n", &r, NULL) == PD_E_NOTFOUND);
 	pd_store_stats(s, &st);
 	CHECK(st.conflicts == 3 && st.rows_written == 2);
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 }
 
@@ -846,10 +846,10 @@ static void test_reopen_and_close(void)
 	o.path = path;
 	CHECK(pd_store_open(&o, &s, &e) == PD_OK);
 	if (s) {
-		pd_stream_rec r = {0};
+		pd_store_row r = {0};
 		CHECK(pd_store_get(s, "t", "x", &r, NULL) == PD_OK);
 		CHECK(r.last_seq == 50 && pattern_ok(r.state, r.state_len, 50));
-		pd_stream_rec_free(&r);
+		pd_store_row_free(&r);
 		pd_store_close(s);
 	}
 
@@ -900,7 +900,7 @@ static void test_response_checksum(void)
 	char path[PATH_CAP];
 	struct rec_buf b;
 	struct pd_store_stats st;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_err e = {0};
 	pd_store *s = open_fresh(NULL, path, sizeof path);
 
@@ -922,7 +922,7 @@ static void test_response_checksum(void)
 
 	CHECK(put_sync(s, make_rec(&b, "t", "c", 8, 100)) == PD_OK);
 	CHECK(pd_store_get_response(s, "t", "c", &r, &e) == PD_OK && r.last_seq == 8);
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 }
 
@@ -949,7 +949,7 @@ static void test_migrate_schema1(void)
 	char path[PATH_CAP];
 	struct pd_store_opts o;
 	struct rec_buf b;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_err e = {0};
 	pd_store *s = NULL;
 	sqlite3 *db;
@@ -972,7 +972,7 @@ static void test_migrate_schema1(void)
 	CHECK(put_sync(s, make_rec(&b, "t", "old", 6, 10)) == PD_OK);
 	CHECK(pd_store_get_response(s, "t", "old", &r, &e) == PD_OK);
 	CHECK(r.last_seq == 6 && r.has_delta_crc);
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 
 	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
@@ -1039,7 +1039,7 @@ static void test_pg_checksums(void)
 {
 	char path[PATH_CAP];
 	struct rec_buf b;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_err e = {0};
 	pd_store *s = open_fresh(NULL, path, sizeof path);
 	int id = db_counter;
@@ -1060,7 +1060,7 @@ static void test_pg_checksums(void)
 	CHECK(pg_sql_in(id, "UPDATE pdelta_streams SET state = set_byte(state, 3, "
 			    "get_byte(state, 3) # 1) WHERE name = 'c'"));
 	CHECK(pd_store_integrity_check(s, &e) == PD_E_STATE && strstr(e.msg, "state of t/c"));
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 }
 
@@ -1072,7 +1072,7 @@ static void test_pg_two_nodes(void)
 	struct pd_store_opts o;
 	struct rec_buf b1, b2;
 	struct done_count d1, d2;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_store *a = open_fresh(NULL, path, sizeof path), *c = NULL;
 	pd_err e = {0};
 	uint64_t version = 0;
@@ -1100,7 +1100,7 @@ static void test_pg_two_nodes(void)
 	}
 	CHECK(single && version == (uint64_t)rounds);
 out:
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(c);
 	pd_store_close(a);
 }
@@ -1125,7 +1125,7 @@ static void test_pg_connection_loss(void)
 	char path[PATH_CAP];
 	struct rec_buf b;
 	struct pd_store_stats st;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_store *s = open_fresh(NULL, path, sizeof path);
 
 	CHECK(s != NULL);
@@ -1144,7 +1144,7 @@ static void test_pg_connection_loss(void)
 	CHECK(put_sync(s, make_rec(&b, "t", "k", 3, 100)) == PD_OK);
 	/* The pooled read connection died too: reads reconnect transparently. */
 	CHECK(pd_store_get(s, "t", "k", &r, NULL) == PD_OK && r.last_seq == 3 && r.version == 2);
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 }
 

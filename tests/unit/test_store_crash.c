@@ -76,7 +76,7 @@ static void stream_name(char *buf, size_t n, unsigned k)
 	snprintf(buf, n, "svc/%u", k);
 }
 
-static void make_row(pd_stream_rec *r, uint8_t *state, uint8_t *delta, const char *name,
+static void make_row(pd_store_row *r, uint8_t *state, uint8_t *delta, const char *name,
 		     uint64_t seq)
 {
 	size_t len = state_len_for(seq);
@@ -103,7 +103,7 @@ static void child_main(const char *path, int sync_full)
 	static uint8_t state[MAX_STATE], delta[64];
 	struct pd_store_opts o;
 	pd_store *s;
-	pd_stream_rec r = {0}, cur = {0};
+	pd_store_row r = {0}, cur = {0};
 	uint64_t seq[STREAMS] = {0};
 	char name[32];
 
@@ -189,7 +189,7 @@ static void verify(const char *path, const struct seen *sn)
 {
 	struct pd_store_opts o;
 	pd_store *s = NULL;
-	pd_stream_rec r = {0};
+	pd_store_row r = {0};
 	pd_err e = {0};
 	char name[32];
 
@@ -225,7 +225,7 @@ static void verify(const char *path, const struct seen *sn)
 			whole = r.last_delta[i] == pattern_byte(r.last_seq + 1, i);
 		CHECK(whole);
 	}
-	pd_stream_rec_free(&r);
+	pd_store_row_free(&r);
 	pd_store_close(s);
 }
 
