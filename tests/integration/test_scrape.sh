@@ -519,6 +519,9 @@ judge "--fallback-local, oracle (moved and state-lost judged for validity)" "$T1
 # (from/until of its scrape, not of the resend). A restore: BASELINE state-lost, no negative value.
 T16=$WORK/t16
 mkdir -p "$T16"
+# the receiver of part 6 is done: stop it before this part takes RECV_PID
+kill "$RECV_PID" 2>/dev/null || true
+wait "$RECV_PID" 2>/dev/null || true
 "$PY" "$ROOT/tests/integration/push_receiver.py" --port-file "$T16/port" --out "$T16/recv" &
 RECV_PID=$!
 for _ in $(seq 100); do [[ -s $T16/port ]] && break; sleep 0.05; done
