@@ -92,6 +92,16 @@ typedef struct pd_slow_diff {
 size_t pd_slow_compare(const pd_slow_profile *a, const pd_slow_profile *b, pd_slow_diff *diffs,
 		       size_t max);
 
+/*
+ * The delta as an (uncompressed) pprof, written over cur, the profile
+ * (gzip or raw) delta was computed from: cur's samples whose keys survive,
+ * once per key, with the delta's values; cur's other fields as they were
+ * (tables not compacted), time_nanos and duration_nanos the delta's. *out is
+ * malloc'd (the caller frees it).
+ */
+int pd_slow_encode(const void *cur, size_t n, const pd_limits *lim, const pd_slow_profile *delta,
+		   uint8_t **out, size_t *outn, pd_err *e);
+
 /* One line describing d (key cut to fit cap). */
 void pd_slow_diff_format(const pd_slow_diff *d, char *buf, size_t cap);
 
