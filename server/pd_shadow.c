@@ -687,9 +687,9 @@ static void log_mismatch(const check *ck, const verdict *v, const char *path)
 			pd_slow_diff_format(&v->d[i], line[i], sizeof line[i]);
 	}
 	pd_logx(PD_LOG_WARN, &ctx,
-		"shadow: engine and slow path differ at seq %" PRIu64 " (%zu difference(s)%s%s): "
-		"%s%s%s%s%s; case %s",
-		ck->seq, v->n, v->broken ? ", " : "", v->broken ? v->what : "", line[0],
+		"shadow: engine and slow path differ on stream %s/%s at seq %" PRIu64
+		" (%zu difference(s)%s%s): %s%s%s%s%s; case %s",
+		ck->tenant, ck->stream, ck->seq, v->n, v->broken ? ", " : "", v->broken ? v->what : "", line[0],
 		line[1][0] ? " | " : "", line[1], line[2][0] ? " | " : "", line[2],
 		path[0] ? path : "not kept (no shadow_dir)");
 }
