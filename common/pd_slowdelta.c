@@ -1318,6 +1318,58 @@ int pd_slow_delta(const pd_slow_profile *prev, const pd_slow_profile *cur, const
 	return PD_OK;
 }
 
+int pd_slow_delta_raw(const void *prev, size_t prevn, const void *cur, size_t curn,
+		      const pd_req *req, uint64_t prev_incarnation, const pd_limits *lim,
+		      pd_slow_profile **out, pd_err *e)
+{
+	pd_slow_profile *p = NULL, *c = NULL;
+	int rc;
+
+	*out = NULL;
+	if ((!prev || !(rc = pd_slow_decode(prev, prevn, lim, &p, e))) &&
+	    !(rc = pd_slow_decode(cur, curn, lim, &c, e)))
+		rc = pd_slow_delta(p, c, req, prev_incarnation, out, e);
+	pd_slow_free(p);
+	pd_slow_free(c);
+	return rc;
+}
+
+int pd_slow_verify(const void *prev, size_t prevn, const void *cur, size_t curn, const void *out,
+		   size_t outn, const pd_req *req, uint64_t prev_incarnation, int status, int reason,
+		   const pd_limits *lim, pd_slow_verdict *v)
+{
+	pd_err e = {0, ""};
+	int rc = pd_slow_delta_raw(prev, prevn, cur, curn, req, prev_incarnation, lim, &v->slow, &e);
+
+	if (rc == PD_E_LIMIT || rc == PD_E_NOMEM)
+		return -1;
+	if (rc) {
+		v->broken = "input";
+		snprintf(v->what, sizeof v->what, "slow path refused an input the engine took: %s", e.msg);
+		return 1;
+	}
+	if (pd_slow_decode(out, outn, NULL, &v->eng, &e)) {
+		v->broken = "output";
+		snprintf(v->what, sizeof v->what, "engine output unreadable: %s", e.msg);
+		return 1;
+	}
+	v->n = pd_slow_compare(v->eng, v->slow, v->diffs, PD_SLOW_VERDICT_DIFFS);
+	if (status != v->slow->status || reason != v->slow->reason) {
+		v->broken = "status";
+		snprintf(v->what, sizeof v->what, "engine %s/%s, slow path %s/%s", pd_status_name(status),
+			 pd_reason_name(reason), pd_status_name(v->slow->status),
+			 pd_reason_name(v->slow->reason));
+	}
+	return v->n || v->broken;
+}
+
+void pd_slow_verdict_free(pd_slow_verdict *v)
+{
+	pd_slow_free(v->slow);
+	pd_slow_free(v->eng);
+	v->slow = v->eng = NULL;
+}
+
 /* ---- accessors ------------------------------------------------------------------------- */
 
 int pd_slow_status(const pd_slow_profile *p) { return p->status; }

@@ -16,7 +16,6 @@
 #include "pd_slowdelta.h"
 
 #define SH_DIFFS_LOGGED 3
-#define SH_DIFFS_KEPT 100 /* differences written to a case's diff.txt */
 
 /* An upload, shared by a stream's entry and the checks that read it. */
 typedef struct blob {
@@ -382,22 +381,6 @@ static uint64_t thread_cpu_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* The slow path's delta of ck's uploads. */
-static int slow_delta(const pd_shadow *sh, const blob *prev, const blob *cur, const pd_req *req,
-		      uint64_t prev_inc, pd_slow_profile **out, pd_err *e)
-{
-	pd_slow_profile *p = NULL, *c = NULL;
-	int rc;
-
-	*out = NULL;
-	if ((!prev || !(rc = pd_slow_decode(prev->data, prev->n, &sh->o.limits, &p, e))) &&
-	    !(rc = pd_slow_decode(cur->data, cur->n, &sh->o.limits, &c, e)))
-		rc = pd_slow_delta(p, c, req, prev_inc, out, e);
-	pd_slow_free(p);
-	pd_slow_free(c);
-	return rc;
-}
-
 static void add_kind(pd_shadow *sh, const char *col, const char *reason)
 {
 	pd_shadow_kind *k = sh->st.kinds;
@@ -418,58 +401,35 @@ static void add_kind(pd_shadow *sh, const char *col, const char *reason)
 	k[i].n++;
 }
 
-typedef struct verdict {
-	pd_slow_profile *slow, *eng;
-	pd_slow_diff d[SH_DIFFS_KEPT];
-	size_t n;          /* differences (total) */
-	const char *broken; /* a difference that is not a sample's: "status", "output", "input" */
-	char what[400];
-} verdict;
-
-static void verdict_free(verdict *v)
-{
-	pd_slow_free(v->slow);
-	pd_slow_free(v->eng);
-}
-
 /* 1 = a mismatch, 0 = equal, -1 = skipped (a slow-path cap). */
-static int judge(pd_shadow *sh, const check *ck, verdict *v)
+static int judge(pd_shadow *sh, const check *ck, pd_slow_verdict *v)
 {
-	pd_err e = {0};
-	int rc = slow_delta(sh, ck->prev, ck->cur, &ck->req, ck->prev_incarnation, &v->slow, &e);
-
-	if (rc == PD_E_LIMIT || rc == PD_E_NOMEM)
-		return -1;
-	if (rc) {
-		v->broken = "input";
-		snprintf(v->what, sizeof v->what, "slow path refused an input the engine took: %s", e.msg);
-		return 1;
-	}
-	if (pd_slow_decode(ck->out, ck->out_len, NULL, &v->eng, &e)) {
-		v->broken = "output";
-		snprintf(v->what, sizeof v->what, "engine output unreadable: %s", e.msg);
-		return 1;
-	}
-	v->n = pd_slow_compare(v->eng, v->slow, v->d, SH_DIFFS_KEPT);
-	if (ck->status != pd_slow_status(v->slow) || ck->reason != pd_slow_reason(v->slow)) {
-		v->broken = "status";
-		snprintf(v->what, sizeof v->what, "engine %s/%s, slow path %s/%s",
-			 pd_status_name(ck->status), pd_reason_name(ck->reason),
-			 pd_status_name(pd_slow_status(v->slow)), pd_reason_name(pd_slow_reason(v->slow)));
-	}
-	return v->n || v->broken;
+	return pd_slow_verify(ck->prev ? ck->prev->data : NULL, ck->prev ? ck->prev->n : 0,
+			      ck->cur->data, ck->cur->n, ck->out, ck->out_len, &ck->req,
+			      ck->prev_incarnation, ck->status, ck->reason, &sh->o.limits, v);
 }
 
 /* ---- quarantine ----------------------------------------------------------------------- */
 
-static int write_file(const char *dir, const char *name, const void *p, size_t n)
+/* dir/name; NULL (errno ENAMETOOLONG) when the path does not fit. */
+static FILE *open_in(const char *dir, const char *name, const char *mode)
 {
 	char path[4096];
+	int n = snprintf(path, sizeof path, "%s/%s", dir, name);
+
+	if (n < 0 || (size_t)n >= sizeof path) {
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	return fopen(path, mode);
+}
+
+static int write_file(const char *dir, const char *name, const void *p, size_t n)
+{
 	FILE *f;
 	int ok;
 
-	snprintf(path, sizeof path, "%s/%s", dir, name);
-	if (!(f = fopen(path, "wb")))
+	if (!(f = open_in(dir, name, "wb")))
 		return -1;
 	ok = fwrite(p, 1, n, f) == n;
 	return (fclose(f) == 0 && ok) ? 0 : -1;
@@ -477,12 +437,10 @@ static int write_file(const char *dir, const char *name, const void *p, size_t n
 
 static int write_slow_text(const char *dir, const pd_slow_profile *p)
 {
-	char path[4096];
 	FILE *f;
 	int ok = 1;
 
-	snprintf(path, sizeof path, "%s/slow.txt", dir);
-	if (!(f = fopen(path, "w")))
+	if (!(f = open_in(dir, "slow.txt", "w")))
 		return -1;
 	fprintf(f, "# slow path delta: %s %s (%s); time_nanos %" PRId64 " duration_nanos %" PRId64 "\n",
 		pd_status_name(pd_slow_status(p)), pd_reason_name(pd_slow_reason(p)), pd_slow_why(p),
@@ -503,20 +461,19 @@ static int write_slow_text(const char *dir, const pd_slow_profile *p)
 	return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
-static int write_diffs(const char *dir, const verdict *v)
+static int write_diffs(const char *dir, const pd_slow_verdict *v)
 {
-	char path[4096], line[1024];
+	char line[1024];
 	FILE *f;
 
-	snprintf(path, sizeof path, "%s/diff.txt", dir);
-	if (!(f = fopen(path, "w")))
+	if (!(f = open_in(dir, "diff.txt", "w")))
 		return -1;
 	fprintf(f, "# engine (a) against slow path (b): %zu difference(s)%s\n", v->n,
-		v->n > SH_DIFFS_KEPT ? ", the first listed" : "");
+		v->n > PD_SLOW_VERDICT_DIFFS ? ", the first listed" : "");
 	if (v->broken)
 		fprintf(f, "%s: %s\n", v->broken, v->what);
-	for (size_t i = 0; i < v->n && i < SH_DIFFS_KEPT; i++) {
-		pd_slow_diff_format(&v->d[i], line, sizeof line);
+	for (size_t i = 0; i < v->n && i < PD_SLOW_VERDICT_DIFFS; i++) {
+		pd_slow_diff_format(&v->diffs[i], line, sizeof line);
 		fprintf(f, "%s\n", line);
 	}
 	return fclose(f) == 0 ? 0 : -1;
@@ -524,11 +481,9 @@ static int write_diffs(const char *dir, const verdict *v)
 
 static int write_case_txt(const char *dir, const check *ck)
 {
-	char path[4096];
 	FILE *f;
 
-	snprintf(path, sizeof path, "%s/case.txt", dir);
-	if (!(f = fopen(path, "w")))
+	if (!(f = open_in(dir, "case.txt", "w")))
 		return -1;
 	fprintf(f, "tenant %s\nstream %s\nseq %" PRIu64 "\nengine %s %s\n", ck->tenant, ck->stream,
 		ck->seq, pd_status_name(ck->status), pd_reason_name(ck->reason));
@@ -542,7 +497,7 @@ static int write_case_txt(const char *dir, const check *ck)
 	return fclose(f) == 0 ? 0 : -1;
 }
 
-static int case_write(pd_shadow *sh, const check *ck, const verdict *v, const char *dir)
+static int case_write(pd_shadow *sh, const check *ck, const pd_slow_verdict *v, const char *dir)
 {
 	uint8_t *pb = NULL;
 	size_t pbn = 0;
@@ -652,7 +607,7 @@ static void prune(pd_shadow *sh)
 }
 
 /* Writes the case; its directory name into path ("" when none). */
-static void quarantine(pd_shadow *sh, const check *ck, const verdict *v, char *path, size_t cap)
+static void quarantine(pd_shadow *sh, const check *ck, const pd_slow_verdict *v, char *path, size_t cap)
 {
 	struct timespec ts;
 	int rc;
@@ -676,7 +631,7 @@ static void quarantine(pd_shadow *sh, const check *ck, const verdict *v, char *p
 	prune(sh);
 }
 
-static void log_mismatch(const check *ck, const verdict *v, const char *path)
+static void log_mismatch(const check *ck, const pd_slow_verdict *v, const char *path)
 {
 	pd_log_ctx ctx = {.tenant = ck->tenant, .stream = ck->stream, .event = "shadow_mismatch"};
 	char line[SH_DIFFS_LOGGED][320];
@@ -684,7 +639,7 @@ static void log_mismatch(const check *ck, const verdict *v, const char *path)
 	for (size_t i = 0; i < SH_DIFFS_LOGGED; i++) {
 		line[i][0] = 0;
 		if (i < v->n)
-			pd_slow_diff_format(&v->d[i], line[i], sizeof line[i]);
+			pd_slow_diff_format(&v->diffs[i], line[i], sizeof line[i]);
 	}
 	pd_logx(PD_LOG_WARN, &ctx,
 		"shadow: engine and slow path differ on stream %s/%s at seq %" PRIu64
@@ -694,20 +649,20 @@ static void log_mismatch(const check *ck, const verdict *v, const char *path)
 		path[0] ? path : "not kept (no shadow_dir)");
 }
 
-static void count_mismatch(pd_shadow *sh, const check *ck, const verdict *v, int *log_it)
+static void count_mismatch(pd_shadow *sh, const check *ck, const pd_slow_verdict *v, int *log_it)
 {
 	entry *e = find(sh, ck->tenant, ck->stream, stream_hash(ck->tenant, ck->stream));
 
 	sh->st.mismatches++;
 	if (v->broken)
 		add_kind(sh, "", v->broken);
-	for (size_t i = 0; i < v->n && i < SH_DIFFS_KEPT; i++) {
+	for (size_t i = 0; i < v->n && i < PD_SLOW_VERDICT_DIFFS; i++) {
 		size_t j;
 		for (j = 0; j < i; j++) /* each (type, reason) once per case */
-			if (!strcmp(v->d[j].col, v->d[i].col) && !strcmp(v->d[j].reason, v->d[i].reason))
+			if (!strcmp(v->diffs[j].col, v->diffs[i].col) && !strcmp(v->diffs[j].reason, v->diffs[i].reason))
 				break;
 		if (j == i)
-			add_kind(sh, v->d[i].col, v->d[i].reason);
+			add_kind(sh, v->diffs[i].col, v->diffs[i].reason);
 	}
 	*log_it = !e || !e->logged;
 	if (e) {
@@ -719,7 +674,7 @@ static void count_mismatch(pd_shadow *sh, const check *ck, const verdict *v, int
 static void run_check(pd_shadow *sh, const check *ck)
 {
 	uint64_t t0 = thread_cpu_ns();
-	verdict *v = calloc(1, sizeof *v);
+	pd_slow_verdict *v = calloc(1, sizeof *v);
 	char path[4096] = "";
 	int r = v ? judge(sh, ck, v) : -1, log_it = 0;
 
@@ -737,7 +692,7 @@ static void run_check(pd_shadow *sh, const check *ck)
 			log_mismatch(ck, v, path);
 	}
 	if (v)
-		verdict_free(v);
+		pd_slow_verdict_free(v);
 	free(v);
 	pthread_mutex_lock(&sh->mu);
 	sh->st.cpu_ns += thread_cpu_ns() - t0;
@@ -781,8 +736,6 @@ static int append_sink(void *ctx, const uint8_t *p, size_t n)
 static int slow_answer(pd_shadow *sh, const blob *prev, const pd_shadow_case *c, int level,
 		       pd_buf *out, int *status, int *reason)
 {
-	blob cur_hdr = {0};
-	blob *cur = malloc(sizeof cur_hdr + c->in_len);
 	pd_slow_profile *d = NULL;
 	uint8_t *pb = NULL;
 	size_t pbn = 0;
@@ -790,12 +743,9 @@ static int slow_answer(pd_shadow *sh, const blob *prev, const pd_shadow_case *c,
 	pd_err e;
 	int rc;
 
-	if (!cur)
-		return PD_E_NOMEM;
-	cur->n = c->in_len;
-	memcpy(cur->data, c->in, c->in_len);
 	pd_defl_init(&z);
-	if (!(rc = slow_delta(sh, prev, cur, c->req, c->prev_incarnation, &d, &e)) &&
+	if (!(rc = pd_slow_delta_raw(prev ? prev->data : NULL, prev ? prev->n : 0, c->in, c->in_len,
+				     c->req, c->prev_incarnation, &sh->o.limits, &d, &e)) &&
 	    !(rc = pd_slow_encode(c->in, c->in_len, &sh->o.limits, d, &pb, &pbn, &e)) &&
 	    !(rc = pd_defl_begin(&z, level, 1, 0, append_sink, out, &e)) &&
 	    !(rc = pd_defl_finish_with(&z, pb, pbn, &e))) {
@@ -805,7 +755,6 @@ static int slow_answer(pd_shadow *sh, const blob *prev, const pd_shadow_case *c,
 	pd_defl_free(&z);
 	free(pb);
 	pd_slow_free(d);
-	free(cur);
 	return rc;
 }
 
