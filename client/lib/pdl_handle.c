@@ -337,6 +337,7 @@ void pdelta_free(pdelta *h)
 	pd_buf_free(&h->rbuf);
 	pd_buf_free(&h->dbuf);
 	pd_buf_free(&h->lout);
+	pd_buf_free(&h->shadow_in);
 	free(h->server);
 	free(h->host);
 	free(h->port);

@@ -54,6 +54,8 @@ typedef struct pdl_stream {
 	uint8_t H[PD_CONTENT_HASH_LEN];
 	int64_t last_seen_ns;
 	pd_buf R; /* last response body */
+	pd_buf P; /* shadow verification: the last applied profile */
+	int have_P;
 	int R_status, R_reason;
 	uint64_t R_in, R_out;
 	struct pdl_stream *next;
@@ -158,6 +160,13 @@ struct pdelta {
 	int inc_auto;
 	uint64_t rng;
 	pdelta_stats stats;
+
+	/* shadow verification of local deltas (pdl_local.c) */
+	int shadow, shadow_verdict;
+	uint64_t shadow_checked, shadow_mismatches, shadow_unchecked;
+	pd_buf shadow_in; /* the profile being fed */
+	int shadow_in_lost; /* no room for that copy: not checked */
+	char shadow_msg[512];
 
 	/* last error */
 	pdelta_error_info err;

@@ -184,6 +184,8 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, uint64_t seq, const
 		       ei.retryable ? " (will resend)" : " (profile dropped)");
 		return ei.retryable ? -1 : -2;
 	}
+	if (pdelta_shadow_verdict(lane->h) == PDELTA_SHADOW_MISMATCH)
+		sc_log(s, 1, "shadow mismatch: %s", pdelta_shadow_last(lane->h));
 	pthread_mutex_unlock(&lane->mu);
 	now = sc_now_ms();
 	count_status(s, &r);
@@ -503,6 +505,7 @@ static int make_lanes(pdelta_scrape *s, char *err, size_t errlen)
 		pthread_mutex_init(&s->lanes[i].mu, NULL);
 		if (pdelta_new(&o, &s->lanes[i].h, err, errlen))
 			return -1;
+		pdelta_set_shadow(s->lanes[i].h, s->o.shadow);
 	}
 	return 0;
 }

@@ -32,6 +32,7 @@ void pdl_stream_free(pdl_stream *st)
 {
 	pd_state_free(st->state);
 	pd_buf_free(&st->R);
+	pd_buf_free(&st->P);
 	free(st->name);
 	free(st);
 }
