@@ -188,4 +188,63 @@ PYEOF
 else
 	bad "oracle: $(tail -n 5 "$WORK/or.out")"
 fi
+
+# ---- 4. pdelta seq --shadow and pdelta scrape --local --shadow --------------------------------
+[[ -x $PBIN/pdelta ]] || nice make -s -C "$ROOT" PERTURB=1 -j2 "${PBIN#"$ROOT"/}/pdelta" >/dev/null
+bad_seq=
+for dir in "$TESTDATA"/profiles/*/; do
+	"$BINDIR/pdelta" seq --shadow -o "$WORK/seq-$(basename "$dir")" "$dir"*.pb.gz >/dev/null 2>"$WORK/seq.err" ||
+		bad_seq+=" $(basename "$dir")"
+done
+[[ -z $bad_seq ]] && ok "pdelta seq --shadow: every fixture sequence agrees with the slow path" ||
+	bad "pdelta seq --shadow failed on:$bad_seq ($(tail -n 2 "$WORK/seq.err"))"
+if PD_TEST_PERTURB=1 "$PBIN/pdelta" seq --shadow -o "$WORK/seqp" "${files[@]}" >/dev/null 2>"$WORK/seqp.err"; then
+	bad "pdelta seq --shadow: the perturbed engine passed"
+else
+	grep -q "SHADOW MISMATCH" "$WORK/seqp.err" && ok "pdelta seq --shadow catches the perturbed engine: $(tail -n 1 "$WORK/seqp.err")" ||
+		bad "pdelta seq --shadow (perturbed): $(tail -n 2 "$WORK/seqp.err")"
+fi
+
+# A target serving the fixture sequence, one file per scrape (the last one again after it).
+TPORT=$(free_port)
+"$PY" - "$TPORT" "${files[@]}" >/dev/null 2>&1 <<'EOF2' &
+import http.server, sys
+port, files, n = int(sys.argv[1]), sys.argv[2:], [0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = open(files[min(n[0], len(files) - 1)], "rb").read()
+        n[0] += 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+EOF2
+TARGET_PID=$!
+trap 'kill -KILL $TARGET_PID 2>/dev/null || true; pd_cleanup' EXIT
+for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $TPORT), 1)" 2>/dev/null && break; sleep 0.1; done
+scrape() { # scrape BIN OUT: one run over the whole sequence
+	"$1" scrape --local --shadow --target "t=http://127.0.0.1:$TPORT" --types heap --interval 50ms \
+		--count "$nf" --out-dir "$2" >"$2.log" 2>"$2.err"
+}
+scrape "$BINDIR/pdelta" "$WORK/sc1" || bad "scrape --local --shadow exited $?: $(tail -n 2 "$WORK/sc1.err")"
+n=$(grep -c ' seq=' "$WORK/sc1.log" || true)
+if ((n == nf)) && ! grep -q "shadow mismatch" "$WORK/sc1.err"; then
+	ok "scrape --local --shadow: $n deliveries, no mismatch"
+else
+	bad "scrape --local --shadow: $n deliveries; $(grep -m1 'shadow mismatch' "$WORK/sc1.err")"
+fi
+PD_TEST_PERTURB=1 scrape "$PBIN/pdelta" "$WORK/sc2" || true
+m=$(grep -c "shadow mismatch" "$WORK/sc2.err" || true)
+((m > 0)) && ok "scrape --local --shadow (perturbed): $m mismatches logged: $(grep -m1 'shadow mismatch' "$WORK/sc2.err" | cut -c1-140)" ||
+	bad "scrape --local --shadow (perturbed): no mismatch logged"
+if "$BINDIR/pdelta" scrape --shadow --server 127.0.0.1:1 --target "t=http://127.0.0.1:$TPORT" --once \
+	--out-dir "$WORK/sc3" >/dev/null 2>"$WORK/sc3.err"; then
+	bad "scrape --shadow without --local accepted"
+else
+	grep -q "give --local" "$WORK/sc3.err" && ok "scrape --shadow without --local refused: $(head -n 1 "$WORK/sc3.err")" ||
+		bad "scrape --shadow without --local: $(head -n 1 "$WORK/sc3.err")"
+fi
+kill -KILL "$TARGET_PID" 2>/dev/null || true
 pd_finish
