@@ -166,7 +166,7 @@ struct pdelta {
 	uint64_t shadow_checked, shadow_mismatches, shadow_unchecked;
 	pd_buf shadow_in; /* the profile being fed */
 	int shadow_in_lost; /* no room for that copy: not checked */
-	char shadow_msg[512];
+	char shadow_msg[1024];
 
 	/* last error */
 	pdelta_error_info err;

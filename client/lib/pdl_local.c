@@ -173,7 +173,7 @@ static void shadow_check(pdelta *h, const void *cur, size_t n, const pd_req *q, 
 		h->shadow_mismatches += (uint64_t)r;
 	}
 	if (r > 0) {
-		char d[384] = "";
+		char d[256] = "";
 		if (v->n)
 			pd_slow_diff_format(&v->diffs[0], d, sizeof d);
 		snprintf(h->shadow_msg, sizeof h->shadow_msg, "%s seq %llu: %zu difference(s)%s%s%s%s",
