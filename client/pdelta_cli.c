@@ -39,7 +39,7 @@ typedef struct cli {
 	int json;
 	int quiet;
 	int shadow; /* seq: check every delta against the slow path */
-	unsigned checked, mismatches, unchecked;
+	pd_slow_tally tally;
 } cli;
 
 static void usage(FILE *f)
@@ -328,12 +328,7 @@ static void shadow_check(cli *c, const char *base, const pd_buf *prev, const pd_
 	if (v && !read_file(outp, &out, UINT64_MAX, &e))
 		r = pd_slow_verify(prev ? prev->data : NULL, prev ? prev->len : 0, cur->data, cur->len,
 				   out.data, out.len, &c->req, 0, res->status, res->reason, &c->lim, v);
-	if (r < 0) {
-		c->unchecked++;
-	} else {
-		c->checked++;
-		c->mismatches += (unsigned)r;
-	}
+	pd_slow_tally_add(&c->tally, r);
 	if (r > 0) {
 		fprintf(stderr, "%s SHADOW MISMATCH: %zu difference(s)%s%s\n", base, v->n,
 			v->broken ? "; " : "", v->broken ? v->what : "");
@@ -409,13 +404,14 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 		free(dup);
 	}
 	if (c->shadow)
-		fprintf(stderr, "shadow: %u deltas checked, %u mismatches, %u not checked (slow-path limits)\n",
-			c->checked, c->mismatches, c->unchecked);
+		fprintf(stderr, "shadow: %llu deltas checked, %llu mismatches, %llu not checked (slow-path limits)\n",
+			(unsigned long long)c->tally.checked, (unsigned long long)c->tally.mismatches,
+			(unsigned long long)c->tally.unchecked);
 	if (failures)
 		rc = pd_err_set(e, PD_E_MALFORMED, "%d of %d files failed", failures, argc);
-	else if (c->mismatches)
-		rc = pd_err_set(e, PD_E_INTERNAL, "%u of %d deltas differ from the slow path's", c->mismatches,
-				argc);
+	else if (c->tally.mismatches)
+		rc = pd_err_set(e, PD_E_INTERNAL, "%llu of %d deltas differ from the slow path's",
+				(unsigned long long)c->tally.mismatches, argc);
 out:
 	pd_buf_free(&prev_in);
 	pd_buf_free(&in);

@@ -1072,10 +1072,44 @@ static int decode_raw(dec *d, const uint8_t *buf, size_t len, pd_err *e)
 	return read_samples(d, e);
 }
 
+/* The raw protobuf of in after the input caps: in itself, or inflated into
+ * *raw (the caller frees it). */
+static int open_input(const void *in, size_t n, const pd_limits *lim, const uint8_t **p,
+		      uint8_t **raw, size_t *len, pd_err *e)
+{
+	*p = in;
+	*len = n;
+	if (n > lim->max_input)
+		return pd_err_set(e, PD_E_LIMIT, "input exceeds the limit of %llu bytes",
+				  (unsigned long long)lim->max_input);
+	if (n == 0)
+		return pd_err_set(e, PD_E_MALFORMED, "empty input");
+	if (n > UINT32_MAX)
+		return pd_err_set(e, PD_E_LIMIT, "input over 4 GiB");
+	if ((*p)[0] == 0x1f) {
+		uint64_t max = lim->max_inflated < UINT32_MAX ? lim->max_inflated : UINT32_MAX;
+		int rc = gunzip(*p, n, max, raw, len, e);
+		*p = *raw;
+		return rc;
+	}
+	if (n > lim->max_inflated)
+		return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %llu bytes",
+				  (unsigned long long)lim->max_inflated);
+	return PD_OK;
+}
+
+static int dec_init(dec *d, const pd_limits *lim, size_t len, pd_err *e)
+{
+	memset(d, 0, sizeof *d);
+	d->lim = lim;
+	d->budget = d->budget0 = (64u << 20) + 16 * (uint64_t)len;
+	return (d->out = calloc(1, sizeof *d->out)) ? PD_OK : nomem(e);
+}
+
 int pd_slow_decode(const void *in, size_t n, const pd_limits *lim, pd_slow_profile **out,
 		   pd_err *e)
 {
-	const uint8_t *p = in;
+	const uint8_t *p;
 	uint8_t *raw = NULL;
 	size_t len = n;
 	pd_limits defl;
@@ -1087,29 +1121,10 @@ int pd_slow_decode(const void *in, size_t n, const pd_limits *lim, pd_slow_profi
 		pd_limits_default(&defl);
 		lim = &defl;
 	}
-	if (n > lim->max_input)
-		return pd_err_set(e, PD_E_LIMIT, "input exceeds the limit of %llu bytes",
-				  (unsigned long long)lim->max_input);
-	if (n == 0)
-		return pd_err_set(e, PD_E_MALFORMED, "empty input");
-	if (n > UINT32_MAX)
-		return pd_err_set(e, PD_E_LIMIT, "input over 4 GiB");
-	if (p[0] == 0x1f) {
-		uint64_t max = lim->max_inflated < UINT32_MAX ? lim->max_inflated : UINT32_MAX;
-		if ((rc = gunzip(p, n, max, &raw, &len, e)))
-			return rc;
-		p = raw;
-	} else if (n > lim->max_inflated) {
-		return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %llu bytes",
-				  (unsigned long long)lim->max_inflated);
-	}
-	memset(&d, 0, sizeof d);
-	d.lim = lim;
-	d.budget = d.budget0 = (64u << 20) + 16 * (uint64_t)len;
-	if (!(d.out = calloc(1, sizeof *d.out))) {
-		rc = nomem(e);
+	if ((rc = open_input(in, n, lim, &p, &raw, &len, e)))
+		return rc;
+	if ((rc = dec_init(&d, lim, len, e)))
 		goto out;
-	}
 	rc = decode_raw(&d, p, len, e);
 out:
 	dec_free(&d);
@@ -1363,6 +1378,16 @@ int pd_slow_verify(const void *prev, size_t prevn, const void *cur, size_t curn,
 	return v->n || v->broken;
 }
 
+void pd_slow_tally_add(pd_slow_tally *t, int verdict)
+{
+	if (verdict < 0) {
+		t->unchecked++;
+		return;
+	}
+	t->checked++;
+	t->mismatches += verdict > 0;
+}
+
 void pd_slow_verdict_free(pd_slow_verdict *v)
 {
 	pd_slow_free(v->slow);
@@ -1589,7 +1614,7 @@ static int encode_over(dec *d, const uint8_t *buf, size_t len, const pd_slow_pro
 int pd_slow_encode(const void *cur, size_t n, const pd_limits *lim, const pd_slow_profile *delta,
 		   uint8_t **out, size_t *outn, pd_err *e)
 {
-	const uint8_t *p = cur;
+	const uint8_t *p;
 	uint8_t *raw = NULL;
 	size_t len = n;
 	pd_limits defl;
@@ -1604,22 +1629,11 @@ int pd_slow_encode(const void *cur, size_t n, const pd_limits *lim, const pd_slo
 		pd_limits_default(&defl);
 		lim = &defl;
 	}
-	if (n == 0)
-		return pd_err_set(e, PD_E_MALFORMED, "empty input");
-	if (p[0] == 0x1f) {
-		uint64_t max = lim->max_inflated < UINT32_MAX ? lim->max_inflated : UINT32_MAX;
-		if ((rc = gunzip(p, n, max, &raw, &len, e)))
-			return rc;
-		p = raw;
-	}
-	memset(&d, 0, sizeof d);
 	memset(&sp, 0, sizeof sp);
-	d.lim = lim;
-	d.budget = d.budget0 = (64u << 20) + 16 * (uint64_t)len;
-	if (!(d.out = calloc(1, sizeof *d.out))) {
-		rc = nomem(e);
+	if ((rc = open_input(cur, n, lim, &p, &raw, &len, e)))
+		return rc;
+	if ((rc = dec_init(&d, lim, len, e)))
 		goto out;
-	}
 	if ((rc = read_top(&d, p, len, e)) || (rc = read_types(&d, e)) || (rc = read_mappings(&d, e)) ||
 	    (rc = read_functions(&d, e)) || (rc = read_locations(&d, e)) || (rc = check_scalars(&d, e)) ||
 	    (rc = read_meta(&d, e)))

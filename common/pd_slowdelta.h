@@ -129,6 +129,12 @@ int pd_slow_verify(const void *prev, size_t prevn, const void *cur, size_t curn,
 		   const pd_limits *lim, pd_slow_verdict *v);
 void pd_slow_verdict_free(pd_slow_verdict *v);
 
+/* pd_slow_verify's results counted: 1 mismatch, 0 equal (both checked), -1 not checked. */
+typedef struct pd_slow_tally {
+	uint64_t checked, mismatches, unchecked;
+} pd_slow_tally;
+void pd_slow_tally_add(pd_slow_tally *t, int verdict);
+
 /* One line describing d (key cut to fit cap). */
 void pd_slow_diff_format(const pd_slow_diff *d, char *buf, size_t cap);
 

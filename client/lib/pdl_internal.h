@@ -32,6 +32,7 @@
 #include "pd_err.h"
 #include "pd_frame.h"
 #include "pd_gz.h"
+#include "pd_slowdelta.h"
 #include "pd_state.h"
 #include "pdelta.h"
 
@@ -163,7 +164,7 @@ struct pdelta {
 
 	/* shadow verification of local deltas (pdl_local.c) */
 	int shadow, shadow_verdict;
-	uint64_t shadow_checked, shadow_mismatches, shadow_unchecked;
+	pd_slow_tally shadow_tally;
 	pd_buf shadow_in; /* the profile being fed */
 	int shadow_in_lost; /* no room for that copy: not checked */
 	char shadow_msg[1024];

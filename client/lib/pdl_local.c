@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "pd_seq.h"
-#include "pd_slowdelta.h"
 #include "pdl_internal.h"
 
 #define LOCAL_READ_CHUNK (64u * 1024)
@@ -166,12 +165,7 @@ static void shadow_check(pdelta *h, const void *cur, size_t n, const pd_req *q, 
 				   st->R.len, q, prev_inc, res->status, res->reason, NULL, v);
 	h->shadow_verdict = r > 0 ? PDELTA_SHADOW_MISMATCH : r == 0 ? PDELTA_SHADOW_AGREED
 								    : PDELTA_SHADOW_NONE;
-	if (r < 0) {
-		h->shadow_unchecked++;
-	} else {
-		h->shadow_checked++;
-		h->shadow_mismatches += (uint64_t)r;
-	}
+	pd_slow_tally_add(&h->shadow_tally, r);
 	if (r > 0) {
 		char d[256] = "";
 		if (v->n)
@@ -270,7 +264,7 @@ const char *pdelta_shadow_last(const pdelta *h) { return h->shadow_msg; }
 void pdelta_shadow_counts(const pdelta *h, uint64_t *checked, uint64_t *mismatches,
 			  uint64_t *unchecked)
 {
-	*checked = h->shadow_checked;
-	*mismatches = h->shadow_mismatches;
-	*unchecked = h->shadow_unchecked;
+	*checked = h->shadow_tally.checked;
+	*mismatches = h->shadow_tally.mismatches;
+	*unchecked = h->shadow_tally.unchecked;
 }
