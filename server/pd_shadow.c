@@ -135,7 +135,10 @@ static void lru_unlink(pd_shadow *sh, entry *e)
 
 static void lru_touch(pd_shadow *sh, entry *e)
 {
-	lru_unlink(sh, e);
+	if (sh->newest == e)
+		return;
+	if (e->older || e->newer || sh->oldest == e) /* in the list: move it */
+		lru_unlink(sh, e);
 	e->older = sh->newest;
 	if (sh->newest)
 		sh->newest->newer = e;

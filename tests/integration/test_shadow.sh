@@ -104,6 +104,32 @@ done
 ok "shadow cpu $(metric pdeltad_shadow_cpu_seconds_total) s for $n checks, peak held $(metric pdeltad_shadow_bytes_held_max) bytes"
 pd_stop_server TERM
 
+# ---- 2b. the caps: a tiny budget, a tiny upload cap ------------------------------------------
+pd_start_server --workers 2 --db_sync no --shadow_rate 1 --shadow_max_bytes 100k
+for s in heap-medium mutex-medium block-medium goroutine-medium heap-small; do
+	mkdir -p "$WORK/out3/$s"
+	"${send[@]}" --stream "cap/$s" -o "$WORK/out3/$s" "$TESTDATA/profiles/$s"/*.pb.gz >/dev/null 2>&1 ||
+		bad "$s: send failed under a tiny shadow budget"
+done
+sleep 1
+held=$(metric pdeltad_shadow_bytes_held_max)
+sb=$(metric pdeltad_shadow_skipped_total 'reason="budget"')
+ver=$(metric pdeltad_shadow_verified_total)
+if ((held <= 102400 && sb > 0 && ver > 0)); then
+	ok "shadow_max_bytes 100k: peak held $held bytes, $sb skipped (budget), $ver checked"
+else
+	bad "shadow_max_bytes 100k: peak held $held, skipped (budget) $sb, checked $ver"
+fi
+pd_stop_server TERM
+pd_start_server --workers 2 --db_sync no --shadow_rate 1 --shadow_max_upload 1k
+"${send[@]}" --stream cap/small -o "$WORK/out3/heap-small" "$TESTDATA/profiles/heap-small"/*.pb.gz >/dev/null 2>&1 ||
+	bad "send failed under a tiny upload cap"
+nsmall=$(ls "$TESTDATA/profiles/heap-small" | wc -l)
+ss=$(metric pdeltad_shadow_skipped_total 'reason="size"')
+[[ $ss == "$nsmall" && $(metric pdeltad_shadow_verified_total) == 0 ]] &&
+	ok "shadow_max_upload 1k: all $ss uploads skipped (size)" || bad "shadow_max_upload 1k: skipped (size) $ss of $nsmall"
+pd_stop_server TERM
+
 # ---- 3. a wrong engine on purpose ------------------------------------------------------------
 PBIN=${PERTURB_BINDIR:-build/perturb/bin}
 case $PBIN in /*) ;; *) PBIN=$ROOT/$PBIN ;; esac
@@ -247,4 +273,9 @@ else
 		bad "scrape --shadow without --local: $(head -n 1 "$WORK/sc3.err")"
 fi
 kill -KILL "$TARGET_PID" 2>/dev/null || true
+if grep -E "Sanitizer|runtime error" "$WORK/server.log" "$WORK"/*.err >"$WORK/san" 2>/dev/null; then
+	bad "sanitizer reports: $(head -n 3 "$WORK/san")"
+else
+	ok "no sanitizer report in the server log or the clients' stderr"
+fi
 pd_finish
