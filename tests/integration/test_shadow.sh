@@ -29,8 +29,8 @@ else:
 EOF
 }
 
-wait_metric() { # wait_metric NAME VALUE: up to 20 s for NAME to reach VALUE (or more)
-	for _ in $(seq 200); do
+wait_metric() { # wait_metric NAME VALUE: up to 60 s (sanitizer builds are slow) for NAME to reach VALUE (or more)
+	for _ in $(seq 600); do
 		(($(metric "$1" | cut -d. -f1) >= $2)) && return 0
 		sleep 0.1
 	done
