@@ -8,9 +8,12 @@ CC ?= cc
 SANITIZER ?=
 PKGS := libevent libevent_openssl libevent_pthreads openssl zlib libdeflate libisal sqlite3 libcurl libpq
 
-VARIANT := $(if $(SANITIZER),$(SANITIZER),release)
+# PERTURB=1: a test-only variant (build/perturb/bin) whose engine answers one
+# value wrong when $$PD_TEST_PERTURB is set, for the shadow-verification test.
+PERTURB ?=
+VARIANT := $(if $(SANITIZER),$(SANITIZER),$(if $(PERTURB),perturb,release))
 BUILD := build/$(VARIANT)
-BINDIR := $(if $(SANITIZER),$(BUILD)/bin,bin)
+BINDIR := $(if $(SANITIZER)$(PERTURB),$(BUILD)/bin,bin)
 
 WARN := -Wall -Wextra -Wformat=2 -Wstrict-prototypes -Wshadow -Wpointer-arith \
 	-Wcast-qual -Wwrite-strings -Wvla -Wmissing-prototypes -Wno-unused-parameter -Werror
@@ -35,7 +38,7 @@ endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(SYSTEMD_CFLAGS)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS ?= -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(CFLAGS) \
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(CFLAGS) $(if $(PERTURB),-DPD_TEST_PERTURB) \
 	-Icommon -Iproto -Iclient -Iserver $(PKG_CFLAGS) -MMD -MP
 LDFLAGS_ALL := $(OPT) $(LDFLAGS)
 LIBS := $(PKG_LIBS) -lpthread -lm

@@ -287,6 +287,20 @@ typedef struct pdelta_stats {
 } pdelta_stats;
 void pdelta_stats_get(const pdelta *h, pdelta_stats *out);
 
+/* Shadow verification of local deltas: with it on, every delta the handle
+ * computes in process is also computed by an independent slow path and the
+ * two are compared (semantically). A mismatch does not fail the request (the
+ * answer stays the engine's); it is counted and described here. Costs about
+ * ten times the engine's time and keeps each stream's previous profile. */
+int pdelta_set_shadow(pdelta *h, int on);
+enum { PDELTA_SHADOW_NONE = 0, PDELTA_SHADOW_AGREED = 1, PDELTA_SHADOW_MISMATCH = 2 };
+/* The verdict on the handle's last local delta (NONE: off, a DUPLICATE, not
+ * checked), and the description of the last mismatch ("" when none). */
+int pdelta_shadow_verdict(const pdelta *h);
+const char *pdelta_shadow_last(const pdelta *h);
+void pdelta_shadow_counts(const pdelta *h, uint64_t *checked, uint64_t *mismatches,
+			  uint64_t *unchecked);
+
 /* ---- pull mode: the scrape loop (`pdelta scrape`) ------------------------
  * Takes cumulative profiles from Go services over HTTP(S) (their
  * net/http/pprof endpoints, through libcurl), turns each into a delta (through
@@ -347,6 +361,7 @@ typedef struct pdelta_scrape_opts {
 	void *log_ctx;
 	uint64_t state_grace_ms;  /* a removed target's state entries are dropped after this
 				     (default 24 h); the state file is locked (STATE.lock) */
+	int shadow; /* local deltas checked by the slow path (pdelta_set_shadow) */
 } pdelta_scrape_opts;
 
 void pdelta_scrape_opts_init(pdelta_scrape_opts *o);

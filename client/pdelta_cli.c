@@ -28,6 +28,7 @@
 #include "pd_engine.h"
 #include "pd_inspect.h"
 #include "pd_json.h"
+#include "pd_slowdelta.h"
 #include "pd_version.h"
 
 #define MAX_OVERRIDES 16
@@ -39,6 +40,8 @@ typedef struct cli {
 	const char *out;
 	int json;
 	int quiet;
+	int shadow; /* seq: check every delta against the slow path */
+	pd_slow_tally tally;
 } cli;
 
 static void usage(FILE *f)
@@ -57,6 +60,8 @@ static void usage(FILE *f)
 		   "  --type NAME=delta|gauge per-sample-type policy override (repeatable)\n"
 		   "  --level N               gzip level of the output 1..9 (default 1), 0 = raw\n"
 		   "  --json                  machine-readable output (inspect)\n"
+		   "  --shadow                seq: check every delta against the independent slow\n"
+		   "                          path; a mismatch is reported and fails the run\n"
 		   "limits (all inputs are checked against them):\n");
 	for (size_t i = 0; i < pd_limit_count; i++)
 		fprintf(f, "  --%-22s %s (default %llu)\n", pd_limit_table[i].name,
@@ -194,7 +199,7 @@ static int parse_type(cli *c, const char *arg, pd_err *e)
 	return PD_OK;
 }
 
-enum { OPT_FIRST = 256, OPT_TYPE, OPT_LEVEL, OPT_JSON, OPT_LIMIT0 };
+enum { OPT_FIRST = 256, OPT_TYPE, OPT_LEVEL, OPT_JSON, OPT_SHADOW, OPT_LIMIT0 };
 
 static int parse_opts(cli *c, int argc, char **argv, pd_err *e)
 {
@@ -207,6 +212,7 @@ static int parse_opts(cli *c, int argc, char **argv, pd_err *e)
 	opts[n++] = (struct option){"type", required_argument, NULL, OPT_TYPE};
 	opts[n++] = (struct option){"level", required_argument, NULL, OPT_LEVEL};
 	opts[n++] = (struct option){"json", no_argument, NULL, OPT_JSON};
+	opts[n++] = (struct option){"shadow", no_argument, NULL, OPT_SHADOW};
 	opts[n++] = (struct option){"help", no_argument, NULL, 'h'};
 	for (size_t i = 0; i < pd_limit_count; i++)
 		opts[n++] = (struct option){pd_limit_table[i].name, required_argument, NULL,
@@ -243,6 +249,9 @@ static int parse_opts(cli *c, int argc, char **argv, pd_err *e)
 		}
 		case OPT_JSON:
 			c->json = 1;
+			break;
+		case OPT_SHADOW:
+			c->shadow = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -307,15 +316,45 @@ out:
 	return rc;
 }
 
+/* --shadow: the delta just written to outp against the slow path's. */
+static void shadow_check(cli *c, const char *base, const pd_buf *prev, const pd_buf *cur,
+			 const char *outp, const pd_result *res)
+{
+	pd_slow_verdict *v = calloc(1, sizeof *v);
+	pd_buf out;
+	pd_err e = {0, ""};
+	char line[512];
+	int r = -1;
+
+	pd_buf_init(&out, 0);
+	if (v && !read_file(outp, &out, UINT64_MAX, &e))
+		r = pd_slow_verify(prev ? prev->data : NULL, prev ? prev->len : 0, cur->data, cur->len,
+				   out.data, out.len, &c->req, 0, res->status, res->reason, &c->lim, v);
+	pd_slow_tally_add(&c->tally, r);
+	if (r > 0) {
+		fprintf(stderr, "%s SHADOW MISMATCH: %zu difference(s)%s%s\n", base, v->n,
+			v->broken ? "; " : "", v->broken ? v->what : "");
+		for (size_t i = 0; i < v->n && i < 5; i++) {
+			pd_slow_diff_format(&v->diffs[i], line, sizeof line);
+			fprintf(stderr, "  %s\n", line);
+		}
+	}
+	if (v)
+		pd_slow_verdict_free(v);
+	free(v);
+	pd_buf_free(&out);
+}
+
 static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 {
 	pd_engine *eng = pd_engine_new(&c->lim);
 	pd_state *prev = pd_state_new(), *next = pd_state_new();
-	pd_buf in;
-	int failures = 0, rc = PD_OK;
+	pd_buf in, prev_in;
+	int failures = 0, rc = PD_OK, have_prev = 0;
 	bool to_stdout;
 
 	pd_buf_init(&in, 0);
+	pd_buf_init(&prev_in, 0);
 	if (!eng || !prev || !next) {
 		rc = pd_err_set(e, PD_E_NOMEM, "out of memory");
 		goto out;
@@ -325,6 +364,10 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 		goto out;
 	}
 	to_stdout = is_stdout(c->out);
+	if (to_stdout && c->shadow) {
+		rc = pd_err_set(e, PD_E_ARG, "seq --shadow wants -o OUTDIR (it reads the deltas back)");
+		goto out;
+	}
 	if (to_stdout && argc != 1) {
 		rc = pd_err_set(e, PD_E_ARG, "seq -o - takes one FILE (one delta on stdout)");
 		goto out;
@@ -345,9 +388,15 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 			snprintf(outp, sizeof outp, "%s/%s", c->out, base);
 		if (delta_to_file(eng, c, &in, argv[i], prev, next, outp, &res, &fe) == PD_OK) {
 			pd_state *t = prev;
+			pd_buf tb = prev_in;
 			prev = next;
 			next = t;
 			print_status(c, base, &res);
+			if (c->shadow)
+				shadow_check(c, base, have_prev ? &prev_in : NULL, &in, outp, &res);
+			prev_in = in; /* the engine's state is now this file's */
+			in = tb;
+			have_prev = 1;
 		} else {
 			fprintf(to_stdout ? stderr : stdout, "%s ERROR %s %s\n", base,
 				pd_code_name(fe.code), fe.msg);
@@ -356,9 +405,17 @@ static int cmd_seq(cli *c, int argc, char **argv, pd_err *e)
 		fflush(stdout);
 		free(dup);
 	}
+	if (c->shadow)
+		fprintf(stderr, "shadow: %llu deltas checked, %llu mismatches, %llu not checked (slow-path limits)\n",
+			(unsigned long long)c->tally.checked, (unsigned long long)c->tally.mismatches,
+			(unsigned long long)c->tally.unchecked);
 	if (failures)
 		rc = pd_err_set(e, PD_E_MALFORMED, "%d of %d files failed", failures, argc);
+	else if (c->tally.mismatches)
+		rc = pd_err_set(e, PD_E_INTERNAL, "%llu of %d deltas differ from the slow path's",
+				(unsigned long long)c->tally.mismatches, argc);
 out:
+	pd_buf_free(&prev_in);
 	pd_buf_free(&in);
 	pd_state_free(prev);
 	pd_state_free(next);

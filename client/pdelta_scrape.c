@@ -72,6 +72,8 @@ static void usage(FILE *f)
 		"                           --ca FILE, --cert F --key F, --token-file F,\n"
 		"                           --server-name NAME as for `pdelta send`\n"
 		"  --local                  compute deltas in this process (state in memory only)\n"
+		"  --shadow                 with --local: check every delta against the slow path\n"
+		"                           (a mismatch is logged as an error)\n"
 		"  --fallback-local         compute locally while the server stays unreachable (BASELINE moved,\n"
 		"                           then local deltas); back to it once it answers (BASELINE state-lost)\n"
 		"  --first keep|drop|auto   first-profile policy (default keep)\n"
@@ -165,7 +167,7 @@ static int add_target(scrape_cli *c, const char *arg)
 enum {
 	O_TARGET = 256, O_TARGETS, O_TYPES, O_PATH_PREFIX, O_STREAM_PREFIX, O_TIMEOUT, O_MAX_BODY,
 	O_TARGET_CA, O_BEARER, O_BASIC, O_CPU, O_INTERVAL, O_COUNT, O_ONCE, O_CONC, O_SERVER, O_CA,
-	O_CERT, O_KEY, O_TOKEN_FILE, O_SNI, O_LOCAL, O_FALLBACK, O_FIRST, O_STATE, O_OUT, O_KEEP,
+	O_CERT, O_KEY, O_TOKEN_FILE, O_SNI, O_LOCAL, O_SHADOW, O_FALLBACK, O_FIRST, O_STATE, O_OUT, O_KEEP,
 	O_SAVE, O_PUSH, O_PUSH_FIRST, O_PUSH_TOKEN, O_SPOOL, O_SPOOL_MAX, O_PUSH_TIMEOUT, O_METRICS,
 	O_STATE_GRACE
 };
@@ -193,6 +195,7 @@ static const struct option longopts[] = {
 	{"token-file", required_argument, NULL, O_TOKEN_FILE},
 	{"server-name", required_argument, NULL, O_SNI},
 	{"local", no_argument, NULL, O_LOCAL},
+	{"shadow", no_argument, NULL, O_SHADOW},
 	{"fallback-local", no_argument, NULL, O_FALLBACK},
 	{"local-fallback", no_argument, NULL, O_FALLBACK},
 	{"first", required_argument, NULL, O_FIRST},
@@ -244,6 +247,7 @@ static int parse_one(scrape_cli *c, int ch, const char *arg)
 	case O_TOKEN_FILE: return (o->delta.token = c->token = first_line(arg)) ? 0 : -1;
 	case O_SNI: o->delta.verify_host = arg; return 0;
 	case O_LOCAL: c->local = 1; return 0;
+	case O_SHADOW: o->shadow = 1; return 0;
 	case O_FALLBACK: o->delta.local_fallback = 1; return 0;
 	case O_FIRST:
 		if (strcmp(arg, "keep") == 0)
@@ -391,6 +395,10 @@ int pdelta_cmd_scrape(int argc, char **argv)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "pdelta scrape: unexpected argument '%s' (see --help)\n", argv[optind]);
+		goto out;
+	}
+	if (c.o.shadow && !c.local) {
+		fprintf(stderr, "pdelta scrape: --shadow checks local deltas: give --local\n");
 		goto out;
 	}
 	if (c.local && c.o.delta.server) {

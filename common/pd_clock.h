@@ -28,6 +28,14 @@ static inline int64_t pd_wall_ns(void)
 
 static inline int64_t pd_wall_ms(void) { return pd_wall_ns() / 1000000; }
 
+/* CPU time of the calling thread, ns. */
+static inline uint64_t pd_thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* The time ms milliseconds from now on clock clk, as an absolute deadline
  * (pthread_cond_timedwait takes one on the condition's clock). */
 static inline struct timespec pd_deadline(clockid_t clk, uint64_t ms)

@@ -575,6 +575,20 @@ static void restore_cumulative(pd_engine *g, pd_state *next)
 	}
 }
 
+#ifdef PD_TEST_PERTURB
+/* Test builds only (make PERTURB=1, and $PD_TEST_PERTURB set): a wrong value
+ * on purpose, +1 on the first kept sample's first column, for the tests of
+ * shadow verification. */
+static void perturb_one(pd_engine *g)
+{
+	for (uint32_t i = 0; i < g->nsmp; i++)
+		if (g->keep[i]) {
+			g->vals[(size_t)i * g->nst] += 1;
+			return;
+		}
+}
+#endif
+
 static uint32_t select_samples(pd_engine *g, int drop_all)
 {
 	uint32_t kept = 0;
@@ -819,6 +833,10 @@ static int process(pd_engine *g, const pd_state *prev, pd_state *next, const pd_
 	if (res->status == PD_STATUS_DELTA && g->ndelta > 0)
 		duration = g->ix.time_nanos - pd_state_time_nanos(prev);
 	res->samples_out = select_samples(g, drop_all);
+#ifdef PD_TEST_PERTURB
+	if (res->status == PD_STATUS_DELTA && getenv("PD_TEST_PERTURB"))
+		perturb_one(g);
+#endif
 	mark_pass(g, res->samples_out);
 	t1 = pd_now_ns();
 	res->ns_diff = t1 - t0;

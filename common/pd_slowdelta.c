@@ -1072,10 +1072,44 @@ static int decode_raw(dec *d, const uint8_t *buf, size_t len, pd_err *e)
 	return read_samples(d, e);
 }
 
+/* The raw protobuf of in after the input caps: in itself, or inflated into
+ * *raw (the caller frees it). */
+static int open_input(const void *in, size_t n, const pd_limits *lim, const uint8_t **p,
+		      uint8_t **raw, size_t *len, pd_err *e)
+{
+	*p = in;
+	*len = n;
+	if (n > lim->max_input)
+		return pd_err_set(e, PD_E_LIMIT, "input exceeds the limit of %llu bytes",
+				  (unsigned long long)lim->max_input);
+	if (n == 0)
+		return pd_err_set(e, PD_E_MALFORMED, "empty input");
+	if (n > UINT32_MAX)
+		return pd_err_set(e, PD_E_LIMIT, "input over 4 GiB");
+	if ((*p)[0] == 0x1f) {
+		uint64_t max = lim->max_inflated < UINT32_MAX ? lim->max_inflated : UINT32_MAX;
+		int rc = gunzip(*p, n, max, raw, len, e);
+		*p = *raw;
+		return rc;
+	}
+	if (n > lim->max_inflated)
+		return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %llu bytes",
+				  (unsigned long long)lim->max_inflated);
+	return PD_OK;
+}
+
+static int dec_init(dec *d, const pd_limits *lim, size_t len, pd_err *e)
+{
+	memset(d, 0, sizeof *d);
+	d->lim = lim;
+	d->budget = d->budget0 = (64u << 20) + 16 * (uint64_t)len;
+	return (d->out = calloc(1, sizeof *d->out)) ? PD_OK : nomem(e);
+}
+
 int pd_slow_decode(const void *in, size_t n, const pd_limits *lim, pd_slow_profile **out,
 		   pd_err *e)
 {
-	const uint8_t *p = in;
+	const uint8_t *p;
 	uint8_t *raw = NULL;
 	size_t len = n;
 	pd_limits defl;
@@ -1087,29 +1121,10 @@ int pd_slow_decode(const void *in, size_t n, const pd_limits *lim, pd_slow_profi
 		pd_limits_default(&defl);
 		lim = &defl;
 	}
-	if (n > lim->max_input)
-		return pd_err_set(e, PD_E_LIMIT, "input exceeds the limit of %llu bytes",
-				  (unsigned long long)lim->max_input);
-	if (n == 0)
-		return pd_err_set(e, PD_E_MALFORMED, "empty input");
-	if (n > UINT32_MAX)
-		return pd_err_set(e, PD_E_LIMIT, "input over 4 GiB");
-	if (p[0] == 0x1f) {
-		uint64_t max = lim->max_inflated < UINT32_MAX ? lim->max_inflated : UINT32_MAX;
-		if ((rc = gunzip(p, n, max, &raw, &len, e)))
-			return rc;
-		p = raw;
-	} else if (n > lim->max_inflated) {
-		return pd_err_set(e, PD_E_LIMIT, "profile exceeds the limit of %llu bytes",
-				  (unsigned long long)lim->max_inflated);
-	}
-	memset(&d, 0, sizeof d);
-	d.lim = lim;
-	d.budget = d.budget0 = (64u << 20) + 16 * (uint64_t)len;
-	if (!(d.out = calloc(1, sizeof *d.out))) {
-		rc = nomem(e);
+	if ((rc = open_input(in, n, lim, &p, &raw, &len, e)))
+		return rc;
+	if ((rc = dec_init(&d, lim, len, e)))
 		goto out;
-	}
 	rc = decode_raw(&d, p, len, e);
 out:
 	dec_free(&d);
@@ -1318,6 +1333,68 @@ int pd_slow_delta(const pd_slow_profile *prev, const pd_slow_profile *cur, const
 	return PD_OK;
 }
 
+int pd_slow_delta_raw(const void *prev, size_t prevn, const void *cur, size_t curn,
+		      const pd_req *req, uint64_t prev_incarnation, const pd_limits *lim,
+		      pd_slow_profile **out, pd_err *e)
+{
+	pd_slow_profile *p = NULL, *c = NULL;
+	int rc;
+
+	*out = NULL;
+	if ((!prev || !(rc = pd_slow_decode(prev, prevn, lim, &p, e))) &&
+	    !(rc = pd_slow_decode(cur, curn, lim, &c, e)))
+		rc = pd_slow_delta(p, c, req, prev_incarnation, out, e);
+	pd_slow_free(p);
+	pd_slow_free(c);
+	return rc;
+}
+
+int pd_slow_verify(const void *prev, size_t prevn, const void *cur, size_t curn, const void *out,
+		   size_t outn, const pd_req *req, uint64_t prev_incarnation, int status, int reason,
+		   const pd_limits *lim, pd_slow_verdict *v)
+{
+	pd_err e = {0, ""};
+	int rc = pd_slow_delta_raw(prev, prevn, cur, curn, req, prev_incarnation, lim, &v->slow, &e);
+
+	if (rc == PD_E_LIMIT || rc == PD_E_NOMEM)
+		return -1;
+	if (rc) {
+		v->broken = "input";
+		snprintf(v->what, sizeof v->what, "slow path refused an input the engine took: %s", e.msg);
+		return 1;
+	}
+	if (pd_slow_decode(out, outn, NULL, &v->eng, &e)) {
+		v->broken = "output";
+		snprintf(v->what, sizeof v->what, "engine output unreadable: %s", e.msg);
+		return 1;
+	}
+	v->n = pd_slow_compare(v->eng, v->slow, v->diffs, PD_SLOW_VERDICT_DIFFS);
+	if (status != v->slow->status || reason != v->slow->reason) {
+		v->broken = "status";
+		snprintf(v->what, sizeof v->what, "engine %s/%s, slow path %s/%s", pd_status_name(status),
+			 pd_reason_name(reason), pd_status_name(v->slow->status),
+			 pd_reason_name(v->slow->reason));
+	}
+	return v->n || v->broken;
+}
+
+void pd_slow_tally_add(pd_slow_tally *t, int verdict)
+{
+	if (verdict < 0) {
+		t->unchecked++;
+		return;
+	}
+	t->checked++;
+	t->mismatches += verdict > 0;
+}
+
+void pd_slow_verdict_free(pd_slow_verdict *v)
+{
+	pd_slow_free(v->slow);
+	pd_slow_free(v->eng);
+	v->slow = v->eng = NULL;
+}
+
 /* ---- accessors ------------------------------------------------------------------------- */
 
 int pd_slow_status(const pd_slow_profile *p) { return p->status; }
@@ -1446,4 +1523,141 @@ void pd_slow_diff_format(const pd_slow_diff *d, char *buf, size_t cap)
 	else
 		snprintf(buf, cap, "%s %s: %lld vs %lld at %s", d->reason, d->col, (long long)d->a,
 			 (long long)d->b, d->key);
+}
+
+/* ---- the encoder ----------------------------------------------------------------------- */
+/*
+ * A delta as pprof, written over the current profile it was computed from:
+ * every top-level field of cur is copied except its samples and its times;
+ * each sample of cur whose key survives in the delta is written once (the
+ * first of its duplicates) with its locations and labels as they were and
+ * the delta's values; time_nanos and duration_nanos are the delta's. Tables
+ * (locations, functions, mappings, strings) are kept whole, not compacted.
+ */
+
+typedef sbuf wbuf;
+
+static void wb_add(wbuf *b, const void *s, size_t n) { sb_add(b, (const char *)s, n); }
+
+static void wb_varint(wbuf *b, uint64_t v)
+{
+	uint8_t tmp[10];
+	size_t n = 0;
+	do {
+		tmp[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		v >>= 7;
+	} while (v);
+	wb_add(b, tmp, n);
+}
+
+/* One sample of cur, its values replaced by vals. */
+static void encode_sample(wbuf *b, sref s, const int64_t *vals, uint32_t ncols)
+{
+	wbuf body = {0}, packed = {0};
+
+	for (wcur c = wc(s.p, s.n); c.p < c.end;) {
+		const uint8_t *at = c.p;
+		uint32_t f, wt;
+		if (w_key(&c, &f, &wt) || w_skip(&c, wt))
+			break; /* cannot happen: the decoder accepted this sample */
+		if (f != 2)
+			wb_add(&body, at, (size_t)(c.p - at));
+	}
+	for (uint32_t k = 0; k < ncols; k++)
+		wb_varint(&packed, (uint64_t)vals[k]);
+	wb_varint(&body, (2u << 3) | W_LEN);
+	wb_varint(&body, packed.n);
+	wb_add(&body, packed.p, packed.n);
+	wb_varint(b, (2u << 3) | W_LEN);
+	wb_varint(b, body.n);
+	wb_add(b, body.p, body.n);
+	b->oom |= body.oom | packed.oom;
+	free(body.p);
+	free(packed.p);
+}
+
+static int encode_over(dec *d, const uint8_t *buf, size_t len, const pd_slow_profile *delta,
+		       wbuf *b, pd_err *e)
+{
+	char *done = calloc(delta->rows_n + 1, 1);
+	size_t i = 0;
+
+	if (!done)
+		return nomem(e);
+	for (wcur c = wc(buf, len); c.p < c.end;) {
+		const uint8_t *at = c.p;
+		uint32_t f, wt;
+		if (w_key(&c, &f, &wt) || w_skip(&c, wt))
+			break; /* cannot happen: the decoder accepted this profile */
+		if (f == 9 || f == 10)
+			continue;
+		if (f != 2) {
+			wb_add(b, at, (size_t)(c.p - at));
+			continue;
+		}
+		const row *r = find_row(delta, d->out->rows[i].key);
+		size_t k = r ? (size_t)(r - delta->rows) : 0;
+		if (r && !done[k]) {
+			done[k] = 1;
+			encode_sample(b, d->smps[i], r->vals, delta->ncols);
+		}
+		i++;
+	}
+	free(done);
+	wb_varint(b, 9u << 3);
+	wb_varint(b, (uint64_t)delta->time_nanos);
+	wb_varint(b, 10u << 3);
+	wb_varint(b, (uint64_t)delta->duration_nanos);
+	return b->oom ? nomem(e) : PD_OK;
+}
+
+int pd_slow_encode(const void *cur, size_t n, const pd_limits *lim, const pd_slow_profile *delta,
+		   uint8_t **out, size_t *outn, pd_err *e)
+{
+	const uint8_t *p;
+	uint8_t *raw = NULL;
+	size_t len = n;
+	pd_limits defl;
+	sample_parts sp;
+	wbuf b = {0};
+	dec d;
+	int rc = PD_OK;
+
+	*out = NULL;
+	*outn = 0;
+	if (!lim) {
+		pd_limits_default(&defl);
+		lim = &defl;
+	}
+	memset(&sp, 0, sizeof sp);
+	if ((rc = open_input(cur, n, lim, &p, &raw, &len, e)))
+		return rc;
+	if ((rc = dec_init(&d, lim, len, e)))
+		goto out;
+	if ((rc = read_top(&d, p, len, e)) || (rc = read_types(&d, e)) || (rc = read_mappings(&d, e)) ||
+	    (rc = read_functions(&d, e)) || (rc = read_locations(&d, e)) || (rc = check_scalars(&d, e)) ||
+	    (rc = read_meta(&d, e)))
+		goto out;
+	if (d.out->ncols != delta->ncols) {
+		rc = pd_err_set(e, PD_E_ARG, "the delta's sample types are not the profile's");
+		goto out;
+	}
+	for (size_t i = 0; i < d.smps_n && rc == PD_OK; i++)
+		rc = read_sample(&d, i, &sp, e); /* rows in sample order: row i is sample i */
+	if (rc == PD_OK)
+		rc = encode_over(&d, p, len, delta, &b, e);
+out:
+	parts_reset(&sp);
+	free(sp.locs);
+	free(sp.labels);
+	dec_free(&d);
+	pd_slow_free(d.out);
+	free(raw);
+	if (rc) {
+		free(b.p);
+		return rc;
+	}
+	*out = b.p ? (uint8_t *)b.p : calloc(1, 1);
+	*outn = b.n;
+	return *out ? PD_OK : nomem(e);
 }

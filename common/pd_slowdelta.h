@@ -92,6 +92,49 @@ typedef struct pd_slow_diff {
 size_t pd_slow_compare(const pd_slow_profile *a, const pd_slow_profile *b, pd_slow_diff *diffs,
 		       size_t max);
 
+/*
+ * The delta as an (uncompressed) pprof, written over cur, the profile
+ * (gzip or raw) delta was computed from: cur's samples whose keys survive,
+ * once per key, with the delta's values; cur's other fields as they were
+ * (tables not compacted), time_nanos and duration_nanos the delta's. *out is
+ * malloc'd (the caller frees it).
+ */
+int pd_slow_encode(const void *cur, size_t n, const pd_limits *lim, const pd_slow_profile *delta,
+		   uint8_t **out, size_t *outn, pd_err *e);
+
+/* pd_slow_decode of both (prev NULL: the first profile), then pd_slow_delta. */
+int pd_slow_delta_raw(const void *prev, size_t prevn, const void *cur, size_t curn,
+		      const pd_req *req, uint64_t prev_incarnation, const pd_limits *lim,
+		      pd_slow_profile **out, pd_err *e);
+
+/* What pd_slow_verify found. */
+#define PD_SLOW_VERDICT_DIFFS 100
+typedef struct pd_slow_verdict {
+	pd_slow_profile *slow, *eng; /* the slow path's delta, the answer decoded */
+	size_t n;                    /* sample and metadata differences (all of them) */
+	pd_slow_diff diffs[PD_SLOW_VERDICT_DIFFS]; /* the first ones */
+	const char *broken; /* else: "status", "input" (refused by the slow path), "output"
+			       (the answer does not decode); NULL when only samples differ */
+	char what[400];     /* what broken means here */
+} pd_slow_verdict;
+
+/*
+ * Checks an engine answer: out (with the engine's status and reason) against
+ * the slow path's delta of cur after prev (NULL: none) under req. Returns 1
+ * (a mismatch: v says what), 0 (equal), -1 (not checked: a slow-path cap or
+ * out of memory). Free v with pd_slow_verdict_free whatever it returned.
+ */
+int pd_slow_verify(const void *prev, size_t prevn, const void *cur, size_t curn, const void *out,
+		   size_t outn, const pd_req *req, uint64_t prev_incarnation, int status, int reason,
+		   const pd_limits *lim, pd_slow_verdict *v);
+void pd_slow_verdict_free(pd_slow_verdict *v);
+
+/* pd_slow_verify's results counted: 1 mismatch, 0 equal (both checked), -1 not checked. */
+typedef struct pd_slow_tally {
+	uint64_t checked, mismatches, unchecked;
+} pd_slow_tally;
+void pd_slow_tally_add(pd_slow_tally *t, int verdict);
+
 /* One line describing d (key cut to fit cap). */
 void pd_slow_diff_format(const pd_slow_diff *d, char *buf, size_t cap);
 

@@ -71,6 +71,14 @@ static const size_t setting_field[PD_SET__COUNT] = {
 	[PD_SET_OUTPUT_BUDGET_BYTES] = offsetof(pd_config, output_budget_bytes),
 	[PD_SET_WRITE_TIMEOUT_MS] = offsetof(pd_config, write_timeout_ms),
 	[PD_SET_DRAIN_TIMEOUT_MS] = offsetof(pd_config, drain_timeout_ms),
+	[PD_SET_SHADOW_RATE] = offsetof(pd_config, shadow_rate),
+	[PD_SET_SHADOW_MAX_BYTES] = offsetof(pd_config, shadow_max_bytes),
+	[PD_SET_SHADOW_MAX_UPLOAD] = offsetof(pd_config, shadow_max_upload),
+	[PD_SET_SHADOW_MAX_QUEUE] = offsetof(pd_config, shadow_max_queue),
+	[PD_SET_SHADOW_DIR] = offsetof(pd_config, shadow_dir),
+	[PD_SET_SHADOW_DIR_MAX_FILES] = offsetof(pd_config, shadow_dir_max_files),
+	[PD_SET_SHADOW_DIR_MAX_BYTES] = offsetof(pd_config, shadow_dir_max_bytes),
+	[PD_SET_SHADOW_FALLBACK] = offsetof(pd_config, shadow_fallback),
 	[PD_SET_METRICS_TENANTS] = offsetof(pd_config, metrics_tenants),
 	[PD_SET_LOG_LEVEL] = offsetof(pd_config, log_level),
 	[PD_SET_LOG_FORMAT] = offsetof(pd_config, log_format),
@@ -155,6 +163,27 @@ static int parse_word(const char *name, const char *v, const char *const *words,
 			  n > 2 ? words[2] : "", n > 3 ? ", " : "", n > 3 ? words[3] : "");
 }
 
+/* A fraction 0..1 ("0.001", "1") or a percentage ("0.1%") as parts per million. */
+static int parse_rate(const char *name, const char *v, uint64_t *out, pd_err *e)
+{
+	char *end;
+	double x;
+
+	errno = 0;
+	x = isdigit((unsigned char)v[0]) || v[0] == '.' ? strtod(v, &end) : -1;
+	if (x >= 0 && !errno && *end == '%' && end[1] == 0) {
+		x /= 100;
+		end++;
+	}
+	if (x < 0 || errno || *end || !(x <= 1))
+		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a fraction between 0 and 1 (or 0%%..100%%)",
+				  name, v);
+	*out = (uint64_t)(x * 1e6 + 0.5);
+	if (x > 0 && *out == 0)
+		return pd_err_set(e, PD_E_ARG, "%s: '%s' is below the resolution of 0.000001", name, v);
+	return PD_OK;
+}
+
 /* ---- storing values ------------------------------------------------------------ */
 
 static void *field(pd_config *c, const setting *s)
@@ -197,6 +226,7 @@ static int set_one(pd_config *c, const setting *s, const char *v, pd_err *e)
 	case PD_SETT_MS: rc = parse_ms(s->name, v, &x, e); break;
 	case PD_SETT_LEVEL: rc = parse_word(s->name, v, level_names, 4, &x, e); break;
 	case PD_SETT_LOGFMT: rc = parse_word(s->name, v, format_names, 2, &x, e); break;
+	case PD_SETT_RATE: rc = parse_rate(s->name, v, &x, e); break;
 	}
 	if (rc)
 		return rc;
@@ -528,6 +558,7 @@ static void fmt_default(const setting *s, char *out, size_t n)
 	case PD_SETT_BOOL: snprintf(out, n, "%s", v ? "yes" : "no"); return;
 	case PD_SETT_LEVEL: snprintf(out, n, "%s", level_names[v]); return;
 	case PD_SETT_LOGFMT: snprintf(out, n, "%s", format_names[v]); return;
+	case PD_SETT_RATE: snprintf(out, n, "%g", (double)v / 1e6); return;
 	case PD_SETT_BYTES:
 		if (v && v % MIB == 0)
 			snprintf(out, n, "%llum", (unsigned long long)(v / MIB));

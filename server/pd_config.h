@@ -57,6 +57,10 @@ typedef struct pd_config {
 	uint64_t idle_timeout_ms, keepalive_ms, write_timeout_ms, drain_timeout_ms;
 	uint64_t output_budget_bytes;
 	uint64_t metrics_tenants; /* tenants with their own series; the rest: "_other" */
+	/* shadow verification (pd_shadow.h); shadow_rate in parts per million */
+	uint64_t shadow_rate, shadow_max_bytes, shadow_max_upload, shadow_max_queue;
+	uint64_t shadow_dir_max_files, shadow_dir_max_bytes, shadow_fallback;
+	char *shadow_dir;
 	/* before authentication: connection caps and the failed-auth throttle (pd_guard.h) */
 	uint64_t max_unauth_connections, max_unauth_per_source;
 	uint64_t auth_fail_delay_ms, auth_fail_delay_max_ms, auth_fail_block_after, auth_fail_block_ms;

@@ -446,6 +446,54 @@ static void render_store(const struct pd_store_stats *st, expo *b)
 		  PD_STORE_HIST_N, st->commit.count, st->commit.sum_ns);
 }
 
+/* Shadow verification (pd_shadow.h). */
+static void render_shadow(const pd_shadow_stats *s, expo *b)
+{
+	static const char *const skip[PD_SHADOW_SKIP__COUNT] = {"budget", "size", "limit", "state"};
+	char lab[256];
+
+	one(b, "pdeltad_shadow_verified_total", "counter",
+	    "deltas checked against the slow path", s->verified);
+	labelled(b, "pdeltad_shadow_skipped_total", "deltas of watched streams not checked, by reason",
+		 "reason", skip, s->skipped, PD_SHADOW_SKIP__COUNT, false);
+	one(b, "pdeltad_shadow_mismatch_cases_total", "counter",
+	    "checked deltas where engine and slow path differ", s->mismatches);
+	family(b, "pdeltad_shadow_mismatches_total", "counter",
+	       "differences by sample type and reason (each once per case)");
+	for (size_t i = 0; i < s->nkinds; i++) {
+		expo lb = {evbuffer_new(), false};
+		if (!lb.b)
+			continue;
+		evbuffer_add_printf(lb.b, "sample_type=\"");
+		label_value(&lb, s->kinds[i].col);
+		evbuffer_add_printf(lb.b, "\",reason=\"");
+		label_value(&lb, s->kinds[i].reason);
+		evbuffer_add_printf(lb.b, "\"");
+		snprintf(lab, sizeof lab, "%.*s", (int)evbuffer_get_length(lb.b),
+			 (const char *)evbuffer_pullup(lb.b, -1));
+		sample(b, "pdeltad_shadow_mismatches_total", lab, s->kinds[i].n);
+		evbuffer_free(lb.b);
+	}
+	one(b, "pdeltad_shadow_bytes_held", "gauge",
+	    "memory of shadow verification: kept uploads, queued checks", s->bytes_held);
+	one(b, "pdeltad_shadow_bytes_held_max", "gauge", "peak of pdeltad_shadow_bytes_held",
+	    s->bytes_held_max);
+	one(b, "pdeltad_shadow_streams", "gauge", "watched streams known", s->streams);
+	one(b, "pdeltad_shadow_queued", "gauge", "checks waiting for the shadow thread", s->queued);
+	one(b, "pdeltad_shadow_fallback_answers_total", "counter",
+	    "deltas answered by the slow path after a mismatch", s->fallback_answers);
+	one(b, "pdeltad_shadow_fallback_failed_total", "counter",
+	    "fallback answers the slow path could not give (the engine's stood)", s->fallback_failed);
+	one(b, "pdeltad_shadow_quarantined_total", "counter", "mismatch cases written to shadow_dir",
+	    s->quarantined);
+	one(b, "pdeltad_shadow_quarantine_failed_total", "counter",
+	    "mismatch cases that could not be written", s->quarantine_failed);
+	one(b, "pdeltad_shadow_quarantine_removed_total", "counter",
+	    "old cases removed from shadow_dir by its caps", s->quarantine_removed);
+	family(b, "pdeltad_shadow_cpu_seconds_total", "counter", "CPU time of the checks");
+	seconds_line(b, "pdeltad_shadow_cpu_seconds_total", NULL, s->cpu_ns);
+}
+
 static void render_service(const pd_service_stats *s, expo *b)
 {
 	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
@@ -511,6 +559,7 @@ int pd_metrics_render(const pd_metrics_view *v, int fmt, struct evbuffer *out)
 	render_net(v, &x, (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000);
 	render_tenants(&v->net, &x);
 	render_service(&v->svc, &x);
+	render_shadow(&v->svc.shadow, &x);
 	if (x.om)
 		evbuffer_add_printf(out, "# EOF\n");
 	return PD_OK;

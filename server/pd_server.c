@@ -372,6 +372,14 @@ static int start_service(pd_server *s, pd_err *e)
 	o.gzip_level = (int)c->gzip_level;
 	o.worker_keep_bytes = c->worker_keep_bytes;
 	o.limits = c->limits;
+	o.shadow.rate_ppm = (uint32_t)c->shadow_rate;
+	o.shadow.max_bytes = c->shadow_max_bytes;
+	o.shadow.max_upload = c->shadow_max_upload;
+	o.shadow.max_queue = (size_t)c->shadow_max_queue;
+	o.shadow.dir = c->shadow_dir;
+	o.shadow.dir_max_files = c->shadow_dir_max_files;
+	o.shadow.dir_max_bytes = c->shadow_dir_max_bytes;
+	o.shadow.fallback = (uint32_t)c->shadow_fallback;
 	o.store.path = c->db;
 	o.store.password_file = c->db_password_file;
 	o.store.synchronous_full = c->db_sync;

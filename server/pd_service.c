@@ -107,6 +107,8 @@ struct pd_job {
 	int64_t now_ms;
 	uint64_t t_submit, t_start, t_put;
 	int new_stream; /* holds a tenant `pending` slot */
+	pd_req req;     /* as the engine ran it (for shadow verification) */
+	uint64_t prev_seq, prev_incarnation; /* the stream's before this job */
 	char reset_why[96];
 
 	/* Stream ops (stream: the name) and tasks. */
@@ -131,6 +133,7 @@ typedef struct pd_worker {
 struct pd_service {
 	pd_service_opts o;
 	pd_store *store;
+	pd_shadow *shadow; /* NULL: shadow_rate 0 */
 	EVP_MD *sha256;
 	int64_t start_ms;
 
@@ -191,6 +194,13 @@ void pd_service_opts_init(pd_service_opts *o)
 	o->janitor_interval_ms = 5000;
 	pd_limits_default(&o->limits);
 	pd_store_opts_init(&o->store);
+	o->shadow.rate_ppm = (uint32_t)pd_setting_default(PD_SET_SHADOW_RATE);
+	o->shadow.max_bytes = pd_setting_default(PD_SET_SHADOW_MAX_BYTES);
+	o->shadow.max_upload = pd_setting_default(PD_SET_SHADOW_MAX_UPLOAD);
+	o->shadow.max_queue = (size_t)pd_setting_default(PD_SET_SHADOW_MAX_QUEUE);
+	o->shadow.dir_max_files = pd_setting_default(PD_SET_SHADOW_DIR_MAX_FILES);
+	o->shadow.dir_max_bytes = pd_setting_default(PD_SET_SHADOW_DIR_MAX_BYTES);
+	o->shadow.fallback = (uint32_t)pd_setting_default(PD_SET_SHADOW_FALLBACK);
 }
 
 /* ---- job pool ------------------------------------------------------------------- */
@@ -627,6 +637,60 @@ static void count_result(pd_service *s, const pd_job *j)
 					: r->ns_engine;
 }
 
+static int job_sink(void *ctx, const uint8_t *p, size_t n);
+
+static void shadow_case(const pd_job *j, pd_shadow_case *c)
+{
+	memset(c, 0, sizeof *c);
+	c->tenant = j->tenant;
+	c->stream = j->stream;
+	c->seq = j->seq;
+	c->prev_seq = j->prev_seq;
+	c->prev_incarnation = j->prev_incarnation;
+	c->req = &j->req;
+	c->status = j->res.engine.status;
+	c->reason = j->res.engine.reason;
+	c->in = j->in.data;
+	c->in_len = j->in.len;
+	c->out = j->out.data;
+	c->out_len = j->out.len;
+}
+
+/* An applied delta of a watched stream goes to the shadow thread (copies:
+ * the answer is not held up by the check). */
+static void shadow_offer(pd_service *s, const pd_job *j)
+{
+	pd_shadow_case c;
+
+	if (j->res.status == PD_STATUS_DUPLICATE || j->state_lost)
+		return;
+	shadow_case(j, &c);
+	pd_shadow_offer(s->shadow, &c);
+}
+
+/* A stream in fallback after a mismatch: its answer comes from the slow path
+ * (the engine ran all the same: its next state is the one stored). */
+static void shadow_fallback(pd_worker *w, pd_job *j)
+{
+	pd_shadow_case c;
+	pd_buf alt;
+	int status, reason;
+
+	if (j->state_lost)
+		return;
+	shadow_case(j, &c);
+	pd_buf_init(&alt, j->out.cap);
+	if (pd_shadow_fallback(w->svc->shadow, &c, j->req.gzip_level, &alt, &status, &reason)) {
+		pd_buf_reset(&j->out);
+		j->crc = 0;
+		if (!job_sink(j, alt.data, alt.len)) {
+			j->res.status = j->res.orig_status = status;
+			j->res.reason = reason;
+		}
+	}
+	pd_buf_free(&alt);
+}
+
 /* Completes a delta job (done is called) and releases its stream. */
 static void job_finish(pd_job *j)
 {
@@ -648,6 +712,8 @@ static void job_finish(pd_job *j)
 		r->err.code = PD_OK;
 		r->err.msg[0] = 0;
 	}
+	if (!r->rc && st && s->shadow)
+		shadow_offer(s, j);
 	pthread_mutex_lock(&s->mu);
 	pd_table_state_put(s->table, j->next_state);
 	j->next_state = NULL;
@@ -988,6 +1054,9 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 	j->crc = 0;
 	if (j->state_lost)
 		req.first_policy = PD_FIRST_DROP; /* nothing we could output is not double */
+	j->req = req;
+	j->prev_seq = has_state(st) && !j->state_lost ? st->last_seq : 0;
+	j->prev_incarnation = st->incarnation;
 	rc = pd_engine_run(w->eng, j->in.data, j->in.len,
 			   has_state(st) && !j->state_lost ? st->state : w->empty,
 			   w->next, &req, job_sink, j, &j->res.engine, &j->res.err);
@@ -1004,6 +1073,8 @@ static int run_engine(pd_worker *w, pd_job *j, pd_stream *st)
 	j->res.reason = j->res.engine.reason;
 	j->res.samples_in = j->res.engine.samples_in;
 	j->res.samples_out = j->res.engine.samples_out;
+	if (s->shadow)
+		shadow_fallback(w, j);
 	if (j->res.reason == PD_REASON_RESET)
 		snprintf(j->reset_why, sizeof j->reset_why, "%s", j->res.engine.why);
 	if (j->state_lost) {
@@ -1658,6 +1729,8 @@ static void destroy(pd_service *s)
 	stop_threads(s);
 	pd_store_close(s->store); /* runs the last completions, joins the writer */
 	s->store = NULL;
+	pd_shadow_free(s->shadow);
+	s->shadow = NULL;
 	for (unsigned i = 0; s->workers && i < s->nworkers; i++)
 		worker_free(&s->workers[i]);
 	free(s->workers);
@@ -1670,6 +1743,12 @@ static void destroy(pd_service *s)
 	pthread_mutex_unlock(&s->mu);
 	if (last)
 		final_free(s);
+}
+
+static int start_shadow(pd_service *s, pd_err *e)
+{
+	s->o.shadow.limits = s->o.limits;
+	return pd_shadow_new(&s->o.shadow, &s->shadow, e);
 }
 
 int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
@@ -1688,6 +1767,7 @@ int pd_service_new(const pd_service_opts *o, pd_service **out, pd_err *e)
 	pool = (size_t)s->nworkers * PD_SVC_STATE_POOL_PER_WORKER + 2;
 	if ((rc = init_sync(s, e)) || (rc = pd_table_new(s->o.cache_bytes, pool, &s->table, e)) ||
 	    (rc = pd_store_open(&s->o.store, &s->store, e)) || (rc = recount_tenants(s, e)) ||
+	    (rc = start_shadow(s, e)) ||
 	    (rc = start_threads(s, e))) {
 		destroy(s);
 		return rc;
@@ -1735,6 +1815,7 @@ void pd_service_stats_get(pd_service *s, pd_service_stats *out)
 	out->tenants = ts.tenants;
 	pthread_mutex_unlock(&s->mu);
 	pd_store_stats(s->store, &out->store);
+	pd_shadow_stats_get(s->shadow, &out->shadow);
 }
 
 pd_store *pd_service_store(pd_service *s) { return s->store; }

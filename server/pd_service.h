@@ -51,6 +51,7 @@
 #include "pd_buf.h"
 #include "pd_engine.h"
 #include "pd_err.h"
+#include "pd_shadow.h"
 #include "pd_store.h"
 
 typedef struct pd_service pd_service;
@@ -73,6 +74,7 @@ typedef struct pd_service_opts {
 	 * pd_service_opts_init sets it. */
 	size_t worker_keep_bytes;
 	pd_limits limits;              /* engine input limits (pd_limits_default) */
+	pd_shadow_opts shadow;         /* shadow verification (limits: set from limits) */
 	struct pd_store_opts store;    /* path etc. (pd_store_opts_init) */
 	unsigned janitor_interval_ms;  /* TTL sweep period (default 5000) */
 } pd_service_opts;
@@ -219,6 +221,7 @@ typedef struct pd_service_stats {
 	uint64_t lat_total[11], lat_engine[11], lat_commit[11];
 	uint64_t lat_total_sum_ns, lat_engine_sum_ns, lat_commit_sum_ns, lat_count;
 	struct pd_store_stats store;
+	pd_shadow_stats shadow;
 } pd_service_stats;
 
 void pd_service_stats_get(pd_service *s, pd_service_stats *out);

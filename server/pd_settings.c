@@ -19,6 +19,7 @@
 #define T_MS PD_SETT_MS
 #define T_LEVEL PD_SETT_LEVEL
 #define T_LOGFMT PD_SETT_LOGFMT
+#define T_RATE PD_SETT_RATE
 
 #define STR(name, def, help) {name, T_STR, def, 0, 0, 0, help}
 #define NUM(name, type, def, min, max, help) {name, type, NULL, def, min, max, help}
@@ -112,6 +113,22 @@ const pd_setting pd_settings[PD_SET__COUNT] = {
 	    "output above budget this long: GOODBYE OVERLOAD, close"),
 	[PD_SET_DRAIN_TIMEOUT_MS] = NUM("drain_timeout_ms", T_MS, PD_DEFAULT_DRAIN_TIMEOUT_MS, 1, U32,
 	    "GOODBYE -> close, and SIGTERM -> exit, at most"),
+	[PD_SET_SHADOW_RATE] = NUM("shadow_rate", T_RATE, 1000, 0, 1000000,
+	    "share of streams whose deltas are also computed by the slow path and\n"
+	    "        compared (a hash of tenant and stream picks them); 0 = off, 1 = all"),
+	[PD_SET_SHADOW_MAX_BYTES] = NUM("shadow_max_bytes", T_BYTES, 64 * MIB, 0, 1ull << 40,
+	    "memory of shadow verification (kept uploads, queued checks); beyond: skipped"),
+	[PD_SET_SHADOW_MAX_UPLOAD] = NUM("shadow_max_upload", T_BYTES, 8 * MIB, 0, 1ull << 40,
+	    "larger uploads are not verified (skipped, size)"),
+	[PD_SET_SHADOW_MAX_QUEUE] = NUM("shadow_max_queue", T_COUNT, 64, 1, 100000,
+	    "checks waiting for the shadow thread; beyond: skipped (limit)"),
+	[PD_SET_SHADOW_DIR] = STR("shadow_dir", "", "quarantine directory: inputs and outputs of each mismatch"),
+	[PD_SET_SHADOW_DIR_MAX_FILES] = NUM("shadow_dir_max_files", T_COUNT, 50, 1, 1000000,
+	    "mismatch cases kept in shadow_dir (oldest removed first)"),
+	[PD_SET_SHADOW_DIR_MAX_BYTES] = NUM("shadow_dir_max_bytes", T_BYTES, 256 * MIB, MIB, 1ull << 40,
+	    "bytes of the cases kept in shadow_dir (oldest removed first)"),
+	[PD_SET_SHADOW_FALLBACK] = NUM("shadow_fallback", T_COUNT, 0, 0, 1000000,
+	    "after a mismatch, the stream's next N deltas come from the slow path"),
 	[PD_SET_METRICS_TENANTS] = NUM("metrics_tenants", T_COUNT, 100, 0, 10000,
 	    "tenants with their own per-tenant metric series (first seen first);\n"
 	    "        the others are summed under tenant=\"_other\""),

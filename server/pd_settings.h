@@ -18,6 +18,7 @@ enum pd_setting_type {
 	PD_SETT_MS,     /* a duration: ms/s/m/h/d, a bare number is ms */
 	PD_SETT_LEVEL,  /* log level word */
 	PD_SETT_LOGFMT, /* log format word */
+	PD_SETT_RATE,   /* a fraction 0..1 (or N%), stored in parts per million */
 };
 
 enum pd_setting_id {
@@ -66,6 +67,14 @@ enum pd_setting_id {
 	PD_SET_OUTPUT_BUDGET_BYTES,
 	PD_SET_WRITE_TIMEOUT_MS,
 	PD_SET_DRAIN_TIMEOUT_MS,
+	PD_SET_SHADOW_RATE,
+	PD_SET_SHADOW_MAX_BYTES,
+	PD_SET_SHADOW_MAX_UPLOAD,
+	PD_SET_SHADOW_MAX_QUEUE,
+	PD_SET_SHADOW_DIR,
+	PD_SET_SHADOW_DIR_MAX_FILES,
+	PD_SET_SHADOW_DIR_MAX_BYTES,
+	PD_SET_SHADOW_FALLBACK,
 	PD_SET_METRICS_TENANTS,
 	PD_SET_LOG_LEVEL,
 	PD_SET_LOG_FORMAT,

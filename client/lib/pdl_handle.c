@@ -239,6 +239,7 @@ int pdelta_new(const pdelta_opts *o, pdelta **out, char *errbuf, size_t errlen)
 	pd_buf_init(&h->rbuf, PD_FRAME_HDR_LEN + PDL_MAX_FRAME + PDL_READ_SLACK);
 	pd_buf_init(&h->dbuf, 0);
 	pd_buf_init(&h->lout, 0);
+	pd_buf_init(&h->shadow_in, 0);
 	h->pid = getpid();
 	h->rng = pdl_strong_random64();
 	h->inc_auto = o->incarnation == 0;
@@ -298,6 +299,7 @@ void pdelta_free(pdelta *h)
 	pd_buf_free(&h->rbuf);
 	pd_buf_free(&h->dbuf);
 	pd_buf_free(&h->lout);
+	pd_buf_free(&h->shadow_in);
 	free(h->server);
 	free(h->ca_file);
 	free(h->cert_file);

@@ -38,6 +38,7 @@
 #include "pd_crc.h"
 #include "pd_gz.h"
 #include "pd_route.h"
+#include "pd_slowdelta.h"
 #include "pd_state.h"
 #include "pdelta.h"
 
@@ -60,6 +61,8 @@ typedef struct pdl_stream {
 	uint8_t H[PD_CONTENT_HASH_LEN];
 	int64_t last_seen_ns;
 	pd_buf R; /* last response body */
+	pd_buf P; /* shadow verification: the last applied profile */
+	int have_P;
 	int R_status, R_reason;
 	uint64_t R_in, R_out;
 	struct pdl_stream *next;
@@ -185,6 +188,13 @@ struct pdelta {
 	int inc_auto;
 	uint64_t rng;
 	pdelta_stats stats;
+
+	/* shadow verification of local deltas (pdl_local.c) */
+	int shadow, shadow_verdict;
+	pd_slow_tally shadow_tally;
+	pd_buf shadow_in; /* the profile being fed */
+	int shadow_in_lost; /* no room for that copy: not checked */
+	char shadow_msg[1024];
 
 	/* last error */
 	pdelta_error_info err;

@@ -32,6 +32,8 @@ int pdl_local_begin(pdelta *h)
 	if (rc)
 		return rc;
 	pd_engine_begin(h->eng);
+	pd_buf_reset(&h->shadow_in);
+	h->shadow_in_lost = 0;
 	return PDELTA_OK;
 }
 
@@ -45,6 +47,8 @@ int pdl_local_feed(pdelta *h, const void *p, size_t n)
 	pd_err e = {0, ""};
 	int rc = pd_engine_feed(h->eng, p, n, &e);
 
+	if (!rc && h->shadow && !h->shadow_in_lost && pd_buf_append(&h->shadow_in, p, n, NULL))
+		h->shadow_in_lost = 1;
 	return rc ? engine_error(h, rc, &e) : PDELTA_OK;
 }
 
@@ -145,14 +149,48 @@ static void commit(pdelta *h, const pd_result *res)
 	r->meta.bytes_out = st->R.len;
 }
 
+/* Shadow verification: the delta just committed (st->R) against the slow
+ * path's delta of cur after the stream's previous profile, when the engine
+ * diffed against it (had_state). */
+static void shadow_check(pdelta *h, const void *cur, size_t n, const pd_req *q, int had_state,
+			 uint64_t prev_inc, const pd_result *res)
+{
+	pdl_stream *st = h->r.st;
+	pd_slow_verdict *v = calloc(1, sizeof *v);
+	int r = -1;
+
+	if (v && cur)
+		r = pd_slow_verify(had_state && st->have_P ? st->P.data : NULL,
+				   had_state && st->have_P ? st->P.len : 0, cur, n, st->R.data,
+				   st->R.len, q, prev_inc, res->status, res->reason, NULL, v);
+	h->shadow_verdict = r > 0 ? PDELTA_SHADOW_MISMATCH : r == 0 ? PDELTA_SHADOW_AGREED
+								    : PDELTA_SHADOW_NONE;
+	pd_slow_tally_add(&h->shadow_tally, r);
+	if (r > 0) {
+		char d[256] = "";
+		if (v->n)
+			pd_slow_diff_format(&v->diffs[0], d, sizeof d);
+		snprintf(h->shadow_msg, sizeof h->shadow_msg, "%s seq %llu: %zu difference(s)%s%s%s%s",
+			 st->name, (unsigned long long)h->r.seq, v->n, v->broken ? "; " : "",
+			 v->broken ? v->what : "", d[0] ? "; first: " : "", d);
+	}
+	if (v)
+		pd_slow_verdict_free(v);
+	free(v);
+	pd_buf_reset(&st->P);
+	st->have_P = cur && !pd_buf_append(&st->P, cur, n, NULL);
+}
+
 /* Runs the engine on the fed input (in == NULL) or on in[0..n). */
 static int apply(pdelta *h, const void *in, size_t n)
 {
 	pd_req q;
 	pd_result res;
 	pd_err e = {0, ""};
-	int rc, d;
+	int rc, d, had_state = h->r.st->have_state;
+	uint64_t prev_inc = h->r.st->inc;
 
+	h->shadow_verdict = PDELTA_SHADOW_NONE;
 	d = decide(h);
 	if (d < 0)
 		return h->err.code;
@@ -172,6 +210,11 @@ static int apply(pdelta *h, const void *in, size_t n)
 	if (rc)
 		return engine_error(h, rc, &e);
 	commit(h, &res);
+	if (h->shadow && in)
+		shadow_check(h, in, n, &q, had_state, prev_inc, &res);
+	else if (h->shadow)
+		shadow_check(h, h->shadow_in_lost ? NULL : h->shadow_in.data,
+			     h->shadow_in.len, &q, had_state, prev_inc, &res);
 	return PDELTA_OK;
 }
 
@@ -206,4 +249,22 @@ int pdl_local_read(pdelta *h, const void **p, size_t *n)
 	*p = *n ? R->data + r->local_pos : NULL;
 	r->local_pos += *n;
 	return PDELTA_OK;
+}
+
+int pdelta_set_shadow(pdelta *h, int on)
+{
+	h->shadow = on != 0;
+	return PDELTA_OK;
+}
+
+int pdelta_shadow_verdict(const pdelta *h) { return h->shadow_verdict; }
+
+const char *pdelta_shadow_last(const pdelta *h) { return h->shadow_msg; }
+
+void pdelta_shadow_counts(const pdelta *h, uint64_t *checked, uint64_t *mismatches,
+			  uint64_t *unchecked)
+{
+	*checked = h->shadow_tally.checked;
+	*mismatches = h->shadow_tally.mismatches;
+	*unchecked = h->shadow_tally.unchecked;
 }

@@ -243,6 +243,8 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, const sc_pending *p
 		if (!lane->nlocal++)
 			lane->next_probe_ms = sc_now_ms() + s->o.interval_ms;
 	}
+	if (pdelta_shadow_verdict(lane->h) == PDELTA_SHADOW_MISMATCH)
+		sc_log(s, 1, "shadow mismatch: %s", pdelta_shadow_last(lane->h));
 	pthread_mutex_unlock(&lane->mu);
 	now = sc_now_ms();
 	count_status(s, &r);
@@ -601,6 +603,7 @@ static int make_lanes(pdelta_scrape *s, char *err, size_t errlen)
 		pthread_mutex_init(&s->lanes[i].mu, NULL);
 		if (pdelta_new(&o, &s->lanes[i].h, err, errlen))
 			return -1;
+		pdelta_set_shadow(s->lanes[i].h, s->o.shadow);
 	}
 	return 0;
 }

@@ -22,6 +22,7 @@ pdl_stream *pdl_stream_get(pdelta *h, const char *name, int create)
 		return NULL;
 	}
 	pd_buf_init(&st->R, 0);
+	pd_buf_init(&st->P, 0);
 	st->is_local = h->server == NULL;
 	st->next = h->streams;
 	h->streams = st;
@@ -32,6 +33,7 @@ void pdl_stream_free(pdl_stream *st)
 {
 	pd_state_free(st->state);
 	pd_buf_free(&st->R);
+	pd_buf_free(&st->P);
 	free(st->name);
 	free(st);
 }

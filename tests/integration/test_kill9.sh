@@ -14,6 +14,8 @@
 #
 # Env: BINDIR (default bin), KILL_CYCLES, KILL_SEED (replay a run),
 # KILL_MIN_MS / KILL_MAX_MS (default 50 / 500).
+# With PDELTAD_SHADOW_RATE set (e.g. 1) every server checks its deltas against the slow
+# path (pd_shadow.h): the run then also fails on any mismatch logged or quarantined.
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
@@ -39,6 +41,9 @@ workers = 2
 log_level = warn
 EOF
 
+if [[ -n ${PDELTAD_SHADOW_RATE:-} ]]; then
+	export PDELTAD_SHADOW_DIR=${PDELTAD_SHADOW_DIR:-$WORK/shadow}
+fi
 SEED_ARGS=()
 [[ -n ${KILL_SEED:-} ]] && SEED_ARGS=(--seed "$KILL_SEED")
 rc=0
@@ -52,5 +57,16 @@ DRIVER_PID=
 if ((rc != 0)) && [[ -f $WORK/server.log ]]; then
 	echo "---- server log (tail) ----"
 	tail -n 30 "$WORK/server.log"
+fi
+if [[ -n ${PDELTAD_SHADOW_RATE:-} ]]; then
+	cases=$(find "$PDELTAD_SHADOW_DIR" -mindepth 1 -maxdepth 1 -name 'case-*' 2>/dev/null | wc -l)
+	logged=$(grep -c "engine and slow path differ" "$WORK/server.log" 2>/dev/null || true)
+	if ((cases > 0 || logged > 0)); then
+		echo "FAIL shadow verification: $logged mismatches logged, $cases cases quarantined"
+		grep "engine and slow path differ" "$WORK/server.log" | head -n 3
+		rc=1
+	else
+		echo "ok   shadow_rate $PDELTAD_SHADOW_RATE: no mismatch logged or quarantined"
+	fi
 fi
 exit "$rc"

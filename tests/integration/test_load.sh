@@ -20,7 +20,11 @@
 # that prints the server's RSS every 10 s. LOAD_IDLE_AB=RATE (with LOAD_FULL=1) instead runs the
 # same open-loop load at RATE three times (without, with the idle sockets, without again) and
 # checks that the idle sockets do not harm p99 (within max(1.25x, +25 ms) of the larger A). LOAD_CAPACITY=0 skips the two
-# closed-loop runs of LOAD_FULL.
+# closed-loop runs of LOAD_FULL. LOAD_SHADOW_AB=1 (short mode) instead measures shadow
+# verification: arms shadow_rate 0, 0.001 (the default) and 1, interleaved LOAD_SHADOW_ROUNDS
+# times (default 2), each a fresh server running the closed-loop capacity run and the paced
+# run; prints per arm the capacity, server CPU per response, p50/p99 at the paced rate,
+# server RSS and the shadow metrics (checked, skipped, CPU).
 #
 # Env: BINDIR (default bin), BUILD (default build/release).
 set -euo pipefail
@@ -115,7 +119,41 @@ start_server
 # open loop at an offered rate (one profile per stream every STREAMS/RATE seconds, as agents
 # send them: latency is the service time under that load).
 rc=0
-if ((FULL)) && [[ -n ${LOAD_IDLE_AB:-} ]]; then
+metric() { # metric NAME: one unlabelled sample of /metrics (0 when absent)
+	"$PY" -c "
+import sys, urllib.request
+body = urllib.request.urlopen('http://127.0.0.1:$MPORT/metrics', timeout=5).read().decode()
+print(next((l.split()[1] for l in body.splitlines() if l.split(' ')[0] == '$1'), 0))"
+}
+if [[ -n ${LOAD_SHADOW_AB:-} ]] && ! ((FULL)); then
+	for round in $(seq "${LOAD_SHADOW_ROUNDS:-2}"); do
+		for rate in 0 0.001 1; do
+			name=sh_${rate}_$round
+			kill -TERM "$SERVER_PID" && wait "$SERVER_PID" || true
+			PDELTAD_SHADOW_RATE=$rate start_server
+			echo "== shadow_rate $rate (round $round): capacity, $REQUESTS requests closed loop; paced 150 deltas/s, 10s"
+			rc=0
+			run_load "${name}_cap" --prefix "${name}c" --connections "$CONNS" --streams "$STREAMS" --inflight 1 \
+				--requests "$REQUESTS" --seconds "$SECONDS_MAX" "${SEQ_ARGS[@]}" >/dev/null || rc=$?
+			check_run "${name}_cap" "$rc" "${LOAD_CAP_P99_MS:-5000}"
+			rc=0
+			run_load "${name}_paced" --prefix "${name}p" --connections "$CONNS" --streams 300 --rate 150 \
+				--seconds 10 "${SEQ_ARGS[@]}" >/dev/null || rc=$?
+			check_run "${name}_paced" "$rc" "${LOAD_P99_MS:-1000}"
+			cap=${name}_cap paced=${name}_paced
+			echo "figures: shadow_rate $rate round $round: capacity $(field "$cap" rate) deltas/s," \
+				"server CPU $(awk -v c="$(field "$cap" server_cpu_s)" -v n="$(field "$cap" responses)" \
+				'BEGIN { printf "%.3f", c * 1000 / n }') ms/response; paced p50 $(field "$paced" p50_ms) ms" \
+				"p99 $(field "$paced" p99_ms) ms, server CPU $(field "$paced" server_cpu_s) s; RSS" \
+				"$(($(field "$paced" rss_kb) / 1024)) MB (peak $(($(field "$paced" hwm_kb) / 1024)) MB);" \
+				"shadow: $(metric pdeltad_shadow_verified_total) checked," \
+				"$(metric pdeltad_shadow_mismatch_cases_total) mismatches, cpu $(metric pdeltad_shadow_cpu_seconds_total) s," \
+				"peak held $(($(metric pdeltad_shadow_bytes_held_max) / 1024)) KiB"
+			"$PY" -c "import urllib.request; print(''.join(l + ' ' for l in urllib.request.urlopen('http://127.0.0.1:$MPORT/metrics').read().decode().splitlines() if l.startswith('pdeltad_shadow_skipped_total')))"
+			[[ $(metric pdeltad_shadow_mismatch_cases_total) == 0 ]] || bad "shadow_rate $rate: mismatches"
+		done
+	done
+elif ((FULL)) && [[ -n ${LOAD_IDLE_AB:-} ]]; then
 	# Do idle sockets harm the others? The same open-loop run (CONNS connections, STREAMS
 	# streams, LOAD_IDLE_AB deltas/s: a rate the server sustains) three times, A-B-A: without,
 	# with IDLE idle sockets, without again. Each arm has its own stream names (all start from

@@ -467,6 +467,70 @@ static void test_hostile(void)
 	}
 }
 
+/* pd_slow_encode: the delta written over cur decodes back to the same delta
+ * (duplicate samples of cur written once, with the summed delta); the
+ * verifier agrees with an honest answer and not with a wrong one. */
+static void test_encode_verify(void)
+{
+	tprof a, b;
+	pd_slow_profile *pa, *pb_, *d, *back = NULL;
+	pd_slow_verdict v;
+	uint8_t *raw = NULL;
+	size_t n = 0;
+	pd_req req;
+	pd_err e = {0};
+
+	heap_head(&a);
+	sample(&a, L1, 1, (const int64_t[]){1, 100, 1, 100}, 4, NULL);
+	sample(&a, L12, 2, (const int64_t[]){2, 200, 0, 0}, 4, NULL);
+	finish(&a, 1000);
+	heap_head(&b);
+	sample(&b, L1, 1, (const int64_t[]){2, 200, 1, 100}, 4, NULL);
+	sample(&b, L1, 1, (const int64_t[]){2, 200, 0, 0}, 4, NULL); /* a duplicate: summed */
+	sample(&b, L12, 2, (const int64_t[]){2, 200, 0, 0}, 4, NULL); /* unchanged: dropped */
+	sample(&b, L3, 1, (const int64_t[]){7, 700, 0, 0}, 4, NULL);  /* new */
+	finish(&b, 3000);
+	pa = dec(&a);
+	pb_ = dec(&b);
+	d = pa && pb_ ? delta(pa, pb_, NULL) : NULL;
+	CHECK(d != NULL);
+	if (!d)
+		goto out;
+	CHECK(pd_slow_encode(b.out.p, b.out.n, NULL, d, &raw, &n, &e) == PD_OK);
+	CHECK(raw && pd_slow_decode(raw, n, NULL, &back, &e) == PD_OK);
+	CHECK(back && pd_slow_compare(back, d, NULL, 0) == 0);
+	CHECK(back && pd_slow_rows(back) == 2 && val(back, K1, "alloc_objects/count") == 3);
+	CHECK(back && val(back, K1, "inuse_space/bytes") == 100 && val(back, K12, "alloc_space/bytes") == -999);
+	CHECK(back && pd_slow_duration_nanos(back) == 2000 && pd_slow_time_nanos(back) == 3000);
+
+	pd_req_default(&req);
+	memset(&v, 0, sizeof v);
+	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, raw, n, &req, 0, PD_STATUS_DELTA,
+			     PD_REASON_NONE, NULL, &v) == 0);
+	pd_slow_verdict_free(&v);
+	memset(&v, 0, sizeof v); /* the right delta, but called a BASELINE */
+	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, raw, n, &req, 0, PD_STATUS_BASELINE,
+			     PD_REASON_RESET, NULL, &v) == 1);
+	CHECK(v.broken && strcmp(v.broken, "status") == 0 && v.n == 0);
+	pd_slow_verdict_free(&v);
+	memset(&v, 0, sizeof v); /* cur itself as the answer: values differ */
+	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, b.out.p, b.out.n, &req, 0,
+			     PD_STATUS_DELTA, PD_REASON_NONE, NULL, &v) == 1);
+	CHECK(v.n > 0 && !v.broken);
+	pd_slow_verdict_free(&v);
+	memset(&v, 0, sizeof v); /* garbage as the answer */
+	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, "\x08", 1, &req, 0, PD_STATUS_DELTA,
+			     PD_REASON_NONE, NULL, &v) == 1);
+	CHECK(v.broken && strcmp(v.broken, "output") == 0);
+	pd_slow_verdict_free(&v);
+out:
+	free(raw);
+	pd_slow_free(back);
+	pd_slow_free(d);
+	pd_slow_free(pa);
+	pd_slow_free(pb_);
+}
+
 int main(void)
 {
 	test_first_and_delta();
@@ -474,5 +538,6 @@ int main(void)
 	test_identity();
 	test_compare();
 	test_hostile();
+	test_encode_verify();
 	return TH_DONE();
 }
