@@ -87,7 +87,7 @@ static int attempt(pdelta *h, pd_msg *m, pd_buf *body, int *sent)
 
 	*sent = 0;
 	pd_buf_reset(body);
-	if ((rc = pdl_conn_try(h)))
+	if ((rc = pdl_nodes_try(h)))
 		return rc;
 	m->request_id = pdl_new_id(h);
 	if ((rc = pdl_send_msg(h, m)))

@@ -328,7 +328,7 @@ int pdelta_connect(pdelta *h)
 	pdl_sigpipe_block(&g);
 	pdl_fork_check(h);
 	pdl_clear_error(h);
-	rc = pdl_conn_ensure(h);
+	rc = pdl_nodes_ensure(h);
 	pdl_sigpipe_restore(&g);
 	return rc;
 }

@@ -229,10 +229,6 @@ int64_t pdl_wall_ns(void);
 int pdl_tls_setup(pdelta *h, char *errbuf, size_t errlen);
 /* Connected and READY, or an error (no retry here). */
 int pdl_conn_open(pdelta *h);
-/* Connects with the retry policy (not for requests: they count their own attempts). */
-int pdl_conn_ensure(pdelta *h);
-/* One try: the open connection if it can take a request, else a new one. */
-int pdl_conn_try(pdelta *h);
 /* Ends the connection with GOODBYE PROTOCOL and records a non-retryable error. */
 int pdl_proto_violation(pdelta *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* graceful: GOODBYE NORMAL + close_notify (best effort, never blocks long). */
@@ -240,8 +236,6 @@ void pdl_conn_close(pdelta *h, int graceful);
 /* Drops the connection after a protocol violation (GOODBYE PROTOCOL). */
 void pdl_conn_abort_proto(pdelta *h);
 int pdl_connected(const pdelta *h);
-/* Checks for a fork: in a child, drops the inherited connection without I/O. */
-void pdl_fork_check(pdelta *h);
 
 /* Blocks SIGPIPE for the calling thread during library I/O. */
 typedef struct pdl_sigpipe {
@@ -273,10 +267,17 @@ int pdl_nodes_setup(pdelta *h, char *err, size_t errlen);
 /* A usable connection to the node of the stream in route_tenant/route_stream,
  * failing over along its rendezvous order. */
 int pdl_nodes_ready(pdelta *h);
+/* Connects with the retry policy (not for requests: they count their own attempts). */
+int pdl_nodes_ensure(pdelta *h);
+/* One try: the open connection if it can take a request, else a new one (on
+ * the only node, or on the stream's node in the list). */
+int pdl_nodes_try(pdelta *h);
 /* Closes every parked connection (graceful: GOODBYE) and frees the table. */
 void pdl_nodes_free(pdelta *h);
 /* In a forked child: drops the parked connections without I/O. */
 void pdl_nodes_forked(pdelta *h);
+/* Checks for a fork: in a child, drops the inherited connections without I/O. */
+void pdl_fork_check(pdelta *h);
 
 /* ---- pdl_local.c ------------------------------------------------------------ */
 int pdl_local_begin(pdelta *h);

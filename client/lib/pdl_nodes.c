@@ -24,6 +24,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <unistd.h>
+
 #include "pdl_internal.h"
 
 #define PDL_PROBE_BASE_MS 500u
@@ -310,4 +312,51 @@ void pdl_nodes_forked(pdelta *h)
 		switch_to(h, i);
 		pdl_conn_forget(h);
 	}
+}
+
+/* ---- connecting: the one node, or the stream's node in the list ---------------- */
+
+/* One try: on the only node, or on the stream's node in the list. */
+static int conn_ready(pdelta *h)
+{
+	return h->nnodes > 1 || h->dns_name ? pdl_nodes_ready(h) : pdl_conn_here(h);
+}
+
+int pdl_nodes_ensure(pdelta *h)
+{
+	unsigned attempt = 1;
+	int rc;
+
+	for (;;) {
+		rc = conn_ready(h);
+		if (!rc || !h->err.retryable || attempt >= h->o.max_attempts)
+			return rc;
+		attempt++;
+		pdl_backoff(h, attempt, 0);
+	}
+}
+
+int pdl_nodes_try(pdelta *h) { return conn_ready(h); }
+
+/* ---- after a fork ------------------------------------------------------------------ */
+
+void pdl_fork_check(pdelta *h)
+{
+	pid_t me = getpid();
+
+	if (h->pid == me)
+		return;
+	pdl_conn_forget(h);
+	pdl_nodes_forked(h);
+	if (h->r.phase != PDL_IDLE) {
+		h->r.phase = PDL_FAILED;
+		h->r.fail_code = pdl_fail(h, PDELTA_E_IO, 1, "the request was open when the process forked");
+		h->r.serr = h->err;
+		memcpy(h->r.smsg, h->errmsg, sizeof h->r.smsg);
+	}
+	h->rng ^= pdl_strong_random64();
+	if (h->inc_auto)
+		h->incarnation = pdl_strong_random64();
+	h->pid = me;
+	h->stats.forks++;
 }

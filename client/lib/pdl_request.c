@@ -361,7 +361,7 @@ static int resend(pdelta *h)
 	int rc;
 
 	reset_attempt(&h->r);
-	if ((rc = pdl_conn_try(h)) || (rc = send_begin(h)))
+	if ((rc = pdl_nodes_try(h)) || (rc = send_begin(h)))
 		return rc;
 	if ((rc = replay_input(h)))
 		return rc;
@@ -481,7 +481,7 @@ static int begin_network(pdelta *h)
 	int rc;
 
 	for (;;) {
-		rc = pdl_conn_try(h);
+		rc = pdl_nodes_try(h);
 		if (!rc)
 			break;
 		if (!h->err.retryable)

@@ -496,7 +496,7 @@ static void test_encode_verify(void)
 	CHECK(d != NULL);
 	if (!d)
 		goto out;
-	CHECK(pd_slow_encode(b.out.p, b.out.n, NULL, d, &raw, &n, &e) == PD_OK);
+	CHECK(pd_slow_encode(b.out.d, b.out.n, NULL, d, &raw, &n, &e) == PD_OK);
 	CHECK(raw && pd_slow_decode(raw, n, NULL, &back, &e) == PD_OK);
 	CHECK(back && pd_slow_compare(back, d, NULL, 0) == 0);
 	CHECK(back && pd_slow_rows(back) == 2 && val(back, K1, "alloc_objects/count") == 3);
@@ -505,21 +505,21 @@ static void test_encode_verify(void)
 
 	pd_req_default(&req);
 	memset(&v, 0, sizeof v);
-	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, raw, n, &req, 0, PD_STATUS_DELTA,
+	CHECK(pd_slow_verify(a.out.d, a.out.n, b.out.d, b.out.n, raw, n, &req, 0, PD_STATUS_DELTA,
 			     PD_REASON_NONE, NULL, &v) == 0);
 	pd_slow_verdict_free(&v);
 	memset(&v, 0, sizeof v); /* the right delta, but called a BASELINE */
-	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, raw, n, &req, 0, PD_STATUS_BASELINE,
+	CHECK(pd_slow_verify(a.out.d, a.out.n, b.out.d, b.out.n, raw, n, &req, 0, PD_STATUS_BASELINE,
 			     PD_REASON_RESET, NULL, &v) == 1);
 	CHECK(v.broken && strcmp(v.broken, "status") == 0 && v.n == 0);
 	pd_slow_verdict_free(&v);
 	memset(&v, 0, sizeof v); /* cur itself as the answer: values differ */
-	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, b.out.p, b.out.n, &req, 0,
+	CHECK(pd_slow_verify(a.out.d, a.out.n, b.out.d, b.out.n, b.out.d, b.out.n, &req, 0,
 			     PD_STATUS_DELTA, PD_REASON_NONE, NULL, &v) == 1);
 	CHECK(v.n > 0 && !v.broken);
 	pd_slow_verdict_free(&v);
 	memset(&v, 0, sizeof v); /* garbage as the answer */
-	CHECK(pd_slow_verify(a.out.p, a.out.n, b.out.p, b.out.n, "\x08", 1, &req, 0, PD_STATUS_DELTA,
+	CHECK(pd_slow_verify(a.out.d, a.out.n, b.out.d, b.out.n, "\x08", 1, &req, 0, PD_STATUS_DELTA,
 			     PD_REASON_NONE, NULL, &v) == 1);
 	CHECK(v.broken && strcmp(v.broken, "output") == 0);
 	pd_slow_verdict_free(&v);
