@@ -39,7 +39,9 @@ ok "deploy/local-cluster.sh: 3 nodes on one PostgreSQL"
 . "$CL/cluster.env"
 
 NSTREAMS=24
-SEQS=(heap-small cpu-small mutex-small goroutine-small)
+# every fixture sequence with the 8 files a stream sends (the medium ones have 6: test_pg.sh
+# runs those through PostgreSQL)
+SEQS=(heap-small allocs-small mutex-small block-small goroutine-small cpu-small heap-restart mutex-restart heap-rate)
 stream() { printf 'route/%02d' "$1"; }
 files() { # I FROM TO: stream I's files FROM..TO (0-based)
 	local d=$TESTDATA/profiles/${SEQS[$(($1 % ${#SEQS[@]}))]}
