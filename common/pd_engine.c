@@ -581,9 +581,9 @@ static void restore_cumulative(pd_engine *g, pd_state *next)
  * shadow verification. */
 static void perturb_one(pd_engine *g)
 {
-	for (uint32_t i = 0; i < g->nsmp; i++)
+	for (uint32_t i = 0; i < g->ix.nsmp; i++)
 		if (g->keep[i]) {
-			g->vals[(size_t)i * g->nst] += 1;
+			g->vals[(size_t)i * g->ix.nst] += 1;
 			return;
 		}
 }
