@@ -548,8 +548,10 @@ RECV_PID=
 lost=$(grep -o ' w2 heap seq=[0-9]* BASELINE state-lost' "$T16.log" | grep -o 'seq=[0-9]*' | cut -d= -f2)
 [[ $(wc -w <<<"$lost") -eq 1 ]] && ok "pdeltad restored from an older backup: one BASELINE state-lost (seq $lost)" ||
 	bad "restore: state-lost at '$lost': $(grep -E 'BASELINE|ERROR' "$T16.log" "$T16.err" | head -n 5)"
+# A round due while the stream's previous profile still waits for the server (down) is
+# skipped, not run twice: the next one covers its interval, so fewer than 16 files is right.
 judge "pdeltad restored, oracle (no negative value, deltas equal)" "$T16/in" "$T16/out" \
-	${lost:+--rebase "w2/heap=$((lost - 1))"} --min-files 16
+	${lost:+--rebase "w2/heap=$((lost - 1))"} --min-files 12
 "$PY" - "$T16" <<'PYEOF' >"$T16/check.out" 2>&1 && ok "push: $(tail -n 1 "$T16/check.out")" || bad "push intervals: $(tail -n 3 "$T16/check.out")"
 import json, os, re, sys
 t = sys.argv[1]
