@@ -781,6 +781,9 @@ int pd_engine_feed(pd_engine *g, const void *p, size_t n, pd_err *e)
 	return rc;
 }
 
+/* The first-profile rule (DESIGN §2). Written out again in pd_slowdelta.c on purpose:
+ * the slow path shares no decision code with the engine, so it can catch the
+ * engine's mistakes. Change both together. */
 static int first_keeps(const pd_req *req)
 {
 	if (req->first_policy == PD_FIRST_KEEP)

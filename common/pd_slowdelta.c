@@ -1280,6 +1280,9 @@ static int fill_rows(pd_slow_profile *o, const pd_slow_profile *prev, const pd_s
 	return 0;
 }
 
+/* The first-profile rule (DESIGN §2). Written out again in pd_engine.c on purpose:
+ * the slow path shares no decision code with the engine, so it can catch the
+ * engine's mistakes. Change both together. */
 static int first_keeps(const pd_req *req)
 {
 	if (req->first_policy == PD_FIRST_KEEP)
