@@ -70,7 +70,7 @@ endif
 UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
 TOOL_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 
-.PHONY: all check unit integration bench bench-scrape fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools man
+.PHONY: all check unit integration bench bench-scrape bench-store fuzz fuzz-short fuzz-build demo install clean valgrind tsan tools man
 all: $(PROGS) $(LIBPDELTA_A) $(LIBPDELTA_SO) tools man
 
 # Man pages: doc/man/*.in with the built programs' --help (and client/pdelta.h)
@@ -183,6 +183,11 @@ bench: all
 # The scrape agent's footprint against the Go way, side by side (about a minute).
 bench-scrape: all
 	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/bench/scrape_footprint.sh
+
+# pdeltad on SQLite, on PostgreSQL, and three nodes on one PostgreSQL, side by side (about
+# two minutes; needs PostgreSQL's server binaries, as make check does).
+bench-store: all tools
+	@BINDIR=$(BINDIR) BUILD=$(BUILD) bash tests/bench/store_nodes.sh
 
 demo:
 	@bash deploy/demo.sh

@@ -14,9 +14,13 @@
 #   4b. one long-lived handle (client_run, a request every second): its stream's node drains
 #      and comes back while it runs; the stream moves away on the GOODBYE and back once a
 #      probe finds the node up, within the same process;
-#   5. the oracle (tests/oracle/check_seq.py) over every stream's 8 answers: no interval lost,
-#      none counted twice; pdeltactl through the list: a stream from its node, the listing of
-#      any node shows all 24 (shared store);
+#   4c. every six-file medium sequence, one stream each, a `pdelta send` per file through
+#      the list while pd_load keeps all three nodes busy (a closed loop over the small
+#      sequences, its connections spread over the nodes): pd_load sees no protocol
+#      violation and no unexpected status;
+#   5. the oracle (tests/oracle/check_seq.py) over every stream's answers (8 files, 6 for the
+#      medium ones): no interval lost, none counted twice; pdeltactl through the list: a
+#      stream from its node, the listing of any node shows all 24 (shared store);
 #   6. bad lists are refused with a clear error by pdelta send and pdeltactl.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,7 +31,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 pd_init route
 pg_require
 TOOLS=$BUILDDIR/tests/tools
-pd_need "$BINDIR/pdelta" "$BINDIR/pdeltactl" "$BINDIR/pdeltad" "$TOOLS/client_run"
+pd_need "$BINDIR/pdelta" "$BINDIR/pdeltactl" "$BINDIR/pdeltad" "$TOOLS/client_run" "$TOOLS/pd_load"
 
 CL=$WORK/cluster
 chmod 755 "$WORK" # PostgreSQL runs as its own user under it
@@ -39,14 +43,22 @@ ok "deploy/local-cluster.sh: 3 nodes on one PostgreSQL"
 . "$CL/cluster.env"
 
 NSTREAMS=24
-# every fixture sequence with the 8 files a stream sends (the medium ones have 6: test_pg.sh
-# runs those through PostgreSQL)
+# every fixture sequence with the 8 files a stream sends; the six-file medium ones are
+# streams NSTREAMS+1.. (step 4c)
 SEQS=(heap-small allocs-small mutex-small block-small goroutine-small cpu-small heap-restart mutex-restart heap-rate)
+MEDIUM=(heap-medium allocs-medium mutex-medium block-medium goroutine-medium cpu-medium)
 stream() { printf 'route/%02d' "$1"; }
-files() { # I FROM TO: stream I's files FROM..TO (0-based)
-	local d=$TESTDATA/profiles/${SEQS[$(($1 % ${#SEQS[@]}))]}
-	ls "$d"/*.pb.gz | sed -n "$(($2 + 1)),$(($3 + 1))p"
+seqdir() { # I: stream I's fixture sequence
+	if (($1 > NSTREAMS)); then
+		echo "$TESTDATA/profiles/${MEDIUM[$(($1 - NSTREAMS - 1))]}"
+	else
+		echo "$TESTDATA/profiles/${SEQS[$(($1 % ${#SEQS[@]}))]}"
+	fi
 }
+files() { # I FROM TO: stream I's files FROM..TO (0-based)
+	ls "$(seqdir "$1")"/*.pb.gz | sed -n "$(($2 + 1)),$(($3 + 1))p"
+}
+nfiles() { ls "$(seqdir "$1")"/*.pb.gz | wc -l; }
 send() { # I FROM TO: sends them with the stream's seq numbers, outputs and status kept
 	local i=$1 s
 	s=$(stream "$i")
@@ -141,8 +153,38 @@ c=$(requests "$home")
 	bad "long-lived handle never came back to node $home"
 grep "^stats" "$WORK/live.err" | sed 's/^/  /' || true
 
+# ---- 4c. the medium sequences through the list, the nodes under load ----
+LAST=$((LIVE + ${#MEDIUM[@]}))
+IFS=, read -r -a ports <<<"${SERVERS//127.0.0.1:/}"
+"$TOOLS/pd_load" --port "$(IFS=,; echo "${ports[*]}")" --ca "$CA" --token-file "$TOKEN_FILE" \
+	--seq "$TESTDATA/profiles/heap-small" --seq "$TESTDATA/profiles/mutex-small" \
+	--connections 6 --streams 60 --inflight 8 --seconds 60 --prefix route-load \
+	>"$WORK/load.out" 2>&1 & loadpid=$!
+pd_at_exit "kill $loadpid 2>/dev/null || true"
+pd_wait_until "$loadpid" grep -q "load starts" "$WORK/load.out" ||
+	bad "pd_load did not start: $(tail -n 3 "$WORK/load.out")"
+medium_stream() { # I: its files one by one, one `pdelta send` each
+	local n k
+	n=$(nfiles "$1")
+	for ((k = 0; k < n; k++)); do send "$1" "$k" "$k" || return 1; done
+}
+pids=()
+for ((i = LIVE + 1; i <= LAST; i++)); do medium_stream "$i" & pids+=($!); done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+kill -0 "$loadpid" 2>/dev/null && ok "the medium sequences were sent while pd_load ran" ||
+	bad "pd_load ended before the medium sequences were sent (raise its --seconds)"
+((rc == 0)) && ok "${#MEDIUM[@]} medium sequences x 6 files through the list under load" ||
+	bad "medium sends failed: $(cat "$WORK"/err.* | head -5)"
+kill -TERM "$loadpid" 2>/dev/null || true
+wait "$loadpid" || true
+grep -E '^ +(run|status|errors):' "$WORK/load.out" | sed 's/^ */  pd_load /'
+res=$(grep '^RESULT ' "$WORK/load.out" | tail -n 1)
+[[ $res == *" violations=0 "* && $res == *" unexpected=0 "* && $res == *" fatal=0 "* ]] &&
+	ok "pd_load over the 3 nodes: no violation, no unexpected status" || bad "pd_load: ${res:-no RESULT line}"
+
 # ---- 5. the oracle over every stream; admin through the list ----
-for ((i = 0; i <= LIVE; i++)); do
+for ((i = 0; i <= LAST; i++)); do
 	w=$WORK/judge-$i.sh
 	cat >"$w" <<JUDGE
 #!/usr/bin/env bash
@@ -152,7 +194,7 @@ sed -E 's/^([^ ]+) DUPLICATE ([^ ]+) orig=([A-Z]+)/\1 \3 \2/' "$WORK/status.$i"
 JUDGE
 	chmod +x "$w"
 	if "$PY" "$ROOT/tests/oracle/check_seq.py" --pdelta "$w" --no-go --label "$(stream "$i")" \
-		$(files "$i" 0 7) >"$WORK/judge-$i.log" 2>&1; then
+		$(files "$i" 0 $(($(nfiles "$i") - 1))) >"$WORK/judge-$i.log" 2>&1; then
 		ok "oracle $(stream "$i"): $(tail -1 "$WORK/judge-$i.log")"
 	else
 		bad "oracle $(stream "$i")"
@@ -166,7 +208,7 @@ CTL=("$BINDIR/pdeltactl" --server "$SERVERS" --ca "$CA" --token-file "$ADMIN_TOK
 	grep -Eq '^seq +8$' "$WORK/ctl.stream" && ok "pdeltactl stream through the list (seq 8)" ||
 	bad "pdeltactl stream: $(cat "$WORK/ctl.stream")"
 n=$("${CTL[@]}" streams --tenant acme --prefix route/ 2>&1 | grep -c "route/" || true)
-((n == NSTREAMS + 1)) && ok "pdeltactl streams through the list: all $n" || bad "pdeltactl streams listed $n"
+((n == LAST + 1)) && ok "pdeltactl streams through the list: all $n" || bad "pdeltactl streams listed $n"
 
 # ---- 6. bad lists ----
 badlist() { # LIST WANT

@@ -2,9 +2,9 @@
  * pd_load: load generator for pdeltad (issue 6: many TLS connections, many
  * streams, many requests in flight), and a memory soak.
  *
- *   pd_load --port P --ca CA (--token T | --token-file F) --seq DIR [--seq DIR]...
+ *   pd_load --port P[,P...] --ca CA (--token T | --token-file F) --seq DIR [--seq DIR]...
  *           [--connections C] [--streams S] [--requests N] [--seconds T]
- *           [--idle K] [--server-pid PID] [--soak SECONDS] [--inflight N]
+ *           [--idle K] [--server-pid PID[,PID...]] [--soak SECONDS] [--inflight N]
  *           [--chunk BYTES] [--no-data] [--prefix NAME] [--max-p99-ms MS]
  *           [--rate R] [--warmup SECONDS] [--min-rate R] [--seed] [--host 127.0.0.1]
  *
@@ -32,7 +32,7 @@
  * against stored state, not first profiles. The seeding rate (first-profile
  * capacity) and the server's CPU per seed answer are reported apart.
  *
- * The run is bounded by --requests (new requests started) and --seconds
+ * The run is bounded by --requests (new requests started), SIGINT / SIGTERM and --seconds
  * (wall time after every connection is up, plus --warmup: responses that
  * complete during the warm-up, e.g. every stream's first profile, are left
  * out of the figures); then open requests are finished
@@ -46,6 +46,11 @@
  * what busy/OVERLOADED suggests), as an agent does. A non-retryable error, a
  * response that breaks the protocol (unknown request, wrong seq, size or CRC
  * mismatch) or a failed p99 / rate bound makes the exit status 1.
+ *
+ * Several nodes: --port P1,P2,... (at most 16, one host) spreads the connections round
+ * robin over them (connection i goes to port i % n), so the streams of a shared-store
+ * cluster are spread evenly; --server-pid PID1,PID2,... then sums the nodes' CPU time and
+ * memory.
  *
  * --idle K opens K extra plain TCP sockets that just sit there (reopened if
  * the server closes them), to show that idle sockets do not hurt.
@@ -161,11 +166,13 @@ enum phase { P_CONNECT, P_SEED, P_RUN, P_DRAIN, P_BYE, P_DONE };
 
 typedef struct opts {
 	const char *host, *ca, *token, *prefix;
-	int port;
+	int port[16];
+	size_t nport;
 	uint32_t conns, streams, inflight, chunk, idle;
 	uint64_t requests;
 	double seconds, soak, max_p99_ms, min_rate, rate, warmup;
-	int server_pid;
+	int server_pid[16];
+	size_t npid;
 	bool no_data, seed;
 	const char *seq_dirs[64];
 	size_t nseq;
@@ -201,7 +208,7 @@ static struct {
 	struct event_base *base;
 	struct event *tick;
 	SSL_CTX *ssl_ctx;
-	struct sockaddr_in sa;
+	struct sockaddr_in sa[16]; /* one per --port */
 	pd_buf scratch;
 	int phase;
 	uint32_t nready; /* connections that completed HELLO at least once */
@@ -317,13 +324,13 @@ static uint64_t status_kb(const char *text, const char *key)
 }
 
 /* /proc/<server pid>/<what> into buf, NUL-terminated; false when it cannot be read. */
-static bool read_proc(const char *what, char *buf, size_t cap)
+static bool read_proc(int pid, const char *what, char *buf, size_t cap)
 {
 	char path[64];
 	FILE *fp;
 	size_t n;
 
-	snprintf(path, sizeof path, "/proc/%d/%s", L.o.server_pid, what);
+	snprintf(path, sizeof path, "/proc/%d/%s", pid, what);
 	if (!(fp = fopen(path, "r")))
 		return false;
 	n = fread(buf, 1, cap - 1, fp);
@@ -332,19 +339,20 @@ static bool read_proc(const char *what, char *buf, size_t cap)
 	return true;
 }
 
-static srv_sample server_sample(void)
+/* One server process's memory and CPU time; ok false when it cannot be read. */
+static srv_sample server_sample_one(int pid)
 {
 	srv_sample s = {0};
 	char buf[8192];
 	unsigned long long ut = 0, stt = 0;
 	const char *p;
 
-	if (L.o.server_pid <= 0 || !read_proc("status", buf, sizeof buf))
+	if (pid <= 0 || !read_proc(pid, "status", buf, sizeof buf))
 		return s;
 	s.rss_kb = status_kb(buf, "VmRSS:");
 	s.hwm_kb = status_kb(buf, "VmHWM:");
 	s.threads = status_kb(buf, "Threads:");
-	if (!read_proc("stat", buf, sizeof buf))
+	if (!read_proc(pid, "stat", buf, sizeof buf))
 		return s;
 	/* comm may contain blanks: fields are counted after its ')' (field 2). */
 	p = strrchr(buf, ')');
@@ -353,6 +361,22 @@ static srv_sample server_sample(void)
 	s.cpu_s = (double)(ut + stt) / (double)sysconf(_SC_CLK_TCK);
 	s.ok = true;
 	return s;
+}
+
+/* The sum over every --server-pid (ok only when each of them could be read). */
+static srv_sample server_sample(void)
+{
+	srv_sample sum = {.ok = L.o.npid > 0};
+
+	for (size_t i = 0; i < L.o.npid; i++) {
+		srv_sample s = server_sample_one(L.o.server_pid[i]);
+		sum.ok = sum.ok && s.ok;
+		sum.rss_kb += s.rss_kb;
+		sum.hwm_kb += s.hwm_kb;
+		sum.threads += s.threads;
+		sum.cpu_s += s.cpu_s;
+	}
+	return sum;
 }
 
 /* ---- streams ---------------------------------------------------------------- */
@@ -602,7 +626,9 @@ static void conn_start(conn *c)
 	c->failing = false;
 	c->nopen = 0;
 	L.st.connects++;
-	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&L.sa, sizeof L.sa) != 0) {
+	const struct sockaddr_in *sa = &L.sa[(size_t)(c - L.conns) % L.o.nport];
+
+	if (bufferevent_socket_connect(c->bev, (const struct sockaddr *)sa, sizeof *sa) != 0) {
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 		c->state = C_DOWN;
@@ -968,7 +994,9 @@ static void idle_open(idle_sock *s)
 		s->reopen_at_us = now_us() + IDLE_REOPEN_US;
 		return;
 	}
-	if (connect(s->fd, (struct sockaddr *)&L.sa, sizeof L.sa) != 0 && errno != EINPROGRESS) {
+	const struct sockaddr_in *sa = &L.sa[(size_t)(s - L.idle) % L.o.nport];
+
+	if (connect(s->fd, (const struct sockaddr *)sa, sizeof *sa) != 0 && errno != EINPROGRESS) {
 		close(s->fd);
 		s->fd = -1;
 		s->reopen_at_us = now_us() + IDLE_REOPEN_US;
@@ -1164,6 +1192,15 @@ static bool all_down(void)
 	return true;
 }
 
+/* SIGINT / SIGTERM: the run ends as if its time were up (open requests finish, report). */
+static volatile sig_atomic_t stop_asked;
+
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	stop_asked = 1;
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	uint64_t now = now_us();
@@ -1186,7 +1223,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	move_due_streams(now);
 	if (L.phase == P_RUN)
 		measure_start_if_due(now);
-	if (L.phase == P_RUN && (secs(now - L.t_start) >= limit ||
+	if (L.phase == P_RUN && (stop_asked || secs(now - L.t_start) >= limit ||
 				 (L.o.requests && L.st.started >= L.o.requests))) {
 		L.phase = P_DRAIN;
 		L.t_stop = now;
@@ -1275,9 +1312,9 @@ static void report(void)
 	p90 = pct_ms(0.90);
 	p99 = pct_ms(0.99);
 	pmax = pct_ms(1.0);
-	printf("pd_load: %s:%d, %u TLS connections, %u streams over %zu sequences, %u idle sockets "
-	       "(%u open at the end, %llu closed by the server)\n",
-	       L.o.host, L.o.port, L.o.conns, L.o.streams, L.nseqs, L.o.idle, idle_count(),
+	printf("pd_load: %s:%d (%zu node%s), %u TLS connections, %u streams over %zu sequences, "
+	       "%u idle sockets (%u open at the end, %llu closed by the server)\n",
+	       L.o.host, L.o.port[0], L.o.nport, L.o.nport == 1 ? "" : "s", L.o.conns, L.o.streams, L.nseqs, L.o.idle, idle_count(),
 	       (unsigned long long)L.st.idle_closed);
 	if (L.o.rate > 0)
 		printf("  offered: %.1f requests/s (open loop), %llu not started for want of an idle "
@@ -1314,9 +1351,9 @@ static void report(void)
 	print_errors();
 	if (s.ok) {
 		srv_cpu = L.srv0.ok ? s.cpu_s - L.srv0.cpu_s : s.cpu_s;
-		printf("  server pid %d: VmRSS %.1f MB, VmHWM %.1f MB, %llu threads, CPU %.1f s during "
+		printf("  server pid %d%s: VmRSS %.1f MB, VmHWM %.1f MB, %llu threads, CPU %.1f s during "
 		       "the run (%.0f%% of one core, %.2f ms per response)\n",
-		       L.o.server_pid, (double)s.rss_kb / 1024, (double)s.hwm_kb / 1024,
+		       L.o.server_pid[0], L.o.npid > 1 ? " and the others (sum)" : "", (double)s.rss_kb / 1024, (double)s.hwm_kb / 1024,
 		       (unsigned long long)s.threads, srv_cpu, run > 0 ? 100 * srv_cpu / run : 0,
 		       L.st.completed ? 1e3 * srv_cpu / (double)L.st.completed : 0);
 	}
@@ -1351,9 +1388,9 @@ static void report(void)
 
 static void usage(void)
 {
-	fputs("usage: pd_load --port P --ca CA (--token T | --token-file F) --seq DIR [--seq DIR]...\n"
+	fputs("usage: pd_load --port P[,P...] --ca CA (--token T | --token-file F) --seq DIR [--seq DIR]...\n"
 	      "               [--connections 100] [--streams 1000] [--requests 0] [--seconds 30]\n"
-	      "               [--idle 0] [--server-pid PID] [--soak SECONDS] [--inflight 64]\n"
+	      "               [--idle 0] [--server-pid PID[,PID...]] [--soak SECONDS] [--inflight 64]\n"
 	      "               [--chunk 65536] [--no-data] [--prefix NAME] [--max-p99-ms MS]\n"
 	      "               [--rate R] [--warmup SECONDS] [--min-rate R] [--seed] [--host 127.0.0.1]\n",
 	      stderr);
@@ -1381,6 +1418,26 @@ static uint64_t num(const char *s, const char *what)
 	return v;
 }
 
+/* A comma-separated list of 1..16 numbers in 1..max into out; returns how many. */
+static size_t num_list(const char *s, const char *what, unsigned long max, int out[16])
+{
+	char buf[256], *save = NULL;
+	size_t n = 0;
+
+	if (strlen(s) >= sizeof buf)
+		die("%s: list too long: %s", what, s);
+	strcpy(buf, s);
+	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		uint64_t v = num(t, what);
+		if (n == 16 || v < 1 || v > max)
+			die("%s: at most 16 numbers in 1..%lu: %s", what, max, s);
+		out[n++] = (int)v;
+	}
+	if (!n)
+		die("%s: empty list", what);
+	return n;
+}
+
 static void parse_args(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -1400,7 +1457,7 @@ static void parse_args(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'H': o->host = optarg; break;
-		case 'p': o->port = (int)num(optarg, "--port"); break;
+		case 'p': o->nport = num_list(optarg, "--port", 65535, o->port); break;
 		case 'a': o->ca = optarg; break;
 		case 't': o->token = optarg; break;
 		case 'T': o->token = read_token_file(optarg); break;
@@ -1414,7 +1471,7 @@ static void parse_args(int argc, char **argv)
 		case 'n': o->requests = num(optarg, "--requests"); break;
 		case 'd': o->seconds = atof(optarg); break;
 		case 'i': o->idle = (uint32_t)num(optarg, "--idle"); break;
-		case 'P': o->server_pid = (int)num(optarg, "--server-pid"); break;
+		case 'P': o->npid = num_list(optarg, "--server-pid", 4194304, o->server_pid); break;
 		case 'S': o->soak = atof(optarg); break;
 		case 'f': o->inflight = (uint32_t)num(optarg, "--inflight"); break;
 		case 'k': o->chunk = (uint32_t)num(optarg, "--chunk"); break;
@@ -1428,7 +1485,7 @@ static void parse_args(int argc, char **argv)
 		default: usage();
 		}
 	}
-	if (optind != argc || !o->port || o->port > 65535 || !o->ca || !o->token || !o->nseq)
+	if (optind != argc || !o->nport || !o->ca || !o->token || !o->nseq)
 		usage();
 	if (!o->conns || !o->streams || !o->inflight || o->inflight > 4096 || o->chunk < 1 ||
 	    o->chunk > PD_FRAME_MIN_LIMIT)
@@ -1442,13 +1499,17 @@ static void parse_args(int argc, char **argv)
 /* Loopback only: this tool must never load someone else's server. */
 static void resolve_loopback(void)
 {
-	memset(&L.sa, 0, sizeof L.sa);
-	L.sa.sin_family = AF_INET;
-	L.sa.sin_port = htons((uint16_t)L.o.port);
-	if (inet_pton(AF_INET, L.o.host, &L.sa.sin_addr) != 1)
-		die("--host must be a numeric IPv4 address in 127.0.0.0/8, got %s", L.o.host);
-	if ((ntohl(L.sa.sin_addr.s_addr) >> 24) != 127)
-		die("refusing %s: pd_load only targets loopback (127.0.0.0/8)", L.o.host);
+	for (size_t i = 0; i < L.o.nport; i++) {
+		struct sockaddr_in *sa = &L.sa[i];
+
+		memset(sa, 0, sizeof *sa);
+		sa->sin_family = AF_INET;
+		sa->sin_port = htons((uint16_t)L.o.port[i]);
+		if (inet_pton(AF_INET, L.o.host, &sa->sin_addr) != 1)
+			die("--host must be a numeric IPv4 address in 127.0.0.0/8, got %s", L.o.host);
+		if ((ntohl(sa->sin_addr.s_addr) >> 24) != 127)
+			die("refusing %s: pd_load only targets loopback (127.0.0.0/8)", L.o.host);
+	}
 }
 
 static void tls_init(void)
@@ -1543,14 +1604,18 @@ static void teardown(void)
 int main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGINT, on_stop_signal);
+	signal(SIGTERM, on_stop_signal);
 	parse_args(argc, argv);
 	resolve_loopback();
 	setup();
 	L.t_begin = now_us();
 	for (uint32_t i = 0; i < L.o.idle; i++)
 		idle_open(&L.idle[i]);
-	printf("pd_load: %u connections, %u streams, %zu sequences, %u idle sockets -> %s:%d\n",
-	       L.o.conns, L.o.streams, L.nseqs, L.o.idle, L.o.host, L.o.port);
+	printf("pd_load: %u connections, %u streams, %zu sequences, %u idle sockets -> %s:%d "
+	       "(%zu port%s)\n",
+	       L.o.conns, L.o.streams, L.nseqs, L.o.idle, L.o.host, L.o.port[0], L.o.nport,
+	       L.o.nport == 1 ? "" : "s");
 	fflush(stdout);
 	event_base_dispatch(L.base);
 	report();
