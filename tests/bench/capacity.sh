@@ -8,6 +8,12 @@
 # is within CAP_P99_MS (default 200). Closed-loop latency is queueing (streams in flight /
 # rate), so the streams per size (CAP_STREAMS_SMALL/MEDIUM/LARGE) set the p99.
 #
+# Capacity at the latency bound: where the closed loop's p99 is over the bound, open-loop
+# runs follow (pd_load --rate, requests arriving at a fixed rate as agents send them, over
+# 4x the streams so that a new request finds an idle one) at 90, 75, 60, 45 and 30 % of the
+# closed loop's rate until one keeps p99 within the bound: that rate is the size's
+# capacity per core at p99 <= CAP_P99_MS, printed last for each size and placement.
+#
 # Env: BINDIR (default bin), BUILD (default build/release), CAP_SECONDS (default 20),
 # CAP_WARMUP (default 5), CAP_SIZES (default "small medium large"; large comes from
 # tests/workload/gen-large.sh into $BUILD/testdata, generated on first use).
@@ -41,10 +47,14 @@ streams_for() {
 }
 field() { grep '^RESULT ' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
-# run SIZE PLACEMENT: one closed-loop run against a fresh server; prints a table row.
+# run SIZE PLACEMENT [RATE]: one run against a fresh server, closed loop, or open at RATE
+# requests/s; prints a table row and leaves the output in $WORK/SIZE-PLACEMENT[-RATE].out.
 run() {
-	local size=$1 place=$2 srv_pin=() gen_pin=() cores=$NCPU n out rc=0
+	local size=$1 place=$2 rate=${3:-} srv_pin=() gen_pin=() cores=$NCPU n out rc=0 loop=(--inflight 1)
 	n=$(streams_for "$size")
+	if [[ -n $rate ]]; then
+		n=$((4 * n)) loop=(--rate "$rate")
+	fi
 	if [[ $place == pinned ]]; then
 		srv_pin=(taskset -c 1) gen_pin=(taskset -c 0) cores=1
 	fi
@@ -54,9 +64,9 @@ run() {
 		--tenants "$WORK/tenants" --db "$WORK/state.db" >>"$WORK/server.log" 2>&1 &
 	SERVER_PID=$!
 	pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || { echo "capacity: pdeltad did not start" >&2; tail -n 20 "$WORK/server.log" >&2; exit 1; }
-	out=$WORK/$size-$place.out
+	out=$WORK/$size-$place${rate:+-$rate}.out
 	"${gen_pin[@]}" "$LOAD" --port "$PORT" --ca "$CA" --token-file "$WORK/token" --server-pid "$SERVER_PID" \
-		--connections "$n" --streams "$n" --inflight 1 --seed --warmup "$WARM" --seconds "$SECS" \
+		--connections "$n" --streams "$n" "${loop[@]}" --seed --warmup "$WARM" --seconds "$SECS" \
 		--seq "$(seq_dir "heap-$size")" --seq "$(seq_dir "mutex-$size")" >"$out" 2>&1 || rc=$?
 	pd_stop_server
 	if ((rc)) || [[ -z $(field "$out" rate) ]]; then
@@ -64,17 +74,45 @@ run() {
 		tail -n 20 "$out" >&2
 		exit 1
 	fi
-	awk -v s="$size" -v pl="$place" -v n="$n" -v c="$cores" -v max="$P99_MAX" \
+	awk -v s="$size" -v pl="$place" -v n="$n" -v c="$cores" -v max="$P99_MAX" -v loop="${rate:+open $rate/s}" \
 		-v rate="$(field "$out" rate)" -v p50="$(field "$out" p50_ms)" -v p99="$(field "$out" p99_ms)" \
 		-v resp="$(field "$out" responses)" -v cpu="$(field "$out" server_cpu_s)" 'BEGIN {
-		printf "| %s | %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %s |\n", s, pl, n, rate, rate / c,
+		printf "| %s | %s | %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %s |\n", s, pl,
+			(loop == "" ? "closed" : loop), n, rate, rate / c,
 			p50, p99, (resp > 0 ? 1000 * cpu / resp : 0), (p99 <= max ? "yes" : "no") }'
 }
 
 if [[ $SIZES == *large* ]]; then bash "$ROOT/tests/workload/gen-large.sh" "$BUILDDIR/testdata" >&2; fi
-echo "pdeltad capacity ($NCPU cores, closed loop, ${WARM}s warm-up + ${SECS}s per run, seeded streams)"
-echo "| size | placement | streams | deltas/s | deltas/s per server core | p50 ms | p99 ms | server CPU ms per delta | p99 <= $P99_MAX ms |"
-echo "|---|---|---|---|---|---|---|---|---|"
+# at_bound SIZE PLACEMENT: the closed loop, then open-loop rates down from it until p99 fits.
+at_bound() {
+	local size=$1 place=$2 closed f r out cores=$NCPU
+	[[ $place == pinned ]] && cores=1
+	run "$size" "$place"
+	out=$WORK/$size-$place.out
+	closed=$(field "$out" rate)
+	if awk -v p="$(field "$out" p99_ms)" -v m="$P99_MAX" 'BEGIN { exit !(p <= m) }'; then
+		CAPS+=("$size $place: $(awk -v r="$closed" -v c="$cores" 'BEGIN { printf "%.1f", r / c }') deltas/s per core (closed loop)")
+		return
+	fi
+	for f in 90 75 60 45 30; do
+		r=$(awk -v c="$closed" -v f="$f" 'BEGIN { printf "%.1f", c * f / 100 }')
+		run "$size" "$place" "$r"
+		out=$WORK/$size-$place-$r.out
+		if awk -v p="$(field "$out" p99_ms)" -v m="$P99_MAX" 'BEGIN { exit !(p <= m) }'; then
+			CAPS+=("$size $place: $(awk -v r="$(field "$out" rate)" -v c="$cores" 'BEGIN { printf "%.1f", r / c }') deltas/s per core (open loop at $r/s, p99 $(field "$out" p99_ms) ms)")
+			return
+		fi
+	done
+	CAPS+=("$size $place: p99 over $P99_MAX ms even at 30 % of the closed loop's rate")
+}
+
+CAPS=()
+echo "pdeltad capacity ($NCPU cores, ${WARM}s warm-up + ${SECS}s per run, seeded streams)"
+echo "| size | placement | loop | streams | deltas/s | deltas/s per server core | p50 ms | p99 ms | server CPU ms per delta | p99 <= $P99_MAX ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for size in $SIZES; do
-	for place in pinned shared; do run "$size" "$place"; done
+	for place in pinned shared; do at_bound "$size" "$place"; done
 done
+echo
+echo "capacity at p99 <= $P99_MAX ms:"
+printf '  %s\n' "${CAPS[@]}"
