@@ -740,36 +740,28 @@ static void t_goodbye(void)
 	finish(&r, "ping+goodbye");
 }
 
-static void t_reset(void)
+/* A large upload of zeros that the mock (scenario fn) cuts short: rc want_rc and, when
+ * want_attempts is not 0, that many attempts. SIGPIPE is left at its default here: a write to
+ * a reset connection must not kill us. */
+static void t_cut_upload(scenario_fn fn, const char *name, unsigned attempts, size_t size,
+			 int want_rc, unsigned want_attempts)
 {
 	run r;
 	pdelta_result res;
-	unsigned char *big = calloc(1, 8u << 20);
+	unsigned char *big = calloc(1, size);
 	int rc;
 
-	if (!big || start(&r, s_reset, 1, 0))
+	memset(&res, 0, sizeof res);
+	if (!big || start(&r, fn, attempts, 0)) {
+		free(big);
 		return;
-	/* SIGPIPE is left at its default here: a write to the reset connection must not kill us */
-	rc = pdelta_delta(r.h, "m", 0, big, 8u << 20, &res);
-	EXPECT(rc == PDELTA_E_IO, "peer reset during the upload: rc %d (%s)", rc, pdelta_last_error(r.h));
+	}
+	rc = pdelta_delta(r.h, "m", 0, big, size, &res);
+	EXPECT(rc == want_rc && (!want_attempts || res.attempts == want_attempts),
+	       "%s: rc %d, expected %d; attempts %u (%s)", name, rc, want_rc, res.attempts,
+	       pdelta_last_error(r.h));
 	free(big);
-	finish(&r, "reset");
-}
-
-static void t_early(void)
-{
-	run r;
-	pdelta_result res;
-	unsigned char *big = calloc(1, 4u << 20);
-	int rc;
-
-	if (!big || start(&r, s_early, 3, 0))
-		return;
-	rc = pdelta_delta(r.h, "m", 0, big, 4u << 20, &res);
-	EXPECT(rc == PDELTA_E_MALFORMED && res.attempts == 1, "early error: rc %d attempts %u", rc,
-	       res.attempts);
-	free(big);
-	finish(&r, "early error");
+	finish(&r, name);
 }
 
 int main(int argc, char **argv)
@@ -799,7 +791,7 @@ int main(int argc, char **argv)
 		EXPECT(ms_now() - t0 < 6000, "silent server: gave up in %.0f ms", ms_now() - t0);
 	}
 	t_goodbye();
-	t_early();
-	t_reset();
+	t_cut_upload(s_early, "early error", 3, 4u << 20, PDELTA_E_MALFORMED, 1);
+	t_cut_upload(s_reset, "reset", 1, 8u << 20, PDELTA_E_IO, 0); /* peer reset during the upload */
 	return TH_DONE_AS("client_mock");
 }
