@@ -363,14 +363,14 @@ static int answer_then_retry(mconn *c, int n, int version, const answer *first,
 	return 0;
 }
 
-static int s_resume(mconn *c, int n)
+/* First connection: the answer breaks off after two chunks (the server
+ * "dies"); the retry gets again. v1, v2: the protocol version each
+ * connection chooses (each attempt must carry that version's content hash). */
+static int die_then(mconn *c, int n, int v1, int v2, const answer *again)
 {
-	/* two chunks, then the "server dies"; the retry is a DUPLICATE of that DELTA */
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
-	answer b = {PD_WIRE_STATUS_DUPLICATE, 0, PD_WIRE_STATUS_DELTA, 10, 5, body1, sizeof body1, 0, 0};
 
-	/* protocol 2 (CRC-128) on both connections */
-	if (answer_then_retry(c, n, 2, &a, &b))
+	if (answer_then_retry(c, n, n == 1 ? v1 : v2, &a, again))
 		return 1;
 	if (n == 1)
 		return 0;
@@ -378,20 +378,20 @@ static int s_resume(mconn *c, int n)
 	return 1;
 }
 
-/* First connection: the answer breaks off after two chunks (the server
- * "dies"); the retry gets another answer. v1, v2: the protocol version each
- * connection chooses (each attempt must carry that version's content hash). */
+static int s_resume(mconn *c, int n)
+{
+	/* the retry is a DUPLICATE of that DELTA; protocol 2 (CRC-128) on both connections */
+	answer b = {PD_WIRE_STATUS_DUPLICATE, 0, PD_WIRE_STATUS_DELTA, 10, 5, body1, sizeof body1, 0, 0};
+
+	return die_then(c, n, 2, 2, &b);
+}
+
+/* The retry gets another answer. */
 static int restart_versions(mconn *c, int n, int v1, int v2)
 {
-	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
 	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
 
-	if (answer_then_retry(c, n, n == 1 ? v1 : v2, &a, &b))
-		return 1;
-	if (n == 1)
-		return 0;
-	drain(c);
-	return 1;
+	return die_then(c, n, v1, v2, &b);
 }
 
 static int s_restart(mconn *c, int n) { return restart_versions(c, n, 1, 1); }
