@@ -131,8 +131,8 @@ static int parse_first(send_opts *s, const char *v)
 }
 
 enum {
-	O_STREAM = 256, O_FIRST, O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT, O_LOCAL, O_FALLBACK,
-	O_VERSION, O_AFTER
+	O_STREAM = 256, O_FIRST, O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT,
+	O_LOCAL, O_FALLBACK, O_VERSION, O_AFTER
 };
 
 static const struct option send_long[] = {
