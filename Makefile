@@ -104,7 +104,9 @@ $(LIBPDELTA_SO): $(CLIENT_OBJ) $(COMMON_OBJ) client/libpdelta.map
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libpdelta.so.1 -Wl,--version-script=client/libpdelta.map $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBS)
 
-PDELTA_CLI_SRC := client/pdelta_cli.c client/pdelta_send.c client/pdelta_scrape.c
+# client/pdelta_cliopt.c: what the command-line programs (and the client_run test tool) share.
+CLIOPT_OBJ := $(call obj,client/pdelta_cliopt.c)
+PDELTA_CLI_SRC := client/pdelta_cli.c client/pdelta_send.c client/pdelta_scrape.c client/pdelta_cliopt.c
 $(BINDIR)/pdelta: $(call obj,$(PDELTA_CLI_SRC)) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
@@ -121,7 +123,7 @@ $(BINDIR)/pdeltad: $(call obj,server/main.c) $(LIBSERVER) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(SYSTEMD_LIBS)
 
-$(BINDIR)/pdeltactl: $(call obj,client/pdeltactl.c) $(LIBPDELTA_A)
+$(BINDIR)/pdeltactl: $(call obj,client/pdeltactl.c) $(CLIOPT_OBJ) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
@@ -132,6 +134,10 @@ $(BUILD)/tests/%.o: tests/unit/%.c
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBSERVER) $(LIBPDELTA_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(SYSTEMD_LIBS)
+
+$(BUILD)/tests/tools/client_run: $(BUILD)/tests/tools/client_run.o $(CLIOPT_OBJ) $(LIBPDELTA_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
 # ---- tests ---------------------------------------------------------------
 unit: $(UNIT_BINS)

@@ -30,6 +30,7 @@
 #include "pd_json.h"
 #include "pd_slowdelta.h"
 #include "pd_version.h"
+#include "pdelta_cliopt.h"
 
 #define MAX_OVERRIDES 16
 
@@ -199,6 +200,11 @@ static int parse_type(cli *c, const char *arg, pd_err *e)
 	return PD_OK;
 }
 
+/* --first takes libpdelta's keywords; the engine's policies are the same numbers. */
+_Static_assert((int)PD_FIRST_KEEP == PDELTA_FIRST_KEEP && (int)PD_FIRST_DROP == PDELTA_FIRST_DROP &&
+		       (int)PD_FIRST_AUTO == PDELTA_FIRST_AUTO,
+	       "the engine's and libpdelta's first-profile policies differ");
+
 enum { OPT_FIRST = 256, OPT_TYPE, OPT_LEVEL, OPT_JSON, OPT_SHADOW, OPT_LIMIT0 };
 
 static int parse_opts(cli *c, int argc, char **argv, pd_err *e)
@@ -226,13 +232,7 @@ static int parse_opts(cli *c, int argc, char **argv, pd_err *e)
 			c->out = optarg;
 			break;
 		case OPT_FIRST:
-			if (strcmp(optarg, "keep") == 0)
-				c->req.first_policy = PD_FIRST_KEEP;
-			else if (strcmp(optarg, "drop") == 0)
-				c->req.first_policy = PD_FIRST_DROP;
-			else if (strcmp(optarg, "auto") == 0)
-				c->req.first_policy = PD_FIRST_AUTO;
-			else
+			if (cli_first_policy(optarg, &c->req.first_policy))
 				return pd_err_set(e, PD_E_ARG, "--first must be keep, drop or auto");
 			break;
 		case OPT_TYPE:

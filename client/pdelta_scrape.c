@@ -21,6 +21,7 @@
 #include "pd_textfile.h"
 #include "pd_units.h"
 #include "pdelta.h"
+#include "pdelta_cliopt.h"
 
 #define SCRAPE_MAX_TARGETS 4096
 
@@ -250,13 +251,7 @@ static int parse_one(scrape_cli *c, int ch, const char *arg)
 	case O_SHADOW: o->shadow = 1; return 0;
 	case O_FALLBACK: o->delta.local_fallback = 1; return 0;
 	case O_FIRST:
-		if (strcmp(arg, "keep") == 0)
-			o->delta.first_policy = PDELTA_FIRST_KEEP;
-		else if (strcmp(arg, "drop") == 0)
-			o->delta.first_policy = PDELTA_FIRST_DROP;
-		else if (strcmp(arg, "auto") == 0)
-			o->delta.first_policy = PDELTA_FIRST_AUTO;
-		else {
+		if (cli_first_policy(arg, &o->delta.first_policy)) {
 			fprintf(stderr, "pdelta scrape: --first must be keep, drop or auto\n");
 			return -1;
 		}

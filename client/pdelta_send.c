@@ -36,12 +36,11 @@
 #include "pd_buf.h"
 #include "pd_clock.h"
 #include "pd_err.h"
-#include "pd_textfile.h"
 #include "pd_version.h"
 #include "pdelta.h"
+#include "pdelta_cliopt.h"
 
 #define SEND_MAX_TYPES 32
-#define SEND_CHUNK (64 * 1024)
 
 int pdelta_cmd_send(int argc, char **argv);
 
@@ -56,11 +55,6 @@ typedef struct send_opts {
 	int local;
 	int to_stdout; /* -o -: the one delta to stdout, status lines to stderr */
 } send_opts;
-
-typedef struct file_ctx {
-	FILE *in;
-	unsigned char buf[SEND_CHUNK];
-} file_ctx;
 
 static void send_usage(FILE *f)
 {
@@ -92,18 +86,6 @@ static void send_usage(FILE *f)
 		"  --local                 no server: run the engine in this process\n"
 		"  --local-fallback        run locally when the server stays unreachable\n"
 		"  --version               version, protocols and libraries\n");
-}
-
-static int read_token_file(send_opts *s, const char *path)
-{
-	char err[512];
-
-	if (pd_token_file(path, s->token, sizeof s->token, err, sizeof err)) {
-		fprintf(stderr, "pdelta send: --token-file: %s\n", err);
-		return -1;
-	}
-	s->o.token = s->token;
-	return 0;
 }
 
 static int parse_u64(const char *what, const char *v, uint64_t *out)
@@ -141,13 +123,7 @@ static int parse_type(send_opts *s, const char *arg)
 
 static int parse_first(send_opts *s, const char *v)
 {
-	if (strcmp(v, "keep") == 0)
-		s->o.first_policy = PDELTA_FIRST_KEEP;
-	else if (strcmp(v, "drop") == 0)
-		s->o.first_policy = PDELTA_FIRST_DROP;
-	else if (strcmp(v, "auto") == 0)
-		s->o.first_policy = PDELTA_FIRST_AUTO;
-	else {
+	if (cli_first_policy(v, &s->o.first_policy)) {
 		fprintf(stderr, "pdelta send: --first must be keep, drop or auto\n");
 		return -1;
 	}
@@ -155,19 +131,12 @@ static int parse_first(send_opts *s, const char *v)
 }
 
 enum {
-	O_SERVER = 256, O_CA, O_CERT, O_KEY, O_TOKEN, O_TOKEN_FILE, O_SNI, O_STREAM, O_FIRST,
-	O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT, O_LOCAL, O_FALLBACK,
-	O_VERSION, O_AFTER
+	O_STREAM = 256, O_FIRST, O_TYPE, O_SEQ, O_INC, O_START, O_ATTEMPTS, O_CTIMEOUT, O_TIMEOUT,
+	O_LOCAL, O_FALLBACK, O_VERSION, O_AFTER
 };
 
 static const struct option send_long[] = {
-	{"server", required_argument, NULL, O_SERVER},
-	{"ca", required_argument, NULL, O_CA},
-	{"cert", required_argument, NULL, O_CERT},
-	{"key", required_argument, NULL, O_KEY},
-	{"token", required_argument, NULL, O_TOKEN},
-	{"token-file", required_argument, NULL, O_TOKEN_FILE},
-	{"server-name", required_argument, NULL, O_SNI},
+	CLI_CONN_LONGOPTS,
 	{"stream", required_argument, NULL, O_STREAM},
 	{"out", required_argument, NULL, 'o'},
 	{"first", required_argument, NULL, O_FIRST},
@@ -189,15 +158,11 @@ static const struct option send_long[] = {
 static int parse_one(send_opts *s, int ch, const char *arg)
 {
 	uint64_t v;
+	int rc = cli_conn_opt("pdelta send", &s->o, s->token, sizeof s->token, ch, arg);
 
+	if (rc <= 0)
+		return rc;
 	switch (ch) {
-	case O_SERVER: s->o.server = arg; return 0;
-	case O_CA: s->o.ca_file = arg; return 0;
-	case O_CERT: s->o.cert_file = arg; return 0;
-	case O_KEY: s->o.key_file = arg; return 0;
-	case O_TOKEN: s->o.token = arg; return 0;
-	case O_TOKEN_FILE: return read_token_file(s, arg);
-	case O_SNI: s->o.verify_host = arg; return 0;
 	case O_STREAM: s->stream = arg; return 0;
 	case 'o': s->outdir = arg; return 0;
 	case O_FIRST: return parse_first(s, arg);
@@ -264,38 +229,6 @@ static int parse_args(send_opts *s, int argc, char **argv)
 
 /* ---- one file ------------------------------------------------------------------- */
 
-static int feed_file(pdelta *h, file_ctx *fc)
-{
-	size_t n;
-	int rc;
-
-	while ((n = fread(fc->buf, 1, sizeof fc->buf, fc->in)) > 0)
-		if ((rc = pdelta_feed(h, fc->buf, n)))
-			return rc;
-	return ferror(fc->in) ? -1 : 0;
-}
-
-/* Replay callback: the same bytes again, from the file. */
-static int replay_file(void *ctx, pdelta *h)
-{
-	file_ctx *fc = ctx;
-
-	if (fseek(fc->in, 0, SEEK_SET) != 0)
-		return -1;
-	return feed_file(h, fc) ? -1 : 0;
-}
-
-static int out_sink(void *ctx, const void *p, size_t n)
-{
-	FILE *f = ctx;
-
-	if (!p) { /* PDELTA_RESTART: the delta starts again */
-		fflush(f);
-		return ftruncate(fileno(f), 0) != 0 || fseek(f, 0, SEEK_SET) != 0;
-	}
-	return fwrite(p, 1, n, f) != n;
-}
-
 /* -o -: the delta gathered in memory, written once it is complete. */
 static int mem_sink(void *ctx, const void *p, size_t n)
 {
@@ -334,7 +267,7 @@ static int read_to_file(pdelta *h, const char *tmp, FILE **of, char *msg, size_t
 		*local_err = 1;
 		return PDELTA_E_IO;
 	}
-	return pdelta_read_all(h, out_sink, *of);
+	return pdelta_read_all(h, cli_file_sink, *of);
 }
 
 static double now_ms(void) { return (double)pd_now_ns() / 1e6; }
@@ -357,7 +290,7 @@ static void print_line(FILE *f, const char *base, const pdelta_result *r, double
 
 /* Sends one file and writes its delta; PDELTA_OK or the failing code. */
 static int send_file(pdelta *h, send_opts *s, const char *path, const char *base, uint64_t seq,
-		     file_ctx *fc, pdelta_result *res, pdelta_error_info *ei, char *msg,
+		     cli_file *fc, pdelta_result *res, pdelta_error_info *ei, char *msg,
 		     size_t msglen)
 {
 	char out[4096], tmp[4200];
@@ -373,8 +306,8 @@ static int send_file(pdelta *h, send_opts *s, const char *path, const char *base
 		snprintf(msg, msglen, "%s: %s", path, strerror(errno));
 		return PDELTA_E_ARG;
 	}
-	rc = pdelta_begin(h, s->stream, seq, replay_file, fc);
-	if (!rc && (rc = feed_file(h, fc)) < 0) {
+	rc = pdelta_begin(h, s->stream, seq, cli_file_replay, fc);
+	if (!rc && (rc = cli_file_feed(h, fc)) < 0) {
 		snprintf(msg, msglen, "%s: read error", path);
 		rc = PDELTA_E_IO;
 		local_err = 1;
@@ -434,7 +367,7 @@ static void explain_stop(pdelta *h, const pdelta_stats *before, const pdelta_res
 
 static int send_all(pdelta *h, send_opts *s, int nfiles, char **files)
 {
-	file_ctx *fc = malloc(sizeof *fc);
+	cli_file *fc = malloc(sizeof *fc);
 	FILE *status = s->to_stdout ? stderr : stdout;
 	int failures = 0;
 

@@ -39,9 +39,9 @@
 
 #include "pd_clock.h"
 #include "pd_json.h"
-#include "pd_textfile.h"
 #include "pd_version.h"
 #include "pdelta.h"
+#include "pdelta_cliopt.h"
 #include "pdelta_proto.h"
 
 /* ---- a small JSON reader ----------------------------------------------------- */
@@ -499,26 +499,11 @@ static void usage(FILE *f)
 		"that removed nothing); 2 usage.\n");
 }
 
-static int read_token_file(ctl *c, const char *path)
-{
-	char err[512];
-
-	if (pd_token_file(path, c->token, sizeof c->token, err, sizeof err)) {
-		fprintf(stderr, "pdeltactl: --token-file: %s\n", err);
-		return -1;
-	}
-	c->o.token = c->token;
-	return 0;
-}
-
-enum { C_SERVER = 256, C_CA, C_CERT, C_KEY, C_TOKEN, C_TOKEN_FILE, C_SNI, C_JSON, C_TENANT,
-       C_PREFIX, C_SORT, C_LIMIT, C_TIMEOUT, C_VERSION, C_INTERVAL, C_ONCE };
+enum { C_JSON = 256, C_TENANT, C_PREFIX, C_SORT, C_LIMIT, C_TIMEOUT, C_VERSION, C_INTERVAL, C_ONCE };
 
 static const struct option ctl_long[] = {
-	{"server", required_argument, NULL, C_SERVER}, {"ca", required_argument, NULL, C_CA},
-	{"cert", required_argument, NULL, C_CERT},     {"key", required_argument, NULL, C_KEY},
-	{"token", required_argument, NULL, C_TOKEN},   {"token-file", required_argument, NULL, C_TOKEN_FILE},
-	{"server-name", required_argument, NULL, C_SNI}, {"json", no_argument, NULL, C_JSON},
+	CLI_CONN_LONGOPTS,
+	{"json", no_argument, NULL, C_JSON},
 	{"tenant", required_argument, NULL, C_TENANT}, {"prefix", required_argument, NULL, C_PREFIX},
 	{"sort", required_argument, NULL, C_SORT},     {"limit", required_argument, NULL, C_LIMIT},
 	{"timeout", required_argument, NULL, C_TIMEOUT}, {"help", no_argument, NULL, 'h'},
@@ -528,14 +513,11 @@ static const struct option ctl_long[] = {
 
 static int parse_opt(ctl *c, int ch, const char *a)
 {
+	int rc = cli_conn_opt("pdeltactl", &c->o, c->token, sizeof c->token, ch, a);
+
+	if (rc <= 0)
+		return rc;
 	switch (ch) {
-	case C_SERVER: c->o.server = a; break;
-	case C_CA: c->o.ca_file = a; break;
-	case C_CERT: c->o.cert_file = a; break;
-	case C_KEY: c->o.key_file = a; break;
-	case C_TOKEN: c->o.token = a; break;
-	case C_TOKEN_FILE: return read_token_file(c, a);
-	case C_SNI: c->o.verify_host = a; break;
 	case C_JSON: c->json = 1; break;
 	case C_TENANT: c->tenant = a; break;
 	case C_PREFIX: c->prefix = a; break;

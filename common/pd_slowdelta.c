@@ -635,54 +635,61 @@ static long find_id(const idx *ids, size_t n, uint64_t id)
 	return hit ? (long)hit->i : -1;
 }
 
+/* One field of a table record into rec: 0, or non-zero when it is malformed. */
+typedef int (*field_fn)(const dec *d, wcur *c, uint32_t f, uint32_t wt, void *rec);
+
+static int mapping_field(const dec *d, wcur *c, uint32_t f, uint32_t wt, void *rec)
+{
+	mapping *m = rec;
+
+	if (f == 1)
+		return w_uint(c, wt, &m->id);
+	if (f == 5 || f == 6)
+		return w_stri(d, c, wt, f == 5 ? &m->file : &m->build);
+	return w_skip(c, wt);
+}
+
+static int function_field(const dec *d, wcur *c, uint32_t f, uint32_t wt, void *rec)
+{
+	function *fn = rec;
+
+	if (f == 1)
+		return w_uint(c, wt, &fn->id);
+	if (f >= 2 && f <= 4)
+		return w_stri(d, c, wt, f == 2 ? &fn->name : f == 3 ? &fn->sys : &fn->file);
+	return w_skip(c, wt);
+}
+
+/* Decodes the n records raw[] field by field into table (n zeroed entries of sz bytes,
+ * each starting with its uint64_t id), then indexes their ids into *ids. */
+static int read_table(const dec *d, const sref *raw, size_t n, void *table, size_t sz,
+		      field_fn field, idx **ids, const char *what, pd_err *e)
+{
+	for (size_t i = 0; i < n; i++) {
+		void *rec = (char *)table + i * sz;
+		for (wcur c = wc(raw[i].p, raw[i].n); c.p < c.end;) {
+			uint32_t f, wt;
+			if (w_key(&c, &f, &wt) || field(d, &c, f, wt, rec))
+				return bad(e, what, i);
+		}
+	}
+	return build_ids(ids, table, sz, n, what, e);
+}
+
 static int read_mappings(dec *d, pd_err *e)
 {
 	if (!(d->mt = calloc(d->maps_n + 1, sizeof *d->mt)))
 		return nomem(e);
-	for (size_t i = 0; i < d->maps_n; i++) {
-		mapping *m = &d->mt[i];
-		for (wcur c = wc(d->maps[i].p, d->maps[i].n); c.p < c.end;) {
-			uint32_t f, wt;
-			int err;
-			if (w_key(&c, &f, &wt))
-				return bad(e, "mapping", i);
-			if (f == 1)
-				err = w_uint(&c, wt, &m->id);
-			else if (f == 5)
-				err = w_stri(d, &c, wt, &m->file);
-			else if (f == 6)
-				err = w_stri(d, &c, wt, &m->build);
-			else
-				err = w_skip(&c, wt);
-			if (err)
-				return bad(e, "mapping", i);
-		}
-	}
-	return build_ids(&d->map_ids, &d->mt[0].id, sizeof *d->mt, d->maps_n, "mapping", e);
+	return read_table(d, d->maps, d->maps_n, d->mt, sizeof *d->mt, mapping_field, &d->map_ids,
+			  "mapping", e);
 }
 
 static int read_functions(dec *d, pd_err *e)
 {
 	if (!(d->ft = calloc(d->fns_n + 1, sizeof *d->ft)))
 		return nomem(e);
-	for (size_t i = 0; i < d->fns_n; i++) {
-		function *fn = &d->ft[i];
-		for (wcur c = wc(d->fns[i].p, d->fns[i].n); c.p < c.end;) {
-			uint32_t f, wt;
-			int err;
-			if (w_key(&c, &f, &wt))
-				return bad(e, "function", i);
-			if (f == 1)
-				err = w_uint(&c, wt, &fn->id);
-			else if (f >= 2 && f <= 4)
-				err = w_stri(d, &c, wt, f == 2 ? &fn->name : f == 3 ? &fn->sys : &fn->file);
-			else
-				err = w_skip(&c, wt);
-			if (err)
-				return bad(e, "function", i);
-		}
-	}
-	return build_ids(&d->fn_ids, &d->ft[0].id, sizeof *d->ft, d->fns_n, "function", e);
+	return read_table(d, d->fns, d->fns_n, d->ft, sizeof *d->ft, function_field, &d->fn_ids,
+			  "function", e);
 }
 
 /* One Line of an address-0 location: fn|sys|file:line, or !:line. */

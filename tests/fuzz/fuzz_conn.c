@@ -465,42 +465,33 @@ typedef struct client {
 	bool eof; /* the server closed */
 } client;
 
-/* > 0: bytes read; 0: nothing now; < 0: closed or failed. */
-static ssize_t client_recv(client *c, void *buf, size_t n)
+/* What a read or write that returned r (plain or TLS) means: > 0 bytes moved, 0 would
+ * block, < 0 closed or failed. */
+static ssize_t io_result(client *c, ssize_t r)
 {
-	ssize_t r;
 	int err;
 
-	if (!c->ssl) {
-		r = read(c->fd, buf, n);
-		return r > 0 ? r : r < 0 && (errno == EAGAIN || errno == EINTR) ? 0 : -1;
-	}
-	r = SSL_read(c->ssl, buf, (int)n);
 	if (r > 0)
 		return r;
+	if (!c->ssl)
+		return r < 0 && (errno == EAGAIN || errno == EINTR) ? 0 : -1;
 	err = SSL_get_error(c->ssl, (int)r);
 	ERR_clear_error();
 	return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ? 0 : -1;
 }
 
+/* > 0: bytes read; 0: nothing now; < 0: closed or failed. */
+static ssize_t client_recv(client *c, void *buf, size_t n)
+{
+	return io_result(c, c->ssl ? SSL_read(c->ssl, buf, (int)n) : read(c->fd, buf, n));
+}
+
 /* > 0: bytes written; 0: would block; < 0: closed or failed. */
 static ssize_t client_send(client *c, const uint8_t *p, size_t n)
 {
-	ssize_t w;
-	int err;
-
 	if (n > 16384)
 		n = 16384;
-	if (!c->ssl) {
-		w = write(c->fd, p, n);
-		return w > 0 ? w : w < 0 && (errno == EAGAIN || errno == EINTR) ? 0 : -1;
-	}
-	w = SSL_write(c->ssl, p, (int)n);
-	if (w > 0)
-		return w;
-	err = SSL_get_error(c->ssl, (int)w);
-	ERR_clear_error();
-	return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ? 0 : -1;
+	return io_result(c, c->ssl ? SSL_write(c->ssl, p, (int)n) : write(c->fd, p, n));
 }
 
 /* Reads what the server sent; returns the bytes read. */

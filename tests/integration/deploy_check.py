@@ -139,15 +139,21 @@ uid = re.search(r"useradd [^&]*--uid (\d+)", runs)
 check(uid is not None, "the image's user has a fixed uid")
 
 # ---- Kubernetes ------------------------------------------------------------------------------------
-docs = list(yaml.safe_load_all(read("deploy/k8s/statefulset.yaml")))
-check(all(isinstance(d, dict) and d.get("kind") and d.get("apiVersion") for d in docs),
-      "statefulset.yaml: %d documents parse, each with kind and apiVersion" % len(docs))
-by = {}
-for d in docs:
-    by.setdefault(d["kind"], []).append(d)
-for k in ("Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget"):
-    check(len(by.get(k, [])) == 1, "one %s" % k)
-svc, cm, sts, pdb = (by.get(k, [{}])[0] for k in ("Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget"))
+def manifest(name, kinds):
+    """deploy/k8s/NAME's documents by kind, checked to parse, each with kind and apiVersion,
+    and to hold one document of each of kinds; then the first of each of kinds ({} if none)."""
+    docs = list(yaml.safe_load_all(read("deploy/k8s/" + name)))
+    check(all(isinstance(d, dict) and d.get("kind") and d.get("apiVersion") for d in docs),
+          "%s: %d documents parse, each with kind and apiVersion" % (name, len(docs)))
+    by = {}
+    for d in docs:
+        by.setdefault(d["kind"], []).append(d)
+    for k in kinds:
+        check(len(by.get(k, [])) == 1, "%s: one %s" % (name, k))
+    return [by] + [by.get(k, [{}])[0] for k in kinds]
+
+
+_, svc, cm, sts, pdb = manifest("statefulset.yaml", ("Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget"))
 spec = sts.get("spec", {})
 pod = spec.get("template", {}).get("spec", {})
 labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
@@ -230,16 +236,8 @@ if uid:
 check(c.get("image", "").split(":")[0] in read("deploy/Dockerfile"), "the image name is the one the Dockerfile builds")
 
 # ---- Kubernetes, the scale-out cluster ------------------------------------------------------------------
-cdocs = list(yaml.safe_load_all(read("deploy/k8s/cluster.yaml")))
-check(all(isinstance(d, dict) and d.get("kind") and d.get("apiVersion") for d in cdocs),
-      "cluster.yaml: %d documents parse, each with kind and apiVersion" % len(cdocs))
-cby = {}
-for d in cdocs:
-    cby.setdefault(d["kind"], []).append(d)
-for k in ("Service", "ConfigMap", "Deployment", "PodDisruptionBudget"):
-    check(len(cby.get(k, [])) == 1, "cluster.yaml: one %s" % k)
+cby, csvc, ccm, dep_, cpdb = manifest("cluster.yaml", ("Service", "ConfigMap", "Deployment", "PodDisruptionBudget"))
 check(not cby.get("StatefulSet") and not cby.get("PersistentVolumeClaim"), "cluster.yaml: no per-pod state")
-csvc, ccm, dep_, cpdb = (cby.get(k, [{}])[0] for k in ("Service", "ConfigMap", "Deployment", "PodDisruptionBudget"))
 dspec = dep_.get("spec", {})
 dpod = dspec.get("template", {}).get("spec", {})
 dlabels = dspec.get("template", {}).get("metadata", {}).get("labels", {})

@@ -10,6 +10,9 @@
 #   free_port               a free 127.0.0.1 TCP port
 #   pd_certs DIR            dev certificates (deploy/certs/gen-certs.sh) in DIR
 #   pd_hash TOKEN           the token's token_sha256 for a tenants file
+#   pd_tenants FILE TENANT:ROLE:TOKEN...
+#                           a tenants file: a token_sha256 line per argument, then pd_certs'
+#                           client certificates (agent-acme: agent of acme; admin: admin of acme)
 #   pd_conf METRICS DB      config lines of a server on $PORT with pd_pki's certificates and
 #                           $WORK/tenants, metrics_listen METRICS, database DB
 #   pd_wait_http URL [PID]  until URL answers (10 s; 1 sooner if PID exits)
@@ -80,6 +83,19 @@ pd_need() {
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 pd_hash() { printf '%s' "$1" | "$BINDIR/pdeltad" --hash-token; }
+
+pd_tenants() {
+	local file=$1 entry tenant role token
+	shift
+	{
+		for entry in "$@"; do
+			IFS=: read -r tenant role token <<<"$entry"
+			echo "tenant=$tenant role=$role token_sha256=$(pd_hash "$token")"
+		done
+		echo "tenant=acme role=agent cert_cn=agent-acme"
+		echo "tenant=acme role=admin cert_cn=admin"
+	} >"$file"
+}
 
 pd_conf() {
 	printf '%s = %s\n' listen "127.0.0.1:$PORT" metrics_listen "$1" tls_cert "$WORK/certs/server.pem" \

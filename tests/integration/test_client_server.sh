@@ -45,13 +45,7 @@ pd_certs "$PKI"
 AGENT_TOKEN=agent-$RANDOM-$RANDOM
 ADMIN_TOKEN=admin-$RANDOM-$RANDOM
 BETA_TOKEN=beta-$RANDOM-$RANDOM
-cat >"$WORK/tenants" <<EOF
-tenant=acme role=agent token_sha256=$(pd_hash "$AGENT_TOKEN")
-tenant=acme role=admin token_sha256=$(pd_hash "$ADMIN_TOKEN")
-tenant=beta role=agent token_sha256=$(pd_hash "$BETA_TOKEN")
-tenant=acme role=agent cert_cn=agent-acme
-tenant=acme role=admin cert_cn=admin
-EOF
+pd_tenants "$WORK/tenants" "acme:agent:$AGENT_TOKEN" "acme:admin:$ADMIN_TOKEN" "beta:agent:$BETA_TOKEN"
 SERVER=127.0.0.1:$PORT
 
 start_server() {

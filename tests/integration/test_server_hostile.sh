@@ -46,13 +46,7 @@ cp "$WORK/certs/server.key" "$WORK/server.key"
 TOKEN_A=tok-a-$RANDOM$RANDOM
 TOKEN_B=tok-b-$RANDOM$RANDOM
 TOKEN_R=tok-r-$RANDOM$RANDOM
-cat >"$WORK/tenants" <<EOF
-tenant=acme role=agent token_sha256=$(pd_hash "$TOKEN_A")
-tenant=beta role=agent token_sha256=$(pd_hash "$TOKEN_B")
-tenant=acme role=agent token_sha256=$(pd_hash "$TOKEN_R")
-tenant=acme role=agent cert_cn=agent-acme
-tenant=acme role=admin cert_cn=admin
-EOF
+pd_tenants "$WORK/tenants" "acme:agent:$TOKEN_A" "beta:agent:$TOKEN_B" "acme:agent:$TOKEN_R"
 
 PORT_A=$(free_port)
 MPORT_A=$(free_port)

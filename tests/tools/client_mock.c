@@ -363,14 +363,14 @@ static int answer_then_retry(mconn *c, int n, int version, const answer *first,
 	return 0;
 }
 
-static int s_resume(mconn *c, int n)
+/* First connection: the answer breaks off after two chunks (the server
+ * "dies"); the retry gets again. v1, v2: the protocol version each
+ * connection chooses (each attempt must carry that version's content hash). */
+static int die_then(mconn *c, int n, int v1, int v2, const answer *again)
 {
-	/* two chunks, then the "server dies"; the retry is a DUPLICATE of that DELTA */
 	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
-	answer b = {PD_WIRE_STATUS_DUPLICATE, 0, PD_WIRE_STATUS_DELTA, 10, 5, body1, sizeof body1, 0, 0};
 
-	/* protocol 2 (CRC-128) on both connections */
-	if (answer_then_retry(c, n, 2, &a, &b))
+	if (answer_then_retry(c, n, n == 1 ? v1 : v2, &a, again))
 		return 1;
 	if (n == 1)
 		return 0;
@@ -378,20 +378,20 @@ static int s_resume(mconn *c, int n)
 	return 1;
 }
 
-/* First connection: the answer breaks off after two chunks (the server
- * "dies"); the retry gets another answer. v1, v2: the protocol version each
- * connection chooses (each attempt must carry that version's content hash). */
+static int s_resume(mconn *c, int n)
+{
+	/* the retry is a DUPLICATE of that DELTA; protocol 2 (CRC-128) on both connections */
+	answer b = {PD_WIRE_STATUS_DUPLICATE, 0, PD_WIRE_STATUS_DELTA, 10, 5, body1, sizeof body1, 0, 0};
+
+	return die_then(c, n, 2, 2, &b);
+}
+
+/* The retry gets another answer. */
 static int restart_versions(mconn *c, int n, int v1, int v2)
 {
-	answer a = {PD_WIRE_STATUS_DELTA, 0, 0, 10, 5, body1, sizeof body1, 131072, 0};
 	answer b = {PD_WIRE_STATUS_BASELINE, PD_WIRE_REASON_EVICTED, 0, 10, 9, body2, sizeof body2, 0, 0};
 
-	if (answer_then_retry(c, n, n == 1 ? v1 : v2, &a, &b))
-		return 1;
-	if (n == 1)
-		return 0;
-	drain(c);
-	return 1;
+	return die_then(c, n, v1, v2, &b);
 }
 
 static int s_restart(mconn *c, int n) { return restart_versions(c, n, 1, 1); }
@@ -740,36 +740,28 @@ static void t_goodbye(void)
 	finish(&r, "ping+goodbye");
 }
 
-static void t_reset(void)
+/* A large upload of zeros that the mock (scenario fn) cuts short: rc want_rc and, when
+ * want_attempts is not 0, that many attempts. SIGPIPE is left at its default here: a write to
+ * a reset connection must not kill us. */
+static void t_cut_upload(scenario_fn fn, const char *name, unsigned attempts, size_t size,
+			 int want_rc, unsigned want_attempts)
 {
 	run r;
 	pdelta_result res;
-	unsigned char *big = calloc(1, 8u << 20);
+	unsigned char *big = calloc(1, size);
 	int rc;
 
-	if (!big || start(&r, s_reset, 1, 0))
+	memset(&res, 0, sizeof res);
+	if (!big || start(&r, fn, attempts, 0)) {
+		free(big);
 		return;
-	/* SIGPIPE is left at its default here: a write to the reset connection must not kill us */
-	rc = pdelta_delta(r.h, "m", 0, big, 8u << 20, &res);
-	EXPECT(rc == PDELTA_E_IO, "peer reset during the upload: rc %d (%s)", rc, pdelta_last_error(r.h));
+	}
+	rc = pdelta_delta(r.h, "m", 0, big, size, &res);
+	EXPECT(rc == want_rc && (!want_attempts || res.attempts == want_attempts),
+	       "%s: rc %d, expected %d; attempts %u (%s)", name, rc, want_rc, res.attempts,
+	       pdelta_last_error(r.h));
 	free(big);
-	finish(&r, "reset");
-}
-
-static void t_early(void)
-{
-	run r;
-	pdelta_result res;
-	unsigned char *big = calloc(1, 4u << 20);
-	int rc;
-
-	if (!big || start(&r, s_early, 3, 0))
-		return;
-	rc = pdelta_delta(r.h, "m", 0, big, 4u << 20, &res);
-	EXPECT(rc == PDELTA_E_MALFORMED && res.attempts == 1, "early error: rc %d attempts %u", rc,
-	       res.attempts);
-	free(big);
-	finish(&r, "early error");
+	finish(&r, name);
 }
 
 int main(int argc, char **argv)
@@ -799,7 +791,7 @@ int main(int argc, char **argv)
 		EXPECT(ms_now() - t0 < 6000, "silent server: gave up in %.0f ms", ms_now() - t0);
 	}
 	t_goodbye();
-	t_early();
-	t_reset();
+	t_cut_upload(s_early, "early error", 3, 4u << 20, PDELTA_E_MALFORMED, 1);
+	t_cut_upload(s_reset, "reset", 1, 8u << 20, PDELTA_E_IO, 0); /* peer reset during the upload */
 	return TH_DONE_AS("client_mock");
 }

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "pdelta.h"
+#include "pdelta_cliopt.h"
 
 typedef struct run_opts {
 	pdelta_opts o;
@@ -37,43 +38,11 @@ typedef struct run_opts {
 
 static char last_err[600];
 
-typedef struct src {
-	FILE *f;
-	unsigned char buf[65536];
-} src;
-
 static double now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int feed_all(pdelta *h, src *s)
-{
-	size_t n;
-	int rc;
-
-	while ((n = fread(s->buf, 1, sizeof s->buf, s->f)) > 0)
-		if ((rc = pdelta_feed(h, s->buf, n)))
-			return rc;
-	return 0;
-}
-
-static int replay(void *ctx, pdelta *h)
-{
-	src *s = ctx;
-	if (fseek(s->f, 0, SEEK_SET))
-		return -1;
-	return feed_all(h, s) ? -1 : 0;
-}
-
-static int sink(void *ctx, const void *p, size_t n)
-{
-	FILE *f = ctx;
-	if (!p)
-		return fflush(f) || ftruncate(fileno(f), 0) || fseek(f, 0, SEEK_SET);
-	return fwrite(p, 1, n, f) != n;
 }
 
 static int read_file(const char *path, unsigned char **data, size_t *len)
@@ -124,7 +93,7 @@ static int pull_all(pdelta *h, FILE *out)
 	for (;;) {
 		rc = pdelta_read(h, &p, &n);
 		if (rc == PDELTA_RESTART) {
-			sink(out, NULL, 0);
+			cli_file_sink(out, NULL, 0);
 			continue;
 		}
 		if (rc || n == 0)
@@ -137,26 +106,26 @@ static int pull_all(pdelta *h, FILE *out)
 static int run_stream(pdelta *h, run_opts *r, const char *path, uint64_t seq, FILE *out,
 		      pdelta_result *res)
 {
-	src *s = malloc(sizeof *s);
+	cli_file *s = malloc(sizeof *s);
 	int rc;
 
-	if (!s || !(s->f = fopen(path, "rb"))) {
+	if (!s || !(s->in = fopen(path, "rb"))) {
 		free(s);
 		return PDELTA_E_ARG;
 	}
-	rc = pdelta_begin(h, r->stream, seq, replay, s);
+	rc = pdelta_begin(h, r->stream, seq, cli_file_replay, s);
 	if (!rc)
-		rc = feed_all(h, s);
+		rc = cli_file_feed(h, s);
 	if (!rc)
 		rc = pdelta_finish(h, res);
 	if (!rc)
-		rc = strcmp(r->api, "pull") == 0 ? pull_all(h, out) : pdelta_read_all(h, sink, out);
+		rc = strcmp(r->api, "pull") == 0 ? pull_all(h, out) : pdelta_read_all(h, cli_file_sink, out);
 	pdelta_result_get(h, res);
 	if (rc) {
 		snprintf(last_err, sizeof last_err, "%s", pdelta_last_error(h));
 		pdelta_abort(h); /* clears the last error */
 	}
-	fclose(s->f);
+	fclose(s->in);
 	free(s);
 	return rc;
 }

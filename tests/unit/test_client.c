@@ -26,6 +26,7 @@
 #include "pd_gz.h"
 #include "pdelta.h"
 #include "tharness.h"
+#include "tseq.h"
 
 #define MAXF 64
 
@@ -75,35 +76,25 @@ static void load_dir(const char *dir)
 	nfiles = n;
 }
 
-static int buf_sink(void *ctx, const uint8_t *p, size_t n)
-{
-	return pd_buf_append((pd_buf *)ctx, p, n, NULL) ? -1 : 0;
-}
-
 /* What `pdelta seq` produces: the engine with one state through the files. */
 static void engine_expect(uint64_t incarnation)
 {
-	pd_engine *eng = pd_engine_new(NULL);
-	pd_state *prev = pd_state_new(), *next = pd_state_new(), *t;
+	th_seq sq;
 	pd_req q;
 	pd_result res;
 
 	pd_req_default(&q);
 	q.incarnation = incarnation;
+	if (th_seq_init(&sq, NULL))
+		exit(3);
 	for (int i = 0; i < nfiles; i++) {
 		pd_buf b;
-		pd_buf_init(&b, 0);
-		if (pd_engine_run(eng, files[i].p, files[i].n, prev, next, &q, buf_sink, &b, &res, NULL))
+		if (th_seq_run(&sq, files[i].p, files[i].n, &q, &b, &res))
 			exit(3);
 		expect[i].p = b.data;
 		expect[i].n = b.len;
-		t = prev;
-		prev = next;
-		next = t;
 	}
-	pd_state_free(prev);
-	pd_state_free(next);
-	pd_engine_free(eng);
+	th_seq_free(&sq);
 }
 
 static pdelta *local_handle(uint64_t inc)

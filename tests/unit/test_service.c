@@ -24,6 +24,7 @@
 #include "pd_store.h"
 #include "pdelta_proto.h"
 #include "tharness.h"
+#include "tseq.h"
 
 #define NFILES 8
 #define INCARNATION 42
@@ -90,43 +91,30 @@ static int load_set(const char *td, const char *name, struct file *fs)
 	return 0;
 }
 
-static int sink_buf(void *ctx, const uint8_t *p, size_t n)
-{
-	return pd_buf_append(ctx, p, n, NULL) ? -1 : 0;
-}
-
 /* The reference: pd_engine_run over the files with the service's settings. */
 static void build_expect(const struct file *fs, struct expect *x, int gzip_level)
 {
 	pd_limits lim;
-	pd_engine *eng;
-	pd_state *prev = pd_state_new(), *next = pd_state_new(), *t;
+	th_seq sq;
 	pd_req req;
 	pd_result res;
 	pd_buf out;
 
 	pd_limits_default(&lim);
-	eng = pd_engine_new(&lim);
+	CHECK(th_seq_init(&sq, &lim) == 0);
 	for (int i = 0; i < NFILES; i++) {
 		pd_req_default(&req);
 		req.first_policy = PD_FIRST_KEEP;
 		req.incarnation = INCARNATION;
 		req.gzip_level = gzip_level;
 		req.chunk = 65536;
-		pd_buf_init(&out, 0);
-		CHECK(pd_engine_run(eng, fs[i].p, fs[i].n, prev, next, &req, sink_buf, &out, &res,
-				    NULL) == PD_OK);
+		CHECK(th_seq_run(&sq, fs[i].p, fs[i].n, &req, &out, &res) == PD_OK);
 		x->out[i] = out.data;
 		x->len[i] = out.len;
 		x->status[i] = res.status;
 		x->reason[i] = res.reason;
-		t = prev;
-		prev = next;
-		next = t;
 	}
-	pd_engine_free(eng);
-	pd_state_free(prev);
-	pd_state_free(next);
+	th_seq_free(&sq);
 }
 
 static void free_expect(struct expect *x)

@@ -25,6 +25,7 @@
 
 #include "pd_store.h"
 #include "tharness.h"
+#include "tstore.h"
 
 #define PATH_CAP 512 /* a file name, or a PostgreSQL connection string */
 
@@ -79,19 +80,8 @@ static void remove_db(const char *path)
 /* Opens a fresh store; opts may be NULL for defaults. path_out gets the file. */
 static pd_store *open_fresh(struct pd_store_opts *opts, char *path_out, size_t n)
 {
-	struct pd_store_opts o;
-	pd_store *s = NULL;
-	pd_err e = {0};
-
-	if (!opts) {
-		pd_store_opts_init(&o);
-		opts = &o;
-	}
 	db_path(path_out, n, ++db_counter);
-	opts->path = path_out;
-	if (pd_store_open(opts, &s, &e))
-		fprintf(stderr, "open %s: %s\n", path_out, e.msg);
-	return s;
+	return th_store_open(opts, path_out);
 }
 
 /* A record whose blobs are derived from seq, so a reader can tell a torn or
@@ -947,11 +937,10 @@ static void test_migrate_schema1(void)
 		" 0, 1, 1, 1, 0, '', x'', x'1f8b0800');"
 		"PRAGMA application_id=1885621364; PRAGMA user_version=1;";
 	char path[PATH_CAP];
-	struct pd_store_opts o;
 	struct rec_buf b;
 	pd_store_row r = {0};
 	pd_err e = {0};
-	pd_store *s = NULL;
+	pd_store *s;
 	sqlite3 *db;
 	int64_t ver = 0;
 	sqlite3_stmt *q;
@@ -960,13 +949,10 @@ static void test_migrate_schema1(void)
 	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
 	CHECK(sqlite3_exec(db, v1, NULL, NULL, NULL) == SQLITE_OK);
 	sqlite3_close(db);
-	pd_store_opts_init(&o);
-	o.path = path;
-	CHECK(pd_store_open(&o, &s, &e) == PD_OK);
-	if (!s) {
-		fprintf(stderr, "open: %s\n", e.msg);
+	s = th_store_open(NULL, path);
+	CHECK(s != NULL);
+	if (!s)
 		return;
-	}
 	CHECK(pd_store_get_response(s, "t", "old", &r, &e) == PD_OK);
 	CHECK(r.last_seq == 5 && r.version == 3 && !r.has_delta_crc && r.last_delta_len == 4);
 	CHECK(put_sync(s, make_rec(&b, "t", "old", 6, 10)) == PD_OK);

@@ -39,24 +39,27 @@ gen() {
 	echo "${names[*]}: $((SECONDS - t0)) s"
 }
 
+# gen_size SIZE N INTERVAL CPU_INTERVAL SEED: the single-activity sequences of one size, seeds
+# SEED+1 (heap and allocs) to SEED+5 (cpu, which samples over its own, longer interval).
+gen_size() {
+	local size=$1 n=$2 cpu_interval=$4 seed=$5
+	local opts=(-size "$size" -n "$n" -interval "$3")
+	gen "heap-$size" "allocs-$size" -- "${opts[@]}" -seed $((seed + 1)) -kinds heap,allocs
+	gen "mutex-$size" -- "${opts[@]}" -seed $((seed + 2)) -kinds mutex
+	gen "block-$size" -- "${opts[@]}" -seed $((seed + 3)) -kinds block
+	gen "goroutine-$size" -- "${opts[@]}" -seed $((seed + 4)) -kinds goroutine
+	gen "cpu-$size" -- -size "$size" -n "$n" -interval "$cpu_interval" -seed $((seed + 5)) -kinds cpu
+}
+
 rm -rf "$DEST"
 mkdir -p "$DEST"
+gen_size small 8 300ms 700ms 0
 S=(-size small -n 8 -interval 300ms)
-gen heap-small allocs-small -- "${S[@]}" -seed 1 -kinds heap,allocs
-gen mutex-small -- "${S[@]}" -seed 2 -kinds mutex
-gen block-small -- "${S[@]}" -seed 3 -kinds block
-gen goroutine-small -- "${S[@]}" -seed 4 -kinds goroutine
-gen cpu-small -- -size small -n 8 -interval 700ms -seed 5 -kinds cpu
 gen heap-restart -- "${S[@]}" -seed 6 -kinds heap -restart-at 4
 gen mutex-restart -- "${S[@]}" -seed 7 -kinds mutex -restart-at 4
 gen heap-rate -- "${S[@]}" -seed 8 -kinds heap -memrate-change 4:512
 
-M=(-size medium -n 6 -interval 500ms)
-gen heap-medium allocs-medium -- "${M[@]}" -seed 11 -kinds heap,allocs
-gen mutex-medium -- "${M[@]}" -seed 12 -kinds mutex
-gen block-medium -- "${M[@]}" -seed 13 -kinds block
-gen goroutine-medium -- "${M[@]}" -seed 14 -kinds goroutine
-gen cpu-medium -- -size medium -n 6 -interval 1500ms -seed 15 -kinds cpu
+gen_size medium 6 500ms 1500ms 10
 
 "$HERE/summarize.py" "$DEST"
 du -sh "$DEST"
