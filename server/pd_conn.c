@@ -30,6 +30,7 @@
 #include "pd_crc.h"
 #include "pd_frame.h"
 #include "pd_guard.h"
+#include "pd_list.h"
 #include "pd_log.h"
 #include "pd_tls.h"
 
@@ -183,13 +184,7 @@ static void ua_add(pd_conn *c)
 {
 	pd_conn_env *env = c->env;
 
-	c->ua_prev = env->ua_tail;
-	c->ua_next = NULL;
-	if (env->ua_tail)
-		env->ua_tail->ua_next = c;
-	else
-		env->ua_head = c;
-	env->ua_tail = c;
+	PD_LIST_APPEND(env->ua_head, env->ua_tail, c, ua_prev, ua_next);
 	c->ua_listed = true;
 	env->metrics->conns_unauth = ++env->nunauth;
 }
@@ -200,15 +195,7 @@ static void ua_remove(pd_conn *c)
 
 	if (!c->ua_listed)
 		return;
-	if (c->ua_prev)
-		c->ua_prev->ua_next = c->ua_next;
-	else
-		env->ua_head = c->ua_next;
-	if (c->ua_next)
-		c->ua_next->ua_prev = c->ua_prev;
-	else
-		env->ua_tail = c->ua_prev;
-	c->ua_prev = c->ua_next = NULL;
+	PD_LIST_REMOVE(env->ua_head, env->ua_tail, c, ua_prev, ua_next);
 	c->ua_listed = false;
 	env->metrics->conns_unauth = --env->nunauth;
 }
@@ -342,12 +329,7 @@ static pd_request *req_new(pd_conn *c, uint32_t id)
 	r->env = c->env;
 	r->conn = c;
 	r->id = id;
-	r->prev = c->reqs_tail;
-	if (c->reqs_tail)
-		c->reqs_tail->next = r;
-	else
-		c->reqs = r;
-	c->reqs_tail = r;
+	PD_LIST_APPEND(c->reqs, c->reqs_tail, r, prev, next);
 	c->nreqs++;
 	return r;
 }
@@ -399,27 +381,14 @@ static void send_queue_remove(pd_conn *c, pd_request *r)
 static void send_queue_push(pd_conn *c, pd_request *r)
 {
 	r->in_send = true;
-	r->send_next = NULL;
-	if (c->send_tail)
-		c->send_tail->send_next = r;
-	else
-		c->send_head = r;
-	c->send_tail = r;
+	PD_QUEUE_PUSH(c->send_head, c->send_tail, r, send_next);
 }
 
 /* The request leaves the connection: freed, or orphaned if its job runs. */
 static void req_detach(pd_conn *c, pd_request *r)
 {
 	send_queue_remove(c, r);
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		c->reqs = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
-	else
-		c->reqs_tail = r->prev;
-	r->prev = r->next = NULL;
+	PD_LIST_REMOVE(c->reqs, c->reqs_tail, r, prev, next);
 	c->nreqs--;
 	req_drop_job(r);
 	r->conn = NULL;
@@ -496,12 +465,7 @@ static void push_done(pd_request *r)
 	pd_conn_env *env = r->env;
 
 	pthread_mutex_lock(&env->done_mu);
-	r->done_next = NULL;
-	if (env->done_tail)
-		env->done_tail->done_next = r;
-	else
-		env->done_head = r;
-	env->done_tail = r;
+	PD_QUEUE_PUSH(env->done_head, env->done_tail, r, done_next);
 	pthread_mutex_unlock(&env->done_mu);
 	event_active(env->ev_done, EV_READ, 0);
 }
@@ -1408,14 +1372,8 @@ static void conn_unlink(pd_conn *c)
 {
 	pd_conn_env *env = c->env;
 
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		env->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = NULL;
-	c->next = env->reap;
+	PD_LIST_UNLINK(env->conns, c, prev, next);
+	c->next = env->reap; /* the reap list is linked by next alone */
 	env->reap = c;
 	env->nconns--;
 	event_active(env->ev_reap, EV_READ, 0);
@@ -1707,10 +1665,7 @@ static void conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct socka
 	c->handshake_deadline = c->last_rx + cfg->handshake_timeout_ms;
 	memcpy(c->src, src, sizeof c->src);
 	ua_add(c);
-	c->next = env->conns;
-	if (env->conns)
-		env->conns->prev = c;
-	env->conns = c;
+	PD_LIST_PUSH(env->conns, c, prev, next);
 	env->nconns++;
 	env->metrics->conns_total++;
 	env->metrics->conns_current++;
