@@ -217,6 +217,15 @@ static void count_out(pd_conn *c, size_t n)
 		c->tstats->bytes_out += n;
 }
 
+/* Starts an outgoing message: all zero but its type and request id (0: one
+ * about the connection). */
+static void msg_init(pd_msg *m, int type, uint32_t id)
+{
+	memset(m, 0, sizeof *m);
+	m->type = (uint8_t)type;
+	m->request_id = id;
+}
+
 /* Queues one encoded frame. An encoding failure is a server bug. */
 static int conn_send(pd_conn *c, const pd_msg *m)
 {
@@ -266,9 +275,7 @@ static void send_error(pd_conn *c, uint32_t id, int code, int detail, uint64_t v
 	pd_msg m;
 
 	sanitize(text, sizeof text, msg);
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_ERROR;
-	m.request_id = id;
+	msg_init(&m, PD_FT_ERROR, id);
 	m.u.error.code = (uint16_t)code;
 	m.u.error.retryable = (uint8_t)pd_code_retryable(code);
 	m.u.error.detail = (uint8_t)detail;
@@ -285,8 +292,7 @@ static void send_goodbye(pd_conn *c, int reason, const char *msg)
 {
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_GOODBYE;
+	msg_init(&m, PD_FT_GOODBYE, 0);
 	m.u.goodbye.reason = (uint16_t)reason;
 	m.u.goodbye.message = pd_str_c(msg);
 	conn_send(c, &m);
@@ -560,9 +566,7 @@ static void delta_done(pd_conn *c, pd_request *r)
 	r->out = r->no_data ? NULL : res->out;
 	r->out_len = r->no_data ? 0 : res->out_len;
 	r->out_crc = r->no_data ? 0 : res->out_crc32;
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_RESULT;
-	m.request_id = r->id;
+	msg_init(&m, PD_FT_RESULT, r->id);
 	m.u.result.status = (uint8_t)status;
 	m.u.result.reason = (uint8_t)reason;
 	m.u.result.orig_status = (uint8_t)wire_status(res->orig_status);
@@ -603,9 +607,7 @@ static void admin_done(pd_conn *c, pd_request *r)
 	r->out = (const uint8_t *)r->body;
 	r->out_len = r->body_len;
 	r->out_crc = pd_crc32(0, r->out, r->out_len);
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_ADMIN_RESULT;
-	m.request_id = r->id;
+	msg_init(&m, PD_FT_ADMIN_RESULT, r->id);
 	m.u.admin_result.format = PD_ADMIN_JSON;
 	m.u.admin_result.total_bytes = r->out_len;
 	if (conn_send(c, &m)) {
@@ -667,9 +669,7 @@ static void send_result_end(pd_conn *c, pd_request *r)
 {
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_RESULT_END;
-	m.request_id = r->id;
+	msg_init(&m, PD_FT_RESULT_END, r->id);
 	m.u.result_end.total_bytes = r->out_len;
 	m.u.result_end.crc32 = r->out_len ? r->out_crc : 0;
 	conn_send(c, &m);
@@ -745,8 +745,7 @@ static void send_hello_ok(pd_conn *c, int version)
 	const pd_config *cfg = c->env->cfg;
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_HELLO_OK;
+	msg_init(&m, PD_FT_HELLO_OK, 0);
 	m.u.hello_ok.version = (uint16_t)version;
 	m.u.hello_ok.role = (uint8_t)c->who.role;
 	m.u.hello_ok.max_frame = (uint32_t)cfg->max_frame;
@@ -857,8 +856,7 @@ static void on_ping(pd_conn *c, const pd_msg *in)
 {
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_PONG;
+	msg_init(&m, PD_FT_PONG, 0);
 	m.u.ping.opaque = in->u.ping.opaque;
 	conn_send(c, &m);
 }

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_buf.h"
 #include "pd_clock.h"
 #include "pd_crc.h"
 #include "pd_gz.h"
@@ -57,7 +58,7 @@ struct wop {
 struct pd_store {
 	const struct pd_store_backend *ops;
 	void *be;
-	size_t max_row; /* the backend's, see put_row() */
+	size_t max_row; /* largest row a put may store, see put_row() */
 	struct pd_store_opts opts;
 
 	pthread_mutex_t mu;
@@ -124,20 +125,9 @@ void pd_store_row_free(pd_store_row *rec)
 
 int pd_store_row_reserve(pd_store_row *rec, size_t n, pd_err *e)
 {
-	size_t na;
-	void *p;
-
-	if (n <= rec->own_alloc)
+	if (pd_array_grow(&rec->own_mem, &rec->own_alloc, n, 1, NULL) == PD_OK)
 		return PD_OK;
-	na = rec->own_alloc ? rec->own_alloc : 256;
-	while (na < n)
-		na = na > SIZE_MAX / 2 ? n : na * 2;
-	p = realloc(rec->own_mem, na);
-	if (!p)
-		return pd_err_set(e, PD_E_NOMEM, "out of memory reading a stream row (%zu bytes)", n);
-	rec->own_mem = p;
-	rec->own_alloc = na;
-	return PD_OK;
+	return pd_err_set(e, PD_E_NOMEM, "out of memory reading a stream row (%zu bytes)", n);
 }
 
 /* Copies a text column, NUL-terminated, to *p. */
@@ -788,6 +778,8 @@ int pd_store_open(const struct pd_store_opts *opts, pd_store **out, pd_err *err)
 	rc = s->ops ? s->ops->open(&s->opts, &s->be, err) : PD_E_ARG;
 	if (!rc) {
 		s->max_row = s->ops->max_row(s->be);
+		if (s->opts.max_row_bytes && s->opts.max_row_bytes < s->max_row)
+			s->max_row = (size_t)s->opts.max_row_bytes;
 		rc = start_writer(s, err);
 	}
 	if (rc) {

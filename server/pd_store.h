@@ -355,8 +355,7 @@ struct pd_store_backend {
 	const char *name;
 	int (*open)(const struct pd_store_opts *o, void **be, pd_err *e);
 	void (*close)(void *be);
-	/* Largest row a put may store: the backend's own limit, or
-	 * max_row_bytes when that is smaller. */
+	/* The backend's largest row (pd_store.c lowers it to max_row_bytes). */
 	size_t (*max_row)(void *be);
 
 	int (*begin)(void *be, pd_err *e);

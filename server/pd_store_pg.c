@@ -245,7 +245,6 @@ struct pg_be {
 	char *conninfo;
 	char *password; /* from password_file, or NULL */
 	struct pd_store_opts o;
-	size_t max_value; /* largest row */
 
 	PGconn *w; /* writer connection; NULL while the database is unreachable */
 	uint64_t retry_at_ms, backoff_ms; /* next reconnect attempt, its delay */
@@ -596,9 +595,6 @@ static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	b->o.path = b->conninfo;
 	b->o.password_file = NULL; /* read now; the caller's string is not kept */
 	atomic_init(&b->down, 0);
-	b->max_value = PG_MAX_FIELD;
-	if (o->max_row_bytes && o->max_row_bytes < b->max_value)
-		b->max_value = (size_t)o->max_row_bytes;
 	b->readers = pd_store_pool_new(o->max_readers, pg_reader_open, pg_reader_close, b);
 	rc = b->readers ? pg_read_password(b, o->password_file, e)
 			: pd_err_set(e, PD_E_NOMEM, "out of memory opening the state store");
@@ -612,11 +608,7 @@ static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	return PD_OK;
 }
 
-static size_t pg_max_row(void *be)
-{
-	struct pg_be *b = be;
-	return b->max_value;
-}
+static size_t pg_max_row(void *be) { return PG_MAX_FIELD; }
 
 /* ---- writes (writer thread) ----------------------------------------------------- */
 

@@ -171,7 +171,6 @@ struct sq_be {
 	sqlite3 *w; /* writer connection: writer thread only (and open/close) */
 	sqlite3_stmt *ws[W__N];
 
-	size_t max_value; /* largest row: max_row_bytes or SQLITE_LIMIT_LENGTH */
 	pd_store_pool *readers;
 };
 
@@ -398,12 +397,7 @@ static int sq_writer_open(struct sq_be *b, pd_err *e)
 		rc = sq_schema_check(b->w, e);
 	for (int i = 0; !rc && i < W__N; i++)
 		rc = sq_prepare(b->w, w_sql[i], &b->ws[i], e);
-	if (rc)
-		return rc;
-	b->max_value = (size_t)sqlite3_limit(b->w, SQLITE_LIMIT_LENGTH, -1);
-	if (b->o.max_row_bytes && b->o.max_row_bytes < b->max_value)
-		b->max_value = (size_t)b->o.max_row_bytes;
-	return PD_OK;
+	return rc;
 }
 
 static void sq_reader_close(pd_store_conn *c)
@@ -477,10 +471,11 @@ static int sq_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	return PD_OK;
 }
 
+/* SQLite's largest string or blob (SQLITE_LIMIT_LENGTH, 1e9 by default). */
 static size_t sq_max_row(void *be)
 {
 	struct sq_be *b = be;
-	return b->max_value;
+	return (size_t)sqlite3_limit(b->w, SQLITE_LIMIT_LENGTH, -1);
 }
 
 /* ---- writes (writer thread) --------------------------------------------------- */
