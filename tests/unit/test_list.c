@@ -68,14 +68,20 @@ static const char *walk_q(const struct lists *l)
 	return out;
 }
 
+/* Unlinked nodes named 'a', 'b', ... */
+static void nodes_init(node *n, int count)
+{
+	memset(n, 0, count * sizeof *n);
+	for (int i = 0; i < count; i++)
+		n[i].id = (char)('a' + i);
+}
+
 static void test_head_tail_list(void)
 {
 	node n[5];
 	struct lists l = {0};
 
-	memset(n, 0, sizeof n);
-	for (int i = 0; i < 5; i++)
-		n[i].id = (char)('a' + i);
+	nodes_init(n, 5);
 	CHECK(!strcmp(walk(&l), ""));
 	PD_LIST_APPEND(l.head, l.tail, &n[1], prev, next);
 	CHECK(!strcmp(walk(&l), "b"));
@@ -110,9 +116,8 @@ static void test_two_lists(void)
 	node n[3];
 	struct lists l = {0};
 
-	memset(n, 0, sizeof n);
+	nodes_init(n, 3);
 	for (int i = 0; i < 3; i++) {
-		n[i].id = (char)('a' + i);
 		PD_LIST_APPEND(l.head, l.tail, &n[i], prev, next);
 		PD_LIST_PREPEND(l.b_head, l.b_tail, &n[i], b_prev, b_next);
 	}
@@ -132,11 +137,9 @@ static void test_head_only_list(void)
 	node *head = NULL;
 	char got[4] = "";
 
-	memset(n, 0, sizeof n);
-	for (int i = 0; i < 3; i++) {
-		n[i].id = (char)('a' + i);
+	nodes_init(n, 3);
+	for (int i = 0; i < 3; i++)
 		PD_LIST_PUSH(head, &n[i], prev, next);
-	}
 	node *x = &n[1];
 	PD_LIST_UNLINK(head, x, prev, next);
 	int i = 0;
@@ -154,9 +157,7 @@ static void test_queue(void)
 	node n[4];
 	struct lists l = {0};
 
-	memset(n, 0, sizeof n);
-	for (int i = 0; i < 4; i++)
-		n[i].id = (char)('a' + i);
+	nodes_init(n, 4);
 	PD_QUEUE_PUSH_FRONT(l.q_head, l.q_tail, &n[0], q_next); /* empty: also the tail */
 	CHECK(!strcmp(walk_q(&l), "a"));
 	PD_QUEUE_PUSH(l.q_head, l.q_tail, &n[1], q_next);
