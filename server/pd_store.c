@@ -471,7 +471,8 @@ static int key_write(pd_store *s, const struct wop *w, pd_err *e)
 	enum pd_store_key_op op = w->kind == WOP_RESET ? PD_STORE_KEY_RESET : PD_STORE_KEY_DELETE;
 	const pd_store_row *k = &w->rec;
 	uint64_t changed;
-	int rc = s->ops->key_write(s->be, op, k->tenant, k->name, k->last_reset_reason, &changed, e);
+	int rc = s->ops->key_write(s->be, op, k->tenant, k->name, k->last_reset_reason, &changed,
+				   e);
 
 	if (!rc && !changed)
 		return pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", k->tenant, k->name);
@@ -482,6 +483,7 @@ static int key_write(pd_store *s, const struct wop *w, pd_err *e)
  * in w->rc; the return value is a transaction failure. */
 static int apply_op(pd_store *s, struct wop *w, int64_t now_ms, pd_err *e)
 {
+	const struct pd_store_backend *ops = s->ops;
 	int rc;
 
 	switch (w->kind) {
@@ -493,7 +495,7 @@ static int apply_op(pd_store *s, struct wop *w, int64_t now_ms, pd_err *e)
 		rc = key_write(s, w, e);
 		break;
 	case WOP_EXPIRE:
-		rc = s->ops->expire(s->be, w->expire_before_ms, PD_STORE_EXPIRE_CHUNK, &w->expired, e);
+		rc = ops->expire(s->be, w->expire_before_ms, PD_STORE_EXPIRE_CHUNK, &w->expired, e);
 		break;
 	default:
 		rc = pd_err_set(e, PD_E_INTERNAL, "unknown store write kind %d", (int)w->kind);
