@@ -19,6 +19,18 @@ void pd_buf_free(pd_buf *b)
 	b->len = b->alloc = 0;
 }
 
+/* Amortised growth of both kinds below: the capacity that replaces cap
+ * (first, > 0, when cap is 0) so that need fits, doubling; need itself
+ * where doubling would overflow. */
+static size_t grow_cap(size_t cap, size_t need, size_t first)
+{
+	size_t n = cap ? cap : first;
+
+	while (n < need)
+		n = n > SIZE_MAX / 2 ? need : n * 2;
+	return n;
+}
+
 int pd_buf_reserve(pd_buf *b, size_t n, pd_err *e)
 {
 	size_t need, na;
@@ -29,9 +41,7 @@ int pd_buf_reserve(pd_buf *b, size_t n, pd_err *e)
 	need = b->len + n;
 	if (need <= b->alloc)
 		return PD_OK;
-	na = b->alloc ? b->alloc : 4096;
-	while (na < need)
-		na = na > SIZE_MAX / 2 ? SIZE_MAX : na * 2;
+	na = grow_cap(b->alloc, need, 4096);
 	if (na > b->cap)
 		na = b->cap;
 	p = realloc(b->data, na);
@@ -56,14 +66,13 @@ int pd_buf_append(pd_buf *b, const void *p, size_t n, pd_err *e)
 int pd_array_grow(void **pp, size_t *cap, size_t need, size_t elsz, pd_err *e)
 {
 	size_t nc;
-	void *p;
+	void *p = NULL;
 
 	if (need <= *cap)
 		return PD_OK;
-	nc = *cap ? *cap : 64;
-	while (nc < need)
-		nc *= 2;
-	p = realloc(*pp, nc * elsz);
+	nc = grow_cap(*cap, need, 64);
+	if (nc <= SIZE_MAX / elsz)
+		p = realloc(*pp, nc * elsz);
 	if (!p)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory (%zu x %zu bytes)", nc, elsz);
 	*pp = p;

@@ -30,6 +30,7 @@
 #include "pd_crc.h"
 #include "pd_frame.h"
 #include "pd_guard.h"
+#include "pd_list.h"
 #include "pd_log.h"
 #include "pd_tls.h"
 
@@ -183,13 +184,7 @@ static void ua_add(pd_conn *c)
 {
 	pd_conn_env *env = c->env;
 
-	c->ua_prev = env->ua_tail;
-	c->ua_next = NULL;
-	if (env->ua_tail)
-		env->ua_tail->ua_next = c;
-	else
-		env->ua_head = c;
-	env->ua_tail = c;
+	PD_LIST_APPEND(env->ua_head, env->ua_tail, c, ua_prev, ua_next);
 	c->ua_listed = true;
 	env->metrics->conns_unauth = ++env->nunauth;
 }
@@ -200,15 +195,7 @@ static void ua_remove(pd_conn *c)
 
 	if (!c->ua_listed)
 		return;
-	if (c->ua_prev)
-		c->ua_prev->ua_next = c->ua_next;
-	else
-		env->ua_head = c->ua_next;
-	if (c->ua_next)
-		c->ua_next->ua_prev = c->ua_prev;
-	else
-		env->ua_tail = c->ua_prev;
-	c->ua_prev = c->ua_next = NULL;
+	PD_LIST_REMOVE(env->ua_head, env->ua_tail, c, ua_prev, ua_next);
 	c->ua_listed = false;
 	env->metrics->conns_unauth = --env->nunauth;
 }
@@ -228,6 +215,15 @@ static void count_out(pd_conn *c, size_t n)
 	c->env->metrics->bytes_out += n;
 	if (c->tstats)
 		c->tstats->bytes_out += n;
+}
+
+/* Starts an outgoing message: all zero but its type and request id (0: one
+ * about the connection). */
+static void msg_init(pd_msg *m, int type, uint32_t id)
+{
+	memset(m, 0, sizeof *m);
+	m->type = (uint8_t)type;
+	m->request_id = id;
 }
 
 /* Queues one encoded frame. An encoding failure is a server bug. */
@@ -279,9 +275,7 @@ static void send_error(pd_conn *c, uint32_t id, int code, int detail, uint64_t v
 	pd_msg m;
 
 	sanitize(text, sizeof text, msg);
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_ERROR;
-	m.request_id = id;
+	msg_init(&m, PD_FT_ERROR, id);
 	m.u.error.code = (uint16_t)code;
 	m.u.error.retryable = (uint8_t)pd_code_retryable(code);
 	m.u.error.detail = (uint8_t)detail;
@@ -298,8 +292,7 @@ static void send_goodbye(pd_conn *c, int reason, const char *msg)
 {
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_GOODBYE;
+	msg_init(&m, PD_FT_GOODBYE, 0);
 	m.u.goodbye.reason = (uint16_t)reason;
 	m.u.goodbye.message = pd_str_c(msg);
 	conn_send(c, &m);
@@ -342,12 +335,7 @@ static pd_request *req_new(pd_conn *c, uint32_t id)
 	r->env = c->env;
 	r->conn = c;
 	r->id = id;
-	r->prev = c->reqs_tail;
-	if (c->reqs_tail)
-		c->reqs_tail->next = r;
-	else
-		c->reqs = r;
-	c->reqs_tail = r;
+	PD_LIST_APPEND(c->reqs, c->reqs_tail, r, prev, next);
 	c->nreqs++;
 	return r;
 }
@@ -399,27 +387,14 @@ static void send_queue_remove(pd_conn *c, pd_request *r)
 static void send_queue_push(pd_conn *c, pd_request *r)
 {
 	r->in_send = true;
-	r->send_next = NULL;
-	if (c->send_tail)
-		c->send_tail->send_next = r;
-	else
-		c->send_head = r;
-	c->send_tail = r;
+	PD_QUEUE_PUSH(c->send_head, c->send_tail, r, send_next);
 }
 
 /* The request leaves the connection: freed, or orphaned if its job runs. */
 static void req_detach(pd_conn *c, pd_request *r)
 {
 	send_queue_remove(c, r);
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		c->reqs = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
-	else
-		c->reqs_tail = r->prev;
-	r->prev = r->next = NULL;
+	PD_LIST_REMOVE(c->reqs, c->reqs_tail, r, prev, next);
 	c->nreqs--;
 	req_drop_job(r);
 	r->conn = NULL;
@@ -496,12 +471,7 @@ static void push_done(pd_request *r)
 	pd_conn_env *env = r->env;
 
 	pthread_mutex_lock(&env->done_mu);
-	r->done_next = NULL;
-	if (env->done_tail)
-		env->done_tail->done_next = r;
-	else
-		env->done_head = r;
-	env->done_tail = r;
+	PD_QUEUE_PUSH(env->done_head, env->done_tail, r, done_next);
 	pthread_mutex_unlock(&env->done_mu);
 	event_active(env->ev_done, EV_READ, 0);
 }
@@ -596,9 +566,7 @@ static void delta_done(pd_conn *c, pd_request *r)
 	r->out = r->no_data ? NULL : res->out;
 	r->out_len = r->no_data ? 0 : res->out_len;
 	r->out_crc = r->no_data ? 0 : res->out_crc32;
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_RESULT;
-	m.request_id = r->id;
+	msg_init(&m, PD_FT_RESULT, r->id);
 	m.u.result.status = (uint8_t)status;
 	m.u.result.reason = (uint8_t)reason;
 	m.u.result.orig_status = (uint8_t)wire_status(res->orig_status);
@@ -639,9 +607,7 @@ static void admin_done(pd_conn *c, pd_request *r)
 	r->out = (const uint8_t *)r->body;
 	r->out_len = r->body_len;
 	r->out_crc = pd_crc32(0, r->out, r->out_len);
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_ADMIN_RESULT;
-	m.request_id = r->id;
+	msg_init(&m, PD_FT_ADMIN_RESULT, r->id);
 	m.u.admin_result.format = PD_ADMIN_JSON;
 	m.u.admin_result.total_bytes = r->out_len;
 	if (conn_send(c, &m)) {
@@ -703,9 +669,7 @@ static void send_result_end(pd_conn *c, pd_request *r)
 {
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_RESULT_END;
-	m.request_id = r->id;
+	msg_init(&m, PD_FT_RESULT_END, r->id);
 	m.u.result_end.total_bytes = r->out_len;
 	m.u.result_end.crc32 = r->out_len ? r->out_crc : 0;
 	conn_send(c, &m);
@@ -781,8 +745,7 @@ static void send_hello_ok(pd_conn *c, int version)
 	const pd_config *cfg = c->env->cfg;
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_HELLO_OK;
+	msg_init(&m, PD_FT_HELLO_OK, 0);
 	m.u.hello_ok.version = (uint16_t)version;
 	m.u.hello_ok.role = (uint8_t)c->who.role;
 	m.u.hello_ok.max_frame = (uint32_t)cfg->max_frame;
@@ -893,8 +856,7 @@ static void on_ping(pd_conn *c, const pd_msg *in)
 {
 	pd_msg m;
 
-	memset(&m, 0, sizeof m);
-	m.type = PD_FT_PONG;
+	msg_init(&m, PD_FT_PONG, 0);
 	m.u.ping.opaque = in->u.ping.opaque;
 	conn_send(c, &m);
 }
@@ -1408,14 +1370,8 @@ static void conn_unlink(pd_conn *c)
 {
 	pd_conn_env *env = c->env;
 
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		env->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = NULL;
-	c->next = env->reap;
+	PD_LIST_UNLINK(env->conns, c, prev, next);
+	c->next = env->reap; /* the reap list is linked by next alone */
 	env->reap = c;
 	env->nconns--;
 	event_active(env->ev_reap, EV_READ, 0);
@@ -1707,10 +1663,7 @@ static void conn_accept(pd_conn_env *env, evutil_socket_t fd, const struct socka
 	c->handshake_deadline = c->last_rx + cfg->handshake_timeout_ms;
 	memcpy(c->src, src, sizeof c->src);
 	ua_add(c);
-	c->next = env->conns;
-	if (env->conns)
-		env->conns->prev = c;
-	env->conns = c;
+	PD_LIST_PUSH(env->conns, c, prev, next);
 	env->nconns++;
 	env->metrics->conns_total++;
 	env->metrics->conns_current++;

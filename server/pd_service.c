@@ -44,6 +44,7 @@
 #include "pd_clock.h"
 #include "pd_crc.h"
 #include "pd_gz.h"
+#include "pd_list.h"
 #include "pd_log.h"
 #include "pd_seq.h"
 #include "pd_service.h"
@@ -283,46 +284,28 @@ static void push_run(pd_service *s, pd_stream *st)
 	if (st->busy || st->in_runq || !st->qhead)
 		return;
 	st->in_runq = 1;
-	st->run_next = NULL;
-	if (s->run_tail)
-		s->run_tail->run_next = st;
-	else
-		s->run_head = st;
-	s->run_tail = st;
+	PD_QUEUE_PUSH(s->run_head, s->run_tail, st, run_next);
 	pthread_cond_signal(&s->work_cv);
 }
 
 
 static void push_global(pd_service *s, pd_job *j)
 {
-	j->next = NULL;
-	if (s->gq_tail)
-		s->gq_tail->next = j;
-	else
-		s->gq_head = j;
-	s->gq_tail = j;
+	PD_QUEUE_PUSH(s->gq_head, s->gq_tail, j, next);
 	pthread_cond_signal(&s->work_cv);
 }
 
 static void push_stream(pd_service *s, pd_stream *st, pd_job *j)
 {
-	j->next = NULL;
 	j->st = st;
-	if (st->qtail)
-		st->qtail->next = j;
-	else
-		st->qhead = j;
-	st->qtail = j;
+	PD_QUEUE_PUSH(st->qhead, st->qtail, j, next);
 	s->st.jobs_queued++;
 	push_run(s, st);
 }
 
 static void push_stream_front(pd_service *s, pd_stream *st, pd_job *j)
 {
-	j->next = st->qhead;
-	st->qhead = j;
-	if (!st->qtail)
-		st->qtail = j;
+	PD_QUEUE_PUSH_FRONT(st->qhead, st->qtail, j, next);
 	s->st.jobs_queued++;
 }
 

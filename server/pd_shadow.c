@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "pd_clock.h"
+#include "pd_list.h"
 #include "pd_log.h"
 #include "pd_slowdelta.h"
 
@@ -123,15 +124,7 @@ static void drop_prev(pd_shadow *sh, entry *e)
 
 static void lru_unlink(pd_shadow *sh, entry *e)
 {
-	if (e->older)
-		e->older->newer = e->newer;
-	else
-		sh->oldest = e->newer;
-	if (e->newer)
-		e->newer->older = e->older;
-	else
-		sh->newest = e->older;
-	e->older = e->newer = NULL;
+	PD_LIST_REMOVE(sh->oldest, sh->newest, e, older, newer);
 }
 
 static void lru_touch(pd_shadow *sh, entry *e)
@@ -140,12 +133,7 @@ static void lru_touch(pd_shadow *sh, entry *e)
 		return;
 	if (e->older || e->newer || sh->oldest == e) /* in the list: move it */
 		lru_unlink(sh, e);
-	e->older = sh->newest;
-	if (sh->newest)
-		sh->newest->newer = e;
-	else
-		sh->oldest = e;
-	sh->newest = e;
+	PD_LIST_APPEND(sh->oldest, sh->newest, e, older, newer);
 }
 
 static void entry_remove(pd_shadow *sh, entry *e)
@@ -329,11 +317,7 @@ static void offer_locked(pd_shadow *sh, const pd_shadow_case *c, entry *e, blob 
 		held_add(sh, (*ck)->cost);
 		(*ck)->prev = uses_prev(c->status, c->reason) ? ref(e->prev) : NULL;
 		(*ck)->cur = ref(*nb);
-		if (sh->tail)
-			sh->tail->next = *ck;
-		else
-			sh->head = *ck;
-		sh->tail = *ck;
+		PD_QUEUE_PUSH(sh->head, sh->tail, *ck, next);
 		sh->st.queued++;
 		pthread_cond_signal(&sh->cv);
 		*ck = NULL;

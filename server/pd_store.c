@@ -21,9 +21,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_buf.h"
 #include "pd_clock.h"
 #include "pd_crc.h"
 #include "pd_gz.h"
+#include "pd_list.h"
 #include "pd_log.h"
 #include "pd_settings.h"
 
@@ -56,6 +58,7 @@ struct wop {
 struct pd_store {
 	const struct pd_store_backend *ops;
 	void *be;
+	size_t max_row; /* largest row a put may store, see put_row() */
 	struct pd_store_opts opts;
 
 	pthread_mutex_t mu;
@@ -122,20 +125,9 @@ void pd_store_row_free(pd_store_row *rec)
 
 int pd_store_row_reserve(pd_store_row *rec, size_t n, pd_err *e)
 {
-	size_t na;
-	void *p;
-
-	if (n <= rec->own_alloc)
+	if (pd_array_grow(&rec->own_mem, &rec->own_alloc, n, 1, NULL) == PD_OK)
 		return PD_OK;
-	na = rec->own_alloc ? rec->own_alloc : 256;
-	while (na < n)
-		na = na > SIZE_MAX / 2 ? n : na * 2;
-	p = realloc(rec->own_mem, na);
-	if (!p)
-		return pd_err_set(e, PD_E_NOMEM, "out of memory reading a stream row (%zu bytes)", n);
-	rec->own_mem = p;
-	rec->own_alloc = na;
-	return PD_OK;
+	return pd_err_set(e, PD_E_NOMEM, "out of memory reading a stream row (%zu bytes)", n);
 }
 
 /* Copies a text column, NUL-terminated, to *p. */
@@ -233,7 +225,10 @@ int pd_store_row_fill(pd_store_row *r, const struct pd_store_result *row, int bl
 	return PD_OK;
 }
 
-size_t pd_store_row_size(const pd_store_row *r)
+/* Upper estimate of the bytes a put of rec stores (values plus slack for
+ * the metadata), SIZE_MAX if absurd: what is held against the backend's
+ * largest row. */
+static size_t row_size(const pd_store_row *r)
 {
 	size_t n = 512 + PD_STORE_HASH_LEN;
 	const char *texts[] = {r->tenant, r->name, r->last_reason, r->last_reset_reason};
@@ -346,11 +341,7 @@ static int enqueue(pd_store *s, struct wop *w)
 		rc = PD_E_BUSY;
 	} else {
 		w->ticket = ++s->enq_ticket;
-		if (s->tail)
-			s->tail->next = w;
-		else
-			s->head = w;
-		s->tail = w;
+		PD_QUEUE_PUSH(s->head, s->tail, w, next);
 		s->qlen++;
 		s->qbytes += w->bytes;
 		if (s->qlen > s->st.queue_len_peak)
@@ -455,6 +446,39 @@ static struct wop *take_batch(pd_store *s, size_t *n_out)
 	return first;
 }
 
+/* A put. A row too large for the backend is refused before it runs, so it
+ * cannot fail its batch; a compare-and-set that changed nothing met a newer
+ * version. */
+static int put_row(pd_store *s, const struct wop *w, int64_t now_ms, pd_err *e)
+{
+	const pd_store_row *r = &w->rec;
+	uint64_t changed;
+	int rc;
+
+	if (row_size(r) > s->max_row)
+		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
+				  r->tenant, r->name, s->max_row);
+	rc = s->ops->put(s->be, r, w->has_expect, w->expect_version, now_ms, &changed, e);
+	if (!rc && !changed)
+		return pd_err_set(e, PD_E_STATE, "stream %s/%s changed since version %llu",
+				  r->tenant, r->name, (unsigned long long)w->expect_version);
+	return rc;
+}
+
+/* A delete or reset; one that touched no row named no stream. */
+static int key_write(pd_store *s, const struct wop *w, pd_err *e)
+{
+	enum pd_store_key_op op = w->kind == WOP_RESET ? PD_STORE_KEY_RESET : PD_STORE_KEY_DELETE;
+	const pd_store_row *k = &w->rec;
+	uint64_t changed;
+	int rc = s->ops->key_write(s->be, op, k->tenant, k->name, k->last_reset_reason, &changed,
+				   e);
+
+	if (!rc && !changed)
+		return pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", k->tenant, k->name);
+	return rc;
+}
+
 /* Runs one write inside the open transaction. Operation-level outcomes land
  * in w->rc; the return value is a transaction failure. */
 static int apply_op(pd_store *s, struct wop *w, int64_t now_ms, pd_err *e)
@@ -464,13 +488,11 @@ static int apply_op(pd_store *s, struct wop *w, int64_t now_ms, pd_err *e)
 
 	switch (w->kind) {
 	case WOP_PUT:
-		rc = ops->put(s->be, &w->rec, w->has_expect, w->expect_version, now_ms, e);
+		rc = put_row(s, w, now_ms, e);
 		break;
 	case WOP_DELETE:
-		rc = ops->del(s->be, w->rec.tenant, w->rec.name, e);
-		break;
 	case WOP_RESET:
-		rc = ops->reset(s->be, w->rec.tenant, w->rec.name, w->rec.last_reset_reason, e);
+		rc = key_write(s, w, e);
 		break;
 	case WOP_EXPIRE:
 		rc = ops->expire(s->be, w->expire_before_ms, PD_STORE_EXPIRE_CHUNK, &w->expired, e);
@@ -756,8 +778,12 @@ int pd_store_open(const struct pd_store_opts *opts, pd_store **out, pd_err *err)
 
 	s->ops = pick_backend(opts->path, err);
 	rc = s->ops ? s->ops->open(&s->opts, &s->be, err) : PD_E_ARG;
-	if (!rc)
+	if (!rc) {
+		s->max_row = s->ops->max_row(s->be);
+		if (s->opts.max_row_bytes && s->opts.max_row_bytes < s->max_row)
+			s->max_row = (size_t)s->opts.max_row_bytes;
 		rc = start_writer(s, err);
+	}
 	if (rc) {
 		pd_store_close(s);
 		return rc;
@@ -870,6 +896,96 @@ int pd_store_expire(pd_store *s, int64_t older_than_ms, uint64_t *n_deleted, pd_
 	if (n_deleted)
 		*n_deleted = total;
 	return rc;
+}
+
+/* ---- the backends' read-connection pool -------------------------------------- */
+
+struct pd_store_pool {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* a connection came back or a slot freed */
+	pd_store_conn *idle;
+	size_t open, max; /* connections open (idle or borrowed), the cap */
+	pd_store_conn_open_fn open_conn;
+	pd_store_conn_close_fn close_conn;
+	void *be;
+};
+
+pd_store_pool *pd_store_pool_new(size_t max, pd_store_conn_open_fn open,
+				 pd_store_conn_close_fn close, void *be)
+{
+	pd_store_pool *p = calloc(1, sizeof *p);
+
+	if (!p)
+		return NULL;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	p->max = max;
+	p->open_conn = open;
+	p->close_conn = close;
+	p->be = be;
+	return p;
+}
+
+void pd_store_pool_free(pd_store_pool *p)
+{
+	if (!p)
+		return;
+	while (p->idle) {
+		pd_store_conn *c = p->idle;
+		p->idle = c->next;
+		p->close_conn(c);
+	}
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}
+
+/* A slot is no longer held by an open connection. */
+static void pool_slot_free(pd_store_pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->open--;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+int pd_store_pool_get(pd_store_pool *p, pd_store_conn **out, pd_err *e)
+{
+	int rc;
+
+	*out = NULL;
+	pthread_mutex_lock(&p->mu);
+	while (!p->idle && p->open >= p->max)
+		pthread_cond_wait(&p->cv, &p->mu);
+	if (p->idle) {
+		*out = p->idle;
+		p->idle = p->idle->next;
+		pthread_mutex_unlock(&p->mu);
+		return PD_OK;
+	}
+	p->open++;
+	pthread_mutex_unlock(&p->mu);
+
+	rc = p->open_conn(p->be, out, e);
+	if (rc) {
+		*out = NULL;
+		pool_slot_free(p);
+	}
+	return rc;
+}
+
+void pd_store_pool_put(pd_store_pool *p, pd_store_conn *c, int broken)
+{
+	if (broken) {
+		p->close_conn(c);
+		pool_slot_free(p);
+		return;
+	}
+	pthread_mutex_lock(&p->mu);
+	c->next = p->idle;
+	p->idle = c;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
 }
 
 /* ---- reads (straight to the backend) --------------------------------------- */

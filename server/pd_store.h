@@ -334,29 +334,37 @@ void pd_store_inject_fault(pd_store *s, unsigned n);
 
 /*
  * What a backend implements. pd_store.c owns the queue, the writer thread,
- * group commit, completions, fault injection and metrics; a backend only
+ * group commit, completions, fault injection, metrics, the read-connection
+ * pool (pd_store_pool below) and what a write's outcome means; a backend only
  * runs statements. Writer functions (begin..rollback) are called from the
  * writer thread only; read functions from any thread, concurrently.
  *
- * Inside a transaction, put/del/reset return PD_OK or an operation-level
- * outcome that leaves the transaction usable (PD_E_NOTFOUND: no such row;
- * PD_E_STATE: put_if version mismatch; PD_E_LIMIT: row too large for the
- * backend, checked before touching the database); any other code means the
- * transaction failed and must be rolled back (backends map database errors
- * to PD_E_STORE).
+ * Inside a transaction, put/key_write/expire run one statement and report in
+ * *changed (*n) the rows it touched; pd_store.c turns 0 into the
+ * operation-level outcome (put_if version mismatch: PD_E_STATE; no such
+ * stream: PD_E_NOTFOUND) and refuses a row larger than max_row with
+ * PD_E_LIMIT before it reaches put. Any error code means the transaction
+ * failed and must be rolled back (backends map database errors to
+ * PD_E_STORE).
  */
+enum pd_store_key_op {
+	PD_STORE_KEY_DELETE, /* the row goes */
+	PD_STORE_KEY_RESET,  /* the state goes (see pd_store_reset_async) */
+};
 struct pd_store_backend {
 	const char *name;
 	int (*open)(const struct pd_store_opts *o, void **be, pd_err *e);
 	void (*close)(void *be);
+	/* The backend's largest row (pd_store.c lowers it to max_row_bytes). */
+	size_t (*max_row)(void *be);
 
 	int (*begin)(void *be, pd_err *e);
 	/* has_expect = 0: unconditional upsert; otherwise compare-and-set. */
 	int (*put)(void *be, const pd_store_row *r, int has_expect, uint64_t expect_version,
-		   int64_t now_ms, pd_err *e);
-	int (*del)(void *be, const char *tenant, const char *name, pd_err *e);
-	int (*reset)(void *be, const char *tenant, const char *name, const char *reason,
-		     pd_err *e);
+		   int64_t now_ms, uint64_t *changed, pd_err *e);
+	/* reason: for PD_STORE_KEY_RESET only. */
+	int (*key_write)(void *be, enum pd_store_key_op op, const char *tenant, const char *name,
+			 const char *reason, uint64_t *changed, pd_err *e);
 	int (*expire)(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_t *n,
 		      pd_err *e);
 	int (*commit)(void *be, pd_err *e);
@@ -392,6 +400,28 @@ int pd_store_is_pg(const char *path);
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes
  * (amortised growth); returns PD_E_NOMEM on failure. */
 int pd_store_row_reserve(pd_store_row *rec, size_t n, pd_err *e);
+
+/*
+ * The pool of read connections of a backend. A get returns an idle
+ * connection, or opens a new one (the backend's open function) while fewer
+ * than max are open, or waits for one to come back. Any thread; get may
+ * block. A backend's connection struct starts with a pd_store_conn.
+ */
+typedef struct pd_store_conn {
+	struct pd_store_conn *next; /* the pool's idle list */
+} pd_store_conn;
+typedef struct pd_store_pool pd_store_pool;
+typedef int (*pd_store_conn_open_fn)(void *be, pd_store_conn **out, pd_err *e);
+typedef void (*pd_store_conn_close_fn)(pd_store_conn *c);
+/* NULL when out of memory. */
+pd_store_pool *pd_store_pool_new(size_t max, pd_store_conn_open_fn open,
+				 pd_store_conn_close_fn close, void *be);
+/* Closes the idle connections; none may be borrowed. NULL is a no-op. */
+void pd_store_pool_free(pd_store_pool *p);
+/* An error only when a new connection could not be opened (its code). */
+int pd_store_pool_get(pd_store_pool *p, pd_store_conn **out, pd_err *e);
+/* Gives c back, or closes it when broken (a later get opens another). */
+void pd_store_pool_put(pd_store_pool *p, pd_store_conn *c, int broken);
 /* A backend's result row (pd_store_result), read through accessors, with its columns in this
  * order (both backends select them so); STATE and DELTA hold the blob, or
  * its length as an integer when that blob was not asked for, and DELTA_CRC
@@ -413,10 +443,5 @@ enum { PD_STORE_FILL_STATE = 1, PD_STORE_FILL_DELTA = 2 };
 /* Fills rec from row: strings and the blobs named in `blobs` are copied to
  * rec's own memory; the other blobs only get their length. */
 int pd_store_row_fill(pd_store_row *rec, const struct pd_store_result *row, int blobs, pd_err *e);
-
-/* Upper estimate of the bytes a put of rec stores (values plus slack for
- * the metadata), SIZE_MAX if absurd: what backends hold against their
- * largest row (max_row_bytes). */
-size_t pd_store_row_size(const pd_store_row *rec);
 
 #endif

@@ -42,7 +42,6 @@
 #include <endian.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,7 +237,7 @@ static void p_null(struct pg_params *p)
 /* ---- backend state -------------------------------------------------------------- */
 
 struct pg_reader {
-	struct pg_reader *next;
+	pd_store_conn link; /* first: what the pool holds */
 	PGconn *c;
 };
 
@@ -246,17 +245,13 @@ struct pg_be {
 	char *conninfo;
 	char *password; /* from password_file, or NULL */
 	struct pd_store_opts o;
-	size_t max_value; /* largest row */
 
 	PGconn *w; /* writer connection; NULL while the database is unreachable */
 	uint64_t retry_at_ms, backoff_ms; /* next reconnect attempt, its delay */
 	uint64_t attempts;                /* failed reconnects since the loss */
 	atomic_int down;                  /* read by any thread */
 
-	pthread_mutex_t pool_mu;
-	pthread_cond_t pool_cv;
-	struct pg_reader *idle;
-	size_t n_readers; /* open, idle or borrowed */
+	pd_store_pool *readers;
 };
 
 static uint64_t mono_ms(void) { return pd_now_ms(); }
@@ -503,43 +498,44 @@ static void pg_reconnect(void *be)
 
 /* ---- the read pool ------------------------------------------------------------------ */
 
-/* Borrows a read connection: an idle one, a new one under max_readers, or
- * waits for one to come back. While the writer knows the database is down,
+/* The pool's open and close functions. */
+static int pg_reader_open(void *be, pd_store_conn **out, pd_err *e)
+{
+	struct pg_reader *r = calloc(1, sizeof *r);
+	int rc = r ? pg_connect(be, &r->c, e)
+		   : pd_err_set(e, PD_E_NOMEM, "out of memory opening a read connection");
+
+	if (!rc && (rc = pg_prepare_all(r->c, r_stmts, R__N, e)))
+		PQfinish(r->c);
+	if (rc) {
+		free(r);
+		return rc;
+	}
+	*out = &r->link;
+	return PD_OK;
+}
+
+static void pg_reader_close(pd_store_conn *c)
+{
+	struct pg_reader *r = (struct pg_reader *)c;
+
+	PQfinish(r->c);
+	free(r);
+}
+
+/* Borrows a read connection. While the writer knows the database is down,
  * reads fail at once instead of each waiting for a connect timeout. */
 static int pg_acquire(struct pg_be *b, struct pg_reader **out, pd_err *e)
 {
-	struct pg_reader *r;
+	pd_store_conn *c;
 	int rc;
 
 	*out = NULL;
 	if (atomic_load(&b->down))
 		return pd_err_set(e, PD_E_STORE, "state store: PostgreSQL unreachable");
-	pthread_mutex_lock(&b->pool_mu);
-	while (!b->idle && b->n_readers >= b->o.max_readers)
-		pthread_cond_wait(&b->pool_cv, &b->pool_mu);
-	if (b->idle) {
-		*out = b->idle;
-		b->idle = b->idle->next;
-		pthread_mutex_unlock(&b->pool_mu);
-		return PD_OK;
-	}
-	b->n_readers++;
-	pthread_mutex_unlock(&b->pool_mu);
-
-	r = calloc(1, sizeof *r);
-	rc = r ? pg_connect(b, &r->c, e)
-	       : pd_err_set(e, PD_E_NOMEM, "out of memory opening a read connection");
-	if (!rc && (rc = pg_prepare_all(r->c, r_stmts, R__N, e)))
-		PQfinish(r->c);
-	if (!rc) {
-		*out = r;
-		return PD_OK;
-	}
-	free(r);
-	pthread_mutex_lock(&b->pool_mu);
-	b->n_readers--;
-	pthread_cond_signal(&b->pool_cv);
-	pthread_mutex_unlock(&b->pool_mu);
+	rc = pd_store_pool_get(b->readers, &c, e);
+	if (!rc)
+		*out = (struct pg_reader *)c;
 	return rc;
 }
 
@@ -549,19 +545,7 @@ static void pg_release(struct pg_be *b, struct pg_reader *r)
 	int broken = PQstatus(r->c) != CONNECTION_OK ||
 		     PQtransactionStatus(r->c) != PQTRANS_IDLE;
 
-	if (broken) {
-		PQfinish(r->c);
-		free(r);
-	}
-	pthread_mutex_lock(&b->pool_mu);
-	if (broken) {
-		b->n_readers--;
-	} else {
-		r->next = b->idle;
-		b->idle = r;
-	}
-	pthread_cond_signal(&b->pool_cv);
-	pthread_mutex_unlock(&b->pool_mu);
+	pd_store_pool_put(b->readers, &r->link, broken);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------- */
@@ -570,12 +554,7 @@ static void pg_close(void *be)
 {
 	struct pg_be *b = be;
 
-	while (b->idle) {
-		struct pg_reader *r = b->idle;
-		b->idle = r->next;
-		PQfinish(r->c);
-		free(r);
-	}
+	pd_store_pool_free(b->readers);
 	if (b->w)
 		PQfinish(b->w);
 	if (b->password) {
@@ -583,8 +562,6 @@ static void pg_close(void *be)
 		free(b->password);
 	}
 	free(b->conninfo);
-	pthread_cond_destroy(&b->pool_cv);
-	pthread_mutex_destroy(&b->pool_mu);
 	free(b);
 }
 
@@ -617,13 +594,10 @@ static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	b->o = *o;
 	b->o.path = b->conninfo;
 	b->o.password_file = NULL; /* read now; the caller's string is not kept */
-	pthread_mutex_init(&b->pool_mu, NULL);
-	pthread_cond_init(&b->pool_cv, NULL);
 	atomic_init(&b->down, 0);
-	b->max_value = PG_MAX_FIELD;
-	if (o->max_row_bytes && o->max_row_bytes < b->max_value)
-		b->max_value = (size_t)o->max_row_bytes;
-	rc = pg_read_password(b, o->password_file, e);
+	b->readers = pd_store_pool_new(o->max_readers, pg_reader_open, pg_reader_close, b);
+	rc = b->readers ? pg_read_password(b, o->password_file, e)
+			: pd_err_set(e, PD_E_NOMEM, "out of memory opening the state store");
 	if (!rc)
 		rc = pg_writer_connect(b, e);
 	if (rc) {
@@ -633,6 +607,8 @@ static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	*be = b;
 	return PD_OK;
 }
+
+static size_t pg_max_row(void *be) { return PG_MAX_FIELD; }
 
 /* ---- writes (writer thread) ----------------------------------------------------- */
 
@@ -715,56 +691,30 @@ static void bind_rec(struct pg_params *p, const pd_store_row *r, int64_t now_ms)
 }
 
 static int pg_put(void *be, const pd_store_row *r, int has_expect, uint64_t expect_version,
-		  int64_t now_ms, pd_err *e)
+		  int64_t now_ms, uint64_t *changed, pd_err *e)
 {
-	struct pg_be *b = be;
 	struct pg_params p;
 	enum w_stmt which = W_UPSERT;
-	uint64_t changed;
-	int rc;
 
-	if (pd_store_row_size(r) > b->max_value)
-		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
-				  r->tenant, r->name, b->max_value);
 	if (has_expect)
 		which = expect_version ? W_UPDATE_IF : W_INSERT_NEW;
 	bind_rec(&p, r, now_ms);
 	if (which == W_UPDATE_IF)
 		p_i64(&p, expect_version);
-	rc = pg_write(b, which, &p, "write stream", &changed, e);
-	if (!rc && !changed)
-		return pd_err_set(e, PD_E_STATE, "stream %s/%s changed since version %llu",
-				  r->tenant, r->name, (unsigned long long)expect_version);
-	return rc;
+	return pg_write(be, which, &p, "write stream", changed, e);
 }
 
-static int pg_key_write(struct pg_be *b, enum w_stmt which, const char *tenant,
-			const char *name, const char *reason, pd_err *e)
+static int pg_key_write(void *be, enum pd_store_key_op op, const char *tenant,
+			const char *name, const char *reason, uint64_t *changed, pd_err *e)
 {
 	struct pg_params p = {.n = 0};
-	uint64_t changed;
-	int rc;
 
 	p_name(&p, tenant);
 	p_name(&p, name);
-	if (which == W_RESET)
+	if (op == PD_STORE_KEY_RESET)
 		p_name(&p, reason);
-	rc = pg_write(b, which, &p, which == W_RESET ? "reset stream" : "delete stream", &changed,
-		      e);
-	if (!rc && !changed)
-		return pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);
-	return rc;
-}
-
-static int pg_del(void *be, const char *tenant, const char *name, pd_err *e)
-{
-	return pg_key_write(be, W_DELETE, tenant, name, NULL, e);
-}
-
-static int pg_reset(void *be, const char *tenant, const char *name, const char *reason,
-		    pd_err *e)
-{
-	return pg_key_write(be, W_RESET, tenant, name, reason, e);
+	return pg_write(be, op == PD_STORE_KEY_RESET ? W_RESET : W_DELETE, &p,
+			op == PD_STORE_KEY_RESET ? "reset stream" : "delete stream", changed, e);
 }
 
 static int pg_expire(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_t *n, pd_err *e)
@@ -922,16 +872,24 @@ static int pg_list(void *be, const char *tenant, const char *prefix, enum pd_sto
 	return rc;
 }
 
-static int pg_count(void *be, const char *tenant, uint64_t *out, pd_err *e)
+/* Runs `one` for a tenant, or `all` (no parameters) when tenant is NULL. */
+static int pg_query_tenant(struct pg_be *b, const char *tenant, enum r_stmt one,
+			   enum r_stmt all, PGresult **out, pd_err *e)
 {
 	struct pg_params p = {.n = 0};
-	PGresult *r;
-	int rc;
 
-	*out = 0;
 	if (tenant)
 		p_name(&p, tenant);
-	if ((rc = pg_query(be, tenant ? R_COUNT_T : R_COUNT_A, &p, &r, e)))
+	return pg_query(b, tenant ? one : all, &p, out, e);
+}
+
+static int pg_count(void *be, const char *tenant, uint64_t *out, pd_err *e)
+{
+	PGresult *r;
+	int rc = pg_query_tenant(be, tenant, R_COUNT_T, R_COUNT_A, &r, e);
+
+	*out = 0;
+	if (rc)
 		return rc;
 	*out = PQntuples(r) ? col_u64(r, 0, 0) : 0;
 	PQclear(r);
@@ -941,13 +899,10 @@ static int pg_count(void *be, const char *tenant, uint64_t *out, pd_err *e)
 static int pg_tenant_totals(void *be, const char *tenant, pd_store_tenant_fn fn, void *arg,
 			    pd_err *e)
 {
-	struct pg_params p = {.n = 0};
 	PGresult *r;
-	int rc;
+	int rc = pg_query_tenant(be, tenant, R_TOT_T, R_TOT_A, &r, e);
 
-	if (tenant)
-		p_name(&p, tenant);
-	if ((rc = pg_query(be, tenant ? R_TOT_T : R_TOT_A, &p, &r, e)))
+	if (rc)
 		return rc;
 	for (int i = 0; i < PQntuples(r); i++)
 		if (fn(arg, PQgetvalue(r, i, 0), col_u64(r, i, 1), col_u64(r, i, 2)))
@@ -1039,10 +994,10 @@ const struct pd_store_backend pd_store_pg_backend = {
 	.name = "postgresql",
 	.open = pg_open,
 	.close = pg_close,
+	.max_row = pg_max_row,
 	.begin = pg_begin,
 	.put = pg_put,
-	.del = pg_del,
-	.reset = pg_reset,
+	.key_write = pg_key_write,
 	.expire = pg_expire,
 	.commit = pg_commit,
 	.rollback = pg_rollback,

@@ -19,7 +19,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,7 +160,7 @@ static const char *const r_sql[R__N] = {
 
 /* A pooled read connection; its statements are prepared on first use. */
 struct sq_reader {
-	struct sq_reader *next;
+	pd_store_conn link; /* first: what the pool holds */
 	sqlite3 *db;
 	sqlite3_stmt *st[R__N];
 };
@@ -172,12 +171,7 @@ struct sq_be {
 	sqlite3 *w; /* writer connection: writer thread only (and open/close) */
 	sqlite3_stmt *ws[W__N];
 
-	size_t max_value; /* largest row: max_row_bytes or SQLITE_LIMIT_LENGTH */
-
-	pthread_mutex_t pool_mu;
-	pthread_cond_t pool_cv;
-	struct sq_reader *idle;
-	size_t n_readers; /* open, idle or borrowed */
+	pd_store_pool *readers;
 };
 
 /* The cause behind an SQLite error: the errno text of the failed system
@@ -403,23 +397,21 @@ static int sq_writer_open(struct sq_be *b, pd_err *e)
 		rc = sq_schema_check(b->w, e);
 	for (int i = 0; !rc && i < W__N; i++)
 		rc = sq_prepare(b->w, w_sql[i], &b->ws[i], e);
-	if (rc)
-		return rc;
-	b->max_value = (size_t)sqlite3_limit(b->w, SQLITE_LIMIT_LENGTH, -1);
-	if (b->o.max_row_bytes && b->o.max_row_bytes < b->max_value)
-		b->max_value = (size_t)b->o.max_row_bytes;
-	return PD_OK;
+	return rc;
 }
 
-static void sq_reader_close(struct sq_reader *r)
+static void sq_reader_close(pd_store_conn *c)
 {
+	struct sq_reader *r = (struct sq_reader *)c;
+
 	for (int i = 0; i < R__N; i++)
 		sqlite3_finalize(r->st[i]);
 	sqlite3_close(r->db);
 	free(r);
 }
 
-static int sq_reader_open(struct sq_be *b, struct sq_reader **out, pd_err *e)
+/* The pool's open function. */
+static int sq_reader_open(void *be, pd_store_conn **out, pd_err *e)
 {
 	struct sq_reader *r = calloc(1, sizeof *r);
 	int rc;
@@ -427,62 +419,15 @@ static int sq_reader_open(struct sq_be *b, struct sq_reader **out, pd_err *e)
 	*out = NULL;
 	if (!r)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory opening a read connection");
-	rc = sq_connect(b, &r->db, e);
+	rc = sq_connect(be, &r->db, e);
 	if (!rc)
 		rc = sq_exec(r->db, "PRAGMA query_only=1", e);
 	if (rc) {
-		sq_reader_close(r);
+		sq_reader_close(&r->link);
 		return rc;
 	}
-	*out = r;
+	*out = &r->link;
 	return PD_OK;
-}
-
-/* Borrows a read connection: an idle one, a new one under max_readers, or
- * waits for one to come back. */
-static int sq_acquire(struct sq_be *b, struct sq_reader **out, pd_err *e)
-{
-	int rc;
-
-	pthread_mutex_lock(&b->pool_mu);
-	while (!b->idle && b->n_readers >= b->o.max_readers)
-		pthread_cond_wait(&b->pool_cv, &b->pool_mu);
-	if (b->idle) {
-		*out = b->idle;
-		b->idle = b->idle->next;
-		pthread_mutex_unlock(&b->pool_mu);
-		return PD_OK;
-	}
-	b->n_readers++;
-	pthread_mutex_unlock(&b->pool_mu);
-
-	rc = sq_reader_open(b, out, e);
-	if (rc) {
-		pthread_mutex_lock(&b->pool_mu);
-		b->n_readers--;
-		pthread_cond_signal(&b->pool_cv);
-		pthread_mutex_unlock(&b->pool_mu);
-	}
-	return rc;
-}
-
-static void sq_release(struct sq_be *b, struct sq_reader *r)
-{
-	pthread_mutex_lock(&b->pool_mu);
-	r->next = b->idle;
-	b->idle = r;
-	pthread_cond_signal(&b->pool_cv);
-	pthread_mutex_unlock(&b->pool_mu);
-}
-
-static int sq_reader_stmt(struct sq_reader *r, enum r_stmt which, sqlite3_stmt **out, pd_err *e)
-{
-	int rc = PD_OK;
-
-	if (!r->st[which])
-		rc = sq_prepare(r->db, r_sql[which], &r->st[which], e);
-	*out = r->st[which];
-	return rc;
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
@@ -491,17 +436,11 @@ static void sq_close(void *be)
 {
 	struct sq_be *b = be;
 
-	while (b->idle) {
-		struct sq_reader *r = b->idle;
-		b->idle = r->next;
-		sq_reader_close(r);
-	}
+	pd_store_pool_free(b->readers);
 	for (int i = 0; i < W__N; i++)
 		sqlite3_finalize(b->ws[i]);
 	/* Closed last: the last connection checkpoints and removes the WAL. */
 	sqlite3_close(b->w);
-	pthread_cond_destroy(&b->pool_cv);
-	pthread_mutex_destroy(&b->pool_mu);
 	free(b->path);
 	free(b);
 }
@@ -521,15 +460,22 @@ static int sq_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	}
 	b->o = *o;
 	b->o.path = b->path;
-	pthread_mutex_init(&b->pool_mu, NULL);
-	pthread_cond_init(&b->pool_cv, NULL);
-	rc = sq_writer_open(b, e);
+	b->readers = pd_store_pool_new(o->max_readers, sq_reader_open, sq_reader_close, b);
+	rc = b->readers ? sq_writer_open(b, e)
+			: pd_err_set(e, PD_E_NOMEM, "out of memory opening the state store");
 	if (rc) {
 		sq_close(b);
 		return rc;
 	}
 	*be = b;
 	return PD_OK;
+}
+
+/* SQLite's largest string or blob (SQLITE_LIMIT_LENGTH, 1e9 by default). */
+static size_t sq_max_row(void *be)
+{
+	struct sq_be *b = be;
+	return (size_t)sqlite3_limit(b->w, SQLITE_LIMIT_LENGTH, -1);
 }
 
 /* ---- writes (writer thread) --------------------------------------------------- */
@@ -604,12 +550,12 @@ static void bind_rec(sqlite3_stmt *st, const pd_store_row *r, int64_t now_ms)
 
 /* Steps a bound write statement; *changed = rows it touched. Bindings are
  * cleared because they point at memory freed after the batch. */
-static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what, int *changed,
-			 pd_err *e)
+static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what,
+			 uint64_t *changed, pd_err *e)
 {
 	int rc = sqlite3_step(st);
 
-	*changed = rc == SQLITE_DONE ? sqlite3_changes(b->w) : 0;
+	*changed = rc == SQLITE_DONE ? (uint64_t)sqlite3_changes(b->w) : 0;
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 	if (rc != SQLITE_DONE)
@@ -618,66 +564,41 @@ static int sq_write_step(struct sq_be *b, sqlite3_stmt *st, const char *what, in
 }
 
 static int sq_put(void *be, const pd_store_row *r, int has_expect, uint64_t expect_version,
-		  int64_t now_ms, pd_err *e)
+		  int64_t now_ms, uint64_t *changed, pd_err *e)
 {
 	struct sq_be *b = be;
 	sqlite3_stmt *st = b->ws[W_UPSERT];
-	int changed, rc;
 
-	/* Refused before stepping, so one oversized row cannot fail its batch. */
-	if (pd_store_row_size(r) > b->max_value)
-		return pd_err_set(e, PD_E_LIMIT, "stream %s/%s: row larger than %zu bytes",
-				  r->tenant, r->name, b->max_value);
 	if (has_expect)
 		st = b->ws[expect_version ? W_UPDATE_IF : W_INSERT_NEW];
 	bind_rec(st, r, now_ms);
 	if (has_expect && expect_version)
 		bind_u64(st, SQ_P_EXPECT, expect_version);
-	rc = sq_write_step(b, st, "write stream", &changed, e);
-	if (!rc && !changed)
-		return pd_err_set(e, PD_E_STATE, "stream %s/%s changed since version %llu",
-				  r->tenant, r->name, (unsigned long long)expect_version);
-	return rc;
+	return sq_write_step(b, st, "write stream", changed, e);
 }
 
-static int sq_key_write(struct sq_be *b, enum w_stmt which, const char *tenant,
-			const char *name, const char *reason, pd_err *e)
+static int sq_key_write(void *be, enum pd_store_key_op op, const char *tenant,
+			const char *name, const char *reason, uint64_t *changed, pd_err *e)
 {
-	sqlite3_stmt *st = b->ws[which];
-	int changed, rc;
+	struct sq_be *b = be;
+	sqlite3_stmt *st = b->ws[op == PD_STORE_KEY_RESET ? W_RESET : W_DELETE];
 
 	bind_text(st, 1, tenant);
 	bind_text(st, 2, name);
-	if (which == W_RESET)
+	if (op == PD_STORE_KEY_RESET)
 		bind_text(st, 3, reason);
-	rc = sq_write_step(b, st, which == W_RESET ? "reset stream" : "delete stream", &changed, e);
-	if (!rc && !changed)
-		return pd_err_set(e, PD_E_NOTFOUND, "no stream %s/%s", tenant, name);
-	return rc;
-}
-
-static int sq_del(void *be, const char *tenant, const char *name, pd_err *e)
-{
-	return sq_key_write(be, W_DELETE, tenant, name, NULL, e);
-}
-
-static int sq_reset(void *be, const char *tenant, const char *name, const char *reason,
-		    pd_err *e)
-{
-	return sq_key_write(be, W_RESET, tenant, name, reason, e);
+	return sq_write_step(b, st, op == PD_STORE_KEY_RESET ? "reset stream" : "delete stream",
+			     changed, e);
 }
 
 static int sq_expire(void *be, int64_t older_than_ms, uint64_t max_rows, uint64_t *n, pd_err *e)
 {
 	struct sq_be *b = be;
 	sqlite3_stmt *st = b->ws[W_EXPIRE];
-	int changed, rc;
 
 	sqlite3_bind_int64(st, 1, older_than_ms);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)max_rows);
-	rc = sq_write_step(b, st, "expire streams", &changed, e);
-	*n = rc ? 0 : (uint64_t)changed;
-	return rc;
+	return sq_write_step(b, st, "expire streams", n, e);
 }
 
 /* ---- reads ---------------------------------------------------------------------- */
@@ -702,23 +623,50 @@ static int fill_rec(sqlite3_stmt *st, int blobs, pd_store_row *r, pd_err *e)
 	return pd_store_row_fill(r, &row, blobs, e);
 }
 
-static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
-		  pd_store_row *out, pd_err *e)
+/* Borrows a read connection with statement `which` ready and tenant, when
+ * given, bound to ?1. */
+static int sq_read_begin(struct sq_be *b, enum r_stmt which, const char *tenant,
+			 struct sq_reader **r, sqlite3_stmt **st, pd_err *e)
 {
-	struct sq_be *b = be;
-	struct sq_reader *r;
-	sqlite3_stmt *st;
-	int rc = sq_acquire(b, &r, e);
+	pd_store_conn *c;
+	struct sq_reader *rd;
+	int rc = pd_store_pool_get(b->readers, &c, e);
 
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, what == PD_STORE_GET_STATE      ? R_GET_STATE
-			       : what == PD_STORE_GET_RESPONSE ? R_GET_RESPONSE
-							       : R_GET,
-			    &st, e);
+	rd = (struct sq_reader *)c;
+	if (!rd->st[which] && (rc = sq_prepare(rd->db, r_sql[which], &rd->st[which], e))) {
+		pd_store_pool_put(b->readers, c, 0);
+		return rc;
+	}
+	*r = rd;
+	*st = rd->st[which];
+	if (tenant)
+		bind_text(*st, 1, tenant);
+	return PD_OK;
+}
+
+/* Resets the statement, which ends the read transaction at once (so
+ * checkpoints are not held back), and gives the connection back. */
+static void sq_read_end(struct sq_be *b, struct sq_reader *r, sqlite3_stmt *st)
+{
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	pd_store_pool_put(b->readers, &r->link, 0);
+}
+
+static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
+		  pd_store_row *out, pd_err *e)
+{
+	enum r_stmt which = what == PD_STORE_GET_STATE      ? R_GET_STATE
+			    : what == PD_STORE_GET_RESPONSE ? R_GET_RESPONSE
+							    : R_GET;
+	struct sq_reader *r;
+	sqlite3_stmt *st;
+	int rc = sq_read_begin(be, which, tenant, &r, &st, e);
+
 	if (rc)
-		goto out;
-	bind_text(st, 1, tenant);
+		return rc;
 	bind_text(st, 2, name);
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
@@ -732,11 +680,7 @@ static int sq_get(void *be, const char *tenant, const char *name, unsigned what,
 	default:
 		rc = sq_fail(e, r->db, "read stream");
 	}
-	/* Ends the read transaction at once, so checkpoints are not held back. */
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-out:
-	sq_release(b, r);
+	sq_read_end(be, r, st);
 	return rc;
 }
 
@@ -756,13 +700,12 @@ static size_t prefix_upper(const char *prefix, char *buf, size_t cap)
 	return n;
 }
 
-static int bind_listing(sqlite3_stmt *st, const char *tenant, const char *prefix, size_t limit,
-			char **upper, pd_err *e)
+/* Binds the name range and the limit (the tenant is bound already). */
+static int bind_listing(sqlite3_stmt *st, const char *prefix, size_t limit, char **upper,
+			pd_err *e)
 {
 	size_t n = strlen(prefix), un = 0;
 
-	if (tenant)
-		bind_text(st, 1, tenant);
 	bind_text(st, 2, prefix);
 	*upper = NULL;
 	if (n) {
@@ -805,69 +748,47 @@ static int run_listing(sqlite3 *db, sqlite3_stmt *st, pd_store_row_fn fn, void *
 static int sq_list(void *be, const char *tenant, const char *prefix, enum pd_store_sort sort,
 		   size_t limit, pd_store_row_fn fn, void *arg, pd_err *e)
 {
-	struct sq_be *b = be;
 	struct sq_reader *r;
-	sqlite3_stmt *st = NULL;
+	sqlite3_stmt *st;
 	char *upper = NULL;
-	int rc = sq_acquire(b, &r, e);
+	int rc = sq_read_begin(be, list_stmt(tenant, sort), tenant, &r, &st, e);
 
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, list_stmt(tenant, sort), &st, e);
-	if (!rc)
-		rc = bind_listing(st, tenant, prefix, limit, &upper, e);
+	rc = bind_listing(st, prefix, limit, &upper, e);
 	if (!rc)
 		rc = run_listing(r->db, st, fn, arg, e);
-	if (st) {
-		sqlite3_reset(st);
-		sqlite3_clear_bindings(st);
-	}
+	sq_read_end(be, r, st);
 	free(upper);
-	sq_release(b, r);
 	return rc;
 }
 
 static int sq_count(void *be, const char *tenant, uint64_t *out, pd_err *e)
 {
-	struct sq_be *b = be;
 	struct sq_reader *r;
 	sqlite3_stmt *st;
-	int rc = sq_acquire(b, &r, e);
+	int rc = sq_read_begin(be, tenant ? R_COUNT_T : R_COUNT_A, tenant, &r, &st, e);
 
 	*out = 0;
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, tenant ? R_COUNT_T : R_COUNT_A, &st, e);
-	if (rc)
-		goto out;
-	if (tenant)
-		bind_text(st, 1, tenant);
 	if (sqlite3_step(st) == SQLITE_ROW)
 		*out = (uint64_t)sqlite3_column_int64(st, 0);
 	else
 		rc = sq_fail(e, r->db, "count streams");
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-out:
-	sq_release(b, r);
+	sq_read_end(be, r, st);
 	return rc;
 }
 
 static int sq_tenant_totals(void *be, const char *tenant, pd_store_tenant_fn fn, void *arg,
 			    pd_err *e)
 {
-	struct sq_be *b = be;
 	struct sq_reader *r;
 	sqlite3_stmt *st;
-	int rc = sq_acquire(b, &r, e), step;
+	int rc = sq_read_begin(be, tenant ? R_TOT_T : R_TOT_A, tenant, &r, &st, e), step;
 
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, tenant ? R_TOT_T : R_TOT_A, &st, e);
-	if (rc)
-		goto out;
-	if (tenant)
-		bind_text(st, 1, tenant);
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
 		if (fn(arg, (const char *)sqlite3_column_text(st, 0),
 		       (uint64_t)sqlite3_column_int64(st, 1), (uint64_t)sqlite3_column_int64(st, 2)))
@@ -875,25 +796,18 @@ static int sq_tenant_totals(void *be, const char *tenant, pd_store_tenant_fn fn,
 	}
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		rc = sq_fail(e, r->db, "tenant totals");
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-out:
-	sq_release(b, r);
+	sq_read_end(be, r, st);
 	return rc;
 }
 
 static int sq_integrity_check(void *be, pd_err *e)
 {
-	struct sq_be *b = be;
 	struct sq_reader *r;
 	sqlite3_stmt *st;
-	int rc = sq_acquire(b, &r, e);
+	int rc = sq_read_begin(be, R_CHECK, NULL, &r, &st, e);
 
 	if (rc)
 		return rc;
-	rc = sq_reader_stmt(r, R_CHECK, &st, e);
-	if (rc)
-		goto out;
 	if (sqlite3_step(st) != SQLITE_ROW) {
 		rc = sq_fail(e, r->db, "integrity_check");
 	} else {
@@ -902,9 +816,7 @@ static int sq_integrity_check(void *be, pd_err *e)
 			rc = pd_err_set(e, PD_E_STATE, "state store integrity: %s",
 					msg ? msg : "no result");
 	}
-	sqlite3_reset(st);
-out:
-	sq_release(b, r);
+	sq_read_end(be, r, st);
 	return rc;
 }
 
@@ -912,10 +824,10 @@ const struct pd_store_backend pd_store_sqlite_backend = {
 	.name = "sqlite",
 	.open = sq_open,
 	.close = sq_close,
+	.max_row = sq_max_row,
 	.begin = sq_begin,
 	.put = sq_put,
-	.del = sq_del,
-	.reset = sq_reset,
+	.key_write = sq_key_write,
 	.expire = sq_expire,
 	.commit = sq_commit,
 	.rollback = sq_rollback,

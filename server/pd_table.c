@@ -17,6 +17,7 @@
 
 #include "pd_gz.h"
 #include "pd_hash.h"
+#include "pd_list.h"
 #include "pd_clock.h"
 #include "pd_table.h"
 
@@ -174,25 +175,12 @@ static void table_grow(pd_table *s)
 
 static void lru_unlink(pd_table *s, pd_stream *st)
 {
-	if (st->lru_prev)
-		st->lru_prev->lru_next = st->lru_next;
-	else
-		s->lru_head = st->lru_next;
-	if (st->lru_next)
-		st->lru_next->lru_prev = st->lru_prev;
-	else
-		s->lru_tail = st->lru_prev;
-	st->lru_prev = st->lru_next = NULL;
+	PD_LIST_REMOVE(s->lru_head, s->lru_tail, st, lru_prev, lru_next);
 }
 
 static void lru_push_head(pd_table *s, pd_stream *st)
 {
-	st->lru_next = s->lru_head;
-	if (s->lru_head)
-		s->lru_head->lru_prev = st;
-	s->lru_head = st;
-	if (!s->lru_tail)
-		s->lru_tail = st;
+	PD_LIST_PREPEND(s->lru_head, s->lru_tail, st, lru_prev, lru_next);
 }
 
 static pd_stream *stream_new(pd_table *s, const char *tenant, const char *name, uint64_t h)
