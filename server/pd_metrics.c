@@ -42,6 +42,9 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
 };
 
+/* RESULT status (pd_status order), of the network layer's and the service's counts. */
+static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
+
 const char *pd_close_reason_name(int r)
 {
 	return r >= 0 && r < PD_CLOSE__COUNT ? close_names[r] : "unknown";
@@ -96,28 +99,6 @@ static void one(expo *b, const char *name, const char *type, const char *help,
 {
 	family(b, name, type, help);
 	sample(b, name, NULL, v);
-}
-
-/* A family of one sample: the uint64_t at off in a counters struct. */
-typedef struct scalar {
-	const char *name, *type, *help;
-	size_t off;
-} scalar;
-
-/* The offset of field f of T, which must be a uint64_t (else no compile). */
-#define U64_AT(T, f) _Generic(((T *)0)->f, uint64_t: offsetof(T, f))
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
-
-static uint64_t u64_at(const void *base, size_t off)
-{
-	return *(const uint64_t *)((const char *)base + off);
-}
-
-/* The families of table t, in its order, read from the struct at base. */
-static void scalars(expo *b, const void *base, const scalar *t, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		one(b, t[i].name, t[i].type, t[i].help, u64_at(base, t[i].off));
 }
 
 /* A counter family with one label over a name table. */
@@ -322,9 +303,10 @@ static void render_process(expo *b)
 }
 
 /* One per-tenant family: the named slots, then "_other" if it was used. */
-static void tenant_family(expo *b, const pd_metrics *m, const scalar *f)
+static void tenant_family(expo *b, const pd_metrics *m, const char *name, const char *help,
+			  size_t off)
 {
-	family(b, f->name, f->type, f->help);
+	family(b, name, "counter", help);
 	for (size_t i = 0; i <= m->max_tenants; i++) {
 		const pd_tenant_counters *t = &m->tenants[i];
 		if (i >= m->n_tenants && i != m->max_tenants)
@@ -332,73 +314,35 @@ static void tenant_family(expo *b, const pd_metrics *m, const scalar *f)
 		if (i == m->max_tenants && m->n_tenants < m->max_tenants && !t->requests &&
 		    !t->bytes_in && !t->request_errors)
 			continue; /* "_other" unused so far */
-		evbuffer_add_printf(b->b, "%s{tenant=\"", f->name);
+		evbuffer_add_printf(b->b, "%s{tenant=\"", name);
 		label_value(b, t->name);
-		evbuffer_add_printf(b->b, "\"} %llu\n", (unsigned long long)u64_at(t, f->off));
+		evbuffer_add_printf(b->b, "\"} %llu\n",
+				    (unsigned long long)*(const uint64_t *)((const char *)t + off));
 	}
 }
-
-#define TENANT(f, name, help) {name, "counter", help, U64_AT(pd_tenant_counters, f)}
-static const scalar tenant_families[] = {
-	TENANT(requests, "pdeltad_tenant_requests_total", "delta requests answered, by tenant"),
-	TENANT(request_errors, "pdeltad_tenant_request_errors_total",
-	       "delta requests failed (request ERROR), by tenant"),
-	TENANT(new_streams, "pdeltad_tenant_new_streams_total",
-	       "BASELINE first answers (a stream new to the server), by tenant"),
-	TENANT(bytes_in, "pdeltad_tenant_received_bytes_total",
-	       "frame bytes received after authentication, by tenant"),
-	TENANT(bytes_out, "pdeltad_tenant_sent_bytes_total",
-	       "frame bytes queued for sending after authentication, by tenant"),
-};
 
 static void render_tenants(const pd_metrics *m, expo *b)
 {
 	if (!m->tenants)
 		return;
-	for (size_t i = 0; i < NELEM(tenant_families); i++)
-		tenant_family(b, m, &tenant_families[i]);
+	tenant_family(b, m, "pdeltad_tenant_requests_total", "delta requests answered, by tenant",
+		      offsetof(pd_tenant_counters, requests));
+	tenant_family(b, m, "pdeltad_tenant_request_errors_total",
+		      "delta requests failed (request ERROR), by tenant",
+		      offsetof(pd_tenant_counters, request_errors));
+	tenant_family(b, m, "pdeltad_tenant_new_streams_total",
+		      "BASELINE first answers (a stream new to the server), by tenant",
+		      offsetof(pd_tenant_counters, new_streams));
+	tenant_family(b, m, "pdeltad_tenant_received_bytes_total",
+		      "frame bytes received after authentication, by tenant",
+		      offsetof(pd_tenant_counters, bytes_in));
+	tenant_family(b, m, "pdeltad_tenant_sent_bytes_total",
+		      "frame bytes queued for sending after authentication, by tenant",
+		      offsetof(pd_tenant_counters, bytes_out));
 }
-
-/* The single-sample families of the network layer, in exposition order; the
- * labelled ones stand between these groups (render_net). */
-#define NET(f, name, type, help) {name, type, help, U64_AT(pd_metrics, f)}
-static const scalar net_conns[] = {
-	NET(conns_current, "pdeltad_open_connections", "gauge", "open connections"),
-	NET(conns_total, "pdeltad_connections_total", "counter", "accepted connections"),
-	NET(conns_authenticated, "pdeltad_connections_authenticated_total", "counter",
-	    "connections that sent HELLO_OK"),
-};
-static const scalar net_auth[] = {
-	NET(handshakes_failed, "pdeltad_tls_handshakes_failed_total", "counter",
-	    "TLS handshakes that failed"),
-	NET(auth_failed, "pdeltad_auth_failures_total", "counter",
-	    "HELLOs refused with auth/AUTH_FAILED"),
-	NET(auth_failed_delayed, "pdeltad_auth_failures_delayed_total", "counter",
-	    "failed authentications answered after the per-source delay"),
-	NET(auth_blocks, "pdeltad_auth_blocks_total", "counter",
-	    "source addresses blocked after auth_fail_block_after failures"),
-	NET(conns_unauth, "pdeltad_connections_unauthenticated", "gauge",
-	    "open connections not authenticated yet (TLS handshake or waiting for HELLO)"),
-};
-static const scalar net_traffic[] = {
-	NET(admin_requests, "pdeltad_admin_requests_total", "counter", "ADMIN requests received"),
-	NET(cancels, "pdeltad_cancels_total", "counter", "CANCEL frames that stopped a request"),
-	NET(bytes_in, "pdeltad_received_bytes_total", "counter", "frame bytes received"),
-	NET(bytes_out, "pdeltad_sent_bytes_total", "counter", "frame bytes queued for sending"),
-	NET(frames_in, "pdeltad_received_frames_total", "counter", "frames received"),
-	NET(frames_out, "pdeltad_sent_frames_total", "counter", "frames queued for sending"),
-};
-static const scalar net_reloads[] = {
-	NET(reloads_refused_empty, "pdeltad_tenants_refused_empty_total", "counter",
-	    "SIGHUP reloads refused: tenants file without credentials (no allow_empty = true)"),
-	NET(reloads_refused_cert, "pdeltad_tls_cert_refused_total", "counter",
-	    "SIGHUP reloads refused: certificate expired, not yet valid, not for serverAuth, "
-	    "key mismatch"),
-};
 
 static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 {
-	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
 	static const char *const reload_names[2] = {"ok", "failed"};
 	const pd_metrics *m = &v->net;
 	uint64_t reloads[2] = {m->reloads_ok, m->reloads_failed};
@@ -407,22 +351,45 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	one(b, "pdeltad_draining", "gauge", "1 while draining (SIGTERM)", v->draining);
 	one(b, "pdeltad_uptime_seconds", "gauge", "seconds since start",
 	    now_ms > m->start_ms ? (now_ms - m->start_ms) / 1000 : 0);
-	scalars(b, m, net_conns, NELEM(net_conns));
+	one(b, "pdeltad_open_connections", "gauge", "open connections", m->conns_current);
+	one(b, "pdeltad_connections_total", "counter", "accepted connections", m->conns_total);
+	one(b, "pdeltad_connections_authenticated_total", "counter", "connections that sent HELLO_OK",
+	    m->conns_authenticated);
 	labelled(b, "pdeltad_connection_closes_total", "closed connections by reason", "reason",
 		 close_names, m->closes, PD_CLOSE__COUNT, false);
-	scalars(b, m, net_auth, NELEM(net_auth));
+	one(b, "pdeltad_tls_handshakes_failed_total", "counter", "TLS handshakes that failed",
+	    m->handshakes_failed);
+	one(b, "pdeltad_auth_failures_total", "counter", "HELLOs refused with auth/AUTH_FAILED",
+	    m->auth_failed);
+	one(b, "pdeltad_auth_failures_delayed_total", "counter",
+	    "failed authentications answered after the per-source delay", m->auth_failed_delayed);
+	one(b, "pdeltad_auth_blocks_total", "counter",
+	    "source addresses blocked after auth_fail_block_after failures", m->auth_blocks);
+	one(b, "pdeltad_connections_unauthenticated", "gauge",
+	    "open connections not authenticated yet (TLS handshake or waiting for HELLO)",
+	    m->conns_unauth);
 	labelled(b, "pdeltad_requests_total", "delta responses sent (RESULT) by status", "status",
 		 status_names, m->results, 3, false);
 	by_code(b, "pdeltad_request_errors_total", "request ERROR frames sent, by code",
 		m->request_errors);
 	by_code(b, "pdeltad_connection_errors_total", "connection ERROR frames sent, by code",
 		m->conn_errors);
-	scalars(b, m, net_traffic, NELEM(net_traffic));
+	one(b, "pdeltad_admin_requests_total", "counter", "ADMIN requests received", m->admin_requests);
+	one(b, "pdeltad_cancels_total", "counter", "CANCEL frames that stopped a request", m->cancels);
+	one(b, "pdeltad_received_bytes_total", "counter", "frame bytes received", m->bytes_in);
+	one(b, "pdeltad_sent_bytes_total", "counter", "frame bytes queued for sending", m->bytes_out);
+	one(b, "pdeltad_received_frames_total", "counter", "frames received", m->frames_in);
+	one(b, "pdeltad_sent_frames_total", "counter", "frames queued for sending", m->frames_out);
 	labelled(b, "pdeltad_limit_hits_total", "limits hit, by limit", "limit", limit_names,
 		 m->limit_hits, PD_LIM__COUNT, false);
 	labelled(b, "pdeltad_tls_reloads_total", "SIGHUP reloads of TLS files and tenants", "result",
 		 reload_names, reloads, 2, false);
-	scalars(b, m, net_reloads, NELEM(net_reloads));
+	one(b, "pdeltad_tenants_refused_empty_total", "counter",
+	    "SIGHUP reloads refused: tenants file without credentials (no allow_empty = true)",
+	    m->reloads_refused_empty);
+	one(b, "pdeltad_tls_cert_refused_total", "counter",
+	    "SIGHUP reloads refused: certificate expired, not yet valid, not for serverAuth, "
+	    "key mismatch", m->reloads_refused_cert);
 	gauge_f(b, "pdeltad_tls_cert_expiry_days", "gauge",
 		"days until the server certificate in service expires (warned under 14)",
 		v->cert_days_left);
@@ -446,24 +413,20 @@ static void render_latency(const pd_service_stats *s, expo *b)
 		  s->lat_commit_sum_ns);
 }
 
-#define STORE(f, name, type, help) {name, type, help, U64_AT(struct pd_store_stats, f)}
-static const scalar store_counts[] = {
-	STORE(commits, "pdeltad_store_commits_total", "counter",
-	      "state store transactions committed"),
-	STORE(rows_written, "pdeltad_store_rows_written_total", "counter", "state rows written"),
-	STORE(errors, "pdeltad_store_errors_total", "counter", "failed store transactions"),
-	STORE(writes_failed, "pdeltad_store_writes_failed_total", "counter",
-	      "writes completed with a store error"),
-	STORE(busy_rejects, "pdeltad_store_busy_rejects_total", "counter",
-	      "writes refused: store queue full"),
-	STORE(read_errors, "pdeltad_store_read_errors_total", "counter", "failed store reads"),
-	STORE(conflicts, "pdeltad_store_conflicts_total", "counter",
-	      "conditional writes refused: the row moved on (another node, expiry, admin)"),
-};
-
 static void render_store(const struct pd_store_stats *st, expo *b)
 {
-	scalars(b, st, store_counts, NELEM(store_counts));
+	one(b, "pdeltad_store_commits_total", "counter", "state store transactions committed",
+	    st->commits);
+	one(b, "pdeltad_store_rows_written_total", "counter", "state rows written", st->rows_written);
+	one(b, "pdeltad_store_errors_total", "counter", "failed store transactions", st->errors);
+	one(b, "pdeltad_store_writes_failed_total", "counter", "writes completed with a store error",
+	    st->writes_failed);
+	one(b, "pdeltad_store_busy_rejects_total", "counter", "writes refused: store queue full",
+	    st->busy_rejects);
+	one(b, "pdeltad_store_read_errors_total", "counter", "failed store reads", st->read_errors);
+	one(b, "pdeltad_store_conflicts_total", "counter",
+	    "conditional writes refused: the row moved on (another node, expiry, admin)",
+	    st->conflicts);
 	one(b, "pdeltad_store_up", "gauge", "1 while the store's database is reachable",
 	    (uint64_t)!st->unreachable);
 	one(b, "pdeltad_store_log_suppressed_total", "counter",
@@ -484,26 +447,6 @@ static void render_store(const struct pd_store_stats *st, expo *b)
 	histogram(b, "pdeltad_store_commit_seconds", NULL, pd_store_hist_bounds_ms, st->commit.le,
 		  PD_STORE_HIST_N, st->commit.count, st->commit.sum_ns);
 }
-
-#define SHADOW(f, name, type, help) {name, type, help, U64_AT(pd_shadow_stats, f)}
-static const scalar shadow_gauges_counts[] = {
-	SHADOW(bytes_held, "pdeltad_shadow_bytes_held", "gauge",
-	       "memory of shadow verification: kept uploads, queued checks"),
-	SHADOW(bytes_held_max, "pdeltad_shadow_bytes_held_max", "gauge",
-	       "peak of pdeltad_shadow_bytes_held"),
-	SHADOW(streams, "pdeltad_shadow_streams", "gauge", "watched streams known"),
-	SHADOW(queued, "pdeltad_shadow_queued", "gauge", "checks waiting for the shadow thread"),
-	SHADOW(fallback_answers, "pdeltad_shadow_fallback_answers_total", "counter",
-	       "deltas answered by the slow path after a mismatch"),
-	SHADOW(fallback_failed, "pdeltad_shadow_fallback_failed_total", "counter",
-	       "fallback answers the slow path could not give (the engine's stood)"),
-	SHADOW(quarantined, "pdeltad_shadow_quarantined_total", "counter",
-	       "mismatch cases written to shadow_dir"),
-	SHADOW(quarantine_failed, "pdeltad_shadow_quarantine_failed_total", "counter",
-	       "mismatch cases that could not be written"),
-	SHADOW(quarantine_removed, "pdeltad_shadow_quarantine_removed_total", "counter",
-	       "old cases removed from shadow_dir by its caps"),
-};
 
 /* Shadow verification (pd_shadow.h). */
 static void render_shadow(const pd_shadow_stats *s, expo *b)
@@ -533,44 +476,28 @@ static void render_shadow(const pd_shadow_stats *s, expo *b)
 		sample(b, "pdeltad_shadow_mismatches_total", lab, s->kinds[i].n);
 		evbuffer_free(lb.b);
 	}
-	scalars(b, s, shadow_gauges_counts, NELEM(shadow_gauges_counts));
+	one(b, "pdeltad_shadow_bytes_held", "gauge",
+	    "memory of shadow verification: kept uploads, queued checks", s->bytes_held);
+	one(b, "pdeltad_shadow_bytes_held_max", "gauge", "peak of pdeltad_shadow_bytes_held",
+	    s->bytes_held_max);
+	one(b, "pdeltad_shadow_streams", "gauge", "watched streams known", s->streams);
+	one(b, "pdeltad_shadow_queued", "gauge", "checks waiting for the shadow thread", s->queued);
+	one(b, "pdeltad_shadow_fallback_answers_total", "counter",
+	    "deltas answered by the slow path after a mismatch", s->fallback_answers);
+	one(b, "pdeltad_shadow_fallback_failed_total", "counter",
+	    "fallback answers the slow path could not give (the engine's stood)", s->fallback_failed);
+	one(b, "pdeltad_shadow_quarantined_total", "counter", "mismatch cases written to shadow_dir",
+	    s->quarantined);
+	one(b, "pdeltad_shadow_quarantine_failed_total", "counter",
+	    "mismatch cases that could not be written", s->quarantine_failed);
+	one(b, "pdeltad_shadow_quarantine_removed_total", "counter",
+	    "old cases removed from shadow_dir by its caps", s->quarantine_removed);
 	family(b, "pdeltad_shadow_cpu_seconds_total", "counter", "CPU time of the checks");
 	seconds_line(b, "pdeltad_shadow_cpu_seconds_total", NULL, s->cpu_ns);
 }
 
-#define SVC(f, name, type, help) {name, type, help, U64_AT(pd_service_stats, f)}
-static const scalar service_scalars[] = {
-	SVC(streams_cached, "pdeltad_streams_cached", "gauge", "streams in the hot-state cache"),
-	SVC(cache_bytes, "pdeltad_cache_bytes", "gauge", "bytes held by the hot-state cache"),
-	SVC(cache_evictions, "pdeltad_cache_evictions_total", "counter",
-	    "streams evicted from the cache"),
-	SVC(streams_expired, "pdeltad_streams_expired_total", "counter",
-	    "streams expired by stream_ttl"),
-	SVC(busy_rejects, "pdeltad_service_limit_hits_total", "counter",
-	    "max_queued_jobs refusals (busy/OVERLOADED)"),
-	SVC(bytes_busy_rejects, "pdeltad_service_queued_bytes_limit_hits_total", "counter",
-	    "max_queued_bytes refusals (busy/OVERLOADED)"),
-	SVC(queued_bytes, "pdeltad_service_queued_bytes", "gauge",
-	    "upload bytes held by admitted jobs"),
-	SVC(stream_limit_hits, "pdeltad_service_stream_limit_hits_total", "counter",
-	    "new streams refused by max_streams_per_tenant"),
-	SVC(input_limit_hits, "pdeltad_service_input_limit_hits_total", "counter",
-	    "profiles refused by an engine input cap"),
-	SVC(upload_limit_hits, "pdeltad_service_upload_limit_hits_total", "counter",
-	    "uploads past max_input"),
-	SVC(jobs_cancelled, "pdeltad_jobs_cancelled_total", "counter", "jobs skipped after CANCEL"),
-	SVC(tenants, "pdeltad_tenants", "gauge", "tenants known to the service"),
-	SVC(jobs_admitted, "pdeltad_jobs_admitted", "gauge", "delta jobs begun and not completed"),
-	SVC(jobs_queued, "pdeltad_jobs_queued", "gauge", "delta jobs waiting for a worker"),
-	SVC(jobs_running, "pdeltad_jobs_running", "gauge", "delta jobs on a worker"),
-	SVC(bytes_in, "pdeltad_profile_bytes_in_total", "counter",
-	    "uploaded profile bytes processed"),
-	SVC(bytes_out, "pdeltad_profile_bytes_out_total", "counter", "delta output bytes produced"),
-};
-
 static void render_service(const pd_service_stats *s, expo *b)
 {
-	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
 	static const char *const reason_names[6] = {"none",    "first", "reset",
 						    "evicted", "moved", "state-lost"};
 
@@ -580,7 +507,35 @@ static void render_service(const pd_service_stats *s, expo *b)
 		 reason_names, s->baselines_by_reason, 6, false);
 	by_code(b, "pdeltad_service_errors_total", "delta requests failed in the service, by code",
 		s->errors_by_code);
-	scalars(b, s, service_scalars, NELEM(service_scalars));
+	one(b, "pdeltad_streams_cached", "gauge", "streams in the hot-state cache", s->streams_cached);
+	one(b, "pdeltad_cache_bytes", "gauge", "bytes held by the hot-state cache", s->cache_bytes);
+	one(b, "pdeltad_cache_evictions_total", "counter", "streams evicted from the cache",
+	    s->cache_evictions);
+	one(b, "pdeltad_streams_expired_total", "counter", "streams expired by stream_ttl",
+	    s->streams_expired);
+	one(b, "pdeltad_service_limit_hits_total", "counter",
+	    "max_queued_jobs refusals (busy/OVERLOADED)", s->busy_rejects);
+	one(b, "pdeltad_service_queued_bytes_limit_hits_total", "counter",
+	    "max_queued_bytes refusals (busy/OVERLOADED)", s->bytes_busy_rejects);
+	one(b, "pdeltad_service_queued_bytes", "gauge", "upload bytes held by admitted jobs",
+	    s->queued_bytes);
+	one(b, "pdeltad_service_stream_limit_hits_total", "counter",
+	    "new streams refused by max_streams_per_tenant", s->stream_limit_hits);
+	one(b, "pdeltad_service_input_limit_hits_total", "counter",
+	    "profiles refused by an engine input cap", s->input_limit_hits);
+	one(b, "pdeltad_service_upload_limit_hits_total", "counter", "uploads past max_input",
+	    s->upload_limit_hits);
+	one(b, "pdeltad_jobs_cancelled_total", "counter", "jobs skipped after CANCEL",
+	    s->jobs_cancelled);
+	one(b, "pdeltad_tenants", "gauge", "tenants known to the service", s->tenants);
+	one(b, "pdeltad_jobs_admitted", "gauge", "delta jobs begun and not completed",
+	    s->jobs_admitted);
+	one(b, "pdeltad_jobs_queued", "gauge", "delta jobs waiting for a worker", s->jobs_queued);
+	one(b, "pdeltad_jobs_running", "gauge", "delta jobs on a worker", s->jobs_running);
+	one(b, "pdeltad_profile_bytes_in_total", "counter", "uploaded profile bytes processed",
+	    s->bytes_in);
+	one(b, "pdeltad_profile_bytes_out_total", "counter", "delta output bytes produced",
+	    s->bytes_out);
 	family(b, "pdeltad_store_corrupt_rows_total", "counter",
 	       "stored rows found corrupt: state blob (stream restarted from a BASELINE), kept "
 	       "response (retry refused)");
