@@ -10,6 +10,7 @@
  * such delete per stream, a bounded number at a time.
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +30,12 @@ typedef struct jw {
 	uint8_t has[JW_DEPTH];
 } jw;
 
-static void jw_init(jw *w, pd_buf *b)
+/* A new document in b, at most cap bytes (send_doc frees b). */
+static void jw_init(jw *w, pd_buf *b, size_t cap)
 {
 	memset(w, 0, sizeof *w);
 	w->b = b;
-	pd_buf_reset(b);
+	pd_buf_init(b, cap);
 }
 
 static void jw_put(jw *w, const char *p, size_t n)
@@ -150,6 +152,68 @@ static int jw_end(jw *w, pd_err *e)
 		return pd_err_set(e, w->rc, "admin document too large or out of memory");
 	w->b->len--;
 	return PD_OK;
+}
+
+/* The answer of an admin request: unless rc says it failed, the document of
+ * w (ended here); then its buffer is freed. */
+static void send_doc(pd_admin_done_fn done, void *arg, int rc, pd_err *e, jw *w)
+{
+	if (!rc)
+		rc = jw_end(w, e);
+	done(arg, rc, e, rc ? NULL : (const char *)w->b->data, rc ? 0 : w->b->len);
+	pd_buf_free(w->b);
+}
+
+/* "key":{"<name(i)>":v[i],...} for i in [from, to). */
+static void jw_counts(jw *w, const char *key, const char *(*name)(int), const uint64_t *v, int from,
+		      int to)
+{
+	jw_key(w, key);
+	jw_open(w, '{');
+	for (int i = from; i < to; i++)
+		jw_u64(w, name(i), v[i]);
+	jw_close(w, '}');
+}
+
+/* ---- members from a table of struct fields --------------------------------------------- */
+
+enum jf_type { JF_U64, JF_I64, JF_STR, JF_STATUS };
+
+typedef struct jfield {
+	const char *key;
+	size_t off;
+	int type; /* enum jf_type */
+} jfield;
+
+/* The member type of field f of T: an int32_t is a response status, written
+ * by name; a field of any other type does not compile. */
+#define JF_TYPE(T, f)                                                                              \
+	_Generic(((T *)0)->f, uint64_t: JF_U64, int64_t: JF_I64, const char *: JF_STR,             \
+		 int32_t: JF_STATUS)
+#define JF_AS(T, key, f) {key, offsetof(T, f), JF_TYPE(T, f)}
+#define JF(T, f) JF_AS(T, #f, f) /* the key is the field's name */
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *status_str(int status)
+{
+	static const char *const n[] = {"delta", "baseline", "duplicate"};
+	return status >= 0 && status < 3 ? n[status] : "";
+}
+
+/* The members of table f, in its order, from the struct at base. */
+static void jw_fields(jw *w, const void *base, const jfield *f, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *p = (const char *)base + f[i].off;
+		if (f[i].type == JF_U64)
+			jw_u64(w, f[i].key, *(const uint64_t *)p);
+		else if (f[i].type == JF_I64)
+			jw_i64(w, f[i].key, *(const int64_t *)p);
+		else if (f[i].type == JF_STR)
+			jw_kstr(w, f[i].key, *(const char *const *)p);
+		else
+			jw_kstr(w, f[i].key, status_str(*(const int32_t *)p));
+	}
 }
 
 /* ---- requests ---------------------------------------------------------------------------- */
@@ -302,55 +366,43 @@ static int check_args(int cmd, const struct admin_args *a, pd_err *e)
 
 /* ---- rows ------------------------------------------------------------------------------ */
 
-static const char *status_str(int status)
-{
-	static const char *const n[] = {"delta", "baseline", "duplicate"};
-	return status >= 0 && status < 3 ? n[status] : "";
-}
+#define ROW(f) JF(pd_store_row, f)
+#define ROW_AS(key, f) JF_AS(pd_store_row, key, f)
 
-/* The listing fields of one stream (a copy, for the top-k sorts). */
+/* A stream in a listing (`streams`). */
+static const jfield listed_row[] = {
+	ROW(tenant), ROW(name), ROW_AS("seq", last_seq), ROW(incarnation), ROW(created_ms),
+	ROW(last_seen_ms), ROW_AS("samples", identities), ROW(state_bytes), ROW(deltas_served),
+	ROW(last_status), ROW(last_reason),
+};
+
+/* One stream (`stream`), after its tenant and name. */
+static const jfield stream_row[] = {
+	ROW_AS("seq", last_seq), ROW(incarnation), ROW(created_ms), ROW(last_seen_ms),
+	ROW(last_time_nanos), ROW_AS("samples", identities), ROW(state_bytes), ROW(last_status),
+	ROW(last_reason), ROW(last_reset_reason), ROW(last_samples_in), ROW(last_samples_out),
+	ROW_AS("last_output_bytes", last_delta_len), ROW(deltas_served), ROW(resets), ROW(version),
+};
+
+/* A listed stream: its row (valid during the store's callback only, unless
+ * srow_own made it a copy) and its sort key. */
 struct srow {
 	uint64_t key;
-	uint64_t seq, incarnation, samples, state_bytes, deltas_served;
-	int64_t last_seen_ms, created_ms;
-	int32_t last_status;
-	char last_reason[16];
-	const char *tenant, *name;
-	char *own; /* the copy of tenant and name in the top-k heap */
+	pd_store_row row;
+	char *own; /* the copy's strings, in the top-k heap */
 };
 
 static void srow_from_rec(struct srow *r, const pd_store_row *rec, int sort)
 {
-	r->seq = rec->last_seq;
-	r->incarnation = rec->incarnation;
-	r->samples = rec->identities;
-	r->state_bytes = rec->state_bytes;
-	r->deltas_served = rec->deltas_served;
-	r->last_seen_ms = rec->last_seen_ms;
-	r->created_ms = rec->created_ms;
-	r->last_status = rec->last_status;
-	snprintf(r->last_reason, sizeof r->last_reason, "%s",
-		 rec->last_reason ? rec->last_reason : "");
-	r->key = sort == PD_ASORT_SAMPLES ? r->samples : r->state_bytes;
-	r->tenant = rec->tenant;
-	r->name = rec->name;
+	r->row = *rec;
+	r->key = sort == PD_ASORT_SAMPLES ? rec->identities : rec->state_bytes;
 	r->own = NULL;
 }
 
 static void write_srow(jw *w, const struct srow *r)
 {
 	jw_open(w, '{');
-	jw_kstr(w, "tenant", r->tenant);
-	jw_kstr(w, "name", r->name);
-	jw_u64(w, "seq", r->seq);
-	jw_u64(w, "incarnation", r->incarnation);
-	jw_i64(w, "created_ms", r->created_ms);
-	jw_i64(w, "last_seen_ms", r->last_seen_ms);
-	jw_u64(w, "samples", r->samples);
-	jw_u64(w, "state_bytes", r->state_bytes);
-	jw_u64(w, "deltas_served", r->deltas_served);
-	jw_kstr(w, "last_status", status_str(r->last_status));
-	jw_kstr(w, "last_reason", r->last_reason);
+	jw_fields(w, &r->row, listed_row, NELEM(listed_row));
 	jw_close(w, '}');
 }
 
@@ -406,18 +458,27 @@ static void heap_up(struct srow *h, size_t i)
 	}
 }
 
+/* Makes r outlive the callback: the strings a listing writes (tenant, name,
+ * last_reason) copied into one allocation, the row's other pointers cleared. */
 static int srow_own(struct srow *r)
 {
-	size_t tl = strlen(r->tenant), nl = strlen(r->name);
-	char *p = malloc(tl + nl + 2);
+	pd_store_row *w = &r->row;
+	const char *reason = w->last_reason ? w->last_reason : "";
+	size_t tl = strlen(w->tenant) + 1, nl = strlen(w->name) + 1, rl = strlen(reason) + 1;
+	char *p = malloc(tl + nl + rl);
 
 	if (!p)
 		return -1;
-	memcpy(p, r->tenant, tl + 1);
-	memcpy(p + tl + 1, r->name, nl + 1);
+	memcpy(p, w->tenant, tl);
+	memcpy(p + tl, w->name, nl);
+	memcpy(p + tl + nl, reason, rl);
 	r->own = p;
-	r->tenant = p;
-	r->name = p + tl + 1;
+	w->tenant = p;
+	w->name = p + tl;
+	w->last_reason = p + tl + nl;
+	w->state = w->last_delta = NULL;
+	w->last_reset_reason = NULL;
+	w->own_mem = NULL;
 	return 0;
 }
 
@@ -450,7 +511,7 @@ static int srow_cmp_desc(const void *a, const void *b)
 	const struct srow *x = a, *y = b;
 	if (x->key != y->key)
 		return x->key < y->key ? 1 : -1;
-	return strcmp(x->name, y->name);
+	return strcmp(x->row.name, y->row.name);
 }
 
 static int streams_top(const adm_req *j, struct list_ctx *c, pd_err *e)
@@ -543,22 +604,7 @@ static int adm_stream(const adm_req *j, jw *out, pd_err *e)
 	jw_open(out, '{');
 	jw_kstr(out, "tenant", j->tenant);
 	jw_kstr(out, "name", j->name);
-	jw_u64(out, "seq", r->last_seq);
-	jw_u64(out, "incarnation", r->incarnation);
-	jw_i64(out, "created_ms", r->created_ms);
-	jw_i64(out, "last_seen_ms", r->last_seen_ms);
-	jw_i64(out, "last_time_nanos", r->last_time_nanos);
-	jw_u64(out, "samples", r->identities);
-	jw_u64(out, "state_bytes", r->state_bytes);
-	jw_kstr(out, "last_status", status_str(r->last_status));
-	jw_kstr(out, "last_reason", r->last_reason);
-	jw_kstr(out, "last_reset_reason", r->last_reset_reason);
-	jw_u64(out, "last_samples_in", r->last_samples_in);
-	jw_u64(out, "last_samples_out", r->last_samples_out);
-	jw_u64(out, "last_output_bytes", r->last_delta_len);
-	jw_u64(out, "deltas_served", r->deltas_served);
-	jw_u64(out, "resets", r->resets);
-	jw_u64(out, "version", r->version);
+	jw_fields(out, r, stream_row, NELEM(stream_row));
 	state_facts(r, out);
 	cache_facts(j, out);
 	jw_close(out, '}');
@@ -602,9 +648,36 @@ static int adm_tenants(const adm_req *j, jw *out, pd_err *e)
 
 /* ---- stats ---------------------------------------------------------------------------------- */
 
+#define SVC(f) JF(pd_service_stats, f)
+#define SVC_AS(key, f) JF_AS(pd_service_stats, key, f)
+#define STORE(f) JF(struct pd_store_stats, f)
+
+static const jfield cache_stats[] = {
+	SVC(streams_cached), SVC(cache_bytes), SVC(cache_evictions), SVC(streams_expired),
+	SVC(jobs_queued), SVC(jobs_running), SVC(jobs_admitted), SVC(jobs_cancelled),
+	SVC(store_conflicts), SVC(admin_requests), SVC(tenants), SVC(bytes_in), SVC(bytes_out),
+};
+static const jfield latency_stats[] = {
+	SVC_AS("count", lat_count), SVC_AS("total_sum_ns", lat_total_sum_ns),
+	SVC_AS("engine_sum_ns", lat_engine_sum_ns), SVC_AS("commit_sum_ns", lat_commit_sum_ns),
+};
+static const jfield store_stats[] = {
+	STORE(commits), STORE(rows_written), STORE(errors), STORE(writes_failed), STORE(conflicts),
+	STORE(busy_rejects), STORE(expired), STORE(reads), STORE(read_errors), STORE(queue_len),
+	STORE(queue_len_peak), STORE(batch_max),
+	JF_AS(struct pd_store_stats, "commit_count", commit.count),
+	JF_AS(struct pd_store_stats, "commit_sum_ns", commit.sum_ns),
+};
+
+static const char *le_ms_name(int i)
+{
+	static const char *const bounds[11] = {"1",	"2",   "5",   "10",  "20",  "50",
+					       "100", "200", "500", "1000", "+Inf"};
+	return bounds[i];
+}
+
 static void stats_service(jw *out, const pd_service_stats *st)
 {
-	static const char *const reasons[] = {"none", "first", "reset", "evicted", "moved", "state-lost"};
 	uint64_t requests = 0;
 
 	for (int i = 0; i < 3; i++)
@@ -612,21 +685,9 @@ static void stats_service(jw *out, const pd_service_stats *st)
 	for (int i = 1; i < PD_E__COUNT; i++)
 		requests += st->errors_by_code[i];
 	jw_u64(out, "requests", requests);
-	jw_key(out, "requests_by_status");
-	jw_open(out, '{');
-	for (int i = 0; i < 3; i++)
-		jw_u64(out, status_str(i), st->requests_by_status[i]);
-	jw_close(out, '}');
-	jw_key(out, "baselines_by_reason");
-	jw_open(out, '{');
-	for (int i = 1; i < 6; i++)
-		jw_u64(out, reasons[i], st->baselines_by_reason[i]);
-	jw_close(out, '}');
-	jw_key(out, "errors_by_code");
-	jw_open(out, '{');
-	for (int i = 1; i < PD_E__COUNT; i++)
-		jw_u64(out, pd_code_name(i), st->errors_by_code[i]);
-	jw_close(out, '}');
+	jw_counts(out, "requests_by_status", status_str, st->requests_by_status, 0, 3);
+	jw_counts(out, "baselines_by_reason", pd_reason_name, st->baselines_by_reason, 1, 6);
+	jw_counts(out, "errors_by_code", pd_code_name, st->errors_by_code, 1, PD_E__COUNT);
 	jw_key(out, "limit_hits");
 	jw_open(out, '{');
 	jw_u64(out, "queue_full", st->busy_rejects);
@@ -638,34 +699,12 @@ static void stats_service(jw *out, const pd_service_stats *st)
 
 static void stats_cache(jw *out, const pd_service_stats *st)
 {
-	static const char *const bounds[11] = {"1",	"2",   "5",   "10",  "20",  "50",
-					       "100", "200", "500", "1000", "+Inf"};
-
-	jw_u64(out, "streams_cached", st->streams_cached);
-	jw_u64(out, "cache_bytes", st->cache_bytes);
-	jw_u64(out, "cache_evictions", st->cache_evictions);
-	jw_u64(out, "streams_expired", st->streams_expired);
-	jw_u64(out, "jobs_queued", st->jobs_queued);
-	jw_u64(out, "jobs_running", st->jobs_running);
-	jw_u64(out, "jobs_admitted", st->jobs_admitted);
-	jw_u64(out, "jobs_cancelled", st->jobs_cancelled);
-	jw_u64(out, "store_conflicts", st->store_conflicts);
-	jw_u64(out, "admin_requests", st->admin_requests);
-	jw_u64(out, "tenants", st->tenants);
-	jw_u64(out, "bytes_in", st->bytes_in);
-	jw_u64(out, "bytes_out", st->bytes_out);
+	jw_fields(out, st, cache_stats, NELEM(cache_stats));
 	jw_key(out, "latency");
 	jw_open(out, '{');
-	jw_u64(out, "count", st->lat_count);
-	jw_u64(out, "total_sum_ns", st->lat_total_sum_ns);
-	jw_u64(out, "engine_sum_ns", st->lat_engine_sum_ns);
-	jw_u64(out, "commit_sum_ns", st->lat_commit_sum_ns);
+	jw_fields(out, st, latency_stats, NELEM(latency_stats));
 	/* cumulative request counts at or under each bound in ms (pdeltactl top's p99) */
-	jw_key(out, "total_le_ms");
-	jw_open(out, '{');
-	for (int i = 0; i < 11; i++)
-		jw_u64(out, bounds[i], st->lat_total[i]);
-	jw_close(out, '}');
+	jw_counts(out, "total_le_ms", le_ms_name, st->lat_total, 0, 11);
 	jw_close(out, '}');
 }
 
@@ -673,20 +712,7 @@ static void stats_store(jw *out, const struct pd_store_stats *st)
 {
 	jw_key(out, "store");
 	jw_open(out, '{');
-	jw_u64(out, "commits", st->commits);
-	jw_u64(out, "rows_written", st->rows_written);
-	jw_u64(out, "errors", st->errors);
-	jw_u64(out, "writes_failed", st->writes_failed);
-	jw_u64(out, "conflicts", st->conflicts);
-	jw_u64(out, "busy_rejects", st->busy_rejects);
-	jw_u64(out, "expired", st->expired);
-	jw_u64(out, "reads", st->reads);
-	jw_u64(out, "read_errors", st->read_errors);
-	jw_u64(out, "queue_len", st->queue_len);
-	jw_u64(out, "queue_len_peak", st->queue_len_peak);
-	jw_u64(out, "batch_max", st->batch_max);
-	jw_u64(out, "commit_count", st->commit.count);
-	jw_u64(out, "commit_sum_ns", st->commit.sum_ns);
+	jw_fields(out, st, store_stats, NELEM(store_stats));
 	jw_kstr(out, "last_error", st->last_error);
 	jw_close(out, '}');
 }
@@ -736,25 +762,26 @@ static int collect_name(void *arg, const pd_store_row *rec)
 	return 0;
 }
 
-static void deleted_answer(pd_admin_done_fn done, void *arg, const char *tenant, const char *name,
-			   uint64_t n)
+/* The answer of a reset ({tenant, name, "reset":true}) or of a delete of a
+ * name or a prefix (name NULL) ({tenant, [name,] "deleted":n}). */
+static void op_answer(pd_admin_done_fn done, void *arg, int cmd, const char *tenant,
+		      const char *name, uint64_t deleted)
 {
 	pd_buf b;
 	jw w;
 	pd_err e = {0};
-	int rc;
 
-	pd_buf_init(&b, 1 << 16);
-	jw_init(&w, &b);
+	jw_init(&w, &b, 1 << 16);
 	jw_open(&w, '{');
 	jw_kstr(&w, "tenant", tenant);
 	if (name)
 		jw_kstr(&w, "name", name);
-	jw_u64(&w, "deleted", n);
+	if (cmd == PD_ADM_RESET)
+		jw_bool(&w, "reset", 1);
+	else
+		jw_u64(&w, "deleted", deleted);
 	jw_close(&w, '}');
-	rc = jw_end(&w, &e);
-	done(arg, rc, &e, rc ? NULL : (const char *)b.data, rc ? 0 : b.len);
-	pd_buf_free(&b);
+	send_doc(done, arg, PD_OK, &e, &w);
 }
 
 static void req_free(adm_req *j)
@@ -807,7 +834,7 @@ static void multi_answer(adm_req *m)
 	if (m->rc)
 		m->adone(m->aarg, m->rc, &m->err, NULL, 0);
 	else
-		deleted_answer(m->adone, m->aarg, m->tenant, NULL, m->deleted);
+		op_answer(m->adone, m->aarg, PD_ADM_DELETE, m->tenant, NULL, m->deleted);
 	req_free(m);
 }
 
@@ -883,38 +910,21 @@ static void adm_delete_prefix(adm_req *m)
 
 /* ---- reset / delete of one stream ------------------------------------------------------- */
 
+/* A delete of a missing stream deleted 0; a reset of one is PD_E_NOTFOUND. */
 static const char *stream_op_done(void *arg, int rc, const pd_err *err)
 {
 	adm_req *j = arg;
 	pd_err e = *err;
-	pd_buf b;
-	jw w;
 
-	if (j->cmd == PD_ADM_DELETE) {
-		if (rc == PD_OK || rc == PD_E_NOTFOUND)
-			deleted_answer(j->adone, j->aarg, j->tenant, j->name, rc == PD_OK);
-		else
-			j->adone(j->aarg, rc, &e, NULL, 0);
-		req_free(j);
-		return NULL;
-	}
-	if (rc == PD_E_NOTFOUND)
-		pd_err_set(&e, rc, "no stream %s in tenant %s", j->name, j->tenant);
-	if (rc) {
+	if (j->cmd == PD_ADM_DELETE && rc == PD_E_NOTFOUND)
+		op_answer(j->adone, j->aarg, j->cmd, j->tenant, j->name, 0);
+	else if (rc == PD_OK)
+		op_answer(j->adone, j->aarg, j->cmd, j->tenant, j->name, 1);
+	else {
+		if (rc == PD_E_NOTFOUND)
+			pd_err_set(&e, rc, "no stream %s in tenant %s", j->name, j->tenant);
 		j->adone(j->aarg, rc, &e, NULL, 0);
-		req_free(j);
-		return NULL;
 	}
-	pd_buf_init(&b, 1 << 16);
-	jw_init(&w, &b);
-	jw_open(&w, '{');
-	jw_kstr(&w, "tenant", j->tenant);
-	jw_kstr(&w, "name", j->name);
-	jw_bool(&w, "reset", 1);
-	jw_close(&w, '}');
-	rc = jw_end(&w, &e);
-	j->adone(j->aarg, rc, &e, rc ? NULL : (const char *)b.data, rc ? 0 : b.len);
-	pd_buf_free(&b);
 	req_free(j);
 	return NULL;
 }
@@ -933,8 +943,7 @@ static void admin_task(void *arg)
 		adm_delete_prefix(j); /* answers and frees when its last part is done */
 		return;
 	}
-	pd_buf_init(&doc, ADMIN_JSON_MAX);
-	jw_init(&out, &doc);
+	jw_init(&out, &doc, ADMIN_JSON_MAX);
 	switch (j->cmd) {
 	case PD_ADM_STREAMS:
 		rc = adm_streams(j, &out, &e);
@@ -949,10 +958,7 @@ static void admin_task(void *arg)
 		rc = adm_stats(j, &out);
 		break;
 	}
-	if (!rc)
-		rc = jw_end(&out, &e);
-	j->adone(j->aarg, rc, &e, rc ? NULL : (const char *)doc.data, rc ? 0 : doc.len);
-	pd_buf_free(&doc);
+	send_doc(j->adone, j->aarg, rc, &e, &out);
 	req_free(j);
 }
 

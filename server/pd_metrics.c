@@ -42,6 +42,9 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
 };
 
+/* RESULT status (pd_status order), of the network layer's and the service's counts. */
+static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
+
 const char *pd_close_reason_name(int r)
 {
 	return r >= 0 && r < PD_CLOSE__COUNT ? close_names[r] : "unknown";
@@ -340,7 +343,6 @@ static void render_tenants(const pd_metrics *m, expo *b)
 
 static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 {
-	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
 	static const char *const reload_names[2] = {"ok", "failed"};
 	const pd_metrics *m = &v->net;
 	uint64_t reloads[2] = {m->reloads_ok, m->reloads_failed};
@@ -496,7 +498,6 @@ static void render_shadow(const pd_shadow_stats *s, expo *b)
 
 static void render_service(const pd_service_stats *s, expo *b)
 {
-	static const char *const status_names[3] = {"delta", "baseline", "duplicate"};
 	static const char *const reason_names[6] = {"none",    "first", "reset",
 						    "evicted", "moved", "state-lost"};
 

@@ -343,13 +343,8 @@ static int job_strings(pd_job *j, const char *const *in, const char **out, size_
 
 	for (size_t i = 0; i < n; i++)
 		total += in[i] ? strlen(in[i]) + 1 : 0;
-	if (total > j->strs_alloc) {
-		char *p = realloc(j->strs, total);
-		if (!p)
-			return pd_err_set(e, PD_E_NOMEM, "out of memory for request strings");
-		j->strs = p;
-		j->strs_alloc = total;
-	}
+	if (pd_array_grow((void **)&j->strs, &j->strs_alloc, total, 1, NULL))
+		return pd_err_set(e, PD_E_NOMEM, "out of memory for request strings");
 	for (size_t i = 0; i < n; i++) {
 		size_t l;
 		out[i] = NULL;
@@ -674,6 +669,17 @@ static void shadow_fallback(pd_worker *w, pd_job *j)
 	pd_buf_free(&alt);
 }
 
+/* The job gives back what it holds of the table: its next state (to the
+ * state pool) and, for a new stream, its tenant's pending slot. Holds mu. */
+static void job_return_locked(pd_service *s, pd_job *j, pd_stream *st)
+{
+	pd_table_state_put(s->table, j->next_state);
+	j->next_state = NULL;
+	if (j->new_stream)
+		st->ten->pending--;
+	j->new_stream = 0;
+}
+
 /* Completes a delta job (done is called) and releases its stream. */
 static void job_finish(pd_job *j)
 {
@@ -698,11 +704,7 @@ static void job_finish(pd_job *j)
 	if (!r->rc && st && s->shadow)
 		shadow_offer(s, j);
 	pthread_mutex_lock(&s->mu);
-	pd_table_state_put(s->table, j->next_state);
-	j->next_state = NULL;
-	if (j->new_stream)
-		st->ten->pending--;
-	j->new_stream = 0;
+	job_return_locked(s, j, st);
 	count_result(s, j);
 	if (r->rc == PD_E_TIMEOUT && r->detail == PD_DETAIL_CANCELLED)
 		s->st.jobs_cancelled++;
@@ -726,11 +728,7 @@ static void job_requeue(pd_job *j)
 	pd_stream *victims;
 
 	pthread_mutex_lock(&s->mu);
-	pd_table_state_put(s->table, j->next_state);
-	j->next_state = NULL;
-	if (j->new_stream)
-		st->ten->pending--;
-	j->new_stream = 0;
+	job_return_locked(s, j, st);
 	j->state_lost = 0; /* decided again against the reloaded row */
 	j->retries++;
 	s->st.store_conflicts++;
@@ -1617,18 +1615,15 @@ static void normalize_opts(pd_service_opts *o)
 		n = sysconf(_SC_NPROCESSORS_ONLN);
 		o->workers = n > 0 ? (unsigned)n : 1;
 	}
-	if (!o->cache_bytes)
-		o->cache_bytes = d.cache_bytes;
-	if (!o->max_streams_per_tenant)
-		o->max_streams_per_tenant = d.max_streams_per_tenant;
-	if (!o->max_queued_jobs)
-		o->max_queued_jobs = d.max_queued_jobs;
-	if (!o->max_queued_bytes)
-		o->max_queued_bytes = d.max_queued_bytes;
-	if (!o->chunk_bytes)
-		o->chunk_bytes = d.chunk_bytes;
-	if (!o->janitor_interval_ms)
-		o->janitor_interval_ms = d.janitor_interval_ms;
+	/* A field left 0 takes its default. */
+#define OR_DEFAULT(f) (o->f = o->f ? o->f : d.f)
+	OR_DEFAULT(cache_bytes);
+	OR_DEFAULT(max_streams_per_tenant);
+	OR_DEFAULT(max_queued_jobs);
+	OR_DEFAULT(max_queued_bytes);
+	OR_DEFAULT(chunk_bytes);
+	OR_DEFAULT(janitor_interval_ms);
+#undef OR_DEFAULT
 	if (o->gzip_level < 0 || o->gzip_level > 9)
 		o->gzip_level = d.gzip_level;
 }
