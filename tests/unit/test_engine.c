@@ -272,10 +272,11 @@ static void test_sample_order(void)
  * split duplicates must all give the same identities and deltas. */
 static void test_identity_invariance(void)
 {
-	static pb p0, p1;
+	static pb p0, p1, p2;
 	smp a[] = {{3, {1, 2, 3}, {100, 5}, 2, {{8, 9}, {11, 10}}, 1}};
 	smp b[] = {{3, {1, 2, 3}, {60, 3}, 2, {{11, 10}, {8, 9}}, 0},
 		   {3, {1, 2, 3}, {70, 4}, 2, {{8, 9}, {11, 10}}, 0}};
+	smp c[] = {{3, {1, 2, 3}, {200, 6}, 2, {{8, 9}, {11, 10}}, 1}};
 	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
 	pd_buf out;
 	pd_result r;
@@ -292,6 +293,14 @@ static void test_identity_invariance(void)
 	/* swapped columns: column 0 of the output is inuse_space (gauge 7),
 	 * column 1 is alloc_space (130 - 100 = 30). */
 	CHECK(o.nsamples == 1 && o.total[0] == 7 && o.total[1] == 30);
+	/* packed ids 127, 128, 129: one byte, then two (the hash pass's one-byte
+	 * loop hands the rest of the field to the 1-2 byte decoder) */
+	build(&p2, c, 1, 3000, 0, 126);
+	CHECK(run(&p2, s2, s1, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_DELTA);
+	CHECK(r.samples_in == 1 && r.samples_unique == 1 && r.samples_out == 1);
+	summarize(out.data, out.len, &o);
+	CHECK(o.nsamples == 1 && o.total[0] == 70 && o.total[1] == 6);
 	pd_buf_free(&out);
 	pd_state_free(s0);
 	pd_state_free(s1);
