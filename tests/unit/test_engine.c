@@ -12,6 +12,7 @@
 
 #include "pd_engine.h"
 #include "pd_inspect.h"
+#include "pd_pb.h"
 #include "pb_build.h"
 #include "tharness.h"
 
@@ -561,6 +562,33 @@ static void test_state_roundtrip(void)
 	pd_state_free(s2);
 }
 
+/* pd_varint8 (packed sample values) against the written value: every length
+ * from 1 to 10 bytes, followed by bytes with the top bit set (which must not
+ * be read into the value), and a field ending before the varint does. */
+static void test_varint8(void)
+{
+	for (int bits = 0; bits <= 64; bits++) {
+		uint64_t vs[3], got;
+		vs[0] = bits == 64 ? ~0ULL : (1ULL << bits) - 1;
+		vs[1] = bits == 64 ? 0x8000000000000001ULL : 1ULL << bits;
+		vs[2] = vs[0] & 0x5a5a5a5a5a5a5a5aULL;
+		for (int k = 0; k < 3; k++) {
+			static pb b;
+			const uint8_t *p;
+			b.n = 0;
+			put_varint(&b, vs[k]);
+			size_t n = b.n;
+			memset(b.d + n, 0xff, 16);
+			p = b.d;
+			got = ~vs[k];
+			CHECK(pd_varint8(&p, b.d + n, b.d + n + 16, &got) == 0 && got == vs[k] &&
+			      p == b.d + n);
+			p = b.d;
+			CHECK(pd_varint8(&p, b.d + n - 1, b.d + n + 16, &got) == -1);
+		}
+	}
+}
+
 int main(void)
 {
 	eng = pd_engine_new(NULL);
@@ -574,6 +602,7 @@ int main(void)
 	test_gzip_bomb();
 	test_trim();
 	test_state_roundtrip();
+	test_varint8();
 	pd_engine_free(eng);
 	return TH_DONE();
 }
