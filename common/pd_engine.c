@@ -316,6 +316,13 @@ static inline int fold_loc(const pd_engine *g, stack_acc *a, uint64_t id)
  * Packed location ids with dense ids (the common case): the hottest loop of
  * the engine, kept free of calls and memory round trips. Returns 0, -1
  * (malformed varint) or -2 (unknown location id).
+ *
+ * Ids are first read one byte per id while they take one byte (profiles
+ * with fewer than 128 locations, and stacks of low ids in larger ones): no
+ * id's start waits on the previous id's decode, so the loop runs at the pace
+ * of the hash lanes. From the first longer id on, the rest of the field goes
+ * through the branch-free 1-2 byte decoder (one exit per field, however
+ * long ids and short ones mix).
  */
 static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *end, stack_acc *a)
 {
@@ -325,8 +332,19 @@ static int fold_locs_dense(const pd_engine *g, const uint8_t *p, const uint8_t *
 	const uint64_t dn = g->ix.loc_ids.dense_n;
 	uint32_t *cnt = g->loc_cnt;
 	uint64_t lo = a->lo, hi = a->hi;
+	const uint32_t lim1 = dn < 0x80 ? (uint32_t)dn : 0x80; /* ids of one byte, in range */
 	uint32_t depth = a->depth, ok = 1;
 
+	for (; p < end; p++) {
+		uint32_t v = *p;
+		if (v >= lim1)
+			break; /* a longer id or one out of range: the decoder below takes over */
+		ok &= valid[v];
+		lo = lo * PD_H_POLY_LO + lh[v].lo;
+		hi = hi * PD_H_POLY_HI + lh[v].hi;
+		cnt[v]++;
+		depth++;
+	}
 	while (p < end) {
 		uint64_t v;
 		if (pd_pprof_loc_id(&p, end, bend1, &v))

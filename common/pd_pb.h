@@ -184,11 +184,11 @@ static inline int pd_varint8(const uint8_t **pp, const uint8_t *fend, const uint
 			unsigned bits = (unsigned)__builtin_ctzll(stop) + 1; /* 8, 16, ... 64 */
 			if (bits < 64)
 				x &= (1ULL << bits) - 1;
+			/* Pack the 7-bit groups pairwise: 14 bits per 16, 28 per 32, 56. */
 			x &= 0x7f7f7f7f7f7f7f7fULL;
-			*v = (x & 0x7f) | (x >> 1 & 0x3f80ULL) | (x >> 2 & 0x1fc000ULL) |
-			     (x >> 3 & 0xfe00000ULL) | (x >> 4 & 0x7f0000000ULL) |
-			     (x >> 5 & 0x3f800000000ULL) | (x >> 6 & 0x1fc0000000000ULL) |
-			     (x >> 7 & 0xfe000000000000ULL);
+			x = (x & 0x007f007f007f007fULL) | (x >> 1 & 0x3f803f803f803f80ULL);
+			x = (x & 0x00003fff00003fffULL) | (x >> 2 & 0x0fffc0000fffc000ULL);
+			*v = (x & 0x000000000fffffffULL) | (x >> 4 & 0x00fffffff0000000ULL);
 			p += bits >> 3;
 			if (p > fend)
 				return -1;

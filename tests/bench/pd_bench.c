@@ -13,6 +13,10 @@
  * taking the median of N repetitions, and prints one line per sequence with
  * per-phase times, MB/s, state bytes per identity (memory and serialized),
  * mallocs per steady-state call, peak RSS and the e2e/floor ratio.
+ * The *_cpu figures are the same calls timed on the thread's CPU clock
+ * (index+hash: pd_engine_index_hashed on the raw input, the two passes
+ * alone): on a shared machine they leave out the time the process waited
+ * for a core, which wall times include.
  * malloc/calloc/realloc are interposed to count allocations.
  */
 #include <stdio.h>
@@ -172,6 +176,7 @@ int main(int argc, char **argv)
 	pd_req req;
 	pd_buf scratch, ser;
 	double e2e = 0, core = 0, flo = 0, libflo = 0, ph[6] = {0};
+	double e2e_cpu = 0, core_cpu = 0, libflo_cpu = 0, ih_cpu = 0;
 	double mb_raw = 0;
 	unsigned long allocs = 0, calls = 0;
 	size_t ident = 0, mem = 0, serb = 0;
@@ -218,15 +223,18 @@ int main(int argc, char **argv)
 	}
 	for (int i = 1; i < nf; i++) {
 		double te[101], tc[101], tf[101], tl[101], p[6][101];
+		double ce[101], cc[101], cl[101], ch[101];
 		for (int k = 0; k < reps; k++) {
 			pd_result r;
 			pd_err e;
 			pd_req rq = req;
 			unsigned long a0 = n_allocs;
-			uint64_t t0 = pd_now_ns();
+			pd_engine_view view;
+			uint64_t c0 = pd_thread_cpu_ns(), t0 = pd_now_ns();
 			pd_engine_run(eng, fs[i].gz.data, fs[i].gz.len, st[i - 1], scratch_state, &req,
 				      null_sink, NULL, &r, &e);
 			te[k] = (double)(pd_now_ns() - t0) / 1e6;
+			ce[k] = (double)(pd_thread_cpu_ns() - c0) / 1e6;
 			if (k > 0) {
 				allocs += n_allocs - a0;
 				calls++;
@@ -238,17 +246,31 @@ int main(int argc, char **argv)
 			p[4][k] = r.ns_encode / 1e6;
 			p[5][k] = r.ns_deflate / 1e6;
 			rq.gzip_level = 0;
+			c0 = pd_thread_cpu_ns();
 			t0 = pd_now_ns();
 			pd_engine_run(eng, fs[i].raw.data, fs[i].raw.len, st[i - 1], scratch_state, &rq,
 				      null_sink, NULL, &r, &e);
 			tc[k] = (double)(pd_now_ns() - t0) / 1e6;
+			cc[k] = (double)(pd_thread_cpu_ns() - c0) / 1e6;
 			tf[k] = floor_ms(&fs[i].gz, &fs[i].out_raw, level, &scratch);
+			c0 = pd_thread_cpu_ns();
 			tl[k] = libfloor_ms(&fs[i].gz, &fs[i].out_raw, level, &scratch);
+			cl[k] = (double)(pd_thread_cpu_ns() - c0) / 1e6;
+			c0 = pd_thread_cpu_ns();
+			if (pd_engine_index_hashed(eng, fs[i].raw.data, fs[i].raw.len, scratch_state, &view, &e)) {
+				fprintf(stderr, "%s: %s\n", argv[argi + i], e.msg);
+				return 1;
+			}
+			ch[k] = (double)(pd_thread_cpu_ns() - c0) / 1e6;
 		}
 		e2e += median(te, reps);
 		core += median(tc, reps);
 		flo += median(tf, reps);
 		libflo += median(tl, reps);
+		e2e_cpu += median(ce, reps);
+		core_cpu += median(cc, reps);
+		libflo_cpu += median(cl, reps);
+		ih_cpu += median(ch, reps);
 		for (int q = 0; q < 6; q++)
 			ph[q] += median(p[q], reps);
 		mb_raw += (double)fs[i].raw.len / 1e6;
@@ -263,11 +285,13 @@ int main(int argc, char **argv)
 		int n = nf - 1;
 		printf("%-16s files=%d e2e_ms=%.2f core_ms=%.2f floor_ms=%.2f ratio=%.2f "
 		       "libfloor_ms=%.2f lib_ratio=%.2f MB/s=%.0f inflate=%.2f index=%.2f hash=%.2f diff=%.2f encode=%.2f deflate=%.2f "
-		       "state_B/id=%.1f ser_B/id=%.1f mallocs/call=%.1f peak_rss_MB=%.0f\n",
+		       "state_B/id=%.1f ser_B/id=%.1f mallocs/call=%.1f peak_rss_MB=%.0f "
+		       "e2e_cpu_ms=%.2f core_cpu_ms=%.2f libfloor_cpu_ms=%.2f lib_ratio_cpu=%.2f indexhash_cpu_ms=%.2f\n",
 		       name, nf, e2e / n, core / n, flo / n, e2e / flo, libflo / n, e2e / libflo, mb_raw / (e2e / 1e3),
 		       ph[0] / n, ph[1] / n, ph[2] / n, ph[3] / n, ph[4] / n, ph[5] / n,
 		       ident ? (double)mem / (double)ident : 0, ident ? (double)serb / (double)ident : 0,
-		       calls ? (double)allocs / (double)calls : 0, ru.ru_maxrss / 1024.0);
+		       calls ? (double)allocs / (double)calls : 0, ru.ru_maxrss / 1024.0, e2e_cpu / n,
+		       core_cpu / n, libflo_cpu / n, e2e_cpu / libflo_cpu, ih_cpu / n);
 	}
 	return 0;
 }

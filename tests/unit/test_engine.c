@@ -12,6 +12,7 @@
 
 #include "pd_engine.h"
 #include "pd_inspect.h"
+#include "pd_pb.h"
 #include "pb_build.h"
 #include "tharness.h"
 
@@ -272,10 +273,11 @@ static void test_sample_order(void)
  * split duplicates must all give the same identities and deltas. */
 static void test_identity_invariance(void)
 {
-	static pb p0, p1;
+	static pb p0, p1, p2;
 	smp a[] = {{3, {1, 2, 3}, {100, 5}, 2, {{8, 9}, {11, 10}}, 1}};
 	smp b[] = {{3, {1, 2, 3}, {60, 3}, 2, {{11, 10}, {8, 9}}, 0},
 		   {3, {1, 2, 3}, {70, 4}, 2, {{8, 9}, {11, 10}}, 0}};
+	smp c[] = {{3, {1, 2, 3}, {200, 6}, 2, {{8, 9}, {11, 10}}, 1}};
 	pd_state *s0 = pd_state_new(), *s1 = pd_state_new(), *s2 = pd_state_new();
 	pd_buf out;
 	pd_result r;
@@ -292,6 +294,14 @@ static void test_identity_invariance(void)
 	/* swapped columns: column 0 of the output is inuse_space (gauge 7),
 	 * column 1 is alloc_space (130 - 100 = 30). */
 	CHECK(o.nsamples == 1 && o.total[0] == 7 && o.total[1] == 30);
+	/* packed ids 127, 128, 129: one byte, then two (the hash pass's one-byte
+	 * loop hands the rest of the field to the 1-2 byte decoder) */
+	build(&p2, c, 1, 3000, 0, 126);
+	CHECK(run(&p2, s2, s1, &out, &r) == PD_OK);
+	CHECK(r.status == PD_STATUS_DELTA);
+	CHECK(r.samples_in == 1 && r.samples_unique == 1 && r.samples_out == 1);
+	summarize(out.data, out.len, &o);
+	CHECK(o.nsamples == 1 && o.total[0] == 70 && o.total[1] == 6);
 	pd_buf_free(&out);
 	pd_state_free(s0);
 	pd_state_free(s1);
@@ -552,6 +562,33 @@ static void test_state_roundtrip(void)
 	pd_state_free(s2);
 }
 
+/* pd_varint8 (packed sample values) against the written value: every length
+ * from 1 to 10 bytes, followed by bytes with the top bit set (which must not
+ * be read into the value), and a field ending before the varint does. */
+static void test_varint8(void)
+{
+	for (int bits = 0; bits <= 64; bits++) {
+		uint64_t vs[3], got;
+		vs[0] = bits == 64 ? ~0ULL : (1ULL << bits) - 1;
+		vs[1] = bits == 64 ? 0x8000000000000001ULL : 1ULL << bits;
+		vs[2] = vs[0] & 0x5a5a5a5a5a5a5a5aULL;
+		for (int k = 0; k < 3; k++) {
+			static pb b;
+			const uint8_t *p;
+			b.n = 0;
+			put_varint(&b, vs[k]);
+			size_t n = b.n;
+			memset(b.d + n, 0xff, 16);
+			p = b.d;
+			got = ~vs[k];
+			CHECK(pd_varint8(&p, b.d + n, b.d + n + 16, &got) == 0 && got == vs[k] &&
+			      p == b.d + n);
+			p = b.d;
+			CHECK(pd_varint8(&p, b.d + n - 1, b.d + n + 16, &got) == -1);
+		}
+	}
+}
+
 int main(void)
 {
 	eng = pd_engine_new(NULL);
@@ -565,6 +602,7 @@ int main(void)
 	test_gzip_bomb();
 	test_trim();
 	test_state_roundtrip();
+	test_varint8();
 	pd_engine_free(eng);
 	return TH_DONE();
 }
