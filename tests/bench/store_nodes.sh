@@ -76,7 +76,7 @@ start_nodes() { # N DB: N pdeltad nodes on DB, 2 workers each
 		NODE_PIDS+=($!)
 		NODE_PORTS+=("$p")
 		NODE_MPORTS+=("$m")
-		pd_at_exit "kill -9 $! 2>/dev/null || true"
+		pd_at_exit "kill -0 $! 2>/dev/null && kill -9 $! 2>/dev/null || true"
 		pd_wait_http "http://127.0.0.1:$m/healthz" "$!" ||
 			{ echo "node $i did not come up:"; tail -n 20 "$WORK/node$i.log"; exit 1; }
 	done

@@ -1192,13 +1192,15 @@ static bool all_down(void)
 	return true;
 }
 
-/* SIGINT / SIGTERM: the run ends as if its time were up (open requests finish, report). */
+/* SIGINT / SIGTERM: the run ends as if its time were up (open requests finish, report);
+ * before the run has started (connecting, seeding) the tool exits at once; a second signal
+ * kills it. */
 static volatile sig_atomic_t stop_asked;
 
 static void on_stop_signal(int sig)
 {
-	(void)sig;
 	stop_asked = 1;
+	signal(sig, SIG_DFL);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -1206,6 +1208,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	uint64_t now = now_us();
 	double limit = (L.o.soak > 0 ? L.o.soak : L.o.seconds) + L.o.warmup;
 
+	if (stop_asked && L.phase < P_RUN)
+		die("interrupted before the run started");
 	if (L.phase < P_BYE)
 		reconnect_due(now);
 	if (L.phase == P_CONNECT && L.nready >= L.o.conns && L.o.seed)

@@ -436,6 +436,17 @@ static void test_truncation_and_limits(void)
 		      PD_E_MALFORMED);
 		CHECK(strstr(e.msg, "unknown location") != NULL);
 	}
+	/* packed id 0 (never a location) after one-byte ids: the one-byte loop must refuse it
+	 * as the general decoder does */
+	{
+		smp bad[] = {{3, {1, 2, 0}, {1, 1}, 0, {{0}}, 1}, {1, {0}, {1, 1}, 0, {{0}}, 1}};
+		for (int k = 0; k < 2; k++) {
+			build(&big, &bad[k], 1, 1, 0, 0);
+			CHECK(pd_engine_run(eng, big.d, big.n, s0, s2, &req, count_sink, &sunk, &r, &e) ==
+			      PD_E_MALFORMED);
+			CHECK(e.msg[0] != 0);
+		}
+	}
 	pd_state_free(s0);
 	pd_state_free(s1);
 	pd_state_free(s2);
