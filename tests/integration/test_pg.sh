@@ -13,7 +13,9 @@
 #      acknowledged lost);
 #   3. TLS to the database: a role that may only log in over TLS with a password, pdeltad with
 #      sslmode=verify-full and db_password_file (every connection TLS in pg_stat_ssl), and a
-#      wrong password refused at start with libpq's message.
+#      wrong password refused at start with libpq's message;
+#   4. the reconnect backoff is capped: a node whose PostgreSQL is down for ~25 s is
+#      healthy again within 7 s of its return, after >= 8 failed attempts.
 #
 # Skipped without PostgreSQL server binaries (a failure under CI=true).
 # Env: BINDIR (default bin), PG_KILL_CYCLES (default 6), PG_RESTARTS (default 2).
@@ -111,4 +113,37 @@ drive alternate --seconds 4
 drive race --seqs heap-small,mutex-medium,goroutine-small
 drive kill9 --cycles "${PG_KILL_CYCLES:-6}"
 drive pgrestart --cycles "${PG_RESTARTS:-2}" --stop-cmd "$(pg_ctl_cmd) -m fast stop" --start-cmd "$(pg_ctl_cmd) start"
+
+# ---- 4. the reconnect backoff is capped: a node whose store was down ~25 s is back within
+# ~5 s of its return ----
+# (the delay doubles from 0.1 s, capped at 5 s, and the writer wakes once a second: attempts
+# ~1, 2, 3, 4, 6, 10, 15, 20, 25, 30 s after the loss; without the cap they would come at ~1,
+# 2, 3, 4, 6, 10, 17 and 43 s: 7 failures, and up to 18 s after the return)
+pg_createdb backoff
+pd_start_server --db "$PG_URI"
+pg_stop
+# an idle node learns of the loss from its next write: a request answered with a store error
+if "$BINDIR/pdelta" send --server "127.0.0.1:$PORT" --ca "$CA" --token-file "$WORK/token" --stream backoff \
+	--attempts 1 -o "$WORK/backoff.out" "$(ls "$TESTDATA"/profiles/heap-small/*.pb.gz | head -n 1)" \
+	>"$WORK/backoff.send" 2>&1; then
+	bad "a request was answered with PostgreSQL stopped"
+else
+	ok "PostgreSQL stopped: the request fails ($(tail -n 1 "$WORK/backoff.send"))"
+fi
+pd_wait_until "$SERVER_PID" sh -c "! curl -fsS http://127.0.0.1:$MPORT/healthz >/dev/null 2>&1" &&
+	ok "PostgreSQL stopped: /healthz fails" || bad "/healthz still ok with PostgreSQL stopped"
+sleep 24
+pg_restart_server
+t0=$SECONDS
+for _ in $(seq 150); do
+	curl -fsS "http://127.0.0.1:$MPORT/healthz" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+took=$((SECONDS - t0))
+curl -fsS "http://127.0.0.1:$MPORT/healthz" >/dev/null 2>&1 && ((took <= 7)) &&
+	ok "reconnected ${took} s after PostgreSQL came back (backoff cap 5 s)" ||
+	bad "not reconnected within 7 s of PostgreSQL's return (took ${took} s)"
+n=$(grep -o 'reconnected to PostgreSQL after [0-9]* failed attempts' "$WORK/server.log" | tail -n 1 | grep -o '[0-9][0-9]*' || echo 0)
+((n >= 8)) && ok "the node kept trying while it was down ($n failed attempts)" || bad "$n failed attempts logged, want >= 8"
+pd_stop_server
 pd_finish
