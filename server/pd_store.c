@@ -657,18 +657,20 @@ static void writer_batch(pd_store *s, struct wop *batch, size_t n, int fault)
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* Waits for work (mu held). While a backend with a database server is
- * unreachable, wakes up every second to let it reconnect, so /healthz
- * recovers without a write. */
+/* Waits for work (mu held). A backend with a database server is called when
+ * the wait times out with no work: every second while it is unreachable, to
+ * reconnect, so /healthz recovers without a write; every PD_STORE_PROBE_MS
+ * while it is up and idle, to check the connection, so /healthz also turns
+ * when the database goes away under an idle node. */
 static void writer_wait(pd_store *s)
 {
 	struct timespec ts;
 
-	if (!s->ops->healthy || s->ops->healthy(s->be)) {
+	if (!s->ops->reconnect) {
 		pthread_cond_wait(&s->cv_work, &s->mu);
 		return;
 	}
-	ts = pd_deadline(CLOCK_REALTIME, 1000);
+	ts = pd_deadline(CLOCK_REALTIME, s->ops->healthy(s->be) ? PD_STORE_PROBE_MS : 1000);
 	if (pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) && !s->head && !s->stopping) {
 		pthread_mutex_unlock(&s->mu);
 		s->ops->reconnect(s->be);

@@ -97,6 +97,7 @@ void pd_store_opts_init(struct pd_store_opts *o);
 /* ---- the stream row ------------------------------------------------------ */
 
 #define PD_STORE_HASH_LEN 16
+#define PD_STORE_PROBE_MS 5000 /* an idle writer checks a database server this often */
 
 /*
  * One stream's row. Blobs and strings are pointer + length.
@@ -380,10 +381,11 @@ struct pd_store_backend {
 			     pd_err *e);
 	int (*integrity_check)(void *be, pd_err *e);
 
-	/* Optional, for backends with a database server. healthy: any thread,
-	 * never blocks; 0 while the database is unreachable. reconnect: the
-	 * writer thread calls it about once a second while idle and unhealthy
-	 * (the backend keeps its own backoff). */
+	/* Optional, for backends with a database server (both or neither).
+	 * healthy: any thread, never blocks; 0 while the database is unreachable.
+	 * reconnect: the writer thread calls it when idle, about once a second
+	 * while unhealthy (the backend keeps its own backoff) and every
+	 * PD_STORE_PROBE_MS while healthy (the backend checks its connection). */
 	int (*healthy)(void *be);
 	void (*reconnect)(void *be);
 };

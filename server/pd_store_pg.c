@@ -488,12 +488,22 @@ static int pg_healthy(void *be)
 	return !atomic_load(&b->down);
 }
 
+/* Writer thread, idle: reconnect when down; when up, a round trip tells an
+ * idle node that the database went away (keepalives and tcp_user_timeout bound
+ * how long it can wait), so /healthz turns without waiting for a write. */
 static void pg_reconnect(void *be)
 {
 	struct pg_be *b = be;
 	pd_err e = {0};
+	PGresult *r;
 
-	pg_writer_ready(b, &e);
+	if (!b->w) {
+		pg_writer_ready(b, &e);
+		return;
+	}
+	r = PQexec(b->w, "SELECT 1");
+	PQclear(r);
+	pg_lost(b);
 }
 
 /* ---- the read pool ------------------------------------------------------------------ */
