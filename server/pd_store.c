@@ -290,11 +290,12 @@ static size_t wop_size(const pd_store_row *r)
 /* Allocates a wop of `bytes` holding a deep copy of r. */
 static struct wop *wop_new(const pd_store_row *r, size_t bytes)
 {
-	struct wop *w = calloc(1, bytes);
+	struct wop *w = malloc(bytes); /* the tail is written in full below: zero the head only */
 	char *p;
 
 	if (!w)
 		return NULL;
+	memset(w, 0, sizeof *w);
 	p = (char *)(w + 1);
 	w->bytes = bytes;
 	w->rec = *r;
