@@ -14,7 +14,7 @@ int cli_conn_opt(const char *prog, pdelta_opts *o, char *token, size_t cap, int 
 	char err[512];
 
 	switch (ch) {
-	case CLI_SERVER: o->server = arg; return 0;
+	case CLI_SERVER: return cli_server_opt(prog, arg, &o->server);
 	case CLI_CA: o->ca_file = arg; return 0;
 	case CLI_CERT: o->cert_file = arg; return 0;
 	case CLI_KEY: o->key_file = arg; return 0;
@@ -29,6 +29,17 @@ int cli_conn_opt(const char *prog, pdelta_opts *o, char *token, size_t cap, int 
 		return 0;
 	default: return 1;
 	}
+}
+
+int cli_server_opt(const char *prog, const char *arg, const char **server)
+{
+	/* libpdelta reads an empty server as "no server": that would compute locally */
+	if (!*arg) {
+		fprintf(stderr, "%s: --server is empty (give HOST:PORT)\n", prog);
+		return -1;
+	}
+	*server = arg;
+	return 0;
 }
 
 int cli_first_policy(const char *word, int *policy)

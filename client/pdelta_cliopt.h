@@ -31,6 +31,9 @@ enum { CLI_SERVER = 200, CLI_CA, CLI_CERT, CLI_KEY, CLI_TOKEN, CLI_TOKEN_FILE, C
 int cli_conn_opt(const char *prog, pdelta_opts *o, char *token, size_t cap, int ch,
 		 const char *arg);
 
+/* --server's value: refused when empty (a message "PROG: ..." on stderr, -1). */
+int cli_server_opt(const char *prog, const char *arg, const char **server);
+
 /* "keep", "drop" or "auto" as PDELTA_FIRST_*: 0, or -1 for any other word. */
 int cli_first_policy(const char *word, int *policy);
 

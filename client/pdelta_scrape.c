@@ -241,7 +241,7 @@ static int parse_one(scrape_cli *c, int ch, const char *arg)
 	case O_COUNT: return parse_uint("--count", arg, &o->count);
 	case O_ONCE: o->count = 1; return 0;
 	case O_CONC: return parse_uint("--concurrency", arg, &o->concurrency);
-	case O_SERVER: o->delta.server = arg; return 0;
+	case O_SERVER: return cli_server_opt("pdelta scrape", arg, &o->delta.server);
 	case O_CA: o->delta.ca_file = arg; return 0;
 	case O_CERT: o->delta.cert_file = arg; return 0;
 	case O_KEY: o->delta.key_file = arg; return 0;

@@ -99,6 +99,7 @@ usage_err "send without FILE" "FILE" "$PDELTA" send --local --stream s -o "$WORK
 usage_err "send --first bogus" "--first" "$PDELTA" send --local --first bogus --stream s -o "$WORK/x" "$F0"
 usage_err "send --type bad" "--type" "$PDELTA" send --local --type nope --stream s -o "$WORK/x" "$F0"
 usage_err "send --seq -1" "--seq" "$PDELTA" send --local --seq -1 --stream s -o "$WORK/x" "$F0"
+usage_err "send --server \"\" (not a silent local run)" "--server is empty" "$PDELTA" send --server "" --stream s -o "$WORK/x" "$F0"
 usage_err "send bad server address" "host:port" "$PDELTA" send --server nohost --stream s -o "$WORK/x" "$F0"
 usage_err "ctl without command" "usage" "$CTL" --server 127.0.0.1:1
 usage_err "ctl unknown command" "unknown command" "$CTL" --server 127.0.0.1:1 frobnicate

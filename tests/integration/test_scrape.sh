@@ -589,6 +589,10 @@ usage_err() { # usage_err WHAT PATTERN ARGS...
 usage_err "no targets" "no targets" --local --out-dir "$WORK/u"
 usage_err "no sink" "nowhere to deliver" --local --target a=http://127.0.0.1:1
 usage_err "no server" "give --server" --target a=http://127.0.0.1:1 --out-dir "$WORK/u"
+rc=0
+"$PDELTA" scrape --server "" --target a=http://127.0.0.1:1 --once --out-dir "$WORK/u" >"$WORK/u.out" 2>&1 || rc=$?
+((rc == 2)) && grep -q -- '--server is empty' "$WORK/u.out" && [[ ! -d $WORK/u ]] &&
+	ok "--server \"\": exit 2, refused (not a silent local run)" || bad "--server \"\": exit $rc: $(head -n 1 "$WORK/u.out")"
 usage_err "bad type" "unknown profile type 'heapz'" --local --target a=http://127.0.0.1:1 --types heapz --out-dir "$WORK/u"
 usage_err "bad name" "target name 'a/b'" --local --target a/b=http://127.0.0.1:1 --out-dir "$WORK/u"
 usage_err "bad interval" "wants a duration" --local --target a=http://127.0.0.1:1 --interval 5x --out-dir "$WORK/u"
