@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "pd_frame.h"
 #include "pd_textfile.h"
 #include "pd_units.h"
 #include "pdl_scrape.h"
@@ -58,8 +59,8 @@ static int valid_name(const char *n)
 }
 
 /* One label: the key [A-Za-z_][A-Za-z0-9_]*, not reserved (Pyroscope's
- * "__" keys, our pdelta_type); the value free of what would end or split
- * the label set in the pushed name NAME{k=v,...}. */
+ * "__" keys, our pdelta_type); the value non-empty, UTF-8, and free of what
+ * would end or split the label set in the pushed name NAME{k=v,...}. */
 static int label_check(const char *k, size_t klen, const char *v, size_t vlen, char *err, size_t errlen)
 {
 	int ok = klen > 0 && (isalpha((unsigned char)k[0]) || k[0] == '_');
@@ -74,13 +75,45 @@ static int label_check(const char *k, size_t klen, const char *v, size_t vlen, c
 		snprintf(err, errlen, "label '%.*s': the key is reserved ('__' keys, pdelta_type)", (int)klen, k);
 		return -1;
 	}
+	if (vlen == 0) {
+		snprintf(err, errlen, "label '%.*s': the value is empty", (int)klen, k);
+		return -1;
+	}
 	for (size_t i = 0; i < vlen; i++)
 		if (strchr(",}=\"", v[i]) || (unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
 			snprintf(err, errlen, "label '%.*s': the value may not hold , } = \" or control characters",
 				 (int)klen, k);
 			return -1;
 		}
+	if (!pd_utf8_valid((const uint8_t *)v, vlen)) {
+		snprintf(err, errlen, "label '%.*s': the value is not valid UTF-8", (int)klen, k);
+		return -1;
+	}
 	return 0;
+}
+
+/* Whether the label set labels[0..n) ("k=v,k2=v2") has the key k[0..klen):
+ * a key given twice would reach the pushed name twice. */
+static int label_key_in(const char *labels, size_t n, const char *k, size_t klen)
+{
+	for (const char *p = labels, *end = labels + n; p < end;) {
+		size_t len = strcspn(p, ",");
+		const char *eq = memchr(p, '=', len);
+
+		if (eq && (size_t)(eq - p) == klen && memcmp(p, k, klen) == 0)
+			return 1;
+		p += len;
+		p += *p == ',';
+	}
+	return 0;
+}
+
+static int label_unique(const char *labels, size_t n, const char *k, size_t klen, char *err, size_t errlen)
+{
+	if (!label_key_in(labels, n, k, klen))
+		return 0;
+	snprintf(err, errlen, "label '%.*s': the key is given twice", (int)klen, k);
+	return -1;
 }
 
 /* A label set "k=v,k2=v2" as the API takes it. */
@@ -99,7 +132,8 @@ int sc_labels_check(const char *labels, char *err, size_t errlen)
 			snprintf(err, errlen, "label '%.*s': not KEY=VALUE", (int)len, p);
 			return -1;
 		}
-		if (label_check(p, (size_t)(eq - p), eq + 1, len - (size_t)(eq - p) - 1, err, errlen))
+		if (label_check(p, (size_t)(eq - p), eq + 1, len - (size_t)(eq - p) - 1, err, errlen) ||
+		    label_unique(labels, (size_t)(p - labels), p, (size_t)(eq - p), err, errlen))
 			return -1;
 		p += len;
 		p += *p == ',';
@@ -236,7 +270,8 @@ static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 			in.basic_auth = basic;
 		} else if (strncmp(k, "label.", 6) == 0) {
 			size_t l = strlen(labels);
-			if (label_check(k + 6, strlen(k + 6), v, strlen(v), err, errlen))
+			if (label_check(k + 6, strlen(k + 6), v, strlen(v), err, errlen) ||
+			    label_unique(labels, l, k + 6, strlen(k + 6), err, errlen))
 				goto out;
 			if ((size_t)snprintf(labels + l, sizeof labels - l, "%s%s=%s", l ? "," : "", k + 6, v) >=
 			    sizeof labels - l) {

@@ -612,6 +612,10 @@ label_err "reserved label key" "label '__name__': the key is reserved" "y http:/
 label_err "label key pdelta_type" "label 'pdelta_type': the key is reserved" "y http://127.0.0.1:1 label.pdelta_type=x"
 label_err "bad label key" "label '9lives': the key must be" "y http://127.0.0.1:1 label.9lives=x"
 label_err "label key with '-'" "label 'team-a': the key must be" "y http://127.0.0.1:1 label.team-a=x"
+label_err "label key twice" "label 'k': the key is given twice" "y http://127.0.0.1:1 label.k=1 label.kk=3 label.k=2"
+label_err "empty label value" "label 'e': the value is empty" "y http://127.0.0.1:1 label.e="
+label_err "label value not UTF-8" "label 'u': the value is not valid UTF-8" "y http://127.0.0.1:1 label.u=$(printf 'a\xff')"
+label_err "label value, overlong UTF-8" "label 'u': the value is not valid UTF-8" "y http://127.0.0.1:1 label.u=$(printf '\xc0\xaf')"
 long=$(printf 'v%.0s' $(seq 1100))
 label_err "labels past 2 KiB" "label 'b': the labels pass 2047 bytes" "y http://127.0.0.1:1 label.a=$long label.b=$long"
 usage_err "twice" "given twice" --local --target a=http://127.0.0.1:1 --target a=http://127.0.0.1:2 --out-dir "$WORK/u"
