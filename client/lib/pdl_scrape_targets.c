@@ -335,6 +335,10 @@ static int read_targets_file(const char *path, sc_target ***out, size_t *n, char
 		t->from_file = 1;
 		arr[cnt++] = t;
 	}
+	if (ferror(f)) { /* a directory opens, its read fails: it is no empty file */
+		snprintf(err, errlen, "cannot read targets file %s: %s", path, strerror(errno));
+		goto fail;
+	}
 	fclose(f);
 	*out = arr;
 	*n = cnt;
@@ -555,6 +559,12 @@ int sc_targets_init(pdelta_scrape *s, char *err, size_t errlen)
 		size_t n;
 		if (read_targets_file(s->targets_file, &arr, &n, err, errlen))
 			return -1;
+		if (n == 0 && s->ntargets == 0) {
+			snprintf(err, errlen, "targets file %s lists no target (and no --target is given)",
+				 s->targets_file);
+			free(arr);
+			return -1;
+		}
 		stat_file(s->targets_file, &s->targets_mtime_ns, &s->targets_size);
 		for (size_t j = 0; j < n; j++) {
 			if (find_target(s, arr[j]->name) >= 0) {

@@ -457,7 +457,19 @@ n_before=$(ls "$T13/out/l1/heap" | wc -l)
 for _ in $(seq 50); do (($(ls "$T13/out/l1/heap" | wc -l) > n_before + 1)) && break; sleep 0.1; done
 n_after=$(ls "$T13/out/l1/heap" | wc -l)
 reload_err=$(metric_value "$MP13" pdelta_scrape_target_reload_errors_total)
+# a directory in the file's place is a reload error too, not an empty file that stops every target
+rm "$T13/targets"
+mkdir "$T13/targets"
+for _ in $(seq 50); do grep -q "cannot read targets file $T13/targets: Is a directory" "$T13.err" && break; sleep 0.1; done
+n_dir=$(ls "$T13/out/l1/heap" | wc -l)
+for _ in $(seq 50); do (($(ls "$T13/out/l1/heap" | wc -l) > n_dir + 1)) && break; sleep 0.1; done
+n_dir_after=$(ls "$T13/out/l1/heap" | wc -l)
+reload_err_dir=$(metric_value "$MP13" pdelta_scrape_target_reload_errors_total)
 stop_agent
+grep -q "targets: cannot read targets file $T13/targets: Is a directory (keeping the current targets)" "$T13.err" &&
+	((n_dir_after > n_dir && reload_err_dir == 2)) && ! grep -q 'targets: reloaded' "$T13.log" &&
+	ok "reload with a directory for the targets file: the target goes on ($n_dir -> $n_dir_after files), counted" ||
+	bad "directory reload: files $n_dir -> $n_dir_after, reload errors $reload_err_dir: $(tail -n 2 "$T13.err" "$T13.log")"
 grep -q "targets: $T13/targets:2: label 'env': the value may not hold , } = \" or control characters (keeping the current targets)" "$T13.err" &&
 	ok "reload with a bad label: refused with file:line and the label, logged" || bad "bad label reload: $(cat "$T13.err")"
 ((n_after > n_before && reload_err == 1)) && ok "reload with a bad label: the previous target goes on ($n_before -> $n_after files), counted" ||
@@ -600,6 +612,16 @@ usage_err "dot name" "not starting with '.'" --local --target ..=http://127.0.0.
 usage_err "zero timeout" "timeouts must be above 0" --local --target a=http://127.0.0.1:1 --timeout 0 --out-dir "$WORK/u"
 printf 'a http://127.0.0.1:1 timeout=0\n' >"$WORK/t0"
 usage_err "zero target timeout" "timeout=0: not a duration above 0" --local --targets "$WORK/t0" --out-dir "$WORK/u"
+mkdir -p "$WORK/tg-dir"
+usage_err "--targets naming a directory" "cannot read targets file $WORK/tg-dir: Is a directory" \
+	--local --targets "$WORK/tg-dir" --once --out-dir "$WORK/u"
+printf '# no target yet\n\n' >"$WORK/tg-empty"
+usage_err "empty targets file" "targets file $WORK/tg-empty lists no target" \
+	--local --targets "$WORK/tg-empty" --once --out-dir "$WORK/u"
+"$PDELTA" scrape --local --target a=http://127.0.0.1:1 --targets "$WORK/tg-empty" --types heap --once --timeout 1s \
+	--out-dir "$WORK/u" >"$WORK/u.out" 2>&1 || true
+! grep -q 'lists no target' "$WORK/u.out" && grep -q 'scrape failed: http://127.0.0.1:1/' "$WORK/u.out" &&
+	ok "empty targets file next to --target: runs" || bad "empty targets file and --target: $(head -n 1 "$WORK/u.out")"
 label_err() { # label_err WHAT PATTERN LINE: LINE as line 2 of a targets file
 	printf 'x http://127.0.0.1:1\n%s\n' "$3" >"$WORK/bad-labels"
 	usage_err "$1" "$WORK/bad-labels:2: $2" --local --targets "$WORK/bad-labels" --once --out-dir "$WORK/u"
