@@ -86,14 +86,19 @@ static sc_lane *lane_of(pdelta_scrape *s, const sc_stream *st)
 /* Whether a delta goes to the push sink: deltas and BASELINE resets (the new
  * process's counters since its start) do; BASELINE first, evicted and moved
  * hold a whole cumulative profile of unknown window and go only with
- * --push-first. A DUPLICATE is judged by the answer it replays. */
-static int pushable(const pdelta_scrape *s, const pdelta_result *r)
+ * --push-first. So does the first answer of a stream without a state entry
+ * (a fresh or lost state file, a new incarnation): the server takes it as a
+ * reset, but the profile holds what was pushed before. A DUPLICATE is judged
+ * by the answer it replays. */
+static int pushable(const pdelta_scrape *s, const sc_stream *st, const pdelta_result *r)
 {
 	int status = r->status == PDELTA_DUPLICATE ? r->orig_status : r->status;
 
-	if (status == PDELTA_DELTA)
+	if (s->o.push_first)
 		return 1;
-	return status == PDELTA_BASELINE && (r->reason == PDELTA_REASON_RESET || s->o.push_first);
+	if (st->unsaved)
+		return 0;
+	return status == PDELTA_DELTA || (status == PDELTA_BASELINE && r->reason == PDELTA_REASON_RESET);
 }
 
 /* Writes the delta to the sinks; 0 when every sink took it. The push goes
@@ -112,7 +117,7 @@ static int deliver(pdelta_scrape *s, sc_stream *st, const pdelta_result *r, cons
 			sc_count(s, SCM_OUT_FILES, 1);
 		}
 	}
-	if (rc == 0 && s->push_url && pushable(s, r)) {
+	if (rc == 0 && s->push_url && pushable(s, st, r)) {
 		if (sc_push_enqueue(s, st, pd->from_ms, pd->until_ms, r->data, r->len)) {
 			sc_log(s, 1, "%s: cannot spool the delta in %s: %s", st->name, s->spool_dir,
 			       strerror(errno));
@@ -260,6 +265,7 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, const sc_pending *p
 	if (rc)
 		return -1;
 	save_seq(s, st, seq);
+	st->unsaved = 0;
 	return 0;
 }
 

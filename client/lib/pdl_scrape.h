@@ -44,6 +44,7 @@ typedef struct sc_stream {
 	char name[SC_PREFIX_MAX + SC_NAME_MAX + 20]; /* PREFIX NAME/TYPE */
 	char rel[SC_NAME_MAX + 20];  /* NAME/TYPE: the sinks' directory */
 	uint64_t seq;                /* last delivered sequence number, read at job start */
+	int unsaved;                 /* no state entry yet: its first answer is not pushed */
 	unsigned rounds;             /* rounds done in this run */
 	int64_t due_ms;
 	int64_t last_scrape_ms;      /* previous scrape, for the push's from= */

@@ -318,15 +318,58 @@ void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq)
 		s->nstate++;
 }
 
-/* Lines: "incarnation K", "stream NAME SEQ [GONE_UNIX_MS]". An entry no target
- * of this run takes counts as gone from the load on. */
+/* A decimal number as the agent writes it: digits only, no sign, no overflow. */
+static int parse_dec_u64(const char *w, uint64_t *out)
+{
+	char *end;
+
+	if (!*w || strspn(w, "0123456789") != strlen(w))
+		return -1;
+	errno = 0;
+	*out = strtoull(w, &end, 10);
+	return errno ? -1 : 0;
+}
+
+/* One line of the state file (its newline removed); 0, or -1 with why set. */
+static int state_line(pdelta_scrape *s, char *line, int *saw_inc, int64_t now, char *why, size_t n)
+{
+	char name[512];
+	unsigned long long v;
+	long long gone;
+	int k;
+
+	if (strncmp(line, "incarnation ", 12) == 0) {
+		uint64_t inc;
+		if (parse_dec_u64(line + 12, &inc) || inc == 0) {
+			snprintf(why, n, "'%.40s': the incarnation is a number from 1 to 2^64-1", line);
+			return -1;
+		}
+		s->incarnation = inc;
+		*saw_inc = 1;
+		return 0;
+	}
+	if ((k = sscanf(line, "stream %511s %llu %lld", name, &v, &gone)) >= 2) {
+		sc_state_set(s, name, v);
+		sc_state_detach(s, name, k == 3 && gone > 0 ? gone : now);
+		return 0;
+	}
+	snprintf(why, n, "not a state line");
+	return -1;
+}
+
+/* Lines: "incarnation K", "stream NAME SEQ [GONE_UNIX_MS]", each with its
+ * newline: the file is written whole, so a last line without one is a
+ * truncated write, refused like any damaged line. Entries without an
+ * incarnation line are dropped: the server would take their streams' next
+ * profile as a reset, and their whole cumulative profile is no interval's
+ * delta (a stream without an entry does not push its first answer). An entry
+ * no target of this run takes counts as gone from the load on. */
 int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 {
 	FILE *f = fopen(s->state_file, "r");
-	char line[1024], name[512];
-	unsigned long long v;
-	long long gone;
+	char line[1024], why[128];
 	unsigned lineno = 0;
+	int saw_inc = 0;
 	int64_t now = sc_now_ms();
 
 	if (!f) {
@@ -337,24 +380,30 @@ int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 		return 0;
 	}
 	while (fgets(line, sizeof line, f)) {
-		int k;
+		size_t len = strlen(line);
 		lineno++;
-		if (line[0] == '#' || line[0] == '\n')
-			continue;
-		if (sscanf(line, "incarnation %llu", &v) == 1) {
-			s->incarnation = v;
-		} else if ((k = sscanf(line, "stream %511s %llu %lld", name, &v, &gone)) >= 2) {
-			sc_state_set(s, name, v);
-			sc_state_detach(s, name, k == 3 && gone > 0 ? gone : now);
-		} else {
-			snprintf(err, errlen, "%s:%u: not a state line (move the file away to start afresh)",
-				 s->state_file, lineno);
-			fclose(f);
-			return -1;
+		if (len == 0 || line[len - 1] != '\n') {
+			snprintf(why, sizeof why, "%s",
+				 feof(f) ? "truncated (no newline at the end: a partial write)" : "line too long");
+			goto bad;
 		}
+		line[len - 1] = 0;
+		if (line[0] != '#' && line[0] && state_line(s, line, &saw_inc, now, why, sizeof why))
+			goto bad;
 	}
 	fclose(f);
+	if (!saw_inc && s->nstate) {
+		sc_log(s, 1, "state file %s has no incarnation line: its %zu stream entries are dropped, "
+			     "their streams start afresh", s->state_file, s->nstate);
+		for (size_t i = 0; i < s->nstate; i++)
+			free(s->state[i].name);
+		s->nstate = 0;
+	}
 	return 0;
+bad:
+	snprintf(err, errlen, "%s:%u: %s (move the file away to start afresh)", s->state_file, lineno, why);
+	fclose(f);
+	return -1;
 }
 
 int sc_state_snapshot(pdelta_scrape *s, sc_state_snap *snap)

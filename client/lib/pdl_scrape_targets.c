@@ -386,6 +386,7 @@ static int add_target(pdelta_scrape *s, sc_target *t)
 		snprintf(st->rel, sizeof st->rel, "%s/%s", t->name, st->type);
 		snprintf(st->name, sizeof st->name, "%s%s", s->prefix, st->rel);
 		st->seq = sc_state_attach(s, st->name);
+		st->unsaved = st->seq == 0; /* an entry's seq is at least 1 */
 		st->due_ms = now;
 		if (s->o.count != 1 && s->o.interval_ms > 0)
 			st->due_ms += (int64_t)(fnv1a(st->name) % s->o.interval_ms);

@@ -262,6 +262,49 @@ grep -q 'refused with HTTP 400 (permanent)' "$T6.3.err" && ok "push: 4xx is perm
 [[ $(ls "$T6/spool2" | wc -l) -eq 0 ]] && ok "push: a permanent refusal leaves nothing in the spool" || bad "spool not empty after 4xx"
 rm -f "$T6/reject"
 
+# A stream without a saved state (no --state, an empty file, entries without their incarnation
+# line) is a first profile: the server answers BASELINE reset (a new incarnation) with the
+# whole cumulative profile, already pushed by the previous run; it is not pushed again.
+# pushes_of FIRST_PUSH: how many deltas of target f1 the receiver got from FIRST_PUSH on
+pushes_of() { tail -n "+$1" "$T6/recv/log.jsonl" | grep -c '"name": "f1{' || true; }
+fresh_run() { # fresh_run WHAT [--state FILE]: one run of 2 rounds; sets $pushed
+	local from=$(($(wc -l <"$T6/recv/log.jsonl") + 1))
+	"$PDELTA" scrape "${SRV[@]}" --stream-prefix t6b/ --target "f1=http://$(addr w1)" --types heap --interval 300ms \
+		--count 2 "${@:2}" --out-dir "$T6/out-f1" --push "$PUSH" >"$T6.f1.log" 2>"$T6.f1.err" || bad "$1: exit $?"
+	pushed=$(pushes_of "$from")
+}
+fresh_run "no --state"
+fresh_run "no --state, again"
+grep -q ' f1 heap seq=1 BASELINE reset' "$T6.f1.log" && ((pushed == 1)) &&
+	ok "a run without --state: its first answer (BASELINE reset of a new incarnation) is not pushed" ||
+	bad "second run without --state: $pushed pushes: $(grep seq= "$T6.f1.log")"
+: >"$T6/state-f1"
+fresh_run "empty state file" --state "$T6/state-f1"
+grep -q ' f1 heap seq=1 BASELINE reset' "$T6.f1.log" && ((pushed == 1)) &&
+	ok "an empty state file: the first answer is not pushed" || bad "empty state file: $pushed pushes"
+fresh_run "state file kept" --state "$T6/state-f1"
+grep -q ' f1 heap seq=3 DELTA' "$T6.f1.log" && ((pushed == 2)) &&
+	ok "with the state it saved, the next run pushes both deltas" || bad "saved state: $pushed pushes: $(grep seq= "$T6.f1.log")"
+printf 'stream t6b/f1/heap 4\n' >"$T6/state-f1"
+fresh_run "no incarnation line" --state "$T6/state-f1"
+grep -q "state file $T6/state-f1 has no incarnation line: its 1 stream entries are dropped" "$T6.f1.err" &&
+	grep -q ' f1 heap seq=1 BASELINE reset' "$T6.f1.log" && ((pushed == 1)) &&
+	ok "a state file without its incarnation line: entries dropped (logged), the first answer not pushed" ||
+	bad "no incarnation line: $pushed pushes: $(head -n 2 "$T6.f1.err")"
+state_err() { # state_err WHAT PATTERN CONTENT: the agent refuses a state file holding CONTENT
+	local rc=0
+	printf "$3" >"$T6/state-bad"
+	"$PDELTA" scrape --local --target "f1=http://$(addr w1)" --types heap --once --state "$T6/state-bad" \
+		--out-dir "$T6/out-bad" >"$T6.bad.out" 2>&1 || rc=$?
+	((rc == 2)) && grep -q -- "$T6/state-bad:$2" "$T6.bad.out" && ok "state file, $1: refused ($(head -n 1 "$T6.bad.out" | cut -c1-90))" ||
+		bad "state file, $1: exit $rc: $(head -n 1 "$T6.bad.out")"
+}
+state_err "incarnation 0" "1: 'incarnation 0': the incarnation is a number" 'incarnation 0\nstream t6b/f1/heap 3\n'
+state_err "truncated mid-number" "2: truncated (no newline at the end" '# pdelta scrape state\nincarnation 145'
+state_err "last stream line cut" "3: truncated" 'incarnation 14527565545761169451\nstream t6b/f1/heap 3\nstream t6b/f1/mutex 1'
+state_err "incarnation past 2^64" "1: 'incarnation 18446744073709551616'" 'incarnation 18446744073709551616\n'
+state_err "incarnation with a sign" "1: 'incarnation -5'" 'incarnation -5\n'
+
 # --- 7. per-target HTTP options: bearer and basic auth, body cap --------------------------------
 T7=$WORK/t7
 mkdir -p "$T7"
