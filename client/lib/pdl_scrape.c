@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -569,10 +570,34 @@ static int valid_prefix(const char *p)
 	return 1;
 }
 
+/* --state given as a symbolic link: the file it names is the state file.
+ * Every save replaces the state file by a rename, which would replace the
+ * link itself, and the lock, the pending and spool directories go next to
+ * the file that is written. */
+static int resolve_state_link(pdelta_scrape *s, char *err, size_t errlen)
+{
+	struct stat st;
+	char *real;
+
+	if (lstat(s->state_file, &st) || !S_ISLNK(st.st_mode))
+		return 0;
+	if (!(real = realpath(s->state_file, NULL))) {
+		snprintf(err, errlen, "--state %.300s is a symbolic link that does not resolve: %s", s->state_file,
+			 strerror(errno));
+		return -1;
+	}
+	free(s->state_file);
+	s->state_file = real;
+	return 0;
+}
+
 static int setup_dirs(pdelta_scrape *s, char *err, size_t errlen)
 {
-	const char *base = s->state_file;
+	const char *base;
 
+	if (s->state_file && resolve_state_link(s, err, errlen))
+		return -1;
+	base = s->state_file;
 	if (!base) {
 		/* No state across runs: a temporary one, removed at the end. */
 		const char *td = getenv("TMPDIR");

@@ -330,14 +330,34 @@ static int parse_dec_u64(const char *w, uint64_t *out)
 	return errno ? -1 : 0;
 }
 
+/* "stream NAME SEQ [GONE_UNIX_MS]": SEQ from 1 (an entry is written once an
+ * answer was delivered) to 2^64-2 (the next request needs SEQ + 1). */
+static int stream_line(pdelta_scrape *s, char *line, int64_t now, char *why, size_t n)
+{
+	char *save = NULL, *name = strtok_r(line + 7, " ", &save), *w_seq = strtok_r(NULL, " ", &save);
+	char *w_gone = strtok_r(NULL, " ", &save);
+	uint64_t seq, gone = 0;
+
+	if (!name || !w_seq || strtok_r(NULL, " ", &save) || strlen(name) > SC_PREFIX_MAX + SC_NAME_MAX + 16) {
+		snprintf(why, n, "not a state line");
+		return -1;
+	}
+	if (parse_dec_u64(w_seq, &seq) || seq == 0 || seq == UINT64_MAX) {
+		snprintf(why, n, "stream %.200s: seq '%.30s' is not a number from 1 to 2^64-2", name, w_seq);
+		return -1;
+	}
+	if (w_gone && (parse_dec_u64(w_gone, &gone) || gone == 0 || gone > INT64_MAX)) {
+		snprintf(why, n, "stream %.200s: '%.30s' is not a time in ms since 1970", name, w_gone);
+		return -1;
+	}
+	sc_state_set(s, name, seq);
+	sc_state_detach(s, name, gone ? (int64_t)gone : now);
+	return 0;
+}
+
 /* One line of the state file (its newline removed); 0, or -1 with why set. */
 static int state_line(pdelta_scrape *s, char *line, int *saw_inc, int64_t now, char *why, size_t n)
 {
-	char name[512];
-	unsigned long long v;
-	long long gone;
-	int k;
-
 	if (strncmp(line, "incarnation ", 12) == 0) {
 		uint64_t inc;
 		if (parse_dec_u64(line + 12, &inc) || inc == 0) {
@@ -348,11 +368,8 @@ static int state_line(pdelta_scrape *s, char *line, int *saw_inc, int64_t now, c
 		*saw_inc = 1;
 		return 0;
 	}
-	if ((k = sscanf(line, "stream %511s %llu %lld", name, &v, &gone)) >= 2) {
-		sc_state_set(s, name, v);
-		sc_state_detach(s, name, k == 3 && gone > 0 ? gone : now);
-		return 0;
-	}
+	if (strncmp(line, "stream ", 7) == 0)
+		return stream_line(s, line, now, why, n);
 	snprintf(why, n, "not a state line");
 	return -1;
 }
@@ -367,7 +384,7 @@ static int state_line(pdelta_scrape *s, char *line, int *saw_inc, int64_t now, c
 int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 {
 	FILE *f = fopen(s->state_file, "r");
-	char line[1024], why[128];
+	char line[1024], why[400];
 	unsigned lineno = 0;
 	int saw_inc = 0;
 	int64_t now = sc_now_ms();

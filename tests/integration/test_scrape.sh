@@ -304,6 +304,11 @@ state_err "truncated mid-number" "2: truncated (no newline at the end" '# pdelta
 state_err "last stream line cut" "3: truncated" 'incarnation 14527565545761169451\nstream t6b/f1/heap 3\nstream t6b/f1/mutex 1'
 state_err "incarnation past 2^64" "1: 'incarnation 18446744073709551616'" 'incarnation 18446744073709551616\n'
 state_err "incarnation with a sign" "1: 'incarnation -5'" 'incarnation -5\n'
+for seq in 99999999999999999999 18446744073709551615 -1 0; do
+	state_err "seq $seq" "2: stream t6b/f1/heap: seq '$seq' is not a number from 1 to 2^64-2" \
+		"incarnation 7\nstream t6b/f1/heap $seq\n"
+done
+state_err "gone time -5" "2: stream t6b/f1/heap: '-5' is not a time" 'incarnation 7\nstream t6b/f1/heap 3 -5\n'
 
 # --- 7. per-target HTTP options: bearer and basic auth, body cap --------------------------------
 T7=$WORK/t7
@@ -535,6 +540,25 @@ stop_agent
 "$PDELTA" scrape --local --target "k1=$F/fixture" --types heap --once --state "$T14/state" \
 	--out-dir "$T14/out2" >"$T14.3.log" 2>&1 && ok "the lock goes with its agent: the next one runs" ||
 	bad "after the first agent: $(cat "$T14.3.log")"
+# --state given as a symbolic link: the file it names is written and locked, the link stays
+ln -s state "$T14/state-link"
+"$PDELTA" scrape --local --target "k1=$F/fixture" --types heap --interval 10s --state "$T14/state-link" \
+	--out-dir "$T14/out3" >"$T14.4.log" 2>"$T14.4.err" &
+AGENT_PID=$!
+for _ in $(seq 100); do [[ $(cat "$T14/state.lock" 2>/dev/null) == "$AGENT_PID" ]] && break; sleep 0.05; done
+rc=0
+"$PDELTA" scrape --local --target "k1=$F/fixture" --types heap --once --state "$T14/state" \
+	--out-dir "$T14/out4" >"$T14.5.log" 2>&1 || rc=$?
+((rc == 2)) && grep -q "($T14/state.lock held by pid $AGENT_PID)" "$T14.5.log" &&
+	ok "an agent on a --state link holds the lock of the file it names" || bad "--state link, lock: exit $rc: $(head -n 1 "$T14.5.log")"
+stop_agent
+seq_before=$(awk '$2 == "k1/heap" { print $3 }' "$T14/state")
+"$PDELTA" scrape --local --target "k1=$F/fixture" --types heap --once --state "$T14/state-link" \
+	--out-dir "$T14/out3" >"$T14.6.log" 2>&1 || true
+seq_after=$(awk '$2 == "k1/heap" { print $3 }' "$T14/state")
+[[ -L $T14/state-link && ! -e $T14/state-link.lock && $seq_after == $((seq_before + 1)) ]] &&
+	ok "--state link: the link stays, the file it names is saved (seq $seq_before -> $seq_after)" ||
+	bad "--state link: link $(stat -c %F "$T14/state-link"), seq $seq_before -> $seq_after"
 
 # --- 14. --fallback-local: pdeltad stopped mid-run, then back ----------------------------------
 # While pdeltad is down the streams move to local mode (one BASELINE moved each: the whole
