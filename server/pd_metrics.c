@@ -38,7 +38,7 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_connections",    "max_frame_preauth", "max_frame",	       "max_inflight",
 	"max_profile_bytes",  "handshake_timeout", "frame_timeout",    "request_timeout",
 	"idle_timeout",	      "output_budget",	   "write_timeout",    "drain_timeout",
-	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs",
+	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs", "max_queued_bytes",
 	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
 };
 
@@ -346,6 +346,12 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	static const char *const reload_names[2] = {"ok", "failed"};
 	const pd_metrics *m = &v->net;
 	uint64_t reloads[2] = {m->reloads_ok, m->reloads_failed};
+	uint64_t hits[PD_LIM__COUNT];
+
+	/* The admission caps are counted by the service, where it tells them apart. */
+	memcpy(hits, m->limit_hits, sizeof hits);
+	hits[PD_LIM_QUEUE] += v->svc.busy_rejects;
+	hits[PD_LIM_QUEUE_BYTES] += v->svc.bytes_busy_rejects;
 
 	one(b, "pdeltad_up", "gauge", "1 while the process runs", 1);
 	one(b, "pdeltad_draining", "gauge", "1 while draining (SIGTERM)", v->draining);
@@ -381,7 +387,7 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	one(b, "pdeltad_received_frames_total", "counter", "frames received", m->frames_in);
 	one(b, "pdeltad_sent_frames_total", "counter", "frames queued for sending", m->frames_out);
 	labelled(b, "pdeltad_limit_hits_total", "limits hit, by limit", "limit", limit_names,
-		 m->limit_hits, PD_LIM__COUNT, false);
+		 hits, PD_LIM__COUNT, false);
 	labelled(b, "pdeltad_tls_reloads_total", "SIGHUP reloads of TLS files and tenants", "result",
 		 reload_names, reloads, 2, false);
 	one(b, "pdeltad_tenants_refused_empty_total", "counter",

@@ -8,6 +8,7 @@
 #   - 8 threads guessing tokens from one address: the failures are delayed, then the address
 #     is blocked (a valid token from it is refused, from 127.0.0.2 accepted); fewer than 10
 #     failed authentications a second are checked, none in the second half of the run;
+#   - uploads refused by max_queued_bytes are counted under that limit's label;
 #   - pdeltad --hash-token warns about a token under 128 bits.
 # The figures (connect+HELLO ms, failed authentications checked per second) are printed.
 #
@@ -51,6 +52,42 @@ n=$(pd_metric 'pdeltad_limit_hits_total{limit="auth_blocked"}')
 grep -q 'blocked for' "$WORK/server.log" && ok "the block is logged" || bad "no block in the log"
 (($(grep -c 'closed (auth)' "$WORK/server.log" || true) <= 10 * 8)) && ok "auth failures are logged rate-limited" ||
 	bad "auth failure lines: $(grep -c 'closed (auth)' "$WORK/server.log")"
+pd_stop_server
+
+# ---- max_queued_bytes ----
+# 8 connections x 8 pipelined uploads of a 137 KB profile against a 1 MiB budget.
+pd_start_server --max_queued_bytes 1m --log_level warn
+busy=$("$PY" - "$PORT" "$CA" "$AGENT_TOKEN" "$TESTDATA/profiles/heap-medium/000.pb.gz" "$HERE" <<'EOF' || echo error
+import os, sys, threading
+sys.path.insert(0, sys.argv[5])
+import pdproto
+port, ca, token, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+data = open(path, "rb").read()
+busy = []
+def run(n):
+    c = pdproto.Client.connect("127.0.0.1", port, ca, token)
+    rids = set()
+    for i in range(8):
+        rid = c.new_id()
+        c.send_delta("qb/%d-%d" % (n, i), 1, 1, data, rid)
+        rids.add(rid)
+    got = c.read_responses(rids)
+    busy.append(sum(isinstance(g, pdproto.ProtoError) and g.detail_name == "OVERLOADED"
+                    for g in got.values()))
+    c.close()
+ts = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+print(sum(busy) if len(busy) == 8 else "error")
+EOF
+)
+n=$(pd_metric 'pdeltad_limit_hits_total{limit="max_queued_bytes"}')
+q=$(pd_metric 'pdeltad_limit_hits_total{limit="max_queued_jobs"}')
+[[ $busy =~ ^[0-9]+$ ]] && ((busy > 0)) && ok "uploads over max_queued_bytes refused ($busy)" || bad "OVERLOADED refusals: '$busy'"
+[[ $n == "$busy" ]] && ok "counted as limit=\"max_queued_bytes\" ($n)" || bad "max_queued_bytes hits '$n', refusals '$busy'"
+[[ $q == 0 ]] && ok "none counted as limit=\"max_queued_jobs\"" || bad "max_queued_jobs hits: '$q'"
 pd_stop_server
 
 # ---- --hash-token ----
