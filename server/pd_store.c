@@ -12,6 +12,7 @@
  */
 #include "pd_store.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -726,27 +727,48 @@ static int start_writer(pd_store *s, pd_err *e)
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
+/* "postgres:" / "postgresql:" at the start: 1 (with the length in *n) */
+static int pg_scheme(const char *path, size_t *n)
+{
+	*n = !strncmp(path, "postgresql:", 11) ? 11 : !strncmp(path, "postgres:", 9) ? 9 : 0;
+	return *n != 0;
+}
+
+/* A word of letters and underscores followed by '=' (spaces allowed before it). */
+static int keyword_at(const char *p)
+{
+	size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_");
+
+	return n && p[n + strspn(p + n, " \t")] == '=';
+}
+
 int pd_store_is_pg(const char *path)
 {
-	static const char *const keys[] = {"host", "hostaddr", "port", "dbname", "user",
-					   "service", "sslmode", "passfile", "options"};
-	size_t n = strspn(path, "abcdefghijklmnopqrstuvwxyz_");
-	const char *eq = path + n + strspn(path + n, " \t");
+	size_t n;
 
-	if (!strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13))
+	if (pg_scheme(path, &n))
 		return 1;
-	if (*eq != '=')
+	if (*path == '/' || *path == '.')
 		return 0;
-	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-		if (strlen(keys[i]) == n && !strncmp(path, keys[i], n))
+	for (const char *p = path; *p; p++)
+		if ((p == path || isspace((unsigned char)p[-1])) && keyword_at(p))
 			return 1;
 	return 0;
 }
 
 static const struct pd_store_backend *pick_backend(const char *path, pd_err *e)
 {
+	size_t n;
+
 	if (!path || !*path) {
 		pd_err_set(e, PD_E_ARG, "state store path is required");
+		return NULL;
+	}
+	if (pg_scheme(path, &n) && strncmp(path + n, "//", 2)) {
+		/* not echoed: it may hold a password */
+		pd_err_set(e, PD_E_ARG, "database '%.*s...' is not a PostgreSQL URI: write "
+			   "%.*s//[user@]host[:port]/dbname (or libpq key=value pairs)",
+			   (int)n, path, (int)n, path);
 		return NULL;
 	}
 	return pd_store_is_pg(path) ? &pd_store_pg_backend : &pd_store_sqlite_backend;

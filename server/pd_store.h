@@ -63,9 +63,8 @@ typedef struct pd_store pd_store;
 
 struct pd_store_opts {
 	/* Database file (SQLite), or a PostgreSQL connection string: a
-	 * "postgres://" / "postgresql://" URI or libpq key=value pairs whose
-	 * first word is a libpq keyword ("host=... dbname=..."); see
-	 * pd_store_is_pg(). */
+	 * "postgres://" / "postgresql://" URI or libpq key=value pairs
+	 * ("host=... dbname=..."); see pd_store_is_pg(). */
 	const char *path;
 	/* PostgreSQL: file whose first line is the password (NULL or "" =
 	 * none: the connection string, PGPASSFILE or ~/.pgpass). */
@@ -394,9 +393,11 @@ extern const struct pd_store_backend pd_store_sqlite_backend;
 extern const struct pd_store_backend pd_store_pg_backend;
 
 /* Does this store path name a PostgreSQL database? A URI with the scheme
- * postgres:// or postgresql://, or key=value pairs whose first key is one of
- * libpq's usual keywords (host, hostaddr, port, dbname, user, service, ...).
- * Anything else is a SQLite file (write "./host=x" for such a file name). */
+ * postgres:// or postgresql://, or a libpq connection string: any word of the
+ * form key=value ("password=x host=db", "connect_timeout=5 host=db"; libpq
+ * reports an unknown key). A path that starts with '/' or '.' is a SQLite
+ * file (write "./host=x" for such a file name); so is anything else.
+ * pd_store_open refuses "postgres:" / "postgresql:" without "//". */
 int pd_store_is_pg(const char *path);
 
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes

@@ -860,7 +860,19 @@ static void test_reopen_and_close(void)
 	CHECK(pd_store_is_pg("postgresql://db/pdelta") && pd_store_is_pg("postgres://x"));
 	CHECK(pd_store_is_pg("host=/run/pg dbname=p") && pd_store_is_pg("dbname = p"));
 	CHECK(!pd_store_is_pg("state.db") && !pd_store_is_pg("./host=x") &&
-	      !pd_store_is_pg("/var/lib/pdelta/x=y.db") && !pd_store_is_pg("hosts=x"));
+	      !pd_store_is_pg("/var/lib/pdelta/x=y.db") && !pd_store_is_pg("my state.db"));
+	/* any key=value word, whatever the first key (libpq judges the keys) */
+	CHECK(pd_store_is_pg("password=hunter2 host=127.0.0.1 port=5432 user=pdelta dbname=pdelta"));
+	CHECK(pd_store_is_pg("connect_timeout=5 host=db") && pd_store_is_pg("hosts=x"));
+	CHECK(pd_store_is_pg("postgresql:pdelta") && pd_store_is_pg("postgres:x"));
+	o.path = "postgresql:pdelta";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && s == NULL);
+	CHECK(strstr(e.msg, "not a PostgreSQL URI") && strstr(e.msg, "postgresql://"));
+	o.path = "postgres:user:hunter2@db";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && !strstr(e.msg, "hunter2"));
+	o.path = "password=hunter2 host=127.0.0.1 port=1 connect_timeout=2 dbname=p";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
+	CHECK(strstr(e.msg, "cannot connect to PostgreSQL") && !strstr(e.msg, "hunter2"));
 	o.path = "postgresql://127.0.0.1:1/pdelta?connect_timeout=2";
 	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
 	CHECK(strstr(e.msg, "cannot connect to PostgreSQL") != NULL);
