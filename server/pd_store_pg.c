@@ -629,6 +629,15 @@ static int pg_begin(void *be, pd_err *e)
 
 	if (!rc)
 		rc = pg_exec(b->w, "BEGIN", "BEGIN", e);
+	if (rc && b->w && PQstatus(b->w) == CONNECTION_BAD) {
+		/* A connection gone stale while idle (the database restarted):
+		 * nothing of the batch ran yet, so reconnect at once and retry. */
+		pg_lost(b);
+		b->retry_at_ms = 0;
+		rc = pg_writer_ready(b, e);
+		if (!rc)
+			rc = pg_exec(b->w, "BEGIN", "BEGIN", e);
+	}
 	if (rc)
 		pg_lost(b);
 	return rc;
