@@ -659,6 +659,17 @@ static void writer_batch(pd_store *s, struct wop *batch, size_t n, int fault)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Keeps why an idle reconnect failed as the store's last error, so /healthz
+ * says why, not only that the database is unreachable (the backend logs
+ * it). Takes mu. */
+static void reconnect_failed(pd_store *s, const pd_err *e)
+{
+	pthread_mutex_lock(&s->mu);
+	snprintf(s->st.last_error, sizeof s->st.last_error, "%s", e->msg);
+	s->st.last_error_ms = wall_ms();
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* Waits for work (mu held). A backend with a database server is called when
  * the wait times out with no work: every second while it is unreachable, to
  * reconnect, so /healthz recovers without a write; every PD_STORE_PROBE_MS
@@ -674,8 +685,11 @@ static void writer_wait(pd_store *s)
 	}
 	ts = pd_deadline(CLOCK_REALTIME, s->ops->healthy(s->be) ? PD_STORE_PROBE_MS : 1000);
 	if (pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) && !s->head && !s->stopping) {
+		pd_err e = {0};
+
 		pthread_mutex_unlock(&s->mu);
-		s->ops->reconnect(s->be);
+		if (s->ops->reconnect(s->be, &e))
+			reconnect_failed(s, &e);
 		pthread_mutex_lock(&s->mu);
 	}
 }

@@ -384,9 +384,10 @@ struct pd_store_backend {
 	 * healthy: any thread, never blocks; 0 while the database is unreachable.
 	 * reconnect: the writer thread calls it when idle, about once a second
 	 * while unhealthy (the backend keeps its own backoff) and every
-	 * PD_STORE_PROBE_MS while healthy (the backend checks its connection). */
+	 * PD_STORE_PROBE_MS while healthy (the backend checks its connection);
+	 * the error of a reconnect attempt that failed, else PD_OK. */
 	int (*healthy)(void *be);
-	void (*reconnect)(void *be);
+	int (*reconnect)(void *be, pd_err *e);
 };
 
 extern const struct pd_store_backend pd_store_sqlite_backend;
