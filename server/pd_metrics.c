@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <sqlite3.h>
 
+#include "pd_listen.h"
 #include "pd_notify.h"
 #include "pd_store.h"
 #include "pd_tls.h"
@@ -576,6 +577,7 @@ int pd_metrics_render(const pd_metrics_view *v, int fmt, struct evbuffer *out)
 
 struct pd_metrics_http {
 	struct evhttp *http;
+	pd_listener *listener; /* its socket is the evhttp's */
 	pd_metrics_snapshot_fn fn;
 	void *arg;
 };
@@ -689,14 +691,10 @@ static void on_other(struct evhttp_request *req, void *arg)
 int pd_metrics_http_new(struct event_base *base, const char *listen, pd_metrics_snapshot_fn fn,
 			void *arg, pd_metrics_http **out, pd_err *e)
 {
-	struct sockaddr_storage ss;
-	int sslen = sizeof ss;
-	struct evconnlistener *lev;
 	pd_metrics_http *h;
+	int rc;
 
 	*out = NULL;
-	if (evutil_parse_sockaddr_port(listen, (struct sockaddr *)&ss, &sslen) != 0)
-		return pd_err_set(e, PD_E_ARG, "metrics_listen: cannot parse '%s' (host:port)", listen);
 	h = calloc(1, sizeof *h);
 	if (!h)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory");
@@ -707,16 +705,17 @@ int pd_metrics_http_new(struct event_base *base, const char *listen, pd_metrics_
 		free(h);
 		return pd_err_set(e, PD_E_NOMEM, "evhttp_new failed");
 	}
-	lev = evconnlistener_new_bind(base, NULL, NULL,
-				      LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-				      64, (struct sockaddr *)&ss, sslen);
-	if (!lev || !evhttp_bind_listener(h->http, lev)) {
-		int err = EVUTIL_SOCKET_ERROR();
-		if (lev)
-			evconnlistener_free(lev);
+	rc = pd_listener_new(base, "metrics_listen", listen, 64, NULL, NULL, &h->listener, e);
+	if (rc) {
 		pd_metrics_http_free(h);
-		return pd_err_set(e, PD_E_IO, "metrics_listen %s: %s", listen,
-				  evutil_socket_error_to_string(err));
+		return rc;
+	}
+	if (!evhttp_bind_listener(h->http, pd_listener_lev(h->listener))) {
+		pd_listener_free(h->listener, 0);
+		h->listener = NULL;
+		pd_metrics_http_free(h);
+		return pd_err_set(e, PD_E_NOMEM, "metrics_listen %s: evhttp_bind_listener failed",
+				  listen);
 	}
 	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_max_headers_size(h->http, 8192);
@@ -734,6 +733,7 @@ void pd_metrics_http_free(pd_metrics_http *h)
 	if (!h)
 		return;
 	if (h->http)
-		evhttp_free(h->http);
+		evhttp_free(h->http); /* closes the listener's socket */
+	pd_listener_free(h->listener, 1);
 	free(h);
 }
