@@ -36,10 +36,16 @@ pg_bindir() {
 
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+# env_line DIR NAME VALUE: a line of DIR/cluster.env that sources back to VALUE, spaces included
+env_line() { printf '%s=%q\n' "$2" "$3" >>"$1/cluster.env"; }
+
 start_pg() { # DIR
 	local dir=$1 pgb port
 	pgb=$(pg_bindir)
 	port=$(free_port)
+	# what `stop` needs, before anything can fail
+	env_line "$dir" PG_BINDIR "$pgb"
+	env_line "$dir" PGDATA "$dir/pg/data"
 	mkdir -p "$dir/pg"
 	chmod 755 "$dir" "$dir/pg"
 	if [[ $(id -u) == 0 ]]; then
@@ -53,11 +59,29 @@ start_pg() { # DIR
 		"$port" "$dir/pg" >>"$dir/pg/data/postgresql.conf"
 	as_pg "$pgb/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 60 start >/dev/null ||
 		die "PostgreSQL did not start: $(tail -n 5 "$dir/pg/server.log")"
-	"$pgb/psql" -X -q -d "host=$dir/pg port=$port user=pdelta dbname=postgres" \
-		-c "CREATE DATABASE pdelta" >/dev/null
-	echo "PG_BINDIR=$pgb" >>"$dir/cluster.env"
-	echo "PGDATA=$dir/pg/data" >>"$dir/cluster.env"
-	echo "PG_URI=postgresql://pdelta@127.0.0.1:$port/pdelta" >>"$dir/cluster.env"
+	"$pgb/psql" -X -q -h "$dir/pg" -p "$port" -U pdelta -d postgres \
+		-c "CREATE DATABASE pdelta" >/dev/null || die "CREATE DATABASE failed"
+	env_line "$dir" PG_URI "postgresql://pdelta@127.0.0.1:$port/pdelta"
+}
+
+# A start that failed midway: stop what it started (nodes, PostgreSQL); DIR stays, for its
+# logs, until `stop`.
+start_failed() { # DIR
+	local dir=$1 f
+	for f in "$dir"/node*.pid; do
+		[[ -f $f ]] && { kill -TERM "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; }
+	done
+	stop_pg "$dir"
+	echo "local-cluster: start failed; what it started is stopped, logs in $dir (remove it: $0 stop DIR)" >&2
+}
+
+stop_pg() { # DIR
+	local dir=$1
+	# shellcheck source=/dev/null
+	. "$dir/cluster.env"
+	if [[ -n ${PG_BINDIR:-} && -f $dir/pg/data/postmaster.pid ]]; then
+		as_pg "$PG_BINDIR/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+	fi
 }
 
 node_start() { # DIR I
@@ -104,6 +128,8 @@ cmd_start() { # DIR [N]
 		echo "tenant=ops role=admin token_sha256=$(printf '%s' "$adm" | "$BINDIR/pdeltad" --hash-token)"
 	} >"$dir/tenants"
 	: >"$dir/cluster.env"
+	env_line "$dir" NODES "$n"
+	trap "start_failed $(printf %q "$dir")" EXIT
 	start_pg "$dir"
 	# shellcheck source=/dev/null
 	. "$dir/cluster.env"
@@ -114,21 +140,21 @@ cmd_start() { # DIR [N]
 		printf '%s = %s\n' listen "127.0.0.1:$p" metrics_listen "127.0.0.1:$m" \
 			tls_cert "$dir/certs/server.pem" tls_key "$dir/certs/server.key" \
 			tenants "$dir/tenants" db "$PG_URI" workers 2 >"$dir/node$i.conf"
-		echo "PORT_$i=$p" >>"$dir/cluster.env"
-		echo "METRICS_$i=$m" >>"$dir/cluster.env"
+		env_line "$dir" "PORT_$i" "$p"
+		env_line "$dir" "METRICS_$i" "$m"
 		servers+=${servers:+,}127.0.0.1:$p
 	done
-	{
-		echo "NODES=$n"
-		echo "SERVERS=$servers"
-		echo "CA=$dir/certs/ca.pem"
-		echo "TOKEN_FILE=$dir/token"
-		echo "ADMIN_TOKEN_FILE=$dir/admin-token"
-	} >>"$dir/cluster.env"
+	env_line "$dir" SERVERS "$servers"
+	env_line "$dir" CA "$dir/certs/ca.pem"
+	env_line "$dir" TOKEN_FILE "$dir/token"
+	env_line "$dir" ADMIN_TOKEN_FILE "$dir/admin-token"
 	for ((i = 1; i <= n; i++)); do node_start "$dir" "$i"; done
+	trap - EXIT
 	echo "cluster up in $dir: $n nodes on $PG_URI"
-	echo "  pdelta send --server $servers --ca $dir/certs/ca.pem --token-file $dir/token --stream S -o OUT FILE..."
-	echo "  pdeltactl --server $servers --ca $dir/certs/ca.pem --token-file $dir/admin-token streams"
+	printf '  pdelta send --server %s --ca %q --token-file %q --stream S -o OUT FILE...\n' \
+		"$servers" "$dir/certs/ca.pem" "$dir/token"
+	printf '  pdeltactl --server %s --ca %q --token-file %q streams\n' "$servers" "$dir/certs/ca.pem" \
+		"$dir/admin-token"
 }
 
 cmd_stop() { # DIR
@@ -137,9 +163,7 @@ cmd_stop() { # DIR
 	# shellcheck source=/dev/null
 	. "$dir/cluster.env"
 	for ((i = 1; i <= ${NODES:-0}; i++)); do node_signal "$dir" "$i" TERM; done
-	if [[ -n ${PG_BINDIR:-} && -d $dir/pg/data ]]; then
-		as_pg "$PG_BINDIR/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
-	fi
+	stop_pg "$dir"
 	rm -rf "$dir"
 }
 

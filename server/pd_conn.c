@@ -954,9 +954,7 @@ static void begin_job(pd_conn *c, pd_request *r, const pd_msg_delta_begin *b, un
 	p.after_seq = b->after_seq;
 	rc = pd_job_begin(c->env->svc, &p, &r->job, &err);
 	if (rc) {
-		r->job = NULL;
-		if (rc == PD_E_BUSY)
-			c->env->metrics->limit_hits[PD_LIM_QUEUE]++;
+		r->job = NULL; /* a refusal by max_queued_jobs/_bytes is counted by the service */
 		req_fail(c, r, rc, rc == PD_E_BUSY ? PD_DETAIL_OVERLOADED : PD_DETAIL_NONE,
 			 rc == PD_E_BUSY ? pd_service_retry_after_ms(c->env->svc) : 0, "%s", err.msg);
 		return;
@@ -1043,8 +1041,7 @@ static void on_data(pd_conn *c, uint32_t id, struct evbuffer *in, size_t n)
 		c->env->metrics->limit_hits[PD_LIM_PROFILE_BYTES]++;
 		req_fail(c, r, rc, PD_DETAIL_PROFILE_TOO_LARGE, cfg->limits.max_input, "%s",
 			 err.msg);
-	} else if (rc == PD_E_BUSY) { /* max_queued_bytes */
-		c->env->metrics->limit_hits[PD_LIM_QUEUE]++;
+	} else if (rc == PD_E_BUSY) { /* max_queued_bytes, counted by the service */
 		req_fail(c, r, rc, PD_DETAIL_OVERLOADED, pd_service_retry_after_ms(c->env->svc),
 			 "%s", err.msg);
 	} else if (rc) {

@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <sqlite3.h>
 
+#include "pd_listen.h"
 #include "pd_notify.h"
 #include "pd_store.h"
 #include "pd_tls.h"
@@ -38,7 +39,7 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_connections",    "max_frame_preauth", "max_frame",	       "max_inflight",
 	"max_profile_bytes",  "handshake_timeout", "frame_timeout",    "request_timeout",
 	"idle_timeout",	      "output_budget",	   "write_timeout",    "drain_timeout",
-	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs",
+	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs", "max_queued_bytes",
 	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
 };
 
@@ -346,6 +347,12 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	static const char *const reload_names[2] = {"ok", "failed"};
 	const pd_metrics *m = &v->net;
 	uint64_t reloads[2] = {m->reloads_ok, m->reloads_failed};
+	uint64_t hits[PD_LIM__COUNT];
+
+	/* The admission caps are counted by the service, where it tells them apart. */
+	memcpy(hits, m->limit_hits, sizeof hits);
+	hits[PD_LIM_QUEUE] += v->svc.busy_rejects;
+	hits[PD_LIM_QUEUE_BYTES] += v->svc.bytes_busy_rejects;
 
 	one(b, "pdeltad_up", "gauge", "1 while the process runs", 1);
 	one(b, "pdeltad_draining", "gauge", "1 while draining (SIGTERM)", v->draining);
@@ -381,7 +388,7 @@ static void render_net(const pd_metrics_view *v, expo *b, uint64_t now_ms)
 	one(b, "pdeltad_received_frames_total", "counter", "frames received", m->frames_in);
 	one(b, "pdeltad_sent_frames_total", "counter", "frames queued for sending", m->frames_out);
 	labelled(b, "pdeltad_limit_hits_total", "limits hit, by limit", "limit", limit_names,
-		 m->limit_hits, PD_LIM__COUNT, false);
+		 hits, PD_LIM__COUNT, false);
 	labelled(b, "pdeltad_tls_reloads_total", "SIGHUP reloads of TLS files and tenants", "result",
 		 reload_names, reloads, 2, false);
 	one(b, "pdeltad_tenants_refused_empty_total", "counter",
@@ -570,6 +577,7 @@ int pd_metrics_render(const pd_metrics_view *v, int fmt, struct evbuffer *out)
 
 struct pd_metrics_http {
 	struct evhttp *http;
+	pd_listener *listener; /* its socket is the evhttp's */
 	pd_metrics_snapshot_fn fn;
 	void *arg;
 };
@@ -683,14 +691,10 @@ static void on_other(struct evhttp_request *req, void *arg)
 int pd_metrics_http_new(struct event_base *base, const char *listen, pd_metrics_snapshot_fn fn,
 			void *arg, pd_metrics_http **out, pd_err *e)
 {
-	struct sockaddr_storage ss;
-	int sslen = sizeof ss;
-	struct evconnlistener *lev;
 	pd_metrics_http *h;
+	int rc;
 
 	*out = NULL;
-	if (evutil_parse_sockaddr_port(listen, (struct sockaddr *)&ss, &sslen) != 0)
-		return pd_err_set(e, PD_E_ARG, "metrics_listen: cannot parse '%s' (host:port)", listen);
 	h = calloc(1, sizeof *h);
 	if (!h)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory");
@@ -701,16 +705,17 @@ int pd_metrics_http_new(struct event_base *base, const char *listen, pd_metrics_
 		free(h);
 		return pd_err_set(e, PD_E_NOMEM, "evhttp_new failed");
 	}
-	lev = evconnlistener_new_bind(base, NULL, NULL,
-				      LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-				      64, (struct sockaddr *)&ss, sslen);
-	if (!lev || !evhttp_bind_listener(h->http, lev)) {
-		int err = EVUTIL_SOCKET_ERROR();
-		if (lev)
-			evconnlistener_free(lev);
+	rc = pd_listener_new(base, "metrics_listen", listen, 64, NULL, NULL, &h->listener, e);
+	if (rc) {
 		pd_metrics_http_free(h);
-		return pd_err_set(e, PD_E_IO, "metrics_listen %s: %s", listen,
-				  evutil_socket_error_to_string(err));
+		return rc;
+	}
+	if (!evhttp_bind_listener(h->http, pd_listener_lev(h->listener))) {
+		pd_listener_free(h->listener, 0);
+		h->listener = NULL;
+		pd_metrics_http_free(h);
+		return pd_err_set(e, PD_E_NOMEM, "metrics_listen %s: evhttp_bind_listener failed",
+				  listen);
 	}
 	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_max_headers_size(h->http, 8192);
@@ -728,6 +733,7 @@ void pd_metrics_http_free(pd_metrics_http *h)
 	if (!h)
 		return;
 	if (h->http)
-		evhttp_free(h->http);
+		evhttp_free(h->http); /* closes the listener's socket */
+	pd_listener_free(h->listener, 1);
 	free(h);
 }

@@ -70,6 +70,7 @@ enum pd_limit_kind {
 	PD_LIM_INPUT,              /* an engine input cap (request limit/INPUT_LIMIT) */
 	PD_LIM_STREAMS,            /* max_streams_per_tenant */
 	PD_LIM_QUEUE,              /* max_queued_jobs (busy/OVERLOADED) */
+	PD_LIM_QUEUE_BYTES,        /* max_queued_bytes (busy/OVERLOADED) */
 	PD_LIM_UNAUTH,             /* max_unauth_connections (or a full server): oldest closed */
 	PD_LIM_UNAUTH_SOURCE,      /* max_unauth_per_source: the source's oldest closed */
 	PD_LIM_AUTH_BLOCKED,       /* a HELLO of a source blocked after failed authentications */

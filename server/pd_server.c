@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 
 #include <event2/event.h>
@@ -19,6 +20,7 @@
 
 #include "pd_auth.h"
 #include "pd_conn.h"
+#include "pd_listen.h"
 #include "pd_log.h"
 #include "pd_metrics.h"
 #include "pd_notify.h"
@@ -26,7 +28,6 @@
 #include "pd_tls.h"
 
 #define JANITOR_MS 100
-#define ACCEPT_RETRY_MS 1000
 
 struct pd_server {
 	const pd_config *cfg;
@@ -35,9 +36,9 @@ struct pd_server {
 	pd_metrics metrics;
 	pd_conn_env env;
 	bool env_ready;
-	struct evconnlistener *listener;
+	pd_listener *listener;
 	pd_metrics_http *http;
-	struct event *ev_janitor, *ev_drain, *ev_accept_retry;
+	struct event *ev_janitor, *ev_drain;
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
 	struct event *ev_watchdog; /* WATCHDOG=1 while the loop turns (WatchdogSec) */
 	bool draining;
@@ -167,7 +168,7 @@ static void start_drain(pd_server *s, int sig)
 	s->env.draining = true;
 	pd_notify_stopping();
 	if (s->listener)
-		evconnlistener_disable(s->listener);
+		pd_listener_stop(s->listener);
 	tv.tv_sec = (time_t)(ms / 1000);
 	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
 	evtimer_add(s->ev_drain, &tv);
@@ -194,27 +195,6 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	pd_conn_accept(&s->env, fd, sa, salen);
 }
 
-static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
-{
-	pd_server *s = arg;
-
-	if (!s->draining)
-		evconnlistener_enable(s->listener);
-}
-
-/* accept() failed (out of descriptors...): back off instead of spinning. */
-static void on_accept_error(struct evconnlistener *l, void *arg)
-{
-	pd_server *s = arg;
-	int err = EVUTIL_SOCKET_ERROR();
-	struct timeval tv = {ACCEPT_RETRY_MS / 1000, (ACCEPT_RETRY_MS % 1000) * 1000};
-
-	pd_log(PD_LOG_WARN, "accept: %s; pausing the listener for %d ms",
-	       evutil_socket_error_to_string(err), ACCEPT_RETRY_MS);
-	evconnlistener_disable(l);
-	evtimer_add(s->ev_accept_retry, &tv);
-}
-
 static void on_janitor(evutil_socket_t fd, short what, void *arg)
 {
 	pd_server *s = arg;
@@ -236,20 +216,8 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 
 static int open_listener(pd_server *s, pd_err *e)
 {
-	struct sockaddr_storage ss;
-	int len = sizeof ss;
-
-	if (evutil_parse_sockaddr_port(s->cfg->listen, (struct sockaddr *)&ss, &len) != 0)
-		return pd_err_set(e, PD_E_ARG, "listen: cannot parse '%s' (host:port)", s->cfg->listen);
-	s->listener = evconnlistener_new_bind(s->base, on_accept, s,
-					      LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
-						      LEV_OPT_CLOSE_ON_EXEC,
-					      511, (struct sockaddr *)&ss, len);
-	if (!s->listener)
-		return pd_err_set(e, PD_E_IO, "listen %s: %s", s->cfg->listen,
-				  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-	evconnlistener_set_error_cb(s->listener, on_accept_error);
-	return PD_OK;
+	return pd_listener_new(s->base, "listen", s->cfg->listen, 511, on_accept, s, &s->listener,
+			       e);
 }
 
 /* ---- metrics ---- */
@@ -416,11 +384,10 @@ static int add_events(pd_server *s, pd_err *e)
 
 	s->ev_janitor = event_new(s->base, -1, EV_PERSIST, on_janitor, s);
 	s->ev_drain = evtimer_new(s->base, on_drain_deadline, s);
-	s->ev_accept_retry = evtimer_new(s->base, on_accept_retry, s);
 	s->ev_sigterm = evsignal_new(s->base, SIGTERM, on_signal, s);
 	s->ev_sigint = evsignal_new(s->base, SIGINT, on_signal, s);
 	s->ev_sighup = evsignal_new(s->base, SIGHUP, on_signal, s);
-	if (!s->ev_janitor || !s->ev_drain || !s->ev_accept_retry || !s->ev_sigterm ||
+	if (!s->ev_janitor || !s->ev_drain || !s->ev_sigterm ||
 	    !s->ev_sigint || !s->ev_sighup)
 		return pd_err_set(e, PD_E_NOMEM, "event_new failed");
 	if (event_add(s->ev_janitor, &jan) || event_add(s->ev_sigterm, NULL) ||
@@ -452,6 +419,37 @@ static int init_env(pd_server *s, pd_err *e)
 	return rc;
 }
 
+/* Descriptors besides the connections and the store's read pool: listeners,
+ * metrics clients, logs, SQLite files or the store's writer, event loops. */
+#define FD_RESERVE 64
+
+/* Raises the soft RLIMIT_NOFILE towards the hard one when max_connections
+ * needs it; warns when the limit still cannot hold them (accept() then fails
+ * and the listeners pause). */
+static void fit_fd_limit(const pd_config *c)
+{
+	rlim_t want = (rlim_t)(c->max_connections + c->store_max_readers + FD_RESERVE);
+	struct rlimit rl, up;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	up = rl;
+	up.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+	if (up.rlim_cur > rl.rlim_cur && !setrlimit(RLIMIT_NOFILE, &up)) {
+		pd_log(PD_LOG_INFO, "open files limit raised from %llu to %llu for max_connections",
+		       (unsigned long long)rl.rlim_cur, (unsigned long long)up.rlim_cur);
+		rl = up;
+	}
+	if (rl.rlim_cur < want)
+		pd_log(PD_LOG_WARN, "max_connections %llu + %llu descriptors for the store, listeners "
+		       "and logs exceed the open files limit %llu (hard limit %llu): connections "
+		       "beyond it are refused while the listeners pause; raise the limit (ulimit -n, "
+		       "LimitNOFILE=) or lower max_connections",
+		       (unsigned long long)c->max_connections,
+		       (unsigned long long)(c->store_max_readers + FD_RESERVE),
+		       (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
+}
+
 int pd_server_new(const pd_config *cfg, pd_server **out, pd_err *e)
 {
 	pd_server *s;
@@ -477,6 +475,8 @@ int pd_server_new(const pd_config *cfg, pd_server **out, pd_err *e)
 	s->base = rc ? NULL : event_base_new();
 	if (!rc && !s->base)
 		rc = pd_err_set(e, PD_E_NOMEM, "event_base_new failed");
+	if (!rc)
+		fit_fd_limit(cfg);
 	if (!rc)
 		rc = start_service(s, e);
 	if (!rc)
@@ -523,8 +523,7 @@ void pd_server_free(pd_server *s)
 {
 	if (!s)
 		return;
-	if (s->listener)
-		evconnlistener_free(s->listener);
+	pd_listener_free(s->listener, 0);
 	pd_metrics_http_free(s->http);
 	if (s->env_ready)
 		pd_conn_close_all(&s->env);
@@ -535,7 +534,6 @@ void pd_server_free(pd_server *s)
 		pd_conn_env_fini(&s->env);
 	free_event(&s->ev_janitor);
 	free_event(&s->ev_drain);
-	free_event(&s->ev_accept_retry);
 	free_event(&s->ev_sigterm);
 	free_event(&s->ev_sigint);
 	free_event(&s->ev_sighup);

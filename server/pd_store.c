@@ -12,6 +12,7 @@
  */
 #include "pd_store.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -658,6 +659,17 @@ static void writer_batch(pd_store *s, struct wop *batch, size_t n, int fault)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Keeps why an idle reconnect failed as the store's last error, so /healthz
+ * says why, not only that the database is unreachable (the backend logs
+ * it). Takes mu. */
+static void reconnect_failed(pd_store *s, const pd_err *e)
+{
+	pthread_mutex_lock(&s->mu);
+	snprintf(s->st.last_error, sizeof s->st.last_error, "%s", e->msg);
+	s->st.last_error_ms = wall_ms();
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* Waits for work (mu held). A backend with a database server is called when
  * the wait times out with no work: every second while it is unreachable, to
  * reconnect, so /healthz recovers without a write; every PD_STORE_PROBE_MS
@@ -673,8 +685,11 @@ static void writer_wait(pd_store *s)
 	}
 	ts = pd_deadline(CLOCK_REALTIME, s->ops->healthy(s->be) ? PD_STORE_PROBE_MS : 1000);
 	if (pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) && !s->head && !s->stopping) {
+		pd_err e = {0};
+
 		pthread_mutex_unlock(&s->mu);
-		s->ops->reconnect(s->be);
+		if (s->ops->reconnect(s->be, &e))
+			reconnect_failed(s, &e);
 		pthread_mutex_lock(&s->mu);
 	}
 }
@@ -726,27 +741,48 @@ static int start_writer(pd_store *s, pd_err *e)
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
+/* "postgres:" / "postgresql:" at the start: 1 (with the length in *n) */
+static int pg_scheme(const char *path, size_t *n)
+{
+	*n = !strncmp(path, "postgresql:", 11) ? 11 : !strncmp(path, "postgres:", 9) ? 9 : 0;
+	return *n != 0;
+}
+
+/* A word of letters and underscores followed by '=' (spaces allowed before it). */
+static int keyword_at(const char *p)
+{
+	size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_");
+
+	return n && p[n + strspn(p + n, " \t")] == '=';
+}
+
 int pd_store_is_pg(const char *path)
 {
-	static const char *const keys[] = {"host", "hostaddr", "port", "dbname", "user",
-					   "service", "sslmode", "passfile", "options"};
-	size_t n = strspn(path, "abcdefghijklmnopqrstuvwxyz_");
-	const char *eq = path + n + strspn(path + n, " \t");
+	size_t n;
 
-	if (!strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13))
+	if (pg_scheme(path, &n))
 		return 1;
-	if (*eq != '=')
+	if (*path == '/' || *path == '.')
 		return 0;
-	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-		if (strlen(keys[i]) == n && !strncmp(path, keys[i], n))
+	for (const char *p = path; *p; p++)
+		if ((p == path || isspace((unsigned char)p[-1])) && keyword_at(p))
 			return 1;
 	return 0;
 }
 
 static const struct pd_store_backend *pick_backend(const char *path, pd_err *e)
 {
+	size_t n;
+
 	if (!path || !*path) {
 		pd_err_set(e, PD_E_ARG, "state store path is required");
+		return NULL;
+	}
+	if (pg_scheme(path, &n) && strncmp(path + n, "//", 2)) {
+		/* not echoed: it may hold a password */
+		pd_err_set(e, PD_E_ARG, "database '%.*s...' is not a PostgreSQL URI: write "
+			   "%.*s//[user@]host[:port]/dbname (or libpq key=value pairs)",
+			   (int)n, path, (int)n, path);
 		return NULL;
 	}
 	return pd_store_is_pg(path) ? &pd_store_pg_backend : &pd_store_sqlite_backend;

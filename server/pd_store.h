@@ -63,9 +63,8 @@ typedef struct pd_store pd_store;
 
 struct pd_store_opts {
 	/* Database file (SQLite), or a PostgreSQL connection string: a
-	 * "postgres://" / "postgresql://" URI or libpq key=value pairs whose
-	 * first word is a libpq keyword ("host=... dbname=..."); see
-	 * pd_store_is_pg(). */
+	 * "postgres://" / "postgresql://" URI or libpq key=value pairs
+	 * ("host=... dbname=..."); see pd_store_is_pg(). */
 	const char *path;
 	/* PostgreSQL: file whose first line is the password (NULL or "" =
 	 * none: the connection string, PGPASSFILE or ~/.pgpass). */
@@ -385,18 +384,21 @@ struct pd_store_backend {
 	 * healthy: any thread, never blocks; 0 while the database is unreachable.
 	 * reconnect: the writer thread calls it when idle, about once a second
 	 * while unhealthy (the backend keeps its own backoff) and every
-	 * PD_STORE_PROBE_MS while healthy (the backend checks its connection). */
+	 * PD_STORE_PROBE_MS while healthy (the backend checks its connection);
+	 * the error of a reconnect attempt that failed, else PD_OK. */
 	int (*healthy)(void *be);
-	void (*reconnect)(void *be);
+	int (*reconnect)(void *be, pd_err *e);
 };
 
 extern const struct pd_store_backend pd_store_sqlite_backend;
 extern const struct pd_store_backend pd_store_pg_backend;
 
 /* Does this store path name a PostgreSQL database? A URI with the scheme
- * postgres:// or postgresql://, or key=value pairs whose first key is one of
- * libpq's usual keywords (host, hostaddr, port, dbname, user, service, ...).
- * Anything else is a SQLite file (write "./host=x" for such a file name). */
+ * postgres:// or postgresql://, or a libpq connection string: any word of the
+ * form key=value ("password=x host=db", "connect_timeout=5 host=db"; libpq
+ * reports an unknown key). A path that starts with '/' or '.' is a SQLite
+ * file (write "./host=x" for such a file name); so is anything else.
+ * pd_store_open refuses "postgres:" / "postgresql:" without "//". */
 int pd_store_is_pg(const char *path);
 
 /* Helpers shared by backends: make sure rec->own_mem holds n bytes

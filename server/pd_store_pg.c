@@ -249,6 +249,7 @@ struct pg_be {
 	PGconn *w; /* writer connection; NULL while the database is unreachable */
 	uint64_t retry_at_ms, backoff_ms; /* next reconnect attempt, its delay */
 	uint64_t attempts;                /* failed reconnects since the loss */
+	char last_err[sizeof(((pd_err *)0)->msg)]; /* why the last reconnect failed, "" */
 	atomic_int down;                  /* read by any thread */
 
 	pd_store_pool *readers;
@@ -466,10 +467,16 @@ static int pg_writer_ready(struct pg_be *b, pd_err *e)
 	if (b->w)
 		return PD_OK;
 	if (now < b->retry_at_ms)
-		return pd_err_set(e, PD_E_STORE, "state store: PostgreSQL unreachable, next "
-				  "reconnect in %llu ms", (unsigned long long)(b->retry_at_ms - now));
+		return pd_err_set(e, PD_E_STORE, "state store: PostgreSQL unreachable (%s), next "
+				  "reconnect in %llu ms", b->last_err[0] ? b->last_err : "lost",
+				  (unsigned long long)(b->retry_at_ms - now));
 	rc = pg_writer_connect(b, e);
 	if (rc) {
+		const char *why = strncmp(e->msg, "state store: ", 13) ? e->msg : e->msg + 13;
+
+		if (strcmp(b->last_err, why)) /* once per cause */
+			pd_log(PD_LOG_ERROR, "state store: reconnect failed: %s", why);
+		snprintf(b->last_err, sizeof b->last_err, "%s", why);
 		b->attempts++;
 		b->backoff_ms = b->backoff_ms * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS
 								      : b->backoff_ms * 2;
@@ -477,6 +484,7 @@ static int pg_writer_ready(struct pg_be *b, pd_err *e)
 		return rc;
 	}
 	atomic_store(&b->down, 0);
+	b->last_err[0] = '\0';
 	pd_log(PD_LOG_INFO, "state store: reconnected to PostgreSQL after %llu failed attempts",
 	       (unsigned long long)b->attempts);
 	return PD_OK;
@@ -488,22 +496,21 @@ static int pg_healthy(void *be)
 	return !atomic_load(&b->down);
 }
 
-/* Writer thread, idle: reconnect when down; when up, a round trip tells an
- * idle node that the database went away (keepalives and tcp_user_timeout bound
- * how long it can wait), so /healthz turns without waiting for a write. */
-static void pg_reconnect(void *be)
+/* Writer thread, idle: reconnect when down and the backoff allows (the
+ * error of a failed attempt in e); when up, a round trip tells an idle node
+ * that the database went away (keepalives and tcp_user_timeout bound how long
+ * it can wait), so /healthz turns without waiting for a write. */
+static int pg_reconnect(void *be, pd_err *e)
 {
 	struct pg_be *b = be;
-	pd_err e = {0};
 	PGresult *r;
 
-	if (!b->w) {
-		pg_writer_ready(b, &e);
-		return;
-	}
+	if (!b->w)
+		return mono_ms() < b->retry_at_ms ? PD_OK : pg_writer_ready(b, e);
 	r = PQexec(b->w, "SELECT 1");
 	PQclear(r);
 	pg_lost(b);
+	return PD_OK;
 }
 
 /* ---- the read pool ------------------------------------------------------------------ */
@@ -629,6 +636,15 @@ static int pg_begin(void *be, pd_err *e)
 
 	if (!rc)
 		rc = pg_exec(b->w, "BEGIN", "BEGIN", e);
+	if (rc && b->w && PQstatus(b->w) == CONNECTION_BAD) {
+		/* A connection gone stale while idle (the database restarted):
+		 * nothing of the batch ran yet, so reconnect at once and retry. */
+		pg_lost(b);
+		b->retry_at_ms = 0;
+		rc = pg_writer_ready(b, e);
+		if (!rc)
+			rc = pg_exec(b->w, "BEGIN", "BEGIN", e);
+	}
 	if (rc)
 		pg_lost(b);
 	return rc;

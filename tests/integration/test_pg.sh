@@ -16,7 +16,11 @@
 #      wrong password refused at start with libpq's message;
 #   4. an idle node: /healthz fails within 10 s of PostgreSQL going away (the writer's probe,
 #      no request needed); the reconnect backoff is capped: down for ~25 s, the node is
-#      healthy again within 7 s of its return, after >= 8 failed attempts.
+#      healthy again within 7 s of its return, after >= 8 failed attempts;
+#   5. --db 'password=... host=... dbname=...' is PostgreSQL and not logged; PostgreSQL
+#      restarted under an idle node: the next send succeeds at its first attempt (the stale
+#      writer connection is replaced at once); a reconnect refused by a newer schema says
+#      so in /healthz and once in the log.
 #
 # Skipped without PostgreSQL server binaries (a failure under CI=true).
 # Env: BINDIR (default bin), PG_KILL_CYCLES (default 6), PG_RESTARTS (default 2).
@@ -140,5 +144,41 @@ curl -fsS "http://127.0.0.1:$MPORT/healthz" >/dev/null 2>&1 && ((took <= 7)) &&
 	bad "not reconnected within 7 s of PostgreSQL's return (took ${took} s)"
 n=$(grep -o 'reconnected to PostgreSQL after [0-9]* failed attempts' "$WORK/server.log" | tail -n 1 | grep -o '[0-9][0-9]*' || echo 0)
 ((n >= 8)) && ok "the node kept trying while it was down ($n failed attempts)" || bad "$n failed attempts logged, want >= 8"
+pd_stop_server
+
+# ---- 5. a key=value connection string not starting with a usual keyword; PostgreSQL
+# restarted under an idle node; a reconnect refused by a newer schema ----
+pg_createdb idle
+cd "$WORK" # a connection string taken for a SQLite file would be created here
+pd_start_server --db "password=hunter2 host=127.0.0.1 port=$PG_PORT user=pdelta dbname=idle"
+cd "$ROOT"
+! grep -q hunter2 "$WORK/server.log" && ok "the connection string is not logged" ||
+	bad "the log shows the password: $(grep -m 1 hunter2 "$WORK/server.log")"
+[[ -z $(find "$WORK" -maxdepth 1 -name 'password=*') ]] && ok "password=... host=... is PostgreSQL, not a SQLite file" ||
+	bad "a SQLite file named after the connection string: $(find "$WORK" -maxdepth 1 -name 'password=*')"
+one=("${send[@]}" --attempts 1 --stream idle/heap -o "$WORK/idle")
+"${one[@]}" "$TESTDATA/profiles/heap-small/000.pb.gz" >"$WORK/idle.out" 2>&1 || bad "idle node: first send: $(tail -n 2 "$WORK/idle.out")"
+pg_stop
+pg_restart_server
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || true
+if "${one[@]}" "$TESTDATA/profiles/heap-small/001.pb.gz" >"$WORK/idle.out" 2>&1; then
+	ok "PostgreSQL restarted under an idle node: the next send succeeds at its first attempt"
+else
+	bad "PostgreSQL restarted under an idle node, send --attempts 1: $(tail -n 2 "$WORK/idle.out")"
+fi
+"$PG_BIN/psql" -X -q -At -d "$PG_CONNINFO" -c "UPDATE pdelta_schema SET version = 2" >/dev/null
+pg_psql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pdeltad'" >/dev/null
+pd_wait_until "$SERVER_PID" sh -c "curl -sS http://127.0.0.1:$MPORT/healthz | grep -q 'schema version 2 is newer'" &&
+	ok "a reconnect refused by a newer schema: /healthz says why ($(curl -sS "http://127.0.0.1:$MPORT/healthz" | grep -o 'schema version.*' | head -n 1))" ||
+	bad "/healthz does not say why the reconnect fails: $(curl -sS "http://127.0.0.1:$MPORT/healthz" | tr '\n' '|')"
+"${one[@]}" "$TESTDATA/profiles/heap-small/002.pb.gz" >/dev/null 2>&1 && bad "a send succeeded with a newer schema"
+sleep 8 # the send's errors say "unreachable"; then idle reconnect attempts fail again
+curl -sS "http://127.0.0.1:$MPORT/healthz" | grep -q 'schema version 2 is newer' && ok "... also after a refused send and idle reconnect attempts" ||
+	bad "/healthz after a refused send and idle reconnect attempts: $(curl -sS "http://127.0.0.1:$MPORT/healthz" | tr '\n' '|')"
+n=$(grep -c 'reconnect failed: schema version 2 is newer' "$WORK/server.log" || true)
+((n == 1)) && ok "the cause is logged once" || bad "the cause is logged $n times"
+"$PG_BIN/psql" -X -q -At -d "$PG_CONNINFO" -c "UPDATE pdelta_schema SET version = 1" >/dev/null
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" && ok "healthy again once the schema is ours" ||
+	bad "not healthy 10 s after the schema version was put back"
 pd_stop_server
 pd_finish

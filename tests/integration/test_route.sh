@@ -21,7 +21,9 @@
 #   5. the oracle (tests/oracle/check_seq.py) over every stream's answers (8 files, 6 for the
 #      medium ones): no interval lost, none counted twice; pdeltactl through the list: a
 #      stream from its node, the listing of any node shows all 31 (shared store);
-#   6. bad lists are refused with a clear error by pdelta send and pdeltactl.
+#   6. bad lists are refused with a clear error by pdelta send and pdeltactl;
+#   0 (first): local-cluster.sh in a directory with a space (up, a send, stop removes it and
+#      stops PostgreSQL); a start whose nodes do not come up stops PostgreSQL.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
@@ -36,6 +38,37 @@ pd_need "$BINDIR/pdelta" "$BINDIR/pdeltactl" "$BINDIR/pdeltad" "$TOOLS/client_ru
 CL=$WORK/cluster
 chmod 755 "$WORK" # PostgreSQL runs as its own user under it
 CLUSTER=(env BINDIR="$BINDIR" PG_BINDIR="$PG_BIN" bash "$ROOT/deploy/local-cluster.sh")
+
+# ---- 0. local-cluster.sh in a directory with a space; a start that fails midway ----
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]; } # a zombie is gone
+pg_running() { [[ -f $1/postmaster.pid ]] && alive "$(head -n 1 "$1/postmaster.pid")"; }
+SP="$WORK/c 2"
+pd_at_exit '"${CLUSTER[@]}" stop "$SP" >/dev/null 2>&1'
+if "${CLUSTER[@]}" start "$SP" 1 >"$WORK/space.log" 2>&1 &&
+	(. "$SP/cluster.env" && "$BINDIR/pdelta" send --server "$SERVERS" --ca "$CA" --token-file "$TOKEN_FILE" \
+		--stream sp/heap -o "$WORK/sp" "$TESTDATA/profiles/heap-small/000.pb.gz") >>"$WORK/space.log" 2>&1; then
+	ok "local-cluster.sh in a directory with a space: up, cluster.env sources, a send is answered"
+else
+	bad "local-cluster.sh in '$SP': $(tail -n 3 "$WORK/space.log")"
+fi
+pgpid=$(head -n 1 "$SP/pg/data/postmaster.pid" 2>/dev/null || echo none)
+"${CLUSTER[@]}" stop "$SP" >>"$WORK/space.log" 2>&1
+[[ ! -e $SP && $pgpid =~ ^[0-9]+$ ]] && ! alive "$pgpid" && ok "... and stop removes it, PostgreSQL stopped" ||
+	bad "after stop: PostgreSQL pid $pgpid $(alive "$pgpid" && echo still running); $(ls "$SP" 2>&1 | head -n 3)"
+mkdir -p "$WORK/badbin" # a pdeltad that hashes tokens but never comes up
+printf '#!/bin/sh\n[ "$1" = --hash-token ] && exec %q "$@"\nexit 1\n' "$BINDIR/pdeltad" >"$WORK/badbin/pdeltad"
+chmod +x "$WORK/badbin/pdeltad"
+FAILED="$WORK/c 3"
+pd_at_exit '"${CLUSTER[@]}" stop "$FAILED" >/dev/null 2>&1'
+if env BINDIR="$WORK/badbin" PG_BINDIR="$PG_BIN" bash "$ROOT/deploy/local-cluster.sh" start "$FAILED" 1 >"$WORK/failed.log" 2>&1; then
+	bad "local-cluster.sh start succeeded with nodes that do not come up"
+else
+	! pg_running "$FAILED/pg/data" && grep -q 'start failed' "$WORK/failed.log" &&
+		ok "a start that fails after PostgreSQL is up stops it ($(grep -o 'start failed.*stopped' "$WORK/failed.log"))" ||
+		bad "a failed start left PostgreSQL running or said nothing: $(tail -n 2 "$WORK/failed.log")"
+	"${CLUSTER[@]}" stop "$FAILED" >/dev/null 2>&1
+	[[ ! -e $FAILED ]] && ok "... and stop removes its directory" || bad "stop left '$FAILED'"
+fi
 pd_at_exit '"${CLUSTER[@]}" stop "$CL" >/dev/null 2>&1'
 "${CLUSTER[@]}" start "$CL" 3 >"$WORK/cluster.log" 2>&1 || { cat "$WORK/cluster.log"; exit 1; }
 ok "deploy/local-cluster.sh: 3 nodes on one PostgreSQL"

@@ -8,6 +8,10 @@
 #   - 8 threads guessing tokens from one address: the failures are delayed, then the address
 #     is blocked (a valid token from it is refused, from 127.0.0.2 accepted); fewer than 10
 #     failed authentications a second are checked, none in the second half of the run;
+#   - uploads refused by max_queued_bytes are counted under that limit's label;
+#   - under `ulimit -n 64`, 100 held sockets and a /healthz request: a warning at start, both
+#     listeners pause instead of spinning on accept() (the log stays small), /healthz answers
+#     once the sockets close;
 #   - pdeltad --hash-token warns about a token under 128 bits.
 # The figures (connect+HELLO ms, failed authentications checked per second) are printed.
 #
@@ -51,6 +55,91 @@ n=$(pd_metric 'pdeltad_limit_hits_total{limit="auth_blocked"}')
 grep -q 'blocked for' "$WORK/server.log" && ok "the block is logged" || bad "no block in the log"
 (($(grep -c 'closed (auth)' "$WORK/server.log" || true) <= 10 * 8)) && ok "auth failures are logged rate-limited" ||
 	bad "auth failure lines: $(grep -c 'closed (auth)' "$WORK/server.log")"
+pd_stop_server
+
+# ---- max_queued_bytes ----
+# 8 connections x 8 pipelined uploads of a 137 KB profile against a 1 MiB budget.
+pd_start_server --max_queued_bytes 1m --log_level warn
+busy=$("$PY" - "$PORT" "$CA" "$AGENT_TOKEN" "$TESTDATA/profiles/heap-medium/000.pb.gz" "$HERE" <<'EOF' || echo error
+import os, sys, threading
+sys.path.insert(0, sys.argv[5])
+import pdproto
+port, ca, token, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+data = open(path, "rb").read()
+busy = []
+def run(n):
+    c = pdproto.Client.connect("127.0.0.1", port, ca, token)
+    rids = set()
+    for i in range(8):
+        rid = c.new_id()
+        c.send_delta("qb/%d-%d" % (n, i), 1, 1, data, rid)
+        rids.add(rid)
+    got = c.read_responses(rids)
+    busy.append(sum(isinstance(g, pdproto.ProtoError) and g.detail_name == "OVERLOADED"
+                    for g in got.values()))
+    c.close()
+ts = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+print(sum(busy) if len(busy) == 8 else "error")
+EOF
+)
+n=$(pd_metric 'pdeltad_limit_hits_total{limit="max_queued_bytes"}')
+q=$(pd_metric 'pdeltad_limit_hits_total{limit="max_queued_jobs"}')
+[[ $busy =~ ^[0-9]+$ ]] && ((busy > 0)) && ok "uploads over max_queued_bytes refused ($busy)" || bad "OVERLOADED refusals: '$busy'"
+[[ $n == "$busy" ]] && ok "counted as limit=\"max_queued_bytes\" ($n)" || bad "max_queued_bytes hits '$n', refusals '$busy'"
+[[ $q == 0 ]] && ok "none counted as limit=\"max_queued_jobs\"" || bad "max_queued_jobs hits: '$q'"
+pd_stop_server
+
+# ---- file descriptors exhausted ----
+# Under `ulimit -n 64`: the start warns that max_connections does not fit; 100 held sockets
+# use up the descriptors, a /healthz request waits meanwhile: both listeners pause (a line a
+# second each) instead of spinning on accept(), and /healthz answers once the sockets close.
+(
+	ulimit -n 64
+	exec "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen "127.0.0.1:$MPORT" \
+		--tls_cert "$WORK/certs/server.pem" --tls_key "$WORK/certs/server.key" \
+		--tenants "$WORK/tenants" --db "$WORK/fd.db" --workers 2 >"$WORK/fd.log" 2>&1
+) &
+SERVER_PID=$!
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || bad "pdeltad under ulimit -n 64 did not come up: $(tail -n 3 "$WORK/fd.log")"
+grep -q 'max_connections 1024 .* exceed the open files limit 64' "$WORK/fd.log" &&
+	ok "the start warns: $(grep -o 'max_connections 1024 .*hard limit 64)' "$WORK/fd.log")" || bad "no warning about the open files limit at start"
+out=$("$PY" - "$PORT" "$MPORT" <<'EOF' 2>&1 || true
+import socket, subprocess, sys, time
+port, mport = int(sys.argv[1]), int(sys.argv[2])
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+curl = subprocess.Popen(["curl", "-sS", "-m", "4", "http://127.0.0.1:%d/healthz" % mport],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(4)
+curl.wait()
+for s in held:
+    s.close()
+print("held", len(held))
+EOF
+)
+lines=$(wc -l <"$WORK/fd.log")
+pauses=$(grep -c 'metrics_listen: accept: .*pausing the listener' "$WORK/fd.log" || true)
+[[ $out == "held 100" ]] || bad "holding 100 sockets: $out"
+((lines < 200)) && ok "descriptors exhausted for 4 s: $lines log lines" || bad "descriptors exhausted for 4 s: $lines log lines ($(sort "$WORK/fd.log" | uniq -c | sort -rn | head -n 1))"
+((pauses >= 1)) && ok "the metrics listener pauses ($pauses times)" || bad "the metrics listener never paused"
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" && ok "/healthz answers once the sockets are closed" ||
+	bad "/healthz does not answer after the sockets closed"
+pd_stop_server
+# a soft limit below what max_connections needs is raised towards the hard one
+(
+	ulimit -Sn 64
+	exec "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen "127.0.0.1:$MPORT" \
+		--tls_cert "$WORK/certs/server.pem" --tls_key "$WORK/certs/server.key" \
+		--tenants "$WORK/tenants" --db "$WORK/fd.db" --max_connections 100 >"$WORK/fd2.log" 2>&1
+) &
+SERVER_PID=$!
+pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || bad "pdeltad under ulimit -Sn 64 did not come up"
+n=$(grep -c 'exceed the open files limit' "$WORK/fd2.log" || true)
+grep -q 'open files limit raised from 64 to 180' "$WORK/fd2.log" && ((n == 0)) && ok "soft limit 64 raised for max_connections 100 (to 180), no warning" ||
+	bad "soft limit not raised: $(grep -i 'open files' "$WORK/fd2.log")"
 pd_stop_server
 
 # ---- --hash-token ----

@@ -860,7 +860,19 @@ static void test_reopen_and_close(void)
 	CHECK(pd_store_is_pg("postgresql://db/pdelta") && pd_store_is_pg("postgres://x"));
 	CHECK(pd_store_is_pg("host=/run/pg dbname=p") && pd_store_is_pg("dbname = p"));
 	CHECK(!pd_store_is_pg("state.db") && !pd_store_is_pg("./host=x") &&
-	      !pd_store_is_pg("/var/lib/pdelta/x=y.db") && !pd_store_is_pg("hosts=x"));
+	      !pd_store_is_pg("/var/lib/pdelta/x=y.db") && !pd_store_is_pg("my state.db"));
+	/* any key=value word, whatever the first key (libpq judges the keys) */
+	CHECK(pd_store_is_pg("password=hunter2 host=127.0.0.1 port=5432 user=pdelta dbname=pdelta"));
+	CHECK(pd_store_is_pg("connect_timeout=5 host=db") && pd_store_is_pg("hosts=x"));
+	CHECK(pd_store_is_pg("postgresql:pdelta") && pd_store_is_pg("postgres:x"));
+	o.path = "postgresql:pdelta";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && s == NULL);
+	CHECK(strstr(e.msg, "not a PostgreSQL URI") && strstr(e.msg, "postgresql://"));
+	o.path = "postgres:user:hunter2@db";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && !strstr(e.msg, "hunter2"));
+	o.path = "password=hunter2 host=127.0.0.1 port=1 connect_timeout=2 dbname=p";
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
+	CHECK(strstr(e.msg, "cannot connect to PostgreSQL") && !strstr(e.msg, "hunter2"));
 	o.path = "postgresql://127.0.0.1:1/pdelta?connect_timeout=2";
 	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && s == NULL);
 	CHECK(strstr(e.msg, "cannot connect to PostgreSQL") != NULL);
@@ -1103,33 +1115,53 @@ static void wait_reachable(pd_store *s, int want, int max_ms)
 	}
 }
 
-/* The server drops our connections: the write in flight fails with
- * PD_E_STORE, the store says unreachable, reconnects by itself, and then
- * writes and reads work again with nothing committed lost. */
+/* The server drops our idle connections (as a restart does): the next write
+ * reconnects at once and succeeds (nothing of its batch had run), reads
+ * replace their pooled connection. When the reconnect itself fails (here a
+ * newer schema), the write fails with PD_E_STORE, the store says unreachable
+ * and its last error says why, also after idle reconnect attempts; once
+ * that is fixed it reconnects by itself, nothing committed lost. */
 static void test_pg_connection_loss(void)
 {
+	static const char kill_sql[] = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+				       "WHERE application_name = 'pdeltad' AND pid <> pg_backend_pid()";
 	char path[PATH_CAP];
 	struct rec_buf b;
 	struct pd_store_stats st;
 	pd_store_row r = {0};
 	pd_store *s = open_fresh(NULL, path, sizeof path);
+	int id = db_counter;
 
 	CHECK(s != NULL);
 	if (!s)
 		return;
 	CHECK(put_sync(s, make_rec(&b, "t", "k", 1, 100)) == PD_OK);
 	CHECK(get_seq(s, "t", "k") == 1);
-	CHECK(pg_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-		     "WHERE application_name = 'pdeltad' AND pid <> pg_backend_pid()"));
-	CHECK(put_sync(s, make_rec(&b, "t", "k", 2, 100)) == PD_E_STORE);
+	CHECK(pg_sql(kill_sql));
+	CHECK(put_sync(s, make_rec(&b, "t", "k", 2, 100)) == PD_OK);
+	pd_store_stats(s, &st);
+	CHECK(st.unreachable == 0 && st.writes_failed == 0);
+	CHECK(get_seq(s, "t", "k") == 2);
+
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET version = 99"));
+	CHECK(pg_sql(kill_sql));
+	CHECK(put_sync(s, make_rec(&b, "t", "k", 3, 100)) == PD_E_STORE);
 	pd_store_stats(s, &st);
 	CHECK(st.unreachable == 1 && st.writes_failed == 1);
-	wait_reachable(s, 1, 5000);
+	usleep(2500 * 1000); /* idle reconnect attempts */
+	pd_store_stats(s, &st);
+	CHECK(st.unreachable == 1 && strstr(st.last_error, "newer") != NULL);
+	CHECK(put_sync(s, make_rec(&b, "t", "k", 3, 100)) == PD_E_STORE);
+	pd_store_stats(s, &st);
+	CHECK(strstr(st.last_error, "newer") != NULL);
+	if (!strstr(st.last_error, "newer"))
+		fprintf(stderr, "last error: %s\n", st.last_error);
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET version = 1"));
+	wait_reachable(s, 1, 8000);
 	pd_store_stats(s, &st);
 	CHECK(st.unreachable == 0);
 	CHECK(put_sync(s, make_rec(&b, "t", "k", 3, 100)) == PD_OK);
-	/* The pooled read connection died too: reads reconnect transparently. */
-	CHECK(pd_store_get(s, "t", "k", &r, NULL) == PD_OK && r.last_seq == 3 && r.version == 2);
+	CHECK(pd_store_get(s, "t", "k", &r, NULL) == PD_OK && r.last_seq == 3 && r.version == 3);
 	pd_store_row_free(&r);
 	pd_store_close(s);
 }
