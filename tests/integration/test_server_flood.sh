@@ -97,13 +97,19 @@ pd_stop_server
 # Under `ulimit -n 64`: the start warns that max_connections does not fit; 100 held sockets
 # use up the descriptors, a /healthz request waits meanwhile: both listeners pause (a line a
 # second each) instead of spinning on accept(), and /healthz answers once the sockets close.
-(
-	ulimit -n 64
-	exec "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen "127.0.0.1:$MPORT" \
-		--tls_cert "$WORK/certs/server.pem" --tls_key "$WORK/certs/server.key" \
-		--tenants "$WORK/tenants" --db "$WORK/fd.db" --workers 2 >"$WORK/fd.log" 2>&1
-) &
-SERVER_PID=$!
+# start_limited ULIMIT_FLAGS LOG [PDELTAD FLAGS]: pdeltad under that open files limit
+start_limited() {
+	local lim=$1 log=$2
+	shift 2
+	(
+		ulimit "$lim" 64
+		exec "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen "127.0.0.1:$MPORT" \
+			--tls_cert "$WORK/certs/server.pem" --tls_key "$WORK/certs/server.key" \
+			--tenants "$WORK/tenants" --db "$WORK/fd.db" "$@" >"$log" 2>&1
+	) &
+	SERVER_PID=$!
+}
+start_limited -n "$WORK/fd.log" --workers 2
 pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || bad "pdeltad under ulimit -n 64 did not come up: $(tail -n 3 "$WORK/fd.log")"
 grep -q 'max_connections 1024 .* exceed the open files limit 64' "$WORK/fd.log" &&
 	ok "the start warns: $(grep -o 'max_connections 1024 .*hard limit 64)' "$WORK/fd.log")" || bad "no warning about the open files limit at start"
@@ -129,13 +135,7 @@ pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" && ok "/healthz ans
 	bad "/healthz does not answer after the sockets closed"
 pd_stop_server
 # a soft limit below what max_connections needs is raised towards the hard one
-(
-	ulimit -Sn 64
-	exec "$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen "127.0.0.1:$MPORT" \
-		--tls_cert "$WORK/certs/server.pem" --tls_key "$WORK/certs/server.key" \
-		--tenants "$WORK/tenants" --db "$WORK/fd.db" --max_connections 100 >"$WORK/fd2.log" 2>&1
-) &
-SERVER_PID=$!
+start_limited -Sn "$WORK/fd2.log" --max_connections 100
 pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || bad "pdeltad under ulimit -Sn 64 did not come up"
 n=$(grep -c 'exceed the open files limit' "$WORK/fd2.log" || true)
 grep -q 'open files limit raised from 64 to 180' "$WORK/fd2.log" && ((n == 0)) && ok "soft limit 64 raised for max_connections 100 (to 180), no warning" ||
