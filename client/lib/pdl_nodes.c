@@ -249,6 +249,14 @@ static int try_node(pdelta *h, size_t j, int *rc)
 		mark_down(h, nd);
 		return 1;
 	}
+	/* A node that fails the handshake itself (not TLS or wrong certificate, garbage
+	 * instead of the protocol, our credentials refused: a stale tenants file) is broken
+	 * for us while the others may serve: the stream moves on. With every node broken
+	 * the walk ends on the last one's error. */
+	if (h->nnodes > 1 && (*rc == PDELTA_E_TLS || *rc == PDELTA_E_PROTO || *rc == PDELTA_E_AUTH)) {
+		mark_down(h, nd);
+		return 1;
+	}
 	return 0;
 }
 

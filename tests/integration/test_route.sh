@@ -243,6 +243,47 @@ CTL=("$BINDIR/pdeltactl" --server "$SERVERS" --ca "$CA" --token-file "$ADMIN_TOK
 n=$("${CTL[@]}" streams --tenant acme --prefix route/ 2>&1 | grep -c "route/" || true)
 ((n == LAST + 1)) && ok "pdeltactl streams through the list: all $n" || bad "pdeltactl streams listed $n"
 
+# ---- 5b. a broken node in the list: the streams it would take move on ----
+# A fourth "node" that accepts TCP and answers HTTP 400 instead of TLS (a wrong service on
+# that port): the streams ranked first there fail over to the real nodes, pdeltactl too.
+G=$(free_port)
+"$PY" - "$G" "$WORK/broken.count" <<'EOF' &
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+n = 0
+while True:
+    c, _ = s.accept()
+    n += 1
+    open(sys.argv[2], "w").write(str(n))
+    try:
+        c.recv(4096)
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    except OSError:
+        pass
+    c.close()
+EOF
+broken=$!
+pd_at_exit "kill $broken 2>/dev/null || true"
+pd_wait_port "$G" "$broken" || bad "the broken node did not listen"
+rc=0
+for ((k = 0; k < 8; k++)); do
+	"$BINDIR/pdelta" send --server "$SERVERS,127.0.0.1:$G" --ca "$CA" --token-file "$TOKEN_FILE" \
+		--stream "broken/$k" -o "$WORK/broken-out" "$(files 0 0 0)" >>"$WORK/broken.status" 2>>"$WORK/broken.err" || rc=1
+done
+tried=$(cat "$WORK/broken.count" 2>/dev/null || echo 0)
+((rc == 0)) && ok "8 streams through a list with a node that answers HTTP instead of TLS: all answered" ||
+	bad "sends with a broken node in the list failed: $(head -n 3 "$WORK/broken.err")"
+((tried >= 1)) && ok "the broken node was tried ($tried connections) and its streams moved on" ||
+	bad "the broken node was never tried (the check proves nothing)"
+"$BINDIR/pdeltactl" --server "$SERVERS,127.0.0.1:$G" --ca "$CA" --token-file "$ADMIN_TOKEN_FILE" \
+	streams --tenant acme --prefix broken/ >"$WORK/broken.ctl" 2>&1 &&
+	(($(grep -c 'broken/' "$WORK/broken.ctl") == 8)) && ok "pdeltactl through that list lists the 8 streams" ||
+	bad "pdeltactl with a broken node in the list: $(head -n 3 "$WORK/broken.ctl")"
+kill "$broken" 2>/dev/null || true
+
 # ---- 6. bad lists ----
 badlist() { # LIST WANT
 	local out shown=${1:0:40}
