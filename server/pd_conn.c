@@ -538,7 +538,9 @@ static void count_job_limit(pd_metrics *m, int detail)
 	case PD_DETAIL_INPUT_LIMIT: m->limit_hits[PD_LIM_INPUT]++; break;
 	case PD_DETAIL_STREAM_LIMIT: m->limit_hits[PD_LIM_STREAMS]++; break;
 	case PD_DETAIL_PROFILE_TOO_LARGE: m->limit_hits[PD_LIM_PROFILE_BYTES]++; break;
-	case PD_DETAIL_OVERLOADED: m->limit_hits[PD_LIM_QUEUE]++; break;
+	/* a job refused after admission: the store's write queue was full (the service's
+	 * max_queued_jobs / _bytes refusals come before a job exists, counted by it) */
+	case PD_DETAIL_OVERLOADED: m->limit_hits[PD_LIM_STORE_QUEUE]++; break;
 	default: break;
 	}
 }

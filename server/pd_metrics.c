@@ -40,7 +40,7 @@ static const char *const limit_names[PD_LIM__COUNT] = {
 	"max_profile_bytes",  "handshake_timeout", "frame_timeout",    "request_timeout",
 	"idle_timeout",	      "output_budget",	   "write_timeout",    "drain_timeout",
 	"engine_input",	      "max_streams_per_tenant", "max_queued_jobs", "max_queued_bytes",
-	"max_unauth_connections", "max_unauth_per_source", "auth_blocked",
+	"max_unauth_connections", "max_unauth_per_source", "auth_blocked", "store_queue",
 };
 
 /* RESULT status (pd_status order), of the network layer's and the service's counts. */

@@ -74,6 +74,7 @@ enum pd_limit_kind {
 	PD_LIM_UNAUTH,             /* max_unauth_connections (or a full server): oldest closed */
 	PD_LIM_UNAUTH_SOURCE,      /* max_unauth_per_source: the source's oldest closed */
 	PD_LIM_AUTH_BLOCKED,       /* a HELLO of a source blocked after failed authentications */
+	PD_LIM_STORE_QUEUE,        /* store_max_queue / _bytes: the store's write queue full */
 	PD_LIM__COUNT
 };
 

@@ -93,6 +93,22 @@ q=$(pd_metric 'pdeltad_limit_hits_total{limit="max_queued_jobs"}')
 [[ $q == 0 ]] && ok "none counted as limit=\"max_queued_jobs\"" || bad "max_queued_jobs hits: '$q'"
 pd_stop_server
 
+# ---- store_max_queue ----
+# A write queue of one row: requests that find it full are refused busy and counted as
+# limit="store_queue" (the store's own count must agree), not as max_queued_jobs.
+pd_start_server --store_max_queue 1 --log_level error
+printf '%s\n' "$AGENT_TOKEN" >"$WORK/token"
+"$BUILDDIR/tests/tools/pd_load" --port "$PORT" --ca "$CA" --token-file "$WORK/token" \
+	--seq "$TESTDATA/profiles/heap-small" --seq "$TESTDATA/profiles/mutex-small" \
+	--connections 8 --streams 64 --seconds 3 --prefix sq >"$WORK/sq.out" 2>&1 || true
+sq=$(pd_metric 'pdeltad_limit_hits_total{limit="store_queue"}')
+sb=$(pd_metric 'pdeltad_store_busy_rejects_total')
+qj=$(pd_metric 'pdeltad_limit_hits_total{limit="max_queued_jobs"}')
+((${sq:-0} > 0)) && [[ $sq == "$sb" ]] && ok "store queue full: counted as limit=\"store_queue\" ($sq, the store's busy rejects $sb)" ||
+	bad "store queue refusals: limit store_queue '$sq', store busy rejects '$sb'"
+[[ $qj == 0 ]] && ok "none of them counted as max_queued_jobs" || bad "max_queued_jobs hits: '$qj'"
+pd_stop_server
+
 # ---- file descriptors exhausted ----
 # Under `ulimit -n 64`: the start warns that max_connections does not fit; 100 held sockets
 # use up the descriptors, a /healthz request waits meanwhile: both listeners pause (a line a
