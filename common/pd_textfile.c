@@ -16,10 +16,21 @@ char *pd_first_line(const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
 		return NULL;
 	}
+	errno = 0;
 	if (!fgets(line, sizeof line, f))
 		line[0] = 0;
-	fclose(f);
+	if (ferror(f)) { /* e.g. a directory: EISDIR, not "empty" */
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno ? errno : EIO));
+		fclose(f);
+		return NULL;
+	}
 	n = strcspn(line, "\r\n");
+	if (!line[n] && n == sizeof line - 1 && !feof(f)) { /* never cut a secret short */
+		snprintf(err, errlen, "%s: first line longer than %zu bytes", path, sizeof line - 2);
+		fclose(f);
+		return NULL;
+	}
+	fclose(f);
 	while (n && (line[n - 1] == ' ' || line[n - 1] == '\t'))
 		n--;
 	line[n] = 0;

@@ -1,5 +1,6 @@
 /* test_textfile: the one reader of token and secret files (common/pd_textfile):
- * CRLF and trailing blanks trimmed, empty and whitespace-only files refused. */
+ * CRLF and trailing blanks trimmed, empty and whitespace-only files, directories and
+ * overlong first lines refused. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,20 @@ int main(void)
 		snprintf(path, sizeof path, "%s/missing", dir);
 		CHECK(pd_token_file(path, buf, sizeof buf, err, sizeof err) == -1 &&
 		      strstr(err, "cannot read"));
+	}
+	{ /* a directory is unreadable, not empty; an overlong first line is not cut */
+		char *line, big[5001];
+		CHECK(!(line = pd_first_line(dir, err, sizeof err)) && strstr(err, "Is a directory"));
+		free(line);
+		memset(big, 'x', 5000);
+		big[5000] = 0;
+		CHECK(!(line = pd_first_line(write_file("token", big), err, sizeof err)) &&
+		      strstr(err, "first line longer than 4094 bytes"));
+		free(line);
+		memset(big + 4094, 0, 1);
+		CHECK((line = pd_first_line(write_file("token", big), err, sizeof err)) &&
+		      strlen(line) == 4094);
+		free(line);
 	}
 	unlink(write_file("token", ""));
 	rmdir(dir);
