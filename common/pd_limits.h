@@ -32,7 +32,7 @@ typedef struct pd_limit_desc {
 extern const pd_limit_desc pd_limit_table[];
 extern const size_t pd_limit_count;
 void pd_limits_default(pd_limits *l);
-/* Sets the limit called name from a decimal string (k/m/g suffixes ok). */
+/* Sets the limit called name from a decimal string (k/m/g/t suffixes ok). */
 int pd_limits_set(pd_limits *l, const char *name, const char *value, pd_err *e);
 
 #endif

@@ -43,6 +43,7 @@ int pd_parse_size(const char *v, uint64_t *out)
 	case 'k': m = (uint64_t)1 << 10; s++; break;
 	case 'm': m = (uint64_t)1 << 20; s++; break;
 	case 'g': m = (uint64_t)1 << 30; s++; break;
+	case 't': m = (uint64_t)1 << 40; s++; break;
 	default: return -1;
 	}
 	if (*s == 'b' || *s == 'B')

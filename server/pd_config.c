@@ -123,7 +123,7 @@ static int parse_size(const char *name, const char *v, uint64_t *out, pd_err *e)
 	if (!isdigit((unsigned char)v[0]))
 		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a number", name, v);
 	if (pd_parse_size(v, out))
-		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a size (number with k/m/g) or is out of range",
+		return pd_err_set(e, PD_E_ARG, "%s: '%s' is not a size (number with k/m/g/t) or is out of range",
 				  name, v);
 	return PD_OK;
 }
@@ -606,7 +606,7 @@ void pd_config_print_help(FILE *f, const char *prog)
 		"is not given. Precedence: flag > environment > config file > default.\n"
 		"Flags are spelled with dashes (--metrics-listen); the config file uses\n"
 		"underscores (metrics_listen = ...); both places accept either spelling.\n"
-		"Sizes take k/m/g, durations ms/s/m/h/d (bare number = ms).\n"
+		"Sizes take k/m/g/t, durations ms/s/m/h/d (bare number = ms).\n"
 		"Signals: SIGHUP reloads TLS files and tenants; SIGTERM/SIGINT drain and exit.\n\n"
 		"Settings (default in brackets):\n",
 		prog, prog, prog, prog, prog);

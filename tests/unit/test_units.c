@@ -30,7 +30,9 @@ int main(void)
 	CHECK(size_of("") == UINT64_MAX);
 	CHECK(size_of("k") == UINT64_MAX);
 	CHECK(size_of("-1") == UINT64_MAX);
-	CHECK(size_of("1t") == UINT64_MAX);
+	CHECK(size_of("1t") == 1ull << 40); /* the largest caps print as 1 TiB */
+	CHECK(size_of("16777216t") == UINT64_MAX); /* 2^24 TiB overflows */
+	CHECK(size_of("1p") == UINT64_MAX);
 	CHECK(size_of("1kx") == UINT64_MAX);
 	CHECK(size_of(" 1") == UINT64_MAX);
 	CHECK(size_of(NULL) == UINT64_MAX);
