@@ -45,7 +45,6 @@ streams_for() {
 	*) echo "capacity: unknown size '$1' (small, medium, large)" >&2; exit 1 ;;
 	esac
 }
-field() { grep '^RESULT ' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 # run SIZE PLACEMENT [RATE]: one run against a fresh server, closed loop, or open at RATE
 # requests/s; prints a table row and leaves the output in $WORK/SIZE-PLACEMENT[-RATE].out.
@@ -69,14 +68,14 @@ run() {
 		--connections "$n" --streams "$n" "${loop[@]}" --seed --warmup "$WARM" --seconds "$SECS" \
 		--seq "$(seq_dir "heap-$size")" --seq "$(seq_dir "mutex-$size")" >"$out" 2>&1 || rc=$?
 	pd_stop_server
-	if ((rc)) || [[ -z $(field "$out" rate) ]]; then
+	if ((rc)) || [[ -z $(pd_result "$out" rate) ]]; then
 		echo "capacity: pd_load failed on $size ($place), exit $rc:" >&2
 		tail -n 20 "$out" >&2
 		exit 1
 	fi
 	awk -v s="$size" -v pl="$place" -v n="$n" -v c="$cores" -v max="$P99_MAX" -v loop="${rate:+open $rate/s}" \
-		-v rate="$(field "$out" rate)" -v p50="$(field "$out" p50_ms)" -v p99="$(field "$out" p99_ms)" \
-		-v resp="$(field "$out" responses)" -v cpu="$(field "$out" server_cpu_s)" 'BEGIN {
+		-v rate="$(pd_result "$out" rate)" -v p50="$(pd_result "$out" p50_ms)" -v p99="$(pd_result "$out" p99_ms)" \
+		-v resp="$(pd_result "$out" responses)" -v cpu="$(pd_result "$out" server_cpu_s)" 'BEGIN {
 		printf "| %s | %s | %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %s |\n", s, pl,
 			(loop == "" ? "closed" : loop), n, rate, rate / c,
 			p50, p99, (resp > 0 ? 1000 * cpu / resp : 0), (p99 <= max ? "yes" : "no") }'
@@ -89,8 +88,8 @@ at_bound() {
 	[[ $place == pinned ]] && cores=1
 	run "$size" "$place"
 	out=$WORK/$size-$place.out
-	closed=$(field "$out" rate)
-	if awk -v p="$(field "$out" p99_ms)" -v m="$P99_MAX" 'BEGIN { exit !(p <= m) }'; then
+	closed=$(pd_result "$out" rate)
+	if awk -v p="$(pd_result "$out" p99_ms)" -v m="$P99_MAX" 'BEGIN { exit !(p <= m) }'; then
 		CAPS+=("$size $place: $(awk -v r="$closed" -v c="$cores" 'BEGIN { printf "%.1f", r / c }') deltas/s per core (closed loop)")
 		return
 	fi
@@ -100,9 +99,9 @@ at_bound() {
 		out=$WORK/$size-$place-$r.out
 		# within the bound, and the offered rate was carried (pd_load drops what it cannot start:
 		# a saturated server would otherwise pass on the requests it took)
-		if awk -v p="$(field "$out" p99_ms)" -v m="$P99_MAX" -v got="$(field "$out" rate)" -v want="$r" \
+		if awk -v p="$(pd_result "$out" p99_ms)" -v m="$P99_MAX" -v got="$(pd_result "$out" rate)" -v want="$r" \
 			'BEGIN { exit !(p <= m && got >= 0.97 * want) }'; then
-			CAPS+=("$size $place: $(awk -v r="$(field "$out" rate)" -v c="$cores" 'BEGIN { printf "%.1f", r / c }') deltas/s per core (open loop at $r/s, p99 $(field "$out" p99_ms) ms)")
+			CAPS+=("$size $place: $(awk -v r="$(pd_result "$out" rate)" -v c="$cores" 'BEGIN { printf "%.1f", r / c }') deltas/s per core (open loop at $r/s, p99 $(pd_result "$out" p99_ms) ms)")
 			return
 		fi
 	done

@@ -58,7 +58,6 @@ print("%.2f" % (total / hz))
 PY
 }
 
-field() { grep '^RESULT ' "$WORK/$1.out" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 NODE_PIDS=()
 NODE_PORTS=()
@@ -109,12 +108,12 @@ bench() { # bench NAME DB NODES IS_PG
 	stop_nodes
 	sed 's/^/    /' "$WORK/$name.out"
 	local resp cpu rate p99 seeds unexpected violations conflicts
-	resp=$(field "$name" responses)
-	cpu=$(field "$name" server_cpu_s)
-	rate=$(field "$name" rate)
-	p99=$(field "$name" p99_ms)
-	unexpected=$(field "$name" unexpected)
-	violations=$(field "$name" violations)
+	resp=$(pd_result "$WORK/$name.out" responses)
+	cpu=$(pd_result "$WORK/$name.out" server_cpu_s)
+	rate=$(pd_result "$WORK/$name.out" rate)
+	p99=$(pd_result "$WORK/$name.out" p99_ms)
+	unexpected=$(pd_result "$WORK/$name.out" unexpected)
+	violations=$(pd_result "$WORK/$name.out" violations)
 	conflicts=$(metric_sum pdeltad_store_conflicts_total "$name")
 	seeds=$(grep -oE 'seed: [0-9]+' "$WORK/$name.out" | grep -oE '[0-9]+' | head -n 1 || echo "$STREAMS")
 	awk -v n="$name" -v r="$resp" -v c="$cpu" -v rate="$rate" -v p="$p99" -v pg="$(awk -v a="$c0" -v b="$c1" 'BEGIN{print b-a}')" \

@@ -136,6 +136,8 @@ EOF
 }
 
 pd_at_exit() { PD_AT_EXIT+=("$1"); }
+# pd_result FILE KEY: KEY's value on the last "RESULT k=v ..." line of FILE (pd_load's report)
+pd_result() { grep '^RESULT ' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 pd_cleanup() {
 	local hook

@@ -93,14 +93,11 @@ run_load() {
 	return $rc
 }
 
-# field NAME KEY: a value of the RESULT line.
-field() { grep '^RESULT ' "$WORK/$1.out" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-
 check_run() { # check_run NAME RC P99_BOUND
 	local name=$1 rc=$2 bound=$3 p99 fatal viol
-	p99=$(field "$name" p99_ms)
-	fatal=$(field "$name" fatal)
-	viol=$(field "$name" violations)
+	p99=$(pd_result "$WORK/$name.out" p99_ms)
+	fatal=$(pd_result "$WORK/$name.out" fatal)
+	viol=$(pd_result "$WORK/$name.out" violations)
 	[[ $rc == 0 ]] && ok "$name: pd_load exit 0" || bad "$name: pd_load exit $rc"
 	[[ ${fatal:-x} == 0 && ${viol:-x} == 0 ]] && ok "$name: no failed request, no protocol violation" ||
 		bad "$name: fatal=$fatal violations=$viol"
@@ -141,11 +138,11 @@ if [[ -n ${LOAD_SHADOW_AB:-} ]] && ! ((FULL)); then
 				--seconds 10 "${SEQ_ARGS[@]}" >/dev/null || rc=$?
 			check_run "${name}_paced" "$rc" "${LOAD_P99_MS:-1000}"
 			cap=${name}_cap paced=${name}_paced
-			echo "figures: shadow_rate $rate round $round: capacity $(field "$cap" rate) deltas/s," \
-				"server CPU $(awk -v c="$(field "$cap" server_cpu_s)" -v n="$(field "$cap" responses)" \
-				'BEGIN { printf "%.3f", c * 1000 / n }') ms/response; paced p50 $(field "$paced" p50_ms) ms" \
-				"p99 $(field "$paced" p99_ms) ms, server CPU $(field "$paced" server_cpu_s) s; RSS" \
-				"$(($(field "$paced" rss_kb) / 1024)) MB (peak $(($(field "$paced" hwm_kb) / 1024)) MB);" \
+			echo "figures: shadow_rate $rate round $round: capacity $(pd_result "$WORK/$cap.out" rate) deltas/s," \
+				"server CPU $(awk -v c="$(pd_result "$WORK/$cap.out" server_cpu_s)" -v n="$(pd_result "$WORK/$cap.out" responses)" \
+				'BEGIN { printf "%.3f", c * 1000 / n }') ms/response; paced p50 $(pd_result "$WORK/$paced.out" p50_ms) ms" \
+				"p99 $(pd_result "$WORK/$paced.out" p99_ms) ms, server CPU $(pd_result "$WORK/$paced.out" server_cpu_s) s; RSS" \
+				"$(($(pd_result "$WORK/$paced.out" rss_kb) / 1024)) MB (peak $(($(pd_result "$WORK/$paced.out" hwm_kb) / 1024)) MB);" \
 				"shadow: $(metric pdeltad_shadow_verified_total) checked," \
 				"$(metric pdeltad_shadow_mismatch_cases_total) mismatches, cpu $(metric pdeltad_shadow_cpu_seconds_total) s," \
 				"peak held $(($(metric pdeltad_shadow_bytes_held_max) / 1024)) KiB"
@@ -169,13 +166,13 @@ elif ((FULL)) && [[ -n ${LOAD_IDLE_AB:-} ]]; then
 			--warmup "${LOAD_WARMUP:-5}" --seconds "$SECONDS_MAX" "${SEQ_ARGS[@]}" || rc=$?
 		check_run "$name" "$rc" "${LOAD_P99_MS:-2000}"
 	done
-	pa1=$(field ab_a1 p99_ms)
-	pa2=$(field ab_a2 p99_ms)
-	pb=$(field ab_b p99_ms)
+	pa1=$(pd_result "$WORK/ab_a1.out" p99_ms)
+	pa2=$(pd_result "$WORK/ab_a2.out" p99_ms)
+	pb=$(pd_result "$WORK/ab_b.out" p99_ms)
 	pa=$(awk -v x="$pa1" -v y="$pa2" 'BEGIN { print (x > y ? x : y) }')
 	for a in a1 b a2; do
-		echo "figures: arm $a at $LOAD_IDLE_AB deltas/s offered: $(field ab_$a rate) deltas/s, p50 $(field ab_$a p50_ms) ms," \
-			"p99 $(field ab_$a p99_ms) ms, server CPU $(field ab_$a server_cpu_s) s"
+		echo "figures: arm $a at $LOAD_IDLE_AB deltas/s offered: $(pd_result "$WORK/ab_$a.out" rate) deltas/s, p50 $(pd_result "$WORK/ab_$a.out" p50_ms) ms," \
+			"p99 $(pd_result "$WORK/ab_$a.out" p99_ms) ms, server CPU $(pd_result "$WORK/ab_$a.out" server_cpu_s) s"
 	done
 	if awk -v a="$pa" -v b="$pb" 'BEGIN { exit !(b <= a * 1.25 || b <= a + 25) }'; then
 		ok "idle A/B: p99 with $IDLE idle sockets ($pb ms) within max(1.25x, +25 ms) of $pa ms (A arms: $pa1, $pa2)"
@@ -204,14 +201,14 @@ elif ((FULL)); then
 	run_load target --connections "$CONNS" --streams "$STREAMS" --idle "$IDLE" --rate "$RATE" \
 		"${SEED[@]}" --warmup "${LOAD_WARMUP:-0}" --seconds "$SECONDS_MAX" "${SEQ_ARGS[@]}" || rc=$?
 	check_run target "$rc" "${LOAD_P99_MS:-2000}"
-	rate=$(field target rate)
-	p99=$(field target p99_ms)
+	rate=$(pd_result "$WORK/target.out" rate)
+	p99=$(pd_result "$WORK/target.out" p99_ms)
 	if [[ ${LOAD_CAPACITY:-1} == 1 ]]; then
-		echo "figures: capacity $(field capacity rate) deltas/s (first profiles), $(field steady rate) deltas/s (steady state)"
+		echo "figures: capacity $(pd_result "$WORK/capacity.out" rate) deltas/s (first profiles), $(pd_result "$WORK/steady.out" rate) deltas/s (steady state)"
 	fi
 	((${#SEED[@]})) && echo "figures: seeding (every stream's first profile, closed loop):" \
-		"$(field target seed_rate) first profiles/s, server CPU $(field target seed_cpu_s) s"
-	echo "figures: at $RATE offered: $rate deltas/s, p50 $(field target p50_ms) ms, p99 $p99 ms" \
+		"$(pd_result "$WORK/target.out" seed_rate) first profiles/s, server CPU $(pd_result "$WORK/target.out" seed_cpu_s) s"
+	echo "figures: at $RATE offered: $rate deltas/s, p50 $(pd_result "$WORK/target.out" p50_ms) ms, p99 $p99 ms" \
 		"(target on 2 cores: >= 250 deltas/s, p99 <= 200 ms)"
 	if [[ ${LOAD_STRICT:-0} == 1 ]]; then
 		awk -v r="$rate" 'BEGIN { exit !(r >= 245) }' && ok "target: >= 250 deltas/s" || bad "target: $rate deltas/s < 250"
@@ -222,7 +219,7 @@ else
 	run_load capacity --connections "$CONNS" --streams "$STREAMS" --inflight 1 --requests "$REQUESTS" \
 		--seconds "$SECONDS_MAX" "${SEQ_ARGS[@]}" || rc=$?
 	check_run capacity "$rc" "${LOAD_CAP_P99_MS:-5000}"
-	n=$(field capacity responses)
+	n=$(pd_result "$WORK/capacity.out" responses)
 	[[ ${n:-0} -ge $REQUESTS ]] && ok "capacity: $n responses" || bad "capacity: only ${n:-0} of $REQUESTS responses"
 
 	echo "== paced: $CONNS connections, 300 streams (one profile per stream every 2 s), 150 deltas/s offered, 12s"
