@@ -533,20 +533,16 @@ void pd_pprof_out_init(pd_pprof_out *o)
 {
 	memset(o, 0, sizeof *o);
 	pd_buf_init(&o->out, 0);
-	pd_buf_init(&o->scratch, 0);
-	pd_buf_init(&o->scratch2, 0);
 }
 
 void pd_pprof_out_free(pd_pprof_out *o)
 {
 	pd_buf_free(&o->out);
-	pd_buf_free(&o->scratch);
-	pd_buf_free(&o->scratch2);
 }
 
 size_t pd_pprof_out_mem_bytes(const pd_pprof_out *o)
 {
-	return o->out.alloc + o->scratch.alloc + o->scratch2.alloc;
+	return o->out.alloc;
 }
 
 /* Makes room for n bytes in o->out, handing what it holds to flush first
@@ -591,11 +587,27 @@ static int reencode(const pd_pprof *x, const uint32_t *str_map, pd_buf *dst, pd_
 	return PD_OK;
 }
 
-static void put_len(pd_buf *b, uint32_t field, const uint8_t *p, size_t n)
+/* A length-delimited field written in place: len_open puts the key and a
+ * one-byte length, len_close the real length, moving the body only in the
+ * rare case it is 128 bytes or more (the caller reserved 16 bytes more than
+ * the body needs). */
+static size_t len_open(pd_buf *b, uint32_t field)
 {
 	pd_pbw_key(b, field, PB_LEN);
+	return b->len++;
+}
+
+static void len_close(pd_buf *b, size_t at)
+{
+	size_t n = b->len - at - 1;
+	if (n < 0x80) {
+		b->data[at] = (uint8_t)n;
+		return;
+	}
+	memmove(b->data + at + pd_varint_size(n), b->data + at + 1, n);
+	b->len = at;
 	pd_pbw_varint(b, n);
-	pd_pbw_raw(b, p, n);
+	b->len += n;
 }
 
 static int emit_len(pd_pprof_out *o, uint32_t field, const uint8_t *p, size_t n, pd_err *e)
@@ -603,48 +615,54 @@ static int emit_len(pd_pprof_out *o, uint32_t field, const uint8_t *p, size_t n,
 	int rc;
 	if ((rc = out_need(o, n + 16, e)))
 		return rc;
-	put_len(&o->out, field, p, n);
+	pd_pbw_key(&o->out, field, PB_LEN);
+	pd_pbw_varint(&o->out, n);
+	pd_pbw_raw(&o->out, p, n);
 	return PD_OK;
 }
 
 static int emit_reencoded(const pd_pprof *x, const pd_pprof_sel *s, pd_pprof_out *o,
 			  uint32_t field, pd_span m, uint32_t strmask, pd_err *e)
 {
+	size_t at;
 	int rc;
-	pd_buf_reset(&o->scratch);
-	if ((rc = reencode(x, s->str_map, &o->scratch, m, strmask, e)))
+	if ((rc = out_need(o, m.len + 32, e)))
 		return rc;
-	return emit_len(o, field, o->scratch.data, o->scratch.len, e);
+	at = len_open(&o->out, field);
+	if ((rc = reencode(x, s->str_map, &o->out, m, strmask, e)))
+		return rc;
+	len_close(&o->out, at);
+	return PD_OK;
 }
 
-/* Sample i with its new values: location ids and unknown fields verbatim,
- * labels remapped, the values (packed) last. */
+/* Sample i with its new values, written straight into the output: location
+ * ids and unknown fields verbatim, labels remapped (never longer: a new
+ * string index is at most the old one), the values (packed) last. */
 static int write_sample(const pd_pprof *x, const pd_pprof_sel *s, pd_pprof_out *o, uint32_t i,
 			pd_err *e)
 {
 	pd_rd r = pd_pprof_rd(x, x->smp[i]);
 	const int64_t *v = s->vals + (size_t)i * x->nst;
-	pd_buf *b = &o->scratch;
-	size_t vlen = 0;
+	pd_buf *b = &o->out;
+	size_t vlen = 0, at;
 	int rc;
 
-	pd_buf_reset(b);
-	if ((rc = pd_buf_reserve(b, x->smp[i].len + (size_t)x->nst * 10 + 16, e)))
+	if ((rc = out_need(o, x->smp[i].len + (size_t)x->nst * 10 + 48, e)))
 		return rc;
+	at = len_open(b, PD_PROFILE_SAMPLE);
 	while (pd_rd_more(&r)) {
 		const uint8_t *fs = r.p, *p;
 		uint32_t f, wt;
-		size_t n;
+		size_t n, lat;
 		if (pd_rd_key(&r, &f, &wt))
 			return malformed(e, "sample", i);
 		if (f == PD_SAMPLE_LABEL && wt == PB_LEN) {
 			if (pd_rd_len(&r, &p, &n))
 				return malformed(e, "sample", i);
-			pd_buf_reset(&o->scratch2);
-			if ((rc = reencode(x, s->str_map, &o->scratch2, pd_pprof_span(x, p, n),
-					   PD_LABEL_STRINGS, e)))
+			lat = len_open(b, PD_SAMPLE_LABEL);
+			if ((rc = reencode(x, s->str_map, b, pd_pprof_span(x, p, n), PD_LABEL_STRINGS, e)))
 				return rc;
-			put_len(b, PD_SAMPLE_LABEL, o->scratch2.data, o->scratch2.len);
+			len_close(b, lat);
 			continue;
 		}
 		if (pd_rd_skip(&r, wt))
@@ -658,7 +676,8 @@ static int write_sample(const pd_pprof *x, const pd_pprof_sel *s, pd_pprof_out *
 	pd_pbw_varint(b, vlen);
 	for (uint32_t c = 0; c < x->nst; c++)
 		pd_pbw_varint(b, (uint64_t)v[c]);
-	return emit_len(o, PD_PROFILE_SAMPLE, b->data, b->len, e);
+	len_close(b, at);
+	return PD_OK;
 }
 
 static int emit_varint_field(pd_pprof_out *o, uint32_t field, uint64_t v, pd_err *e)

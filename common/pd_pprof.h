@@ -261,7 +261,7 @@ typedef int (*pd_pprof_flush_fn)(void *ctx, const uint8_t *p, size_t n, pd_err *
  * handed to flush in pieces of about flush_at bytes, otherwise it stays in
  * out whole for the caller. */
 typedef struct pd_pprof_out {
-	pd_buf out, scratch, scratch2;
+	pd_buf out;
 	size_t flush_at;
 	pd_pprof_flush_fn flush;
 	void *ctx;

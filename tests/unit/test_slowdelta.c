@@ -357,6 +357,59 @@ static void test_compare(void)
 	pd_slow_free(pc);
 }
 
+/* Samples and labels of 128 bytes or more (their length takes two bytes in
+ * the output, which the engine writes in place): a 150-deep stack of
+ * two-byte location ids and a 200-character label value, next to a short
+ * sample; the engine's delta and first profile agree with the slow path. */
+static void long_profile(tprof *t, int64_t v, int64_t time_nanos)
+{
+	static uint64_t deep[150];
+	static char big[220];
+	const char *const lab[] = {big, NULL};
+	memset(t, 0, sizeof *t);
+	S(t, "");
+	value_type(t, 1, "alloc_objects", "count");
+	value_type(t, 1, "alloc_space", "bytes");
+	value_type(t, 11, "space", "bytes");
+	function(t, 1, "main.f1");
+	function(t, 2, "main.f2");
+	function(t, 3, "main.f3");
+	for (uint64_t i = 1; i <= 200; i++)
+		location(t, i, 1 + i % 3, i);
+	for (int i = 0; i < 150; i++)
+		deep[i] = 200 - (uint64_t)i;
+	memset(big, 'v', sizeof big - 1);
+	memcpy(big, "k=", 2);
+	big[sizeof big - 1] = 0;
+	sample(t, deep, 150, (const int64_t[]){v, 1000 * v}, 2, lab);
+	sample(t, L12, 2, (const int64_t[]){v + 1, 10 * v}, 2, NULL);
+	finish(t, time_nanos);
+}
+
+static void test_long_samples(void)
+{
+	tprof a, b;
+	pd_slow_profile *pa, *pb_, *slow, *eng;
+	pd_slow_diff d[4];
+	pd_result res;
+
+	long_profile(&a, 3, 1000);
+	long_profile(&b, 7, 2000);
+	pa = dec(&a);
+	pb_ = dec(&b);
+	CHECK(pa && pb_);
+	for (int first = 0; first < 2 && pa && pb_; first++) {
+		slow = first ? delta(NULL, pb_, NULL) : delta(pa, pb_, NULL);
+		eng = engine_delta(first ? NULL : &a, &b, &res);
+		CHECK(slow && eng && res.samples_out == 2);
+		CHECK(slow && eng && pd_slow_compare(slow, eng, d, 4) == 0);
+		pd_slow_free(slow);
+		pd_slow_free(eng);
+	}
+	pd_slow_free(pa);
+	pd_slow_free(pb_);
+}
+
 /* ---- hostile input ------------------------------------------------------------------- */
 
 static int refused(const void *p, size_t n, const pd_limits *lim, int code, const char *needle)
@@ -537,6 +590,7 @@ int main(void)
 	test_reset();
 	test_identity();
 	test_compare();
+	test_long_samples();
 	test_hostile();
 	test_encode_verify();
 	return TH_DONE();
