@@ -20,6 +20,7 @@
 
 #define OUT_FLUSH_AT (256u << 10) /* raw bytes staged before deflate() */
 #define MAX_COLS PD_PPROF_MAX_COLS
+#define NO_SPAN UINT32_MAX
 
 struct pd_engine {
 	pd_limits lim;
@@ -37,6 +38,8 @@ struct pd_engine {
 	PD_VEC(uint8_t, fn_mark);
 	PD_VEC(uint8_t, loc_mark);
 	PD_VEC(uint32_t, loc_cnt); /* sample references per location key (see loc_key) */
+	PD_VEC(uint32_t, str_bak); /* the hash pass's counts, while the mark pass tries a shortcut */
+	PD_VEC(uint32_t, loc_bak);
 
 	/* columns */
 	uint8_t policy[MAX_COLS];
@@ -50,6 +53,7 @@ struct pd_engine {
 	PD_VEC(uint32_t, ent_first);
 	PD_VEC(uint8_t, keep);
 	PD_VEC(pd_h128, idh);
+	PD_VEC(pd_span, lspan); /* sample's packed location ids, or len NO_SPAN (labels, other forms) */
 	uint64_t ns_feed;
 	int whole; /* input came whole (pd_engine_run): output deflated whole too */
 };
@@ -123,8 +127,8 @@ pd_engine *pd_engine_new(const pd_limits *lim)
  * output have their own): freed by pd_engine_free, released by
  * pd_engine_trim, counted by pd_engine_mem_bytes. */
 #define ENGINE_VECS(X)                                                                             \
-	X(str_map) X(str_mark) X(str_cnt) X(loc_cnt) X(map_mark) X(fn_mark) X(loc_mark) X(vals)   \
-	X(ent_first) X(keep) X(idh)
+	X(str_map) X(str_mark) X(str_cnt) X(loc_cnt) X(str_bak) X(loc_bak) X(map_mark) X(fn_mark) X(loc_mark) X(vals)   \
+	X(ent_first) X(keep) X(idh) X(lspan)
 
 /* Frees the growable memory; the engine stays usable (it regrows). */
 static void engine_release(pd_engine *g)
@@ -196,7 +200,8 @@ static int index_all(pd_engine *g, pd_err *e)
 	if (PD_GROW(g->str_map, x->nstr) || PD_GROW(g->str_mark, x->nstr) ||
 	    PD_GROW(g->str_cnt, x->nstr) || PD_GROW(g->map_mark, x->nmap) ||
 	    PD_GROW(g->fn_mark, x->nfn) || PD_GROW(g->loc_mark, x->nloc) ||
-	    PD_GROW(g->loc_cnt, loc_keys(g) + 1))
+	    PD_GROW(g->loc_cnt, loc_keys(g) + 1) || PD_GROW(g->str_bak, x->nstr) ||
+	    PD_GROW(g->loc_bak, loc_keys(g) + 1))
 		return PD_E_NOMEM;
 	return PD_OK;
 }
@@ -402,12 +407,15 @@ static int read_values(const pd_engine *g, const uint8_t *p, const uint8_t *end,
  */
 static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, pd_err *e)
 {
+	pd_span *ls = &g->lspan[i];
 	pd_rd r = pd_pprof_rd(&g->ix, g->ix.smp[i]);
 	stack_acc a = {PD_H_SEED_LO ^ 3, PD_H_SEED_HI ^ (3 * PD_H_K_HI), 0};
 	uint64_t llo = 0, lhi = 0;
 	uint32_t nlabels = 0, nvals = 0;
 	pd_h128 h;
 
+	ls->off = 0;
+	ls->len = 0;
 	while (pd_rd_more(&r)) {
 		uint32_t f, wt;
 		uint64_t v;
@@ -417,9 +425,14 @@ static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, p
 		if (pd_rd_key(&r, &f, &wt))
 			return malformed(e, "sample", i);
 		if (f == PD_SAMPLE_LOCATION_ID && wt == PB_LEN) {
-			bad = pd_rd_len(&r, &p, &n) ? -1 : fold_locs(g, p, n, &a);
+			if (pd_rd_len(&r, &p, &n))
+				return malformed(e, "sample", i);
+			bad = fold_locs(g, p, n, &a);
+			ls->len = ls->len ? NO_SPAN : (uint32_t)n; /* a second field: the slow way */
+			ls->off = (uint32_t)(p - g->ix.base);
 		} else if (f == PD_SAMPLE_LOCATION_ID && wt == PB_VARINT) {
 			bad = pd_rd_varint(&r, &v) ? -1 : fold_loc(g, &a, v) ? -2 : 0;
+			ls->len = NO_SPAN;
 		} else if (f == PD_SAMPLE_VALUE && wt == PB_LEN) {
 			bad = pd_rd_len(&r, &p, &n) || read_values(g, p, p + n, vals, &nvals);
 		} else if (f == PD_SAMPLE_VALUE && wt == PB_VARINT) {
@@ -432,6 +445,7 @@ static int decode_sample(pd_engine *g, uint32_t i, int64_t *vals, pd_h128 *id, p
 			llo += lh.lo; /* sum: independent of label order */
 			lhi += lh.hi;
 			nlabels++;
+			ls->len = NO_SPAN;
 		} else if (f <= PD_SAMPLE_LABEL) {
 			bad = 1; /* known field, wrong wire type */
 		} else {
@@ -475,7 +489,8 @@ static int hash_pass(pd_engine *g, pd_state *next, pd_err *e)
 	if ((rc = pd_state_prepare(next, g->ix.nsmp, names, lens, g->ndelta, e)))
 		return rc;
 	if (PD_GROW(g->vals, (size_t)g->ix.nsmp * nst + 1) || PD_GROW(g->ent_first, (size_t)g->ix.nsmp + 1) ||
-	    PD_GROW(g->keep, (size_t)g->ix.nsmp + 1) || PD_GROW(g->idh, (size_t)g->ix.nsmp + 1))
+	    PD_GROW(g->keep, (size_t)g->ix.nsmp + 1) || PD_GROW(g->idh, (size_t)g->ix.nsmp + 1) ||
+	    PD_GROW(g->lspan, (size_t)g->ix.nsmp + 1))
 		return PD_E_NOMEM;
 	zero(g->str_cnt, g->ix.nstr * sizeof *g->str_cnt);
 	zero(g->loc_cnt, loc_keys(g) * sizeof *g->loc_cnt);
@@ -678,6 +693,11 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 {
 	pd_rd r = pd_pprof_rd(&g->ix, g->ix.smp[i]);
 	const uint32_t *dense = g->ix.loc_ids.hashed ? NULL : g->ix.loc_ids.dense;
+	const pd_span ls = g->lspan[i];
+	if (dense && ls.len != NO_SPAN) { /* one packed field of ids, no labels: as the hash pass saw it */
+		count_locs_dense(g, g->ix.base + ls.off, g->ix.base + ls.off + ls.len, d);
+		return;
+	}
 	while (pd_rd_more(&r)) {
 		uint32_t f, wt;
 		uint64_t v;
@@ -703,26 +723,69 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 	}
 }
 
+static size_t nonzero(const uint32_t *c, size_t n)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		k += c[i] != 0;
+	return k;
+}
+
+/*
+ * Counts the kept samples' references from zero, stopping as soon as every
+ * location and string the hash pass saw referenced is referenced by a kept
+ * sample (the marks need only "referenced or not": a few hundred samples
+ * usually reach every location of a large profile). Gives up, with the
+ * hash pass's counts restored, after budget kept samples. Returns 1 when the
+ * counts are final.
+ */
+static int count_kept(pd_engine *g, uint32_t budget)
+{
+	size_t nkeys = loc_keys(g), nstr = g->ix.nstr;
+	size_t need = nonzero(g->loc_cnt, nkeys) + nonzero(g->str_cnt, nstr);
+	size_t every = (nkeys + nstr) / 4 > 256 ? (nkeys + nstr) / 4 : 256, since = 0;
+	uint32_t walked = 0;
+
+	memcpy(g->loc_bak, g->loc_cnt, nkeys * sizeof *g->loc_cnt);
+	memcpy(g->str_bak, g->str_cnt, nstr * sizeof *g->str_cnt);
+	zero(g->str_cnt, nstr * sizeof *g->str_cnt);
+	zero(g->loc_cnt, nkeys * sizeof *g->loc_cnt);
+	for (uint32_t i = 0; i < g->ix.nsmp; i++) {
+		if (!g->keep[i])
+			continue;
+		if (walked++ == budget) {
+			memcpy(g->loc_cnt, g->loc_bak, nkeys * sizeof *g->loc_cnt);
+			memcpy(g->str_cnt, g->str_bak, nstr * sizeof *g->str_cnt);
+			return 0;
+		}
+		count_sample(g, i, 1);
+		if (++since == every) {
+			since = 0;
+			if (nonzero(g->loc_cnt, nkeys) + nonzero(g->str_cnt, nstr) == need)
+				return 1;
+		}
+	}
+	return 1;
+}
+
 /*
  * The hash pass counted, per location and per label string, the samples
- * referring to it. Here the counts are brought down to the kept samples by
- * whichever is cheaper: subtracting the samples not kept (heap deltas keep
- * most samples) or recounting the kept ones (block/mutex deltas keep few).
+ * referring to it. Here they are brought down to the kept samples: counted
+ * again over the kept ones until every referenced entry is reached (most
+ * often within the first few hundred samples), or, when that does not end
+ * within a sixteenth as many samples as were dropped (some location is only
+ * in dropped samples), by subtracting the dropped ones.
  */
 static void mark_pass(pd_engine *g, uint32_t kept)
 {
+	uint32_t dropped = g->ix.nsmp - kept;
+
 	zero(g->fn_mark, g->ix.nfn);
 	zero(g->map_mark, g->ix.nmap);
-	if (g->ix.nsmp - kept <= kept) {
+	if (!count_kept(g, kept <= dropped ? UINT32_MAX : dropped / 16 > 256 ? dropped / 16 : 256)) {
 		for (uint32_t i = 0; i < g->ix.nsmp; i++)
 			if (!g->keep[i])
 				count_sample(g, i, UINT32_MAX);
-	} else {
-		zero(g->str_cnt, g->ix.nstr * sizeof *g->str_cnt);
-		zero(g->loc_cnt, loc_keys(g) * sizeof *g->loc_cnt);
-		for (uint32_t i = 0; i < g->ix.nsmp; i++)
-			if (g->keep[i])
-				count_sample(g, i, 1);
 	}
 	for (uint32_t i = 0; i < g->ix.nloc; i++)
 		g->loc_mark[i] = g->loc_cnt[loc_key(g, i)] != 0;
