@@ -306,8 +306,9 @@ void pdelta_shadow_counts(const pdelta *h, uint64_t *checked, uint64_t *mismatch
  * net/http/pprof endpoints, through libcurl), turns each into a delta (through
  * pdeltad, or in process) and delivers it: files, and/or an HTTP POST to a
  * Pyroscope-compatible /ingest endpoint through an on-disk spool. One stream
- * per target and profile type, named PREFIX NAME/TYPE. Sequence numbers and
- * the incarnation are kept in a state file, and each profile is written to a
+ * per target and profile type, named PREFIX NAME/TYPE. Sequence numbers (with
+ * when each one's profile was scraped: where the next push's window starts)
+ * and the incarnation are kept in a state file, and each profile is written to a
  * pending file before it is sent, so a restarted agent resends an unanswered
  * request with the same sequence number (answered DUPLICATE if it had been
  * applied) and continues its streams: no interval lost or counted twice. */
