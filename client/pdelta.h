@@ -306,8 +306,9 @@ void pdelta_shadow_counts(const pdelta *h, uint64_t *checked, uint64_t *mismatch
  * net/http/pprof endpoints, through libcurl), turns each into a delta (through
  * pdeltad, or in process) and delivers it: files, and/or an HTTP POST to a
  * Pyroscope-compatible /ingest endpoint through an on-disk spool. One stream
- * per target and profile type, named PREFIX NAME/TYPE. Sequence numbers and
- * the incarnation are kept in a state file, and each profile is written to a
+ * per target and profile type, named PREFIX NAME/TYPE. Sequence numbers (with
+ * when each one's profile was scraped: where the next push's window starts)
+ * and the incarnation are kept in a state file, and each profile is written to a
  * pending file before it is sent, so a restarted agent resends an unanswered
  * request with the same sequence number (answered DUPLICATE if it had been
  * applied) and continues its streams: no interval lost or counted twice. */
@@ -373,6 +374,13 @@ int pdelta_scrape_new(const pdelta_scrape_opts *o, pdelta_scrape **out, char *er
 int pdelta_scrape_run(pdelta_scrape *s);
 /* Asks the loop to finish the scrapes in flight and return. Async-signal-safe. */
 void pdelta_scrape_stop(pdelta_scrape *s);
+/* What the last (or current) pdelta_scrape_run() did: stream rounds (one
+ * scrape of one target and type) that delivered their delta or had nothing to
+ * deliver, rounds where the scrape, the delta request or a sink failed, and
+ * deltas the push sink did not deliver: refused for good or dropped from a
+ * full spool during the run, or still in the spool (for the next run). */
+void pdelta_scrape_outcome(pdelta_scrape *s, uint64_t *rounds_ok, uint64_t *rounds_failed,
+			   uint64_t *undelivered);
 /* The loop's counters in the Prometheus text format (NUL-terminated, free()). */
 char *pdelta_scrape_metrics(pdelta_scrape *s);
 void pdelta_scrape_free(pdelta_scrape *s);

@@ -2,8 +2,9 @@
  * pdelta_scrape: `pdelta scrape`, the pull-mode agent. Parses the command
  * line into pdelta_scrape_opts, runs libpdelta's scrape loop until its rounds
  * are done or SIGTERM/SIGINT, and optionally serves the loop's counters on
- * /metrics (libevent's evhttp, in its own thread). Exit status: 0 done,
- * 1 runtime failure, 2 usage.
+ * /metrics (libevent's evhttp, in its own thread). Exit status: 0 done (with
+ * --once or --count: every round delivered), 1 a failed round or undelivered
+ * delta of such a run, or a runtime failure, 2 usage, as for `pdelta send`.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -11,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/thread.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -79,8 +81,9 @@ static void usage(FILE *f)
 		"  --fallback-local         compute locally while the server stays unreachable (BASELINE moved,\n"
 		"                           then local deltas); back to it once it answers (BASELINE state-lost)\n"
 		"  --first keep|drop|auto   first-profile policy (default keep)\n"
-		"  --state FILE             sequence numbers + incarnation, kept across runs (default: none);\n"
-		"                           one agent per file (FILE.lock; a second one exits 2)\n"
+		"  --state FILE             incarnation, sequence numbers and last scrape times (the next\n"
+		"                           push's from), kept across runs (default: none); one agent per\n"
+		"                           file (FILE.lock; a second one exits 2)\n"
 		"  --state-grace DUR        a removed target's streams leave the state file after DUR\n"
 		"                           (default 24h; re-added later, a stream continues after the\n"
 		"                           server's sequence)\n"
@@ -97,7 +100,14 @@ static void usage(FILE *f)
 		"  --spool-max SIZE         spool cap; oldest dropped beyond it (default 256m)\n"
 		"  --push-timeout DUR       per POST (default 10s)\n"
 		"observability:\n"
-		"  --metrics-listen H:P     serve the agent's counters on http://H:P/metrics\n");
+		"  --metrics-listen H:P     serve the agent's counters on http://H:P/metrics\n"
+		"exit status:\n"
+		"  0                        done: with --once/--count, every round delivered its delta and\n"
+		"                           the push spool is empty; without them, stopped by SIGTERM\n"
+		"  1                        with --once/--count, a scrape, a delta request or a delivery\n"
+		"                           failed or a delta is still spooled (a summary on stderr); or a\n"
+		"                           runtime failure\n"
+		"  2                        usage, a bad targets or state file, a state file in use\n");
 }
 
 static char *first_line(const char *path)
@@ -358,6 +368,20 @@ static void metrics_stop(metrics_srv *m)
 
 /* ---- main --------------------------------------------------------------- */
 
+/* The exit status of a run of bounded rounds: 1, with a summary, when a round
+ * failed or a delta was not delivered. */
+static int run_status(pdelta_scrape *s)
+{
+	uint64_t ok, failed, undelivered;
+
+	pdelta_scrape_outcome(s, &ok, &failed, &undelivered);
+	if (!failed && !undelivered)
+		return 0;
+	fprintf(stderr, "pdelta scrape: %" PRIu64 " of %" PRIu64 " rounds failed, %" PRIu64
+		" delta(s) not pushed\n", failed, ok + failed, undelivered);
+	return 1;
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -428,6 +452,8 @@ int pdelta_cmd_scrape(int argc, char **argv)
 		goto out;
 	}
 	rc = pdelta_scrape_run(g_scrape) ? 1 : 0;
+	if (rc == 0 && c.o.count)
+		rc = run_status(g_scrape);
 out:
 	metrics_stop(&m);
 	{

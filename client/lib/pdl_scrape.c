@@ -182,15 +182,17 @@ static void save_state(pdelta_scrape *s, sc_state_snap *snap, int have_snap)
 		sc_log(s, 1, "cannot save the state file %s: %s", s->state_file, strerror(errno));
 }
 
-/* Records seq as delivered: the map under s->mu, the file outside it. */
-static void save_seq(pdelta_scrape *s, sc_stream *st, uint64_t seq)
+/* Records seq as delivered, its profile scraped at scraped_ms (0: unknown):
+ * the map under s->mu, the file outside it. */
+static void save_seq(pdelta_scrape *s, sc_stream *st, uint64_t seq, int64_t scraped_ms)
 {
 	sc_state_snap snap;
 	int ok;
 
 	pthread_mutex_lock(&s->mu);
 	st->seq = seq;
-	sc_state_set(s, st->name, seq);
+	st->last_scrape_ms = scraped_ms;
+	sc_state_set(s, st->name, seq, scraped_ms);
 	ok = sc_state_snapshot(s, &snap) == 0;
 	pthread_mutex_unlock(&s->mu);
 	save_state(s, &snap, ok);
@@ -237,7 +239,7 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, const sc_pending *p
 			sc_count(s, SCM_RESYNC, 1);
 			sc_log(s, 1, "%s seq=%" PRIu64 " ERROR %s: continuing after the server's seq %" PRIu64,
 			       st->name, seq, msg, ei.value);
-			save_seq(s, st, ei.value);
+			save_seq(s, st, ei.value, 0); /* when its profile was scraped is unknown */
 			return -2;
 		}
 		sc_log(s, 1, "%s seq=%" PRIu64 " ERROR %s: %s%s", st->name, seq, pdelta_strerror(rc), msg,
@@ -265,16 +267,30 @@ static int send_and_deliver(pdelta_scrape *s, sc_stream *st, const sc_pending *p
 	pdelta_result_free(&r);
 	if (rc)
 		return -1;
-	save_seq(s, st, seq);
+	save_seq(s, st, seq, pd->until_ms);
 	st->unsaved = 0;
 	return 0;
 }
 
-static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
+/* Where the interval of a delta scraped at until starts: the scrape of the
+ * last delivered profile (the one the delta is taken against; kept in the
+ * state file across restarts and target edits), or one interval back when
+ * that is unknown (an older agent's entry, a resync, a clock set back). */
+static int64_t push_from(const pdelta_scrape *s, const sc_stream *st, int64_t until)
+{
+	if (st->last_scrape_ms > 0 && st->last_scrape_ms < until)
+		return st->last_scrape_ms;
+	return until - s->o.interval_ms;
+}
+
+/* One round of st: 0 when it delivered its delta (or had nothing to
+ * deliver), -1 when a scrape, a delta request or a sink failed. */
+static int job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 {
 	char err[1024];
 	sc_pending pd;
 	int64_t t_scrape;
+	int resent = 0, rc;
 
 	/* A profile a previous run (or round) sent without a delivered answer goes
 	 * first, with its own sequence number and interval: the server answers
@@ -287,11 +303,11 @@ static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 			if (!pd.until_ms) /* written by an older agent: no interval kept */
 				pd.until_ms = sc_now_ms();
 			if (!pd.from_ms)
-				pd.from_ms = pd.until_ms - s->o.interval_ms;
-			if (send_and_deliver(s, st, &pd, in, 1) == -1)
-				return;
+				pd.from_ms = push_from(s, st, pd.until_ms);
+			resent = send_and_deliver(s, st, &pd, in, 1);
+			if (resent == -1)
+				return -1;
 			sc_pending_remove(s, st->name);
-			st->last_scrape_ms = pd.until_ms;
 		}
 	}
 	t_scrape = sc_now_ms();
@@ -299,22 +315,23 @@ static void job(pdelta_scrape *s, sc_stream *st, CURL *curl, sc_buf *in)
 	if (sc_fetch(s, st, curl, in, err, sizeof err)) {
 		sc_count(s, SCM_SCRAPE_ERRORS, 1);
 		sc_log(s, 1, "%s %s scrape failed: %s", st->t->name, st->type, err);
-		return;
+		return -1;
 	}
 	sc_count(s, SCM_BYTES_IN, in->n);
 	pd.seq = st->seq + 1;
-	pd.from_ms = st->last_scrape_ms ? st->last_scrape_ms : t_scrape - s->o.interval_ms;
+	pd.from_ms = push_from(s, st, t_scrape);
 	pd.until_ms = t_scrape;
 	if (s->save_dir && sc_write_seq_file(s, s->save_dir, st, pd.seq, in->p, in->n, s->o.keep))
 		sc_log(s, 1, "%s: cannot write to %s: %s", st->name, s->save_dir, strerror(errno));
 	if (sc_pending_write(s, st->name, &pd, in)) {
 		sc_log(s, 1, "%s: cannot write the pending upload in %s: %s (round skipped)", st->name,
 		       s->pending_dir, strerror(errno));
-		return;
+		return -1;
 	}
-	if (send_and_deliver(s, st, &pd, in, 0) != -1)
+	rc = send_and_deliver(s, st, &pd, in, 0);
+	if (rc != -1)
 		sc_pending_remove(s, st->name);
-	st->last_scrape_ms = t_scrape;
+	return rc || resent ? -1 : 0;
 }
 
 /* ---- workers and scheduler ---------------------------------------------- */
@@ -336,12 +353,11 @@ static void *worker_main(void *arg)
 		s->qlen--;
 		/* the last job of the same name (a replaced target's) may have
 		 * moved the sequence on since this stream was created */
-		st->seq = sc_state_get(s, st->name);
+		st->seq = sc_state_get(s, st->name, &st->last_scrape_ms);
 		pthread_mutex_unlock(&s->mu);
-		if (curl)
-			job(s, st, curl, &in);
-		else
+		if (!curl)
 			sc_log(s, 1, "cannot create an HTTP handle");
+		sc_count(s, curl && job(s, st, curl, &in) == 0 ? SCM_ROUNDS_OK : SCM_ROUNDS_FAILED, 1);
 		/* Memory between rounds: one body buffer, shrunk when a big profile grew it. */
 		if (in.cap > ((size_t)4 << 20))
 			sc_buf_free(&in);
@@ -457,6 +473,8 @@ int pdelta_scrape_run(pdelta_scrape *s)
 	s->workers = calloc(s->o.concurrency, sizeof *s->workers);
 	if (!s->workers)
 		return PDELTA_E_NOMEM;
+	for (int i = 0; i < SCM_NCOUNTERS; i++)
+		s->run_base[i] = __atomic_load_n(&s->m[i], __ATOMIC_RELAXED);
 	pthread_mutex_lock(&s->mu);
 	s->loop_done = 0;
 	if (grow_queue(s)) {
@@ -511,6 +529,24 @@ int pdelta_scrape_run(pdelta_scrape *s)
 void pdelta_scrape_stop(pdelta_scrape *s)
 {
 	s->stop = 1;
+}
+
+static uint64_t run_count(pdelta_scrape *s, int c)
+{
+	return __atomic_load_n(&s->m[c], __ATOMIC_RELAXED) - s->run_base[c];
+}
+
+void pdelta_scrape_outcome(pdelta_scrape *s, uint64_t *rounds_ok, uint64_t *rounds_failed,
+			   uint64_t *undelivered)
+{
+	uint64_t spooled;
+
+	pthread_mutex_lock(&s->mu);
+	spooled = s->spool_files;
+	pthread_mutex_unlock(&s->mu);
+	*rounds_ok = run_count(s, SCM_ROUNDS_OK);
+	*rounds_failed = run_count(s, SCM_ROUNDS_FAILED);
+	*undelivered = run_count(s, SCM_PUSH_PERMANENT) + run_count(s, SCM_SPOOL_DROPPED) + spooled;
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -716,6 +752,10 @@ char *pdelta_scrape_metrics(pdelta_scrape *s)
 		const char *name, *help, *labels;
 	} rows[] = {
 		{SCM_SCRAPES, "pdelta_scrape_scrapes_total", "profiles requested from targets", ""},
+		{SCM_ROUNDS_OK, "pdelta_scrape_rounds_total",
+		 "stream rounds by result: delivered (or nothing to deliver), or a scrape, delta or sink failed",
+		 "{result=\"ok\"}"},
+		{SCM_ROUNDS_FAILED, "pdelta_scrape_rounds_total", NULL, "{result=\"failed\"}"},
 		{SCM_SCRAPE_ERRORS, "pdelta_scrape_failures_total", "failed scrapes, all reasons", ""},
 		{SCM_SCRAPE_HTTP, "pdelta_scrape_failures_by_reason_total", "failed scrapes by reason", "{reason=\"http_status\"}"},
 		{SCM_SCRAPE_TIMEOUT, "pdelta_scrape_failures_by_reason_total", NULL, "{reason=\"timeout\"}"},

@@ -17,6 +17,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "pdelta.h"
 
@@ -47,7 +48,8 @@ typedef struct sc_stream {
 	int unsaved;                 /* no state entry yet: its first answer is not pushed */
 	unsigned rounds;             /* rounds done in this run */
 	int64_t due_ms;
-	int64_t last_scrape_ms;      /* previous scrape, for the push's from= */
+	int64_t last_scrape_ms;      /* scrape of seq's profile (0: unknown), for the push's from=;
+					read at job start with seq */
 	int running;                 /* queued or in a worker; never freed while set */
 	int removed;                 /* its target left: freed once not running */
 	int answered_told;           /* its last answer was declared to its lane's handle */
@@ -58,6 +60,7 @@ typedef struct sc_stream {
 typedef struct sc_state_ent {
 	char *name;
 	uint64_t seq;
+	int64_t scraped_ms; /* when the profile of seq was scraped (0: unknown) */
 	int64_t gone_ms; /* when its last stream went (0: a stream uses it) */
 } sc_state_ent;
 
@@ -72,7 +75,8 @@ enum {
 	SCM_SCRAPES, SCM_SCRAPE_ERRORS, SCM_SCRAPE_TOO_LARGE, SCM_SCRAPE_HTTP, SCM_SCRAPE_TIMEOUT,
 	SCM_DELTA, SCM_BASELINE, SCM_DUPLICATE, SCM_DELTA_ERRORS, SCM_RESENT, SCM_RESYNC,
 	SCM_OUT_FILES, SCM_PUSH_OK, SCM_PUSH_RETRY, SCM_PUSH_PERMANENT, SCM_SPOOL_DROPPED,
-	SCM_SINK_ERRORS, SCM_TARGET_RELOADS, SCM_TARGET_RELOAD_ERRORS, SCM_SCRAPE_TLS, SCM_BYTES_IN, SCM_BYTES_OUT, SCM_NCOUNTERS
+	SCM_SINK_ERRORS, SCM_TARGET_RELOADS, SCM_TARGET_RELOAD_ERRORS, SCM_SCRAPE_TLS, SCM_BYTES_IN, SCM_BYTES_OUT,
+	SCM_ROUNDS_OK, SCM_ROUNDS_FAILED, SCM_NCOUNTERS
 };
 
 typedef struct sc_lane {
@@ -129,6 +133,7 @@ struct pdelta_scrape {
 
 	volatile int stop;
 	uint64_t m[SCM_NCOUNTERS];
+	uint64_t run_base[SCM_NCOUNTERS]; /* m[] when pdelta_scrape_run() started */
 };
 
 /* counters */
@@ -159,11 +164,11 @@ int sc_state_lock(pdelta_scrape *s, char *err, size_t errlen);
 int sc_state_snapshot(pdelta_scrape *s, sc_state_snap *snap); /* with s->mu held */
 int sc_state_write(pdelta_scrape *s, sc_state_snap *snap);    /* without s->mu; frees snap */
 int sc_state_save(pdelta_scrape *s);  /* snapshot + write: s->mu not held, no job running */
-uint64_t sc_state_get(pdelta_scrape *s, const char *stream);
+uint64_t sc_state_get(pdelta_scrape *s, const char *stream, int64_t *scraped_ms);
 uint64_t sc_state_attach(pdelta_scrape *s, const char *stream); /* a stream uses it again */
 void sc_state_detach(pdelta_scrape *s, const char *stream, int64_t now);
 void sc_state_expire(pdelta_scrape *s, int64_t now);          /* with s->mu held */
-void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq);
+void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq, int64_t scraped_ms);
 /* A pending upload: the profile of sequence seq and the interval it closes. */
 typedef struct sc_pending {
 	uint64_t seq;
@@ -175,6 +180,10 @@ void sc_pending_remove(pdelta_scrape *s, const char *stream);
 int sc_write_seq_file(pdelta_scrape *s, const char *root, const sc_stream *st, uint64_t seq,
 		      const void *p, size_t n, unsigned keep);
 int sc_mkdirs(const char *path);
+/* One line of f into buf[cap] (newline kept, NUL-terminated), *len its length
+ * counting any NUL byte in it: 1 a line, 0 the end of the file (or a read
+ * error: see ferror), -1 a line longer than cap - 2 bytes. */
+int sc_read_line(FILE *f, char *buf, size_t cap, size_t *len);
 int sc_write_atomic(const char *path, const void *a, size_t na, const void *b, size_t nb);
 
 /* push */

@@ -4,8 +4,9 @@
  *    TLS CA, bearer or basic auth, and a hard cap on the body (never buffered
  *    past it);
  *  - the state file: the incarnation and each stream's last delivered
- *    sequence number, rewritten atomically (temporary file, fsync, rename)
- *    from a snapshot, outside the loop's lock; locked by STATE.lock;
+ *    sequence number with the time its profile was scraped (where the next
+ *    push's interval starts), rewritten atomically (temporary file, fsync,
+ *    rename) from a snapshot, outside the loop's lock; locked by STATE.lock;
  *  - pending uploads: a profile is written to PENDING/<stream> before it is
  *    sent and removed once its delta was delivered and the state saved, so a
  *    restarted agent sends it again with the same sequence number;
@@ -187,6 +188,20 @@ int sc_write_atomic(const char *path, const void *a, size_t na, const void *b, s
 	return rc;
 }
 
+int sc_read_line(FILE *f, char *buf, size_t cap, size_t *len)
+{
+	size_t n = 0;
+	int c = 0;
+
+	while (n + 1 < cap && c != '\n' && (c = getc(f)) != EOF)
+		buf[n++] = (char)c;
+	buf[n] = 0;
+	*len = n;
+	if (n + 1 == cap && c != '\n' && (c = getc(f)) != EOF)
+		return -1;
+	return n > 0;
+}
+
 static int read_whole(const char *path, sc_buf *b)
 {
 	FILE *f = fopen(path, "rb");
@@ -253,10 +268,11 @@ static sc_state_ent *state_find(pdelta_scrape *s, const char *stream)
 	return NULL;
 }
 
-uint64_t sc_state_get(pdelta_scrape *s, const char *stream)
+uint64_t sc_state_get(pdelta_scrape *s, const char *stream, int64_t *scraped_ms)
 {
 	sc_state_ent *e = state_find(s, stream);
 
+	*scraped_ms = e ? e->scraped_ms : 0;
 	return e ? e->seq : 0;
 }
 
@@ -299,12 +315,13 @@ void sc_state_expire(pdelta_scrape *s, int64_t now)
 	s->nstate = j;
 }
 
-void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq)
+void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq, int64_t scraped_ms)
 {
 	sc_state_ent *ns, *e = state_find(s, stream);
 
 	if (e) {
 		e->seq = seq;
+		e->scraped_ms = scraped_ms;
 		return;
 	}
 	ns = realloc(s->state, (s->nstate + 1) * sizeof *ns);
@@ -313,6 +330,7 @@ void sc_state_set(pdelta_scrape *s, const char *stream, uint64_t seq)
 	s->state = ns;
 	s->state[s->nstate].name = strdup(stream);
 	s->state[s->nstate].seq = seq;
+	s->state[s->nstate].scraped_ms = scraped_ms;
 	s->state[s->nstate].gone_ms = 0;
 	if (s->state[s->nstate].name)
 		s->nstate++;
@@ -330,17 +348,31 @@ static int parse_dec_u64(const char *w, uint64_t *out)
 	return errno ? -1 : 0;
 }
 
-/* "stream NAME SEQ [GONE_UNIX_MS]": SEQ from 1 (an entry is written once an
- * answer was delivered) to 2^64-2 (the next request needs SEQ + 1). */
+/* "stream NAME SEQ [GONE_UNIX_MS] [scraped=UNIX_MS]": SEQ from 1 (an entry is
+ * written once an answer was delivered) to 2^64-2 (the next request needs
+ * SEQ + 1); scraped= is when the profile of SEQ was scraped, where the next
+ * push's interval starts (absent in an older agent's file: then one interval
+ * back). 0, -1 with why set, or 1 with why set when the line was taken but
+ * its scrape time ignored: one in the future is no damage of the file but a
+ * clock set back, and refusing it would stop the agent over a push window. */
 static int stream_line(pdelta_scrape *s, char *line, int64_t now, char *why, size_t n)
 {
 	char *save = NULL, *name = strtok_r(line + 7, " ", &save), *w_seq = strtok_r(NULL, " ", &save);
-	char *w_gone = strtok_r(NULL, " ", &save);
-	uint64_t seq, gone = 0;
+	char *w_gone = NULL, *w_scraped = NULL, *w;
+	uint64_t seq, gone = 0, scraped = 0;
+	int ignored = 0;
 
-	if (!name || !w_seq || strtok_r(NULL, " ", &save) || strlen(name) > SC_PREFIX_MAX + SC_NAME_MAX + 16) {
+	if (!name || !w_seq || strlen(name) > SC_PREFIX_MAX + SC_NAME_MAX + 16) {
 		snprintf(why, n, "not a state line");
 		return -1;
+	}
+	while ((w = strtok_r(NULL, " ", &save))) {
+		char **slot = strncmp(w, "scraped=", 8) == 0 ? &w_scraped : &w_gone;
+		if (*slot) {
+			snprintf(why, n, "not a state line");
+			return -1;
+		}
+		*slot = w;
 	}
 	if (parse_dec_u64(w_seq, &seq) || seq == 0 || seq == UINT64_MAX) {
 		snprintf(why, n, "stream %.200s: seq '%.30s' is not a number from 1 to 2^64-2", name, w_seq);
@@ -350,12 +382,23 @@ static int stream_line(pdelta_scrape *s, char *line, int64_t now, char *why, siz
 		snprintf(why, n, "stream %.200s: '%.30s' is not a time in ms since 1970", name, w_gone);
 		return -1;
 	}
-	sc_state_set(s, name, seq);
+	if (w_scraped && (parse_dec_u64(w_scraped + 8, &scraped) || scraped == 0 || scraped > INT64_MAX)) {
+		snprintf(why, n, "stream %.200s: '%.40s' is not a time in ms since 1970", name, w_scraped);
+		return -1;
+	}
+	if (scraped > (uint64_t)now) {
+		snprintf(why, n, "stream %.200s: last scrape %" PRIu64 " ms is %" PRIu64 " ms in the future "
+			 "(the clock was set back?): ignored, its next push covers one interval",
+			 name, scraped, scraped - (uint64_t)now);
+		scraped = 0;
+		ignored = 1;
+	}
+	sc_state_set(s, name, seq, (int64_t)scraped);
 	sc_state_detach(s, name, gone ? (int64_t)gone : now);
-	return 0;
+	return ignored;
 }
 
-/* One line of the state file (its newline removed); 0, or -1 with why set. */
+/* One line of the state file (its newline removed); as stream_line(). */
 static int state_line(pdelta_scrape *s, char *line, int *saw_inc, int64_t now, char *why, size_t n)
 {
 	if (strncmp(line, "incarnation ", 12) == 0) {
@@ -374,9 +417,9 @@ static int state_line(pdelta_scrape *s, char *line, int *saw_inc, int64_t now, c
 	return -1;
 }
 
-/* Lines: "incarnation K", "stream NAME SEQ [GONE_UNIX_MS]", each with its
- * newline: the file is written whole, so a last line without one is a
- * truncated write, refused like any damaged line. Entries without an
+/* Lines: "incarnation K", "stream NAME SEQ [GONE_UNIX_MS] [scraped=UNIX_MS]",
+ * each with its newline: the file is written whole, so a last line without
+ * one is a truncated write, refused like any damaged line. Entries without an
  * incarnation line are dropped: the server would take their streams' next
  * profile as a reset, and their whole cumulative profile is no interval's
  * delta (a stream without an entry does not push its first answer). An entry
@@ -386,7 +429,8 @@ int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 	FILE *f = fopen(s->state_file, "r");
 	char line[1024], why[400];
 	unsigned lineno = 0;
-	int saw_inc = 0;
+	int saw_inc = 0, got;
+	size_t len;
 	int64_t now = sc_now_ms();
 
 	if (!f) {
@@ -396,17 +440,21 @@ int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 		}
 		return 0;
 	}
-	while (fgets(line, sizeof line, f)) {
-		size_t len = strlen(line);
+	while ((got = sc_read_line(f, line, sizeof line, &len)) != 0) {
 		lineno++;
-		if (len == 0 || line[len - 1] != '\n') {
-			snprintf(why, sizeof why, "%s",
-				 feof(f) ? "truncated (no newline at the end: a partial write)" : "line too long");
+		if (got < 0 || memchr(line, 0, len) || line[len - 1] != '\n') {
+			snprintf(why, sizeof why, "%s", got < 0 ? "line too long" : memchr(line, 0, len) ? "NUL byte"
+						: "truncated (no newline at the end: a partial write)");
 			goto bad;
 		}
 		line[len - 1] = 0;
-		if (line[0] != '#' && line[0] && state_line(s, line, &saw_inc, now, why, sizeof why))
+		if (line[0] == '#' || !line[0])
+			continue;
+		got = state_line(s, line, &saw_inc, now, why, sizeof why);
+		if (got < 0)
 			goto bad;
+		if (got > 0)
+			sc_log(s, 1, "state file %s:%u: %s", s->state_file, lineno, why);
 	}
 	fclose(f);
 	if (!saw_inc && s->nstate) {
@@ -435,11 +483,13 @@ int sc_state_snapshot(pdelta_scrape *s, sc_state_snap *snap)
 			     s->incarnation);
 	for (size_t i = 0; i < s->nstate && n < cap; i++) {
 		const sc_state_ent *e = &s->state[i];
-		if (e->gone_ms)
-			n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64 " %" PRId64 "\n", e->name,
-					      e->seq, e->gone_ms);
-		else
-			n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64 "\n", e->name, e->seq);
+		n += (size_t)snprintf(text + n, cap - n, "stream %s %" PRIu64, e->name, e->seq);
+		if (e->gone_ms && n < cap)
+			n += (size_t)snprintf(text + n, cap - n, " %" PRId64, e->gone_ms);
+		if (e->scraped_ms && n < cap)
+			n += (size_t)snprintf(text + n, cap - n, " scraped=%" PRId64, e->scraped_ms);
+		if (n < cap)
+			n += (size_t)snprintf(text + n, cap - n, "\n");
 	}
 	snap->text = text;
 	snap->n = n < cap ? n : cap - 1;

@@ -296,10 +296,11 @@ out:
 static int read_targets_file(const char *path, sc_target ***out, size_t *n, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "r");
-	char line[8192], e2[512];
+	char line[8192], e2[512], *nul;
 	sc_target **arr = NULL, *t;
-	size_t cnt = 0;
+	size_t cnt = 0, len;
 	unsigned lineno = 0;
+	int got;
 
 	*out = NULL;
 	*n = 0;
@@ -307,10 +308,14 @@ static int read_targets_file(const char *path, sc_target ***out, size_t *n, char
 		snprintf(err, errlen, "cannot read targets file %s: %s", path, strerror(errno));
 		return -1;
 	}
-	while (fgets(line, sizeof line, f)) {
+	while ((got = sc_read_line(f, line, sizeof line, &len)) != 0) {
 		lineno++;
-		if (!strchr(line, '\n') && !feof(f)) {
+		if (got < 0) {
 			snprintf(err, errlen, "%s:%u: line longer than %zu bytes", path, lineno, sizeof line - 2);
+			goto fail;
+		}
+		if ((nul = memchr(line, 0, len))) { /* not a text file, or a damaged one */
+			snprintf(err, errlen, "%s:%u: NUL byte at column %zu", path, lineno, (size_t)(nul - line) + 1);
 			goto fail;
 		}
 		if (parse_line(line, &t, e2, sizeof e2)) {

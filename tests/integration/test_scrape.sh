@@ -23,6 +23,8 @@
 #  14. --fallback-local: pdeltad stopped mid-run (local deltas), back (the streams return);
 #  15. pdeltad restarted (the resent delta is pushed with its own from/until) and restored from
 #      an older backup (BASELINE state-lost, no negative value);
+#  16. --once/--count exit 1 with a summary when a scrape, a delta request or a push failed;
+#  17. after a restart a delta is pushed from the scrape kept in the state file (scraped=);
 #   8. bad options and targets are refused with a clear message (labels too).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -309,6 +311,28 @@ for seq in 99999999999999999999 18446744073709551615 -1 0; do
 		"incarnation 7\nstream t6b/f1/heap $seq\n"
 done
 state_err "gone time -5" "2: stream t6b/f1/heap: '-5' is not a time" 'incarnation 7\nstream t6b/f1/heap 3 -5\n'
+for v in 0 -5 12x 9223372036854775808 99999999999999999999 ''; do
+	state_err "scrape time '$v'" "2: stream t6b/f1/heap: 'scraped=$v' is not a time in ms since 1970" \
+		"incarnation 7\nstream t6b/f1/heap 3 scraped=$v\n"
+done
+state_err "scrape time twice" "2: not a state line" 'incarnation 7\nstream t6b/f1/heap 3 scraped=5 scraped=6\n'
+state_err "NUL byte" "2: NUL byte" 'incarnation 7\nstream t6b/f1/heap 3\0 5\n'
+# scraped= (when the profile of SEQ was scraped: where the next push's interval starts) is read
+# next to a gone time and next to a line of an older agent without it; one in the future (a
+# clock set back) is ignored and logged, not a reason to refuse the file
+now_ms=$(date +%s%3N)
+printf 'incarnation 7\nstream f1/heap 3 scraped=%s\nstream f1/mutex 2 %s scraped=%s\nstream f1/block 4\n' \
+	$((now_ms + 3600000)) $((now_ms - 1000)) $((now_ms - 5000)) >"$T6/state-times"
+rc=0
+"$PDELTA" scrape --local --target "f1=http://$(addr w1)" --types heap --once --state "$T6/state-times" \
+	--out-dir "$T6/out-times" >"$T6.times.out" 2>&1 || rc=$?
+((rc == 0)) && grep -q "state file $T6/state-times:2: stream f1/heap: last scrape $((now_ms + 3600000)) ms is [0-9]* ms in the future (the clock was set back?): ignored" "$T6.times.out" &&
+	grep -q "^stream f1/mutex 2 $((now_ms - 1000)) scraped=$((now_ms - 5000))\$" "$T6/state-times" &&
+	grep -q '^stream f1/block 4 [0-9]*$' "$T6/state-times" &&
+	awk -v lo="$now_ms" '$2 == "f1/heap" { n = split($4, a, "="); t = a[2] + 0; ok = $3 == 4 && a[1] == "scraped" && t >= lo && t < lo + 60000 }
+		END { exit !ok }' "$T6/state-times" &&
+	ok "state file: scraped= read (with a gone time, next to an older agent's line); one in the future ignored, logged" ||
+	bad "state file scrape times: exit $rc: $(head -n 2 "$T6.times.out"); $(grep f1 "$T6/state-times" | tr '\n' ' ')"
 
 # --- 7. per-target HTTP options: bearer and basic auth, body cap --------------------------------
 T7=$WORK/t7
@@ -619,8 +643,13 @@ pd_stop_server KILL
 rm -f "$WORK/state.db-wal" "$WORK/state.db-shm"
 cp "$T16/backup.db" "$WORK/state.db"
 pd_start_server --workers 2
-wait "$AGENT_PID" || bad "restore run exited $?"
+rc=0
+wait "$AGENT_PID" || rc=$?
 AGENT_PID=
+# the rounds whose profile waited for the server failed: a bounded run says so
+((rc == 1)) && grep -q '^pdelta scrape: [1-9][0-9]* of [0-9]* rounds failed, 0 delta(s) not pushed$' "$T16.err" &&
+	ok "restore run: exit 1, $(grep -o '[0-9]* of [0-9]* rounds failed' "$T16.err") (pdeltad down)" ||
+	bad "restore run exited $rc: $(tail -n 1 "$T16.err")"
 kill "$RECV_PID" 2>/dev/null || true
 wait "$RECV_PID" 2>/dev/null || true
 RECV_PID=
@@ -649,6 +678,82 @@ for l, p in zip(lines, pushes):
 assert resent >= 1, "no delta was resent after the restart"
 print("%d deltas pushed, %d of them resent after the restart: each with its scrape's from/until" % (len(pushes), resent))
 PYEOF
+# --- 16. exit status of a bounded run -----------------------------------------------------------
+# With --once or --count, 0 only when every round delivered; 1 and a summary when a scrape, a
+# delta request or a delivery failed (as `pdelta send`: 0 all sent, 1 a file failed).
+T17=$WORK/t17
+mkdir -p "$T17"
+exit_of() { # exit_of NAME ARGS...: pdelta scrape ARGS, its output in $T17/NAME.out, its status in $rc
+	local name=$1
+	shift
+	rc=0
+	"$PDELTA" scrape "$@" >"$T17/$name.out" 2>&1 || rc=$?
+}
+exit_of ok --local --target "k1=$F/fixture" --types heap,mutex --once --out-dir "$T17/out-ok"
+((rc == 0)) && ! grep -q 'rounds failed' "$T17/ok.out" && ok "--once, every round delivered: exit 0" ||
+	bad "--once, all delivered: exit $rc: $(tail -n 2 "$T17/ok.out")"
+exit_of part --local --target "k1=$F/fixture" --target "k2=http://127.0.0.1:1" --types heap --count 2 --interval 100ms \
+	--timeout 1s --out-dir "$T17/out-part"
+((rc == 1)) && grep -q '^pdelta scrape: 2 of 4 rounds failed, 0 delta(s) not pushed$' "$T17/part.out" &&
+	ok "--count 2, one target of two down: exit 1, '2 of 4 rounds failed'" ||
+	bad "--count 2, one target down: exit $rc: $(tail -n 1 "$T17/part.out")"
+echo not-a-token >"$T17/bad.token"
+exit_of refused --server "127.0.0.1:$PORT" --ca "$CA" --token-file "$T17/bad.token" --stream-prefix t17/ \
+	--target "w1=http://$(addr w1)" --types heap --once --out-dir "$T17/out-refused"
+((rc == 1)) && grep -q '^pdelta scrape: 1 of 1 rounds failed' "$T17/refused.out" &&
+	ok "--once, the server refuses the agent (bad token): exit 1" ||
+	bad "--once, server refused: exit $rc: $(tail -n 2 "$T17/refused.out")"
+exit_of down --server "127.0.0.1:$(free_port)" --ca "$CA" --token-file "$WORK/agent.token" --stream-prefix t17/ \
+	--target "w1=http://$(addr w1)" --types heap --once --state "$T17/state-down" --out-dir "$T17/out-down"
+((rc == 1)) && grep -q '^pdelta scrape: 1 of 1 rounds failed' "$T17/down.out" && [[ -n $(ls "$T17/state-down.pending") ]] &&
+	ok "--once, pdeltad down: exit 1, the profile stays pending" ||
+	bad "--once, server down: exit $rc: $(tail -n 2 "$T17/down.out")"
+exit_of nopush --local --target "k1=$F/fixture" --types heap --once --push-first --push "http://127.0.0.1:$(free_port)" \
+	--spool "$T17/spool" --push-timeout 1s --out-dir "$T17/out-push"
+((rc == 1)) && grep -q '^pdelta scrape: 0 of 1 rounds failed, 1 delta(s) not pushed$' "$T17/nopush.out" &&
+	[[ $(ls "$T17/spool" | wc -l) -eq 1 ]] && ok "--once, the push backend down: exit 1, the delta stays in the spool" ||
+	bad "--once, push down: exit $rc: $(tail -n 2 "$T17/nopush.out")"
+
+# --- 17. push windows across restarts -----------------------------------------------------------
+# An agent run from cron (--once --state, --interval 60s) pushes each delta over the interval it
+# covers: from the scrape of the profile the delta is taken against (the previous run's, kept
+# in the state file), not now - --interval; an older agent's line (no scraped=) falls back to
+# that.
+T18=$WORK/t18
+mkdir -p "$T18"
+"$PY" "$ROOT/tests/integration/push_receiver.py" --port-file "$T18/port" --out "$T18/recv" &
+RECV_PID=$!
+for _ in $(seq 100); do [[ -s $T18/port ]] && break; sleep 0.05; done
+cron_run() { # cron_run N: the Nth run from cron
+	"$PDELTA" scrape "${SRV[@]}" --stream-prefix t18/ --target "c1=http://$(addr w1)" --types heap --once \
+		--interval 60s --state "$T18/state" --save-input "$T18/in" --push "http://127.0.0.1:$(cat "$T18/port")" \
+		>>"$T18.log" 2>>"$T18.err" || bad "cron run $1 exited $?: $(tail -n 1 "$T18.err")"
+}
+cron_run 1
+sleep 2
+cron_run 2
+grep -q '^stream t18/c1/heap 2 scraped=[0-9]*$' "$T18/state" && ok "state file: the last scrape time is kept with the sequence number" ||
+	bad "state file after 2 runs: $(grep c1 "$T18/state")"
+sleep 1
+sed -i 's/ scraped=[0-9]*$//' "$T18/state" # as an older agent wrote it
+cron_run 3
+kill "$RECV_PID" 2>/dev/null || true
+wait "$RECV_PID" 2>/dev/null || true
+RECV_PID=
+"$PY" - "$T18" <<'PYEOF' >"$T18/check.out" 2>&1 && ok "push windows: $(tail -n 1 "$T18/check.out")" || bad "push windows: $(tail -n 3 "$T18/check.out")"
+import json, os, sys
+t = sys.argv[1]
+pushes = [json.loads(l) for l in open(os.path.join(t, "recv", "log.jsonl"))]
+assert len(pushes) == 2, ("runs 2 and 3 push, run 1's first answer does not", len(pushes))
+scraped = [os.path.getmtime(os.path.join(t, "in", "c1", "heap", "%03d.pb.gz" % i)) for i in range(3)]
+frm, until = int(pushes[0]["query"]["from"]), int(pushes[0]["query"]["until"])
+assert abs(frm - scraped[0]) <= 1.5 and abs(until - scraped[1]) <= 1.5, ("run 2", frm, until, scraped)
+frm3, until3 = int(pushes[1]["query"]["from"]), int(pushes[1]["query"]["until"])
+assert abs(until3 - scraped[2]) <= 1.5 and until3 - frm3 in (60, 61), ("run 3, no scraped=", frm3, until3)
+print("after a restart the delta is pushed over [previous run's scrape, its scrape] (%d s, not 60); "
+      "without scraped= over one --interval (%d s)" % (until - frm, until3 - frm3))
+PYEOF
+
 kill "$FIX_PID" 2>/dev/null || true
 wait "$FIX_PID" 2>/dev/null || true
 FIX_PID=
@@ -685,6 +790,12 @@ usage_err "--targets naming a directory" "cannot read targets file $WORK/tg-dir:
 printf '# no target yet\n\n' >"$WORK/tg-empty"
 usage_err "empty targets file" "targets file $WORK/tg-empty lists no target" \
 	--local --targets "$WORK/tg-empty" --once --out-dir "$WORK/u"
+printf 'a http://127.0.0.1:1\nb http://127.0.0.1:1/x\0y\n' >"$WORK/tg-nul"
+usage_err "NUL byte in a targets line" "$WORK/tg-nul:2: NUL byte at column 23" \
+	--local --targets "$WORK/tg-nul" --once --out-dir "$WORK/u"
+printf 'a http://127.0.0.1:1\nb http://127.0.0.1:1\0 label.x=1' >"$WORK/tg-nul-end" # was cut at the NUL
+usage_err "NUL byte in a last line without its newline" "$WORK/tg-nul-end:2: NUL byte at column 21" \
+	--local --targets "$WORK/tg-nul-end" --once --timeout 1s --out-dir "$WORK/u"
 "$PDELTA" scrape --local --target a=http://127.0.0.1:1 --targets "$WORK/tg-empty" --types heap --once --timeout 1s \
 	--out-dir "$WORK/u" >"$WORK/u.out" 2>&1 || true
 ! grep -q 'lists no target' "$WORK/u.out" && grep -q 'scrape failed: http://127.0.0.1:1/' "$WORK/u.out" &&
@@ -708,9 +819,11 @@ label_err "label value, overlong UTF-8" "label 'u': the value is not valid UTF-8
 long=$(printf 'v%.0s' $(seq 1100))
 label_err "labels past 2 KiB" "label 'b': the labels pass 2047 bytes" "y http://127.0.0.1:1 label.a=$long label.b=$long"
 usage_err "twice" "given twice" --local --target a=http://127.0.0.1:1 --target a=http://127.0.0.1:2 --out-dir "$WORK/u"
+rc=0
 "$PDELTA" scrape --local --target a=http://127.0.0.1:1 --types heap --once --timeout 1s --out-dir "$WORK/u" \
-	>"$WORK/u.out" 2>&1 || true
-grep -q 'scrape failed: http://127.0.0.1:1/debug/pprof/heap' "$WORK/u.out" && ok "dead target: logged, the run ends" ||
-	bad "dead target: $(head -n 2 "$WORK/u.out")"
+	>"$WORK/u.out" 2>&1 || rc=$?
+grep -q 'scrape failed: http://127.0.0.1:1/debug/pprof/heap' "$WORK/u.out" && ((rc == 1)) &&
+	grep -q '^pdelta scrape: 1 of 1 rounds failed, 0 delta(s) not pushed$' "$WORK/u.out" &&
+	ok "dead target with --once: logged, exit 1 with a summary" || bad "dead target: exit $rc: $(tail -n 2 "$WORK/u.out")"
 
 pd_finish
