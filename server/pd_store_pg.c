@@ -591,6 +591,8 @@ static int pg_read_password(struct pg_be *b, const char *path, pd_err *e)
 	b->password = pd_first_line(path, why, sizeof why);
 	if (!b->password)
 		return pd_err_set(e, PD_E_ARG, "state store: db_password_file: %s", why);
+	if (why[0])
+		pd_log(PD_LOG_WARN, "state store: db_password_file %s", why);
 	return PD_OK;
 }
 
