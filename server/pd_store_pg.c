@@ -26,8 +26,10 @@
  *     bytea with STORAGE EXTERNAL, they are compressed already)
  *   index pdelta_streams_last_seen (last_seen_ms) for TTL expiry
  *
- * A newer schema version is refused, and so is a pdelta_streams table without
- * a pdelta_schema row naming this application (someone else's table).
+ * A newer or invalid (< 1) schema version is refused, and so is a
+ * pdelta_streams table without a pdelta_schema row naming this application
+ * (someone else's table), and tables the role may not read (PostgreSQL's
+ * reason: permission denied for table ...).
  * Unsigned 64-bit values are stored bit-for-bit in bigint, as with SQLite.
  *
  * Connection loss: the failing transaction's writes complete with
