@@ -25,6 +25,8 @@ int cli_conn_opt(const char *prog, pdelta_opts *o, char *token, size_t cap, int 
 			fprintf(stderr, "%s: --token-file: %s\n", prog, err);
 			return -1;
 		}
+		if (err[0])
+			fprintf(stderr, "%s: --token-file: warning: %s\n", prog, err);
 		o->token = token;
 		return 0;
 	default: return 1;

@@ -115,8 +115,8 @@ static char *first_line(const char *path)
 	char err[512];
 	char *line = pd_first_line(path, err, sizeof err);
 
-	if (!line)
-		fprintf(stderr, "pdelta scrape: %s\n", err);
+	if (!line || err[0])
+		fprintf(stderr, "pdelta scrape: %s%s\n", line ? "warning: " : "", err);
 	return line;
 }
 

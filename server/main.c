@@ -7,6 +7,8 @@
  * SIGTERM/SIGINT.
  * Exit status: 0 after a clean drain, 1 on a runtime failure (cannot bind,
  * cannot open the database, bad TLS file at start), 2 on a usage error.
+ * --check exits 0, 2 for a bad setting or file, 1 when the database cannot
+ * be reached or used.
  * --healthcheck exits 0 (healthy) or 1 (anything else, a bad configuration
  * included): Docker reserves 2.
  */
@@ -26,6 +28,8 @@
 #include "pd_log.h"
 #include "pd_notify.h"
 #include "pd_server.h"
+#include "pd_shadow.h"
+#include "pd_store.h"
 #include "pd_tls.h"
 #include "pd_version.h"
 #include "pdelta_proto.h"
@@ -96,6 +100,38 @@ static int hash_token(void)
 	return 0;
 }
 
+/* Settings the store backend ignores (pd_config_ignored), one warning each. */
+static void warn_ignored(const pd_config *cfg, bool to_log)
+{
+	const char *msgs[PD_SET__COUNT];
+	size_t n = pd_config_ignored(cfg, msgs, PD_SET__COUNT);
+
+	for (size_t i = 0; i < n; i++) {
+		if (to_log)
+			pd_log(PD_LOG_WARN, "%s", msgs[i]);
+		else
+			fprintf(stderr, "pdeltad: warning: %s\n", msgs[i]);
+	}
+}
+
+/* --check, after the files: what a start would find cheaply, changing
+ * nothing: the store (pd_store_probe: PostgreSQL is connected to once) and
+ * shadow_dir (when shadow verification is on, as at start). */
+static int check_state(const pd_config *cfg)
+{
+	struct pd_store_opts so;
+	pd_err err;
+	int rc;
+
+	pd_config_store_opts(cfg, &so);
+	rc = pd_store_probe(&so, &err);
+	if (!rc && cfg->shadow_rate && cfg->shadow_dir[0])
+		rc = pd_shadow_check_dir(cfg->shadow_dir, 0, &err);
+	if (rc)
+		fprintf(stderr, "pdeltad: %s\n", err.msg);
+	return !rc ? 0 : rc == PD_E_ARG ? 2 : 1;
+}
+
 /* --check: settings were validated; also load the TLS files and credentials. */
 static int check_files(const pd_config *cfg)
 {
@@ -105,6 +141,7 @@ static int check_files(const pd_config *cfg)
 	pd_tls_info info;
 	pd_err err;
 	double days;
+	int rc;
 
 	if (pd_tls_ctx_new(&o, &tls, &info, &err) || pd_auth_load(cfg->tenants, &auth, &err) ||
 	    pd_auth_check_usable(auth, cfg->tenants, &err)) {
@@ -118,10 +155,13 @@ static int check_files(const pd_config *cfg)
 	if (days < PD_TLS_EXPIRY_WARN_DAYS)
 		fprintf(stderr, "pdeltad: warning: certificate %s expires in %.1f days\n",
 			cfg->tls_cert, days);
-	printf("configuration ok: %zu credentials\n", pd_auth_count(auth));
 	SSL_CTX_free(tls);
+	warn_ignored(cfg, false);
+	rc = check_state(cfg);
+	if (!rc)
+		printf("configuration ok: %zu credentials\n", pd_auth_count(auth));
 	pd_auth_free(auth);
-	return 0;
+	return rc;
 }
 
 #define HEALTHCHECK_TIMEOUT_MS 2000
@@ -175,6 +215,7 @@ int main(int argc, char **argv)
 	if (cfg.env_ignored)
 		pd_log(PD_LOG_WARN, "ignoring environment variables that name no setting: %s",
 		       cfg.env_ignored);
+	warn_ignored(&cfg, true);
 	rc = pd_server_new(&cfg, &srv, &err);
 	if (!rc)
 		rc = pd_server_run(srv, &err);

@@ -13,6 +13,7 @@
 
 #include "pd_log.h"
 #include "pd_settings.h"
+#include "pd_store.h"
 #include "pd_units.h"
 #include "pdelta_proto.h"
 
@@ -242,8 +243,12 @@ int pd_config_set(pd_config *c, const char *name, const char *value, pd_err *e)
 	const setting *s = find_setting(name);
 	const pd_limit_desc *l;
 
-	if (s)
-		return set_one(c, s, value, e);
+	if (s) {
+		int rc = set_one(c, s, value, e);
+
+		c->given[s - pd_settings] |= rc == PD_OK;
+		return rc;
+	}
 	l = find_limit(name);
 	if (l)
 		return pd_limits_set(&c->limits, l->name, value, e);
@@ -547,6 +552,35 @@ int pd_config_check(const pd_config *c, pd_err *e)
 	return PD_OK;
 }
 
+void pd_config_store_opts(const pd_config *c, struct pd_store_opts *o)
+{
+	pd_store_opts_init(o);
+	o->path = c->db;
+	o->password_file = c->db_password_file;
+	o->synchronous_full = c->db_sync;
+	o->max_db_bytes = c->db_max_bytes;
+	o->max_queue = (size_t)c->store_max_queue;
+	o->max_queue_bytes = (size_t)c->store_max_queue_bytes;
+	o->max_batch = (size_t)c->store_max_batch;
+	o->max_batch_bytes = (size_t)c->store_max_batch_bytes;
+	o->busy_timeout_ms = (int)c->store_busy_timeout_ms;
+	o->max_readers = (size_t)c->store_max_readers;
+}
+
+size_t pd_config_ignored(const pd_config *c, const char **msgs, size_t n)
+{
+	size_t k = 0;
+	bool pg = pd_store_is_pg(c->db);
+
+	if (!pg && c->db_password_file[0] && k < n)
+		msgs[k++] = "db_password_file has no effect with SQLite (it is the PostgreSQL "
+			    "password)";
+	if (pg && c->given[PD_SET_DB_SYNC] && k < n)
+		msgs[k++] = "db_sync has no effect with PostgreSQL (every commit runs with "
+			    "synchronous_commit = on)";
+	return k;
+}
+
 /* ---- --help --------------------------------------------------------------------------- */
 
 static void fmt_default(const setting *s, char *out, size_t n)
@@ -595,7 +629,8 @@ void pd_config_print_help(FILE *f, const char *prog)
 	fprintf(f,
 		"usage: %s [--config FILE] [--SETTING VALUE | --SETTING=VALUE]...\n"
 		"       %s --hash-token < token     print the token_sha256 of a token\n"
-		"       %s [--config FILE] ... --check   validate settings, TLS files, tenants\n"
+		"       %s [--config FILE] ... --check   validate settings, TLS files, tenants,\n"
+		"              the database (one connection, nothing created) and shadow_dir\n"
 		"       %s [--config FILE] ... --healthcheck   GET /healthz of metrics_listen:\n"
 		"              exit 0 if it answers 200 within 2 s, else 1 (container HEALTHCHECK)\n"
 		"       %s --help | --version\n\n"

@@ -28,6 +28,7 @@
 
 #include "pd_engine.h"
 #include "pd_err.h"
+#include "pd_settings.h"
 
 
 typedef struct pd_config {
@@ -67,6 +68,7 @@ typedef struct pd_config {
 	int log_level;  /* enum pd_log_level */
 	int log_format; /* enum pd_log_format */
 	char *env_ignored; /* PDELTAD_* variables that name no setting (warned about) */
+	bool given[PD_SET__COUNT]; /* set by the file, the environment or a flag */
 	pd_limits limits; /* engine input caps; max_input is also max_profile_bytes */
 } pd_config;
 
@@ -88,6 +90,17 @@ int pd_config_load_file(pd_config *c, const char *path, pd_err *e);
 int pd_config_from_args(pd_config *c, int argc, char **argv, int *action, pd_err *e);
 /* Cross-setting rules (required files, idle > keepalive, ...). */
 int pd_config_check(const pd_config *c, pd_err *e);
+struct pd_store_opts;
+/* The store's options from the db and store_* settings (pointers into c). */
+void pd_config_store_opts(const pd_config *c, struct pd_store_opts *o);
+/* Settings given that the chosen store backend ignores: db_password_file
+ * with SQLite, db_sync with PostgreSQL (which always commits with
+ * synchronous_commit = on). Ignoring them is harmless (nothing less safe or
+ * larger happens than asked), so pdeltad warns, at start and in --check;
+ * db_max_bytes on PostgreSQL, a cap that would not hold, is refused instead
+ * (pd_store_open, pd_store_probe). Up to n messages (static strings) in
+ * msgs; returns how many. */
+size_t pd_config_ignored(const pd_config *c, const char **msgs, size_t n);
 /* Usage and every setting with its default and help. */
 void pd_config_print_help(FILE *f, const char *prog);
 

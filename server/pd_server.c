@@ -348,16 +348,7 @@ static int start_service(pd_server *s, pd_err *e)
 	o.shadow.dir_max_files = c->shadow_dir_max_files;
 	o.shadow.dir_max_bytes = c->shadow_dir_max_bytes;
 	o.shadow.fallback = (uint32_t)c->shadow_fallback;
-	o.store.path = c->db;
-	o.store.password_file = c->db_password_file;
-	o.store.synchronous_full = c->db_sync;
-	o.store.max_db_bytes = c->db_max_bytes;
-	o.store.max_queue = (size_t)c->store_max_queue;
-	o.store.max_queue_bytes = (size_t)c->store_max_queue_bytes;
-	o.store.max_batch = (size_t)c->store_max_batch;
-	o.store.max_batch_bytes = (size_t)c->store_max_batch_bytes;
-	o.store.busy_timeout_ms = (int)c->store_busy_timeout_ms;
-	o.store.max_readers = (size_t)c->store_max_readers;
+	pd_config_store_opts(c, &o.store);
 	return pd_service_new(&o, &s->svc, e);
 }
 

@@ -44,7 +44,7 @@ const pd_setting pd_settings[PD_SET__COUNT] = {
 	    "        commits with synchronous_commit = on"),
 	[PD_SET_DB_MAX_BYTES] = NUM("db_max_bytes", T_BYTES, 0, 0, 1ull << 50,
 	    "SQLite: size budget of the database; past it commits fail (store errors);\n"
-	    "        0 = none (PostgreSQL: refused, use its quotas)"),
+	    "        0 = none, else at least 512k (PostgreSQL: refused, use its quotas)"),
 	[PD_SET_STORE_MAX_QUEUE] = NUM("store_max_queue", T_COUNT, 10000, 1, 10000000,
 	    "state-store writes queued or being committed; beyond: store busy"),
 	[PD_SET_STORE_MAX_QUEUE_BYTES] = NUM("store_max_queue_bytes", T_BYTES, 256 * MIB, MIB, 1ull << 40,

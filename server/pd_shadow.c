@@ -783,14 +783,48 @@ void pd_shadow_stats_get(pd_shadow *sh, pd_shadow_stats *out)
 	pthread_mutex_unlock(&sh->mu);
 }
 
-static int check_dir(const char *dir, pd_err *e)
+/* Without create, a missing dir is fine when mkdir would make it: its
+ * parent is a directory we may write. */
+static int can_create(const char *dir, pd_err *e)
+{
+	char *copy = strdup(dir), *slash = copy ? strrchr(copy, '/') : NULL;
+	const char *parent = !slash ? "." : slash == copy ? "/" : copy, *why = NULL;
+	struct stat sb;
+	int rc = PD_OK;
+
+	if (!copy)
+		return pd_err_set(e, PD_E_NOMEM, "out of memory");
+	if (slash && slash != copy)
+		*slash = 0;
+	if (stat(parent, &sb))
+		why = strerror(errno);
+	else if (!S_ISDIR(sb.st_mode))
+		why = "not a directory";
+	else if (access(parent, W_OK | X_OK))
+		why = strerror(errno);
+	if (why)
+		rc = pd_err_set(e, PD_E_ARG, "shadow_dir: '%s' does not exist and cannot be created "
+				"(%s: %s)", dir, parent, why);
+	free(copy);
+	return rc;
+}
+
+int pd_shadow_check_dir(const char *dir, int create, pd_err *e)
 {
 	struct stat sb;
 
-	if (stat(dir, &sb) && mkdir(dir, 0750))
-		return pd_err_set(e, PD_E_ARG, "shadow_dir: cannot create '%s': %s", dir, strerror(errno));
-	if (!stat(dir, &sb) && !S_ISDIR(sb.st_mode))
+	errno = 0;
+	if (stat(dir, &sb)) {
+		if (errno != ENOENT || !create)
+			return errno == ENOENT ? can_create(dir, e)
+					       : pd_err_set(e, PD_E_ARG, "shadow_dir: '%s': %s", dir,
+							    strerror(errno));
+		if (mkdir(dir, 0750))
+			return pd_err_set(e, PD_E_ARG, "shadow_dir: cannot create '%s': %s", dir,
+					  strerror(errno));
+	} else if (!S_ISDIR(sb.st_mode)) {
 		return pd_err_set(e, PD_E_ARG, "shadow_dir: '%s' is not a directory", dir);
+	}
 	if (access(dir, W_OK | X_OK))
 		return pd_err_set(e, PD_E_ARG, "shadow_dir: '%s' is not writable: %s", dir,
 				  strerror(errno));
@@ -805,7 +839,7 @@ int pd_shadow_new(const pd_shadow_opts *o, pd_shadow **out, pd_err *e)
 	*out = NULL;
 	if (!o->rate_ppm)
 		return PD_OK;
-	if (o->dir && o->dir[0] && (rc = check_dir(o->dir, e)))
+	if (o->dir && o->dir[0] && (rc = pd_shadow_check_dir(o->dir, 1, e)))
 		return rc;
 	if (!(sh = calloc(1, sizeof *sh)))
 		return pd_err_set(e, PD_E_NOMEM, "out of memory");

@@ -97,7 +97,13 @@ typedef struct pd_shadow_case {
 
 typedef struct pd_shadow pd_shadow;
 
-/* NULL in *out when rate_ppm is 0. Checks the directory when one is set. */
+/* shadow_dir is a directory we may write (create: made one, mode 0750, when
+ * missing; else a missing one passes when its parent is a directory we may
+ * write, as pdeltad --check does). PD_E_ARG naming the directory if not. */
+int pd_shadow_check_dir(const char *dir, int create, pd_err *e);
+
+/* NULL in *out when rate_ppm is 0. Checks the directory when one is set
+ * (pd_shadow_check_dir, create). */
 int pd_shadow_new(const pd_shadow_opts *o, pd_shadow **out, pd_err *e);
 /* Stops the thread (queued checks are dropped) and frees everything. */
 void pd_shadow_free(pd_shadow *sh);

@@ -832,6 +832,17 @@ int pd_store_open(const struct pd_store_opts *opts, pd_store **out, pd_err *err)
 	return PD_OK;
 }
 
+int pd_store_probe(const struct pd_store_opts *opts, pd_err *err)
+{
+	struct pd_store_opts o = *opts;
+	const struct pd_store_backend *ops = pick_backend(opts->path, err);
+
+	if (!ops)
+		return PD_E_ARG;
+	opts_fill_defaults(&o);
+	return ops->probe ? ops->probe(&o, err) : PD_OK;
+}
+
 void pd_store_close(pd_store *s)
 {
 	if (!s)

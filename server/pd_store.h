@@ -85,8 +85,9 @@ struct pd_store_opts {
 	 * backend's own maximum (SQLite: SQLITE_LIMIT_LENGTH, 1e9 by default).
 	 * A larger put completes with PD_E_LIMIT; the rest of its batch commits. */
 	uint64_t max_row_bytes;
-	/* Disk budget for the database (0 = unlimited). Past it commits fail
-	 * with PD_E_STORE (SQLITE_FULL) until expire/delete frees room. */
+	/* Disk budget for the database (0 = unlimited, else at least 512 KiB:
+	 * smaller is refused). Past it commits fail with PD_E_STORE
+	 * (SQLITE_FULL) until expire/delete frees room. */
 	uint64_t max_db_bytes;
 };
 
@@ -167,6 +168,13 @@ void pd_store_row_free(pd_store_row *rec);
  * database with a newer schema or of another application is refused
  * (PD_E_STATE). */
 int pd_store_open(const struct pd_store_opts *opts, pd_store **out, pd_err *err);
+/* What pd_store_open would find, cheaply and changing nothing (pdeltad
+ * --check): PostgreSQL: one connection (connect_timeout 5 s unless the
+ * connection string sets one), the schema version and that the role may
+ * read the tables (no schema yet is fine: the first open creates it); the
+ * options the backend refuses (PostgreSQL: db_max_bytes; SQLite: a
+ * db_max_bytes below the 512 KiB it needs). SQLite: no file is opened. */
+int pd_store_probe(const struct pd_store_opts *opts, pd_err *err);
 
 /* Commits everything still queued (running its completions), stops the
  * writer and closes all connections. NULL is a no-op. */
@@ -388,6 +396,8 @@ struct pd_store_backend {
 	 * the error of a reconnect attempt that failed, else PD_OK. */
 	int (*healthy)(void *be);
 	int (*reconnect)(void *be, pd_err *e);
+	/* Optional: pd_store_probe. */
+	int (*probe)(const struct pd_store_opts *o, pd_err *e);
 };
 
 extern const struct pd_store_backend pd_store_sqlite_backend;

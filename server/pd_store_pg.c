@@ -26,8 +26,10 @@
  *     bytea with STORAGE EXTERNAL, they are compressed already)
  *   index pdelta_streams_last_seen (last_seen_ms) for TTL expiry
  *
- * A newer schema version is refused, and so is a pdelta_streams table without
- * a pdelta_schema row naming this application (someone else's table).
+ * A newer or invalid (< 1) schema version is refused, and so is a
+ * pdelta_streams table without a pdelta_schema row naming this application
+ * (someone else's table), and tables the role may not read (PostgreSQL's
+ * reason: permission denied for table ...).
  * Unsigned 64-bit values are stored bit-for-bit in bigint, as with SQLite.
  *
  * Connection loss: the failing transaction's writes complete with
@@ -239,6 +241,7 @@ static void p_null(struct pg_params *p)
 struct pg_reader {
 	pd_store_conn link; /* first: what the pool holds */
 	PGconn *c;
+	int served; /* has run a read: pooled since then, so possibly stale */
 };
 
 struct pg_be {
@@ -370,14 +373,16 @@ static int pg_single_int(PGconn *c, const char *sql, long long *out, pd_err *e)
 	return rc;
 }
 
-/* Our schema row, or the reason the tables are not ours. */
+/* Our schema row, or the reason the tables are not ours; a query that
+ * fails (a role without SELECT on it) is PostgreSQL's own reason. */
 static int pg_schema_version(PGconn *c, long long *version, pd_err *e)
 {
 	PGresult *r = PQexec(c, "SELECT application, version FROM pdelta_schema");
 	int rc = PD_OK;
 
-	if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
-	    strcmp(PQgetvalue(r, 0, 0), PG_APPLICATION))
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		rc = pg_result_fail(e, c, r, "schema check");
+	else if (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), PG_APPLICATION))
 		rc = pd_err_set(e, PD_E_STATE, "state store: table pdelta_schema is not a pdelta "
 				"schema table (expected one row ('" PG_APPLICATION "', version))");
 	else
@@ -386,38 +391,52 @@ static int pg_schema_version(PGconn *c, long long *version, pd_err *e)
 	return rc;
 }
 
-/* Creates the schema in a database without it, accepts ours, refuses newer
- * or foreign ones; in one transaction under an advisory lock. Migrations from
- * older versions go here when there are any (version 1 is the first). */
-static int pg_schema_check(PGconn *c, pd_err *e)
+/* Accepts our schema, refuses newer, invalid or foreign ones and tables the
+ * role may not read (PostgreSQL's reason); a database without it gets it
+ * when create is set (else that is fine too: the first start creates it).
+ * Migrations from older versions go here when there are any (version 1 is
+ * the first). */
+static int pg_schema_inspect(PGconn *c, int create, pd_err *e)
 {
 	long long has_schema, has_streams, version = 0;
+	int rc = pg_single_int(c, "SELECT (to_regclass('pdelta_schema') IS NOT NULL)::int",
+			       &has_schema, e);
+
+	if (!rc)
+		rc = pg_single_int(c, "SELECT (to_regclass('pdelta_streams') IS NOT NULL)::int",
+				   &has_streams, e);
+	if (rc)
+		return rc;
+	if (!has_schema && has_streams)
+		return pd_err_set(e, PD_E_STATE, "state store: the database has a table "
+				  "pdelta_streams without pdelta_schema: not a pdelta state table");
+	if (!has_schema)
+		return create ? pg_exec(c, pg_schema, "create schema", e) : PD_OK;
+	if ((rc = pg_schema_version(c, &version, e)))
+		return rc;
+	if (version > PG_SCHEMA_VERSION)
+		return pd_err_set(e, PD_E_STATE, "state store: schema version %lld is newer than "
+				  "this pdeltad (%d)", version, PG_SCHEMA_VERSION);
+	if (version < 1)
+		return pd_err_set(e, PD_E_STATE, "state store: pdelta_schema says version %lld: not "
+				  "a valid schema version (1..%d)", version, PG_SCHEMA_VERSION);
+	if (!has_streams)
+		return pd_err_set(e, PD_E_STATE, "state store: pdelta schema version %lld without "
+				  "its pdelta_streams table", version);
+	/* a role that may not read it would fail every read after a clean start */
+	return pg_exec(c, "SELECT 1 FROM pdelta_streams LIMIT 0", "schema check", e);
+}
+
+/* pg_schema_inspect with create, in one transaction under an advisory lock
+ * (nodes starting together do not race). */
+static int pg_schema_check(PGconn *c, pd_err *e)
+{
 	int rc = pg_exec(c, "BEGIN", "schema check", e);
 
 	if (!rc)
 		rc = pg_exec(c, "SELECT pg_advisory_xact_lock(1885619316)" /* "pdLt" */, "schema lock", e);
 	if (!rc)
-		rc = pg_single_int(c, "SELECT (to_regclass('pdelta_schema') IS NOT NULL)::int",
-				   &has_schema, e);
-	if (!rc)
-		rc = pg_single_int(c, "SELECT (to_regclass('pdelta_streams') IS NOT NULL)::int",
-				   &has_streams, e);
-	if (rc)
-		goto out;
-	if (!has_schema && has_streams) {
-		rc = pd_err_set(e, PD_E_STATE, "state store: the database has a table "
-				"pdelta_streams without pdelta_schema: not a pdelta state table");
-	} else if (!has_schema) {
-		rc = pg_exec(c, pg_schema, "create schema", e);
-	} else if (!(rc = pg_schema_version(c, &version, e))) {
-		if (version > PG_SCHEMA_VERSION)
-			rc = pd_err_set(e, PD_E_STATE, "state store: schema version %lld is newer "
-					"than this pdeltad (%d)", version, PG_SCHEMA_VERSION);
-		else if (version < 1 || !has_streams)
-			rc = pd_err_set(e, PD_E_STATE, "state store: pdelta schema version %lld "
-					"without its pdelta_streams table", version);
-	}
-out:
+		rc = pg_schema_inspect(c, 1, e);
 	if (!rc)
 		return pg_exec(c, "COMMIT", "schema check commit", e);
 	PQclear(PQexec(c, "ROLLBACK"));
@@ -591,15 +610,18 @@ static int pg_read_password(struct pg_be *b, const char *path, pd_err *e)
 	b->password = pd_first_line(path, why, sizeof why);
 	if (!b->password)
 		return pd_err_set(e, PD_E_ARG, "state store: db_password_file: %s", why);
+	if (why[0])
+		pd_log(PD_LOG_WARN, "state store: db_password_file %s", why);
 	return PD_OK;
 }
 
-static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
+/* The backend without connections: the options checked, the password read. */
+static int pg_new(const struct pd_store_opts *o, struct pg_be **out, pd_err *e)
 {
 	struct pg_be *b;
 	int rc;
 
-	*be = NULL;
+	*out = NULL;
 	if (o->max_db_bytes)
 		return pd_err_set(e, PD_E_ARG, "state store: db_max_bytes is for SQLite only; "
 				  "limit a PostgreSQL database with its own quotas");
@@ -615,14 +637,43 @@ static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
 	b->readers = pd_store_pool_new(o->max_readers, pg_reader_open, pg_reader_close, b);
 	rc = b->readers ? pg_read_password(b, o->password_file, e)
 			: pd_err_set(e, PD_E_NOMEM, "out of memory opening the state store");
-	if (!rc)
-		rc = pg_writer_connect(b, e);
 	if (rc) {
 		pg_close(b);
 		return rc;
 	}
-	*be = b;
+	*out = b;
 	return PD_OK;
+}
+
+static int pg_open(const struct pd_store_opts *o, void **be, pd_err *e)
+{
+	struct pg_be *b;
+	int rc = pg_new(o, &b, e);
+
+	*be = NULL;
+	if (!rc && (rc = pg_writer_connect(b, e)))
+		pg_close(b);
+	if (!rc)
+		*be = b;
+	return rc;
+}
+
+/* One connection, nothing created or changed: pg_schema_inspect. */
+static int pg_probe(const struct pd_store_opts *o, pd_err *e)
+{
+	struct pg_be *b;
+	PGconn *c = NULL;
+	int rc = pg_new(o, &b, e);
+
+	if (rc)
+		return rc;
+	rc = pg_connect(b, &c, e);
+	if (!rc)
+		rc = pg_schema_inspect(c, 0, e);
+	if (c)
+		PQfinish(c);
+	pg_close(b);
+	return rc;
 }
 
 static size_t pg_max_row(void *be) { return PG_MAX_FIELD; }
@@ -814,21 +865,25 @@ static int fill_rec(const PGresult *r, int row, int blobs, pd_store_row *o, pd_e
 
 /* Runs a read statement on a borrowed connection; *out is the result (the
  * caller clears it) when PD_OK. A pooled connection the server dropped
- * (restart, idle timeout) is replaced and the read tried once more: reads
- * change nothing, so that is always safe. */
+ * (restart, idle timeout) is closed and the read tried again on the next
+ * one, for as long as each failure is a lost connection that had served
+ * before: after a restart every pooled connection is stale, so at most
+ * max_readers + 1 attempts, the last on a new connection, whose failure is
+ * the answer. Reads change nothing, so retrying is always safe. */
 static int pg_query(struct pg_be *b, enum r_stmt which, const struct pg_params *p,
 		    PGresult **out, pd_err *e)
 {
 	struct pg_reader *c;
-	int rc = PD_OK, broken = 1;
+	int rc = PD_OK, stale = 1;
 
 	*out = NULL;
-	for (int attempt = 0; attempt < 2 && broken; attempt++) {
+	for (size_t attempt = 0; attempt <= b->o.max_readers && stale; attempt++) {
 		if ((rc = pg_acquire(b, &c, e)))
 			return rc;
 		*out = pg_run(c->c, &r_stmts[which], p);
 		rc = PD_OK;
-		broken = PQstatus(c->c) == CONNECTION_BAD;
+		stale = c->served && PQstatus(c->c) == CONNECTION_BAD;
+		c->served = 1;
 		if (PQresultStatus(*out) != PGRES_TUPLES_OK) {
 			rc = pg_result_fail(e, c->c, *out, r_stmts[which].name);
 			PQclear(*out);
@@ -1034,4 +1089,5 @@ const struct pd_store_backend pd_store_pg_backend = {
 	.integrity_check = pg_integrity_check,
 	.healthy = pg_healthy,
 	.reconnect = pg_reconnect,
+	.probe = pg_probe,
 };

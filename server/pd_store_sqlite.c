@@ -45,6 +45,11 @@
  * none over 50 ms, p99 30.4 ms, writer CPU 2.06 s against 2.81 s with 4 KiB
  * pages in the same side-by-side run. */
 #define SQ_WAL_CHECKPOINT_BYTES (4 << 20)
+/* The smallest db_max_bytes: a new file's schema takes 4 pages of
+ * SQ_PAGE_SIZE (256 KiB), and a stream's row at least a page more per B-tree
+ * it touches; this leaves room for the schema twice over. Smaller caps fail
+ * the schema's creation, or every write soon after. */
+#define SQ_MIN_DB_BYTES (512u << 10)
 
 static const char sq_schema[] =
 	"CREATE TABLE streams ("
@@ -226,9 +231,16 @@ static int sq_run(sqlite3 *db, sqlite3_stmt *st, const char *what, pd_err *e)
 
 static int sq_exec(sqlite3 *db, const char *sql, pd_err *e)
 {
-	if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
-		return sq_fail(e, db, sql);
-	return PD_OK;
+	char what[64];
+	int n = (int)strcspn(sql, "(;");
+
+	if (sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK)
+		return PD_OK;
+	/* the statement's head only: the schema's text would crowd out the reason */
+	while (n && sql[n - 1] == ' ')
+		n--;
+	snprintf(what, sizeof what, "%.*s", n, sql);
+	return sq_fail(e, db, what);
 }
 
 /* Reads the single integer a PRAGMA or query returns. */
@@ -445,12 +457,24 @@ static void sq_close(void *be)
 	free(b);
 }
 
+/* The options SQLite cannot work with. */
+static int sq_probe(const struct pd_store_opts *o, pd_err *e)
+{
+	if (o->max_db_bytes && o->max_db_bytes < SQ_MIN_DB_BYTES)
+		return pd_err_set(e, PD_E_ARG, "state store: db_max_bytes %llu is below the minimum "
+				  "of %u (512k) that SQLite needs; 0 = no cap",
+				  (unsigned long long)o->max_db_bytes, SQ_MIN_DB_BYTES);
+	return PD_OK;
+}
+
 static int sq_open(const struct pd_store_opts *o, void **be, pd_err *e)
 {
 	struct sq_be *b;
 	int rc;
 
 	*be = NULL;
+	if ((rc = sq_probe(o, e)))
+		return rc;
 	if (!sqlite3_threadsafe())
 		return pd_err_set(e, PD_E_STORE, "state store: SQLite was built without threads");
 	b = calloc(1, sizeof *b);
@@ -836,4 +860,5 @@ const struct pd_store_backend pd_store_sqlite_backend = {
 	.count = sq_count,
 	.tenant_totals = sq_tenant_totals,
 	.integrity_check = sq_integrity_check,
+	.probe = sq_probe,
 };

@@ -12,14 +12,18 @@
 #      errors, /healthz 503 and --healthcheck failing meanwhile, then recovery, nothing
 #      acknowledged lost);
 #   3. TLS to the database: a role that may only log in over TLS with a password, pdeltad with
-#      sslmode=verify-full and db_password_file (every connection TLS in pg_stat_ssl), and a
-#      wrong password refused at start with libpq's message;
+#      sslmode=verify-full and db_password_file (every connection TLS in pg_stat_ssl; the file,
+#      mode 0644, warned about once), and a wrong password refused at start with libpq's
+#      message; --check: passes without creating the schema in an empty database, fails
+#      (exit 1) with a wrong password, with a role that may not read the tables (PostgreSQL's
+#      reason) and with a schema version 0;
 #   4. an idle node: /healthz fails within 10 s of PostgreSQL going away (the writer's probe,
 #      no request needed); the reconnect backoff is capped: down for ~25 s, the node is
 #      healthy again within 7 s of its return, after >= 8 failed attempts;
 #   5. --db 'password=... host=... dbname=...' is PostgreSQL and not logged; PostgreSQL
 #      restarted under an idle node: the next send succeeds at its first attempt (the stale
-#      writer connection is replaced at once); a reconnect refused by a newer schema says
+#      writer connection is replaced at once), and so does one that reads the store through
+#      >= 2 stale pooled read connections; a reconnect refused by a newer schema says
 #      so in /healthz and once in the log.
 #
 # Skipped without PostgreSQL server binaries (a failure under CI=true).
@@ -91,8 +95,26 @@ drive() { # drive MODE [ARGS]
 pg_enable_tls "$WORK/certs/server.pem" "$WORK/certs/server.key"
 pg_psql "CREATE DATABASE tlsdb OWNER pdpass" >/dev/null
 printf '%s\n' "$PG_PASS" >"$WORK/dbpass"
+chmod 644 "$WORK/dbpass"
 tls_uri="postgresql://pdpass@127.0.0.1:$PG_PORT/tlsdb?sslmode=verify-full&sslrootcert=$CA"
+pg_check() { # pg_check URI [FLAGS]: pdeltad --check on that database; output in $WORK/check.out
+	local uri=$1
+	shift
+	"$BINDIR/pdeltad" --listen "127.0.0.1:$PORT" --metrics_listen off --tls_cert "$WORK/certs/server.pem" \
+		--tls_key "$WORK/certs/server.key" --tenants "$WORK/tenants" --db "$uri" "$@" --check \
+		>"$WORK/check.out" 2>&1
+}
+tables_in() { "$PG_BIN/psql" -X -q -At -d "$1" -c "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pdelta%'"; }
+tlsdb="host=$PG_SOCKDIR port=$PG_PORT user=pdelta dbname=tlsdb"
+if pg_check "$tls_uri" --db-password-file "$WORK/dbpass" && grep -q 'configuration ok' "$WORK/check.out" &&
+	[[ $(tables_in "$tlsdb") == 0 ]]; then
+	ok "--check on an empty database over TLS: ok, no schema created"
+else
+	bad "--check on an empty database: $(tr '\n' '|' <"$WORK/check.out"), tables: $(tables_in "$tlsdb")"
+fi
 pd_start_server --workers 2 --db "$tls_uri" --db-password-file "$WORK/dbpass"
+n=$(grep -c "WARN state store: db_password_file $WORK/dbpass has mode 0644: accessible by others" "$WORK/server.log" || true)
+((n == 1)) && ok "a password file open to others is warned about once" || bad "$n warnings about the password file's mode"
 send=("$BINDIR/pdelta" send --server "127.0.0.1:$PORT" --ca "$CA" --token "$AGENT_TOKEN" --incarnation 3)
 if "${send[@]}" --stream tls/heap -o "$WORK/tls" "$TESTDATA"/profiles/heap-small/*.pb.gz >"$WORK/tls.out" 2>&1; then
 	ok "a sequence through pdeltad on PostgreSQL over TLS with a password file: $(awk '{print $2}' "$WORK/tls.out" | sort | uniq -c | xargs)"
@@ -113,6 +135,22 @@ else
 		ok "a wrong database password: pdeltad refuses to start ($(grep -o 'cannot connect.*' "$WORK/badpw.out" | head -n 1))" ||
 		bad "wrong password, unclear error: $(tail -n 2 "$WORK/badpw.out")"
 fi
+# expect_pg_check NAME PATTERN URI [FLAGS]: --check exits 1 saying PATTERN
+expect_pg_check() {
+	local name=$1 pattern=$2 rc=0
+	shift 2
+	pg_check "$@" || rc=$?
+	[[ $rc == 1 ]] && grep -q "$pattern" "$WORK/check.out" && ok "--check, $name: exit 1, $(grep -o "$pattern.*" "$WORK/check.out")" ||
+		bad "--check, $name: exit $rc: $(tr '\n' '|' <"$WORK/check.out")"
+}
+expect_pg_check "a wrong password" "password authentication failed" "$tls_uri" --db-password-file "$WORK/dbpass"
+pg_psql "CREATE ROLE pdnoread LOGIN" >/dev/null
+expect_pg_check "a role without SELECT" "permission denied for table pdelta_schema" \
+	"host=$PG_SOCKDIR port=$PG_PORT user=pdnoread dbname=tlsdb"
+"$PG_BIN/psql" -X -q -At -d "$tlsdb" -c "UPDATE pdelta_schema SET version = 0" >/dev/null
+expect_pg_check "schema version 0" "pdelta_schema says version 0: not a valid schema version" "$tlsdb"
+"$PG_BIN/psql" -X -q -At -d "$tlsdb" -c "UPDATE pdelta_schema SET version = 1" >/dev/null
+pg_check "$tlsdb" && ok "--check passes on the database pdeltad created" || bad "--check on tlsdb: $(tr '\n' '|' <"$WORK/check.out")"
 
 drive alternate --seconds 4
 drive race --seqs heap-small,mutex-medium,goroutine-small
@@ -158,6 +196,19 @@ cd "$ROOT"
 	bad "a SQLite file named after the connection string: $(find "$WORK" -maxdepth 1 -name 'password=*')"
 one=("${send[@]}" --attempts 1 --stream idle/heap -o "$WORK/idle")
 "${one[@]}" "$TESTDATA/profiles/heap-small/000.pb.gz" >"$WORK/idle.out" 2>&1 || bad "idle node: first send: $(tail -n 2 "$WORK/idle.out")"
+# new streams in parallel until >= 2 read connections are pooled (a new stream's first
+# request reads the store)
+readers() { pg_psql "SELECT count(*) FROM pg_stat_activity WHERE datname = 'idle' AND application_name = 'pdeltad' AND query LIKE 'SELECT version, tenant%'"; }
+for round in $(seq 10); do
+	pids=()
+	for i in 1 2 3 4 5 6; do
+		"${send[@]}" --stream "idle/r$round-$i" -o "$WORK/pool" "$TESTDATA/profiles/heap-small/000.pb.gz" >/dev/null 2>&1 &
+		pids+=($!)
+	done
+	wait "${pids[@]}" || true
+	(($(readers) >= 2)) && break
+done
+pooled=$(readers)
 pg_stop
 pg_restart_server
 pd_wait_http "http://127.0.0.1:$MPORT/healthz" "$SERVER_PID" || true
@@ -165,6 +216,13 @@ if "${one[@]}" "$TESTDATA/profiles/heap-small/001.pb.gz" >"$WORK/idle.out" 2>&1;
 	ok "PostgreSQL restarted under an idle node: the next send succeeds at its first attempt"
 else
 	bad "PostgreSQL restarted under an idle node, send --attempts 1: $(tail -n 2 "$WORK/idle.out")"
+fi
+((pooled >= 2)) || bad "only $pooled read connections pooled before the restart (want >= 2)"
+if "${send[@]}" --attempts 1 --stream idle/after-restart -o "$WORK/idle" "$TESTDATA/profiles/heap-small/000.pb.gz" \
+	>"$WORK/idle.out" 2>&1; then
+	ok "... and a new stream's (a store read through $pooled stale pooled read connections) too"
+else
+	bad "a store read after the restart, $pooled stale pooled read connections: $(tail -n 2 "$WORK/idle.out")"
 fi
 "$PG_BIN/psql" -X -q -At -d "$PG_CONNINFO" -c "UPDATE pdelta_schema SET version = 2" >/dev/null
 pg_psql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pdeltad'" >/dev/null

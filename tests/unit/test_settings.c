@@ -1,5 +1,6 @@
 /* test_settings: the one settings table (server/pd_settings) is what the config
- * parser, the service and the store start from; the store caps are settings. */
+ * parser, the service and the store start from; the store caps are settings;
+ * the settings the chosen backend ignores are named (pd_config_ignored). */
 #include <stdio.h>
 #include <string.h>
 
@@ -73,10 +74,42 @@ static void check_store_caps_settable(void)
 	pd_config_free(&c);
 }
 
+/* The store's options come from the settings; db_password_file with SQLite
+ * and db_sync given (either value) with PostgreSQL are named, the defaults
+ * never. */
+static void check_ignored(void)
+{
+	struct pd_store_opts st;
+	const char *msgs[4];
+	pd_config c;
+	pd_err e;
+
+	CHECK(pd_config_init(&c, &e) == PD_OK);
+	CHECK(pd_config_ignored(&c, msgs, 4) == 0);
+	CHECK(pd_config_set(&c, "db_password_file", "/run/secrets/pw", &e) == PD_OK);
+	CHECK(pd_config_ignored(&c, msgs, 4) == 1 &&
+	      strstr(msgs[0], "db_password_file has no effect with SQLite"));
+	CHECK(pd_config_ignored(&c, msgs, 0) == 0);
+	CHECK(pd_config_set(&c, "db", "host=db dbname=pdelta", &e) == PD_OK);
+	CHECK(pd_config_ignored(&c, msgs, 4) == 0);
+	CHECK(pd_config_set(&c, "db-sync", "yes", &e) == PD_OK);
+	CHECK(pd_config_ignored(&c, msgs, 4) == 1 &&
+	      strstr(msgs[0], "db_sync has no effect with PostgreSQL"));
+	CHECK(pd_config_set(&c, "db", "state.db", &e) == PD_OK);
+	CHECK(pd_config_ignored(&c, msgs, 4) == 1 && strstr(msgs[0], "db_password_file"));
+	CHECK(pd_config_set(&c, "db_sync", "no", &e) == PD_OK &&
+	      pd_config_set(&c, "db_max_bytes", "1m", &e) == PD_OK);
+	pd_config_store_opts(&c, &st);
+	CHECK(!strcmp(st.path, "state.db") && !strcmp(st.password_file, "/run/secrets/pw"));
+	CHECK(st.synchronous_full == 0 && st.max_db_bytes == 1u << 20 && st.max_readers == 16);
+	pd_config_free(&c);
+}
+
 int main(void)
 {
 	check_table();
 	check_defaults();
 	check_store_caps_settable();
+	check_ignored();
 	return TH_DONE();
 }

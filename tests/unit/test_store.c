@@ -5,10 +5,12 @@
  *
  * By default on the SQLite backend, each test with its own database in a temp
  * dir under /tmp, removed at exit (plus the SQLite-only cases: real
- * SQLITE_FULL, file mode, schema-1 migration). With PDELTA_TEST_PG set to a
- * libpq key=value connection string, the backend-neutral tests run on
- * PostgreSQL instead, each in its own schema (search_path) dropped at exit,
- * plus the PostgreSQL-only cases (schema refusals, connection loss);
+ * SQLITE_FULL, file mode, schema-1 migration, the smallest db_max_bytes).
+ * With PDELTA_TEST_PG set to a libpq key=value connection string, the
+ * backend-neutral tests run on PostgreSQL instead, each in its own schema
+ * (search_path) dropped at exit, plus the PostgreSQL-only cases (schema
+ * refusals, a role that may not read, probes, connection loss, stale pooled
+ * readers);
  * tests/integration/test_store_pg.sh does that against a throwaway server.
  */
 #include <libpq-fe.h>
@@ -48,6 +50,22 @@ static int pg_sql(const char *sql)
 	PQclear(r);
 	PQfinish(c);
 	return ok;
+}
+
+/* The single integer a query on the tests' server returns, -1 on failure. */
+static long long pg_int(const char *sql)
+{
+	PGconn *c = PQconnectdb(pg_conninfo);
+	PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+	long long v = -1;
+
+	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+		v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+	else
+		fprintf(stderr, "pg: %s: %s", sql, PQerrorMessage(c));
+	PQclear(r);
+	PQfinish(c);
+	return v;
 }
 
 /* SQLite: a file in tmp_dir. PostgreSQL: a fresh schema pdt_<id>, named by
@@ -541,6 +559,54 @@ static void test_disk_full(void)
 	pd_store_close(s);
 }
 
+/* A db_max_bytes below what SQLite needs is refused, by the probe and at
+ * open, naming the minimum (it failed creating the schema, its reason cut
+ * off by the schema's text); the minimum itself works. */
+static void test_db_cap_minimum(void)
+{
+	char path[PATH_CAP];
+	struct pd_store_opts o;
+	struct rec_buf b;
+	pd_err e = {0};
+	pd_store *s = NULL;
+
+	pd_store_opts_init(&o);
+	db_path(path, sizeof path, ++db_counter);
+	o.path = path;
+	o.max_db_bytes = 1;
+	CHECK(pd_store_probe(&o, &e) == PD_E_ARG && strstr(e.msg, "minimum of 524288 (512k)"));
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && !s &&
+	      strstr(e.msg, "db_max_bytes 1 is below the minimum of 524288"));
+	CHECK(access(path, F_OK) != 0); /* nothing created */
+	o.max_db_bytes = (512 << 10) - 1;
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && !s);
+	o.max_db_bytes = 512 << 10;
+	CHECK(pd_store_probe(&o, &e) == PD_OK);
+	CHECK(pd_store_open(&o, &s, &e) == PD_OK && s);
+	if (!s)
+		return;
+	CHECK(put_sync(s, make_rec(&b, "t", "small", 1, 1000)) == PD_OK);
+	CHECK(get_seq(s, "t", "small") == 1);
+	pd_store_close(s);
+}
+
+/* The probe of a PostgreSQL database nobody listens for: one connection
+ * attempt, its libpq reason; a malformed URI is refused before. */
+static void test_probe_unreachable(void)
+{
+	struct pd_store_opts o;
+	pd_err e = {0};
+
+	pd_store_opts_init(&o);
+	o.path = "postgresql://pdelta@127.0.0.1:1/pdelta";
+	CHECK(pd_store_probe(&o, &e) == PD_E_STORE && strstr(e.msg, "cannot connect to PostgreSQL") &&
+	      strstr(e.msg, "port 1"));
+	o.max_db_bytes = 1 << 20;
+	CHECK(pd_store_probe(&o, &e) == PD_E_ARG && strstr(e.msg, "SQLite only"));
+	o.path = "postgresql:pdelta";
+	CHECK(pd_store_probe(&o, &e) == PD_E_ARG && strstr(e.msg, "not a PostgreSQL URI"));
+}
+
 static void test_backpressure(void)
 {
 	char path[PATH_CAP];
@@ -1027,8 +1093,71 @@ static void test_pg_schema(void)
 	o.path = other;
 	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && strstr(e.msg, "not a pdelta") && !s);
 	o.path = path;
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET application = 'pdelta', version = 0"));
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STATE && !s &&
+	      strstr(e.msg, "says version 0: not a valid schema version"));
+	CHECK(pd_store_probe(&o, &e) == PD_E_STATE && strstr(e.msg, "version 0: not a valid"));
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET version = 1"));
 	o.max_db_bytes = 1 << 20;
 	CHECK(pd_store_open(&o, &s, &e) == PD_E_ARG && strstr(e.msg, "SQLite only"));
+}
+
+/* A role that may not read the tables is refused with PostgreSQL's reason,
+ * at open and by the probe; once it may, it opens. */
+static void test_pg_no_select(void)
+{
+	char path[PATH_CAP], sql[256];
+	struct pd_store_opts o;
+	pd_err e = {0};
+	pd_store *s = open_fresh(NULL, path, sizeof path);
+	int id = db_counter;
+
+	CHECK(s != NULL);
+	pd_store_close(s);
+	snprintf(sql, sizeof sql, "DROP ROLE IF EXISTS pdt_noread; CREATE ROLE pdt_noread LOGIN; "
+		 "GRANT USAGE ON SCHEMA pdt_%d TO pdt_noread", id);
+	CHECK(pg_sql(sql));
+	pd_store_opts_init(&o);
+	snprintf(path + strlen(path), sizeof path - strlen(path), " user=pdt_noread");
+	o.path = path;
+	s = NULL;
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && !s &&
+	      strstr(e.msg, "permission denied for table pdelta_schema"));
+	CHECK(!strstr(e.msg, "not a pdelta"));
+	CHECK(pd_store_probe(&o, &e) == PD_E_STORE &&
+	      strstr(e.msg, "permission denied for table pdelta_schema"));
+	CHECK(pg_sql_in(id, "GRANT SELECT ON pdelta_schema TO pdt_noread"));
+	CHECK(pd_store_open(&o, &s, &e) == PD_E_STORE && !s &&
+	      strstr(e.msg, "permission denied for table pdelta_streams"));
+	CHECK(pg_sql_in(id, "GRANT SELECT ON pdelta_streams TO pdt_noread"));
+	CHECK(pd_store_probe(&o, &e) == PD_OK);
+	CHECK(pd_store_open(&o, &s, &e) == PD_OK && s);
+	pd_store_close(s);
+	CHECK(pg_sql("DROP OWNED BY pdt_noread; DROP ROLE pdt_noread"));
+}
+
+/* The probe changes nothing: a database without the schema passes and still
+ * has none; a newer schema is refused as at open. */
+static void test_pg_probe(void)
+{
+	char path[PATH_CAP], sql[128];
+	struct pd_store_opts o;
+	pd_err e = {0};
+	pd_store *s = NULL;
+	int id;
+
+	db_path(path, sizeof path, id = ++db_counter);
+	pd_store_opts_init(&o);
+	o.path = path;
+	CHECK(pd_store_probe(&o, &e) == PD_OK);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_tables WHERE schemaname = 'pdt_%d'", id);
+	CHECK(pg_int(sql) == 0);
+	CHECK(pd_store_open(&o, &s, &e) == PD_OK && s);
+	pd_store_close(s);
+	CHECK(pg_int(sql) == 2);
+	CHECK(pd_store_probe(&o, &e) == PD_OK);
+	CHECK(pg_sql_in(id, "UPDATE pdelta_schema SET version = 99"));
+	CHECK(pd_store_probe(&o, &e) == PD_E_STATE && strstr(e.msg, "newer"));
 }
 
 /* Both blobs are checksummed: a flipped byte of the kept response is
@@ -1166,6 +1295,63 @@ static void test_pg_connection_loss(void)
 	pd_store_close(s);
 }
 
+struct get_loop {
+	pd_store *s;
+	int n;
+};
+
+static void *get_loop_main(void *p)
+{
+	struct get_loop *g = p;
+
+	for (int i = 0; i < g->n; i++)
+		get_seq(g->s, "t", "stale");
+	return NULL;
+}
+
+/* After a restart every pooled read connection is stale (the server closed
+ * them; here pg_terminate_backend, as a restart does, on the readers only so
+ * the writer's probe cannot mark the store down meanwhile): a read goes
+ * through all of them to a new connection instead of failing. */
+static void test_pg_stale_readers(void)
+{
+	static const char readers[] = "FROM pg_stat_activity WHERE application_name = 'pdeltad' "
+				      "AND query LIKE 'SELECT version, tenant%'";
+	char path[PATH_CAP], sql[256];
+	struct pd_store_opts o;
+	struct rec_buf b;
+	struct get_loop g;
+	pthread_t t[4];
+	long long pooled = 0;
+	pd_store *s;
+
+	pd_store_opts_init(&o);
+	o.max_readers = 4;
+	s = open_fresh(&o, path, sizeof path);
+	CHECK(s != NULL);
+	if (!s)
+		return;
+	CHECK(put_sync(s, make_rec(&b, "t", "stale", 1, 100)) == PD_OK);
+	snprintf(sql, sizeof sql, "SELECT count(*) %s", readers);
+	g.s = s;
+	g.n = 200;
+	for (int round = 0; round < 20 && pooled < 3; round++) {
+		for (int i = 0; i < 4; i++)
+			pthread_create(&t[i], NULL, get_loop_main, &g);
+		for (int i = 0; i < 4; i++)
+			pthread_join(t[i], NULL);
+		pooled = pg_int(sql);
+	}
+	printf("stale readers: %lld pooled read connections\n", pooled);
+	CHECK(pooled >= 3);
+	snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(pid) %s", readers);
+	CHECK(pg_sql(sql));
+	usleep(100 * 1000); /* the backends are gone */
+	CHECK(get_seq(s, "t", "stale") == 1);
+	CHECK(get_seq(s, "t", "stale") == 1);
+	pd_store_close(s);
+}
+
 static void cleanup_dir(void)
 {
 	char p[128];
@@ -1202,12 +1388,17 @@ int main(void)
 	test_list_and_admin();
 	test_expire();
 	test_compare_and_set();
+	test_probe_unreachable();
 	if (pg_conninfo) {
 		test_pg_schema();
 		test_pg_checksums();
 		test_pg_two_nodes();
 		test_pg_connection_loss();
+		test_pg_no_select();
+		test_pg_probe();
+		test_pg_stale_readers();
 	} else {
+		test_db_cap_minimum();
 		test_disk_full();
 		test_reopen_and_close();
 		test_response_checksum();

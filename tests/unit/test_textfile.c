@@ -1,9 +1,11 @@
 /* test_textfile: the one reader of token and secret files (common/pd_textfile):
  * CRLF and trailing blanks trimmed, empty and whitespace-only files, directories and
- * overlong first lines refused. */
+ * overlong first lines refused, a file open to its group or others read with a
+ * warning naming it and its mode. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "pd_textfile.h"
@@ -32,6 +34,26 @@ static const char *token_of(const char *body, char *err, size_t errlen)
 
 	err[0] = 0;
 	return pd_token_file(path, tok, sizeof tok, err, errlen) ? NULL : tok;
+}
+
+/* pd_first_line of a secret file with this mode: the warning in err ("" if none). */
+static int mode_ok(mode_t mode, const char *want1, const char *want2)
+{
+	const char *path = write_file("secret", "s3cret\n");
+	char err[512], *line;
+	int ok;
+
+	chmod(path, mode);
+	snprintf(err, sizeof err, "not touched");
+	line = pd_first_line(path, err, sizeof err);
+	ok = line && !strcmp(line, "s3cret") &&
+	     (want1 ? strstr(err, path) && strstr(err, want1) && strstr(err, want2) : !err[0]);
+	if (!ok)
+		fprintf(stderr, "mode %04o: line %s, err '%s'\n", (unsigned)mode, line ? line : "NULL",
+			err);
+	free(line);
+	unlink(path);
+	return ok;
 }
 
 int main(void)
@@ -78,6 +100,15 @@ int main(void)
 		      strlen(line) == 4094);
 		free(line);
 	}
+	/* the file we own: 0600 or less is quiet, group or other bits warn
+	 * (root's own files included: the 0640 allowance is for root's files read
+	 * by another user) */
+	CHECK(mode_ok(0600, NULL, NULL));
+	CHECK(mode_ok(0400, NULL, NULL));
+	CHECK(mode_ok(0644, "mode 0644", "accessible by others"));
+	CHECK(mode_ok(0604, "mode 0604", "accessible by others"));
+	CHECK(mode_ok(0640, "mode 0640", "accessible by its group"));
+	CHECK(mode_ok(0660, "mode 0660", "chmod 600"));
 	unlink(write_file("token", ""));
 	rmdir(dir);
 	return TH_DONE();
