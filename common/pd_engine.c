@@ -55,6 +55,9 @@ struct pd_engine {
 	PD_VEC(pd_h128, idh);
 	PD_VEC(pd_span, lspan); /* sample's packed location ids, or len NO_SPAN (labels, other forms) */
 	uint64_t ns_feed;
+	/* the last label's (key, str) and the hash state after absorbing them */
+	uint32_t lab_key, lab_str;
+	pd_h128 lab_h;
 	int whole; /* input came whole (pd_engine_run): output deflated whole too */
 };
 
@@ -286,9 +289,18 @@ static inline int label_hash(pd_engine *g, const uint8_t *p, size_t n, pd_h128 *
 	g->str_cnt[l.key]++;
 	g->str_cnt[l.str]++;
 	g->str_cnt[l.unit]++;
-	h = pd_h_init(4);
-	pd_h_pair(&h, g->ix.str_h[l.key]);
-	pd_h_pair(&h, g->ix.str_h[l.str]);
+	if (l.key != g->lab_key || l.str != g->lab_str) {
+		/* Most labels repeat their key and string (a heap profile's "bytes"
+		 * numeric label on every sample): the first two steps once. */
+		h = pd_h_init(4);
+		pd_h_pair(&h, g->ix.str_h[l.key]);
+		pd_h_pair(&h, g->ix.str_h[l.str]);
+		g->lab_key = l.key;
+		g->lab_str = l.str;
+		g->lab_h = h;
+	} else {
+		h = g->lab_h;
+	}
 	pd_h_word(&h, l.num);
 	pd_h_pair(&h, g->ix.str_h[l.unit]);
 	*out = pd_h_final(h);
@@ -494,6 +506,7 @@ static int hash_pass(pd_engine *g, pd_state *next, pd_err *e)
 		return PD_E_NOMEM;
 	zero(g->str_cnt, g->ix.nstr * sizeof *g->str_cnt);
 	zero(g->loc_cnt, loc_keys(g) * sizeof *g->loc_cnt);
+	g->lab_key = g->lab_str = UINT32_MAX; /* the string table is this profile's */
 	for (uint32_t i = 0; i < g->ix.nsmp; i++)
 		if ((rc = decode_sample(g, i, g->vals + (size_t)i * nst, &g->idh[i], e)))
 			return rc;
@@ -555,7 +568,8 @@ static inline int prev_at(const pd_state *prev, uint32_t pn, int64_t q, pd_h128 
 }
 
 /*
- * Subtracts previous values; returns 1 if a counter went backwards.
+ * Subtracts previous values and selects the samples kept (*kept of them, as
+ * select_samples would); returns 1 if a counter went backwards.
  *
  * Consecutive heap profiles of a process list their samples in nearly the
  * same order (Go prepends new buckets to its bucket lists and walks them in
@@ -566,10 +580,10 @@ static inline int prev_at(const pd_state *prev, uint32_t pn, int64_t q, pd_h128 
  * prefetched ahead for every entry (16 ahead for the slot, 8 ahead for the
  * entry); after a run of hits it is not touched until the next miss.
  */
-static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next)
+static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next, uint32_t *kept)
 {
 	uint32_t n = (uint32_t)pd_state_count(next), pn = (uint32_t)pd_state_count(prev);
-	uint32_t nst = g->ix.nst, hits = 0;
+	uint32_t nst = g->ix.nst, hits = 0, nkept = 0;
 	int64_t off = 0; /* expected previous index of identity j: j + off */
 	for (uint32_t j = 0; j < n; j++) {
 		uint32_t pj;
@@ -587,19 +601,30 @@ static int diff_values(pd_engine *g, const pd_state *prev, const pd_state *next)
 		} else {
 			hits = 0;
 			pj = pd_state_find(prev, h);
-			if (pj == UINT32_MAX)
-				continue;
-			off = (int64_t)pj - (int64_t)j;
+			if (pj != UINT32_MAX)
+				off = (int64_t)pj - (int64_t)j;
 		}
 		int64_t *v = g->vals + (size_t)g->ent_first[j] * nst;
-		const int64_t *pv = pd_state_cvals(prev, pj);
-		for (uint32_t k = 0; k < g->ndelta; k++) {
-			int64_t cur = v[g->dcol[k]], old = pv[g->pcol[k]];
-			if (cur < old)
-				return 1;
-			v[g->dcol[k]] = cur - old;
+		if (pj != UINT32_MAX) {
+			const int64_t *pv = pd_state_cvals(prev, pj);
+			for (uint32_t k = 0; k < g->ndelta; k++) {
+				int64_t cur = v[g->dcol[k]], old = pv[g->pcol[k]];
+				if (cur < old) {
+					for (uint32_t q = 0; q < j; q++) /* keep[] back to "first occurrence" */
+						g->keep[g->ent_first[q]] = 1;
+					return 1;
+				}
+				v[g->dcol[k]] = cur - old;
+			}
 		}
+		/* select_samples' rule, while the values are at hand */
+		int nz = 0;
+		for (uint32_t c = 0; c < nst && !nz; c++)
+			nz = v[c] != 0;
+		g->keep[g->ent_first[j]] = (uint8_t)nz;
+		nkept += (uint32_t)nz;
 	}
+	*kept = nkept;
 	return 0;
 }
 
@@ -628,6 +653,8 @@ static void perturb_one(pd_engine *g)
 }
 #endif
 
+/* Which first occurrences are kept: those with a value that is not zero
+ * (diff_values applies the same rule to a delta). */
 static uint32_t select_samples(pd_engine *g, int drop_all)
 {
 	uint32_t kept = 0;
@@ -888,7 +915,8 @@ static int process(pd_engine *g, const pd_state *prev, pd_state *next, const pd_
 {
 	uint64_t t0 = pd_now_ns(), t1;
 	const char *why = NULL;
-	int rc, drop_all = 0;
+	int rc, drop_all = 0, selected = 0;
+	uint32_t kept = 0;
 	int64_t duration;
 
 	res->bytes_raw = g->ix.len;
@@ -911,7 +939,7 @@ static int process(pd_engine *g, const pd_state *prev, pd_state *next, const pd_
 		snprintf(res->why, sizeof res->why, "first profile of the stream%s",
 			 drop_all ? " (dropped by policy)" : "");
 	} else if ((why = check_reset_meta(g, prev, req)) != NULL ||
-		   (diff_values(g, prev, next) && (why = "a counter went backwards") != NULL)) {
+		   (diff_values(g, prev, next, &kept) && (why = "a counter went backwards") != NULL)) {
 		restore_cumulative(g, next);
 		res->status = PD_STATUS_BASELINE;
 		res->reason = PD_REASON_RESET;
@@ -920,11 +948,12 @@ static int process(pd_engine *g, const pd_state *prev, pd_state *next, const pd_
 		res->status = PD_STATUS_DELTA;
 		res->reason = PD_REASON_NONE;
 		res->why[0] = 0;
+		selected = 1;
 	}
 	duration = g->ix.duration_nanos;
 	if (res->status == PD_STATUS_DELTA && g->ndelta > 0)
 		duration = g->ix.time_nanos - pd_state_time_nanos(prev);
-	res->samples_out = select_samples(g, drop_all);
+	res->samples_out = selected ? kept : select_samples(g, drop_all);
 #ifdef PD_TEST_PERTURB
 	if (res->status == PD_STATUS_DELTA && getenv("PD_TEST_PERTURB"))
 		perturb_one(g);

@@ -410,6 +410,35 @@ static void test_long_samples(void)
 	pd_slow_free(pb_);
 }
 
+/* The engine finds a counter going back after an identity whose delta is
+ * all zero (so not kept, had it been a delta): the reset still outputs it. */
+static void test_reset_after_zero(void)
+{
+	tprof a, b;
+	pd_slow_profile *pa, *pb_, *slow, *eng;
+	pd_slow_diff d[4];
+	pd_result res;
+
+	heap_head(&a);
+	sample(&a, L1, 1, (const int64_t[]){5, 500, 0, 0}, 4, NULL);
+	sample(&a, L12, 2, (const int64_t[]){2, 20, 1, 10}, 4, NULL);
+	finish(&a, 1000);
+	heap_head(&b);
+	sample(&b, L1, 1, (const int64_t[]){5, 500, 0, 0}, 4, NULL);
+	sample(&b, L12, 2, (const int64_t[]){1, 10, 1, 10}, 4, NULL);
+	finish(&b, 2000);
+	pa = dec(&a);
+	pb_ = dec(&b);
+	slow = delta(pa, pb_, NULL);
+	eng = engine_delta(&a, &b, &res);
+	CHECK(eng && res.reason == PD_REASON_RESET && res.samples_out == 2);
+	CHECK(eng && slow && pd_slow_compare(slow, eng, d, 4) == 0);
+	pd_slow_free(eng);
+	pd_slow_free(slow);
+	pd_slow_free(pa);
+	pd_slow_free(pb_);
+}
+
 /* ---- hostile input ------------------------------------------------------------------- */
 
 static int refused(const void *p, size_t n, const pd_limits *lim, int code, const char *needle)
@@ -591,6 +620,7 @@ int main(void)
 	test_identity();
 	test_compare();
 	test_long_samples();
+	test_reset_after_zero();
 	test_hostile();
 	test_encode_verify();
 	return TH_DONE();
