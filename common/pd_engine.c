@@ -750,12 +750,25 @@ static void count_sample(pd_engine *g, uint32_t i, uint32_t d)
 	}
 }
 
-static size_t nonzero(const uint32_t *c, size_t n)
+/* Entries counted in both c and ref (the reference set: the hash pass's counts). */
+static size_t both_nonzero(const uint32_t *c, const uint32_t *ref, size_t n)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++)
-		k += c[i] != 0;
+		k += c[i] != 0 && ref[i] != 0;
 	return k;
+}
+
+/* Has the recount reached every location and string (but string 0, always
+ * kept) that the hash pass counted? Compared as sets: the recount also
+ * counts strings the hash pass does not (a label field given twice counts
+ * once there, the last one) and not string 0 of an absent field. */
+static int kept_reach_all(const pd_engine *g, size_t need)
+{
+	size_t nkeys = loc_keys(g), nstr = g->ix.nstr;
+	return both_nonzero(g->loc_cnt, g->loc_bak, nkeys) +
+		       (nstr > 1 ? both_nonzero(g->str_cnt + 1, g->str_bak + 1, nstr - 1) : 0) ==
+	       need;
 }
 
 /*
@@ -768,29 +781,33 @@ static size_t nonzero(const uint32_t *c, size_t n)
  */
 static int count_kept(pd_engine *g, uint32_t budget)
 {
-	size_t nkeys = loc_keys(g), nstr = g->ix.nstr;
-	size_t need = nonzero(g->loc_cnt, nkeys) + nonzero(g->str_cnt, nstr);
+	size_t nkeys = loc_keys(g), nstr = g->ix.nstr, need;
 	size_t every = (nkeys + nstr) / 4 > 256 ? (nkeys + nstr) / 4 : 256, since = 0;
 	uint32_t walked = 0;
 
 	memcpy(g->loc_bak, g->loc_cnt, nkeys * sizeof *g->loc_cnt);
 	memcpy(g->str_bak, g->str_cnt, nstr * sizeof *g->str_cnt);
+	need = both_nonzero(g->loc_bak, g->loc_bak, nkeys) +
+	       (nstr > 1 ? both_nonzero(g->str_bak + 1, g->str_bak + 1, nstr - 1) : 0);
 	zero(g->str_cnt, nstr * sizeof *g->str_cnt);
 	zero(g->loc_cnt, nkeys * sizeof *g->loc_cnt);
 	for (uint32_t i = 0; i < g->ix.nsmp; i++) {
 		if (!g->keep[i])
 			continue;
-		if (walked++ == budget) {
+		if (walked == budget) {
 			memcpy(g->loc_cnt, g->loc_bak, nkeys * sizeof *g->loc_cnt);
 			memcpy(g->str_cnt, g->str_bak, nstr * sizeof *g->str_cnt);
 			return 0;
 		}
 		count_sample(g, i, 1);
-		if (++since == every) {
+		walked++;
+		/* The kept samples after this one can only add strings the hash
+		 * pass left out: a label field given twice, where the last one is
+		 * what every reader keeps (the earlier one is written as ""). */
+		if ((++since == every || walked == budget) && kept_reach_all(g, need))
+			return 1;
+		if (since == every)
 			since = 0;
-			if (nonzero(g->loc_cnt, nkeys) + nonzero(g->str_cnt, nstr) == need)
-				return 1;
-		}
 	}
 	return 1;
 }

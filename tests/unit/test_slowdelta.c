@@ -439,6 +439,83 @@ static void test_reset_after_zero(void)
 	pd_slow_free(pb_);
 }
 
+/* A sample on location loc with one label "k" (numeric, or string str),
+ * its key field given first as junk when junk is set (the last one counts). */
+static void label_sample(tprof *t, uint64_t loc, int64_t v, const char *junk, uint64_t num,
+			 const char *str)
+{
+	pb m = {.n = 0}, pk = {.n = 0}, l = {.n = 0};
+	put_varint(&pk, loc);
+	put_msg(&m, 1, &pk);
+	pk.n = 0;
+	for (int64_t c = 0; c < 4; c++)
+		put_varint(&pk, (uint64_t)(c < 2 ? v * (1 + 9 * c) : 0));
+	put_msg(&m, 2, &pk);
+	if (junk)
+		put_uint(&l, 1, S(t, junk));
+	put_uint(&l, 1, S(t, "k"));
+	if (str)
+		put_uint(&l, 2, S(t, str));
+	else
+		put_uint(&l, 3, num);
+	put_msg(&m, 3, &l);
+	put_msg(&t->out, 2, &m);
+}
+
+static void engine_matches_slow(const tprof *a, const tprof *b, uint32_t want_out)
+{
+	pd_slow_profile *pa = a ? dec(a) : NULL, *pb_ = dec(b), *slow, *eng;
+	pd_slow_diff d[4];
+	pd_result res;
+	slow = delta(pa, pb_, NULL);
+	eng = engine_delta(a, b, &res);
+	CHECK(eng && res.samples_out == want_out);
+	CHECK(eng && slow && pd_slow_compare(slow, eng, d, 4) == 0);
+	pd_slow_free(eng);
+	pd_slow_free(slow);
+	pd_slow_free(pa);
+	pd_slow_free(pb_);
+}
+
+/*
+ * The mark pass recounts the kept samples until every location and string
+ * the hash pass saw is reached (checked every 256 samples). Profiles of
+ * more than 256 samples: the shortcut taken; a location and a string only
+ * in the last sample, after labels that give their key twice (the recount
+ * sees strings the hash pass does not: the reach test compares sets, not
+ * sizes); the shortcut given up for the subtraction, with a location only
+ * in dropped samples.
+ */
+static void test_mark_shortcut(void)
+{
+	static tprof a, b;
+
+	heap_head(&a); /* 600 samples, one location: the recount stops early */
+	for (int i = 0; i < 600; i++)
+		label_sample(&a, 1 + (uint64_t)(i % 3), 1, NULL, (uint64_t)i, NULL);
+	finish(&a, 1000);
+	engine_matches_slow(NULL, &a, 600);
+
+	heap_head(&a); /* location 2 and "XVALUE" only in sample 256 */
+	for (int i = 0; i < 256; i++)
+		label_sample(&a, 1, 1, i == 0 ? "junk_a" : i == 1 ? "junk_b" : i == 2 ? "junk_c" : NULL,
+			     (uint64_t)i, NULL);
+	label_sample(&a, 2, 1, NULL, 0, "XVALUE");
+	finish(&a, 1000);
+	engine_matches_slow(NULL, &a, 257);
+
+	heap_head(&a); /* 400 samples grow, 20 on location 3 do not */
+	heap_head(&b);
+	for (int i = 0; i < 420; i++) {
+		uint64_t loc = i < 400 ? 1 : 3;
+		label_sample(&a, loc, 1, NULL, (uint64_t)i, NULL);
+		label_sample(&b, loc, i < 400 ? 2 : 1, NULL, (uint64_t)i, NULL);
+	}
+	finish(&a, 1000);
+	finish(&b, 2000);
+	engine_matches_slow(&a, &b, 400);
+}
+
 /* ---- hostile input ------------------------------------------------------------------- */
 
 static int refused(const void *p, size_t n, const pd_limits *lim, int code, const char *needle)
@@ -621,6 +698,7 @@ int main(void)
 	test_compare();
 	test_long_samples();
 	test_reset_after_zero();
+	test_mark_shortcut();
 	test_hostile();
 	test_encode_verify();
 	return TH_DONE();
