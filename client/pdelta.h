@@ -90,7 +90,7 @@ extern "C" {
 #endif
 
 /* The same as PD_VERSION (common/pd_version.h; checked by test_client_local). */
-#define PDELTA_VERSION "1.1.0"
+#define PDELTA_VERSION "1.2.0"
 
 /* Error codes. 1..14 are the protocol's codes (PROTOCOL.md §7). */
 typedef enum pdelta_errcode {

@@ -2,7 +2,7 @@
  * pd_version: the one version of pdelta, and the `--version` line that
  * pdelta, pdeltactl and pdeltad all print:
  *
- *   pdeltad 1.1.0 (protocol 1..3; built 2025-12-03 gcc 12.2.0; OpenSSL 3.0.19,
+ *   pdeltad 1.2.0 (protocol 1..3; built 2025-12-03 gcc 12.2.0; OpenSSL 3.0.19,
  *                  libevent 2.1.12-stable, SQLite 3.40.1, zlib 1.2.13, libdeflate 1.14, ISA-L 2.30.0)
  *
  * The protocol range is PD_PROTO_VERSION_MIN..PD_PROTO_VERSION
@@ -15,7 +15,7 @@
 
 #include <stdio.h>
 
-#define PD_VERSION "1.1.0"
+#define PD_VERSION "1.2.0"
 
 /* Prints "<prog> <version> (protocol A..B; built <date> <compiler>; <libs>, <codec libs>)"
  * and a newline. libs: the program's own libraries ("OpenSSL 3.0.19, ..."), or NULL; the

@@ -787,13 +787,17 @@ void pd_shadow_stats_get(pd_shadow *sh, pd_shadow_stats *out)
  * parent is a directory we may write. */
 static int can_create(const char *dir, pd_err *e)
 {
-	char *copy = strdup(dir), *slash = copy ? strrchr(copy, '/') : NULL;
-	const char *parent = !slash ? "." : slash == copy ? "/" : copy, *why = NULL;
+	char *copy = strdup(dir), *slash;
+	const char *parent, *why = NULL;
 	struct stat sb;
 	int rc = PD_OK;
 
 	if (!copy)
 		return pd_err_set(e, PD_E_NOMEM, "out of memory");
+	for (size_t n = strlen(copy); n > 1 && copy[n - 1] == '/'; n--)
+		copy[n - 1] = 0; /* "a/b/" is created in a/ as "a/b" is */
+	slash = strrchr(copy, '/');
+	parent = !slash ? "." : slash == copy ? "/" : copy;
 	if (slash && slash != copy)
 		*slash = 0;
 	if (stat(parent, &sb))

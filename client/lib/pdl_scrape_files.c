@@ -456,6 +456,11 @@ int sc_state_load(pdelta_scrape *s, char *err, size_t errlen)
 		if (got > 0)
 			sc_log(s, 1, "state file %s:%u: %s", s->state_file, lineno, why);
 	}
+	if (ferror(f)) { /* a read error is no end of file: the rest would be lost */
+		snprintf(err, errlen, "cannot read state file %s: %s", s->state_file, strerror(errno));
+		fclose(f);
+		return -1;
+	}
 	fclose(f);
 	if (!saw_inc && s->nstate) {
 		sc_log(s, 1, "state file %s has no incarnation line: its %zu stream entries are dropped, "

@@ -787,6 +787,9 @@ usage_err "zero target timeout" "timeout=0: not a duration above 0" --local --ta
 mkdir -p "$WORK/tg-dir"
 usage_err "--targets naming a directory" "cannot read targets file $WORK/tg-dir: Is a directory" \
 	--local --targets "$WORK/tg-dir" --once --out-dir "$WORK/u"
+mkdir -p "$WORK/st-dir"
+usage_err "--state naming a directory" "cannot read state file $WORK/st-dir: Is a directory" \
+	--local --target a=http://127.0.0.1:1 --state "$WORK/st-dir" --once --out-dir "$WORK/u"
 printf '# no target yet\n\n' >"$WORK/tg-empty"
 usage_err "empty targets file" "targets file $WORK/tg-empty lists no target" \
 	--local --targets "$WORK/tg-empty" --once --out-dir "$WORK/u"

@@ -82,6 +82,8 @@ expect_check 2 "shadow_dir: '$WORK/afile/x': Not a directory" "--check shadow_di
 	--shadow-dir "$WORK/afile/x"
 expect_check 0 'configuration ok' "--check shadow_dir the start can create" --shadow-dir "$WORK/cases"
 [[ ! -e $WORK/cases ]] && ok "--check did not create shadow_dir" || bad "--check created $WORK/cases"
+expect_check 0 'configuration ok' "--check shadow_dir the start can create, trailing slash" \
+	--shadow-dir "$WORK/cases/"
 expect_check 0 'configuration ok' "--check shadow_dir with shadow_rate 0 (unused)" --shadow-dir "$WORK/afile" \
 	--shadow-rate 0
 if [[ $(id -u) != 0 ]]; then
