@@ -203,7 +203,7 @@ fail:
 	return NULL;
 }
 
-static int target_same(const sc_target *a, const sc_target *b)
+int sc_target_same(const sc_target *a, const sc_target *b)
 {
 #define SAME(f) ((!a->f && !b->f) || (a->f && b->f && strcmp(a->f, b->f) == 0))
 	return SAME(name) && SAME(url) && SAME(prefix) && SAME(labels) && SAME(ca) && SAME(bearer) &&
@@ -481,7 +481,7 @@ static void apply_file(pdelta_scrape *s, sc_target **arr, size_t n)
 		if (!old->from_file || old->removed)
 			continue;
 		for (size_t j = 0; j < n; j++)
-			if (arr[j] && target_same(old, arr[j])) {
+			if (arr[j] && sc_target_same(old, arr[j])) {
 				target_free(arr[j]);
 				arr[j] = NULL;
 				keep = 1;
