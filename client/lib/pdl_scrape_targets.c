@@ -211,6 +211,15 @@ int sc_target_same(const sc_target *a, const sc_target *b)
 #undef SAME
 }
 
+/* Whether key k is among the n words before it (their '=' already cut). */
+static int key_before(char *const *words, size_t n, const char *k)
+{
+	for (size_t j = 0; j < n; j++)
+		if (strcmp(words[j], k) == 0)
+			return 1;
+	return 0;
+}
+
 /* Parses one targets-file line into *t (NULL for a blank or comment line). */
 static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 {
@@ -246,6 +255,11 @@ static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 		}
 		*eq = 0;
 		v = eq + 1;
+		if (strncmp(k, "label.", 6) && key_before(words + 2, i - 2, k)) {
+			/* which one should win is a guess: refused, as a label key given twice */
+			snprintf(err, errlen, "key '%s' given twice", k);
+			goto out;
+		}
 		if (strcmp(k, "prefix") == 0)
 			in.path_prefix = v;
 		else if (strcmp(k, "timeout") == 0) {

@@ -86,11 +86,14 @@ static void remove_dir(void)
 	rmdir(dir);
 }
 
-/* The private directory with a token file and a user:password file. */
+/* The private directory with a token file and a user:password file, on tmpfs
+ * when there is one: every saved state file is fsynced. */
 static void setup(void)
 {
 	const char *tmp = getenv("TMPDIR");
 
+	if (access("/dev/shm", W_OK | X_OK) == 0)
+		tmp = "/dev/shm";
 	snprintf(dir, sizeof dir, "%s/fuzz_scrape_files.XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	home_fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (home_fd < 0 || !mkdtemp(dir) || chdir(dir))
@@ -209,6 +212,19 @@ static size_t render_target(const sc_target *t, size_t i, char *out, size_t cap)
 	return n;
 }
 
+static void remove_round_trip_files(size_t ntargets)
+{
+	char name[64];
+
+	for (size_t i = 0; i < ntargets; i++) {
+		snprintf(name, sizeof name, "rt-bearer-%zu", i);
+		unlink(name);
+		snprintf(name, sizeof name, "rt-basic-%zu", i);
+		unlink(name);
+	}
+	unlink("targets-rt");
+}
+
 /* The targets written back as a targets file read again to the same targets. */
 static void targets_round_trip(const pdelta_scrape *s)
 {
@@ -222,6 +238,7 @@ static void targets_round_trip(const pdelta_scrape *s)
 		size_t k = render_target(s->targets[i], i, text + n, cap - n);
 		if (!k) { /* longer once written back (e.g. timeout=1h as ms): not comparable */
 			free(text);
+			remove_round_trip_files(i + 1);
 			return;
 		}
 		n += k;
@@ -236,6 +253,7 @@ static void targets_round_trip(const pdelta_scrape *s)
 		if (!sc_target_same(s->targets[i], s2->targets[i]))
 			abort();
 	scrape_free(s2);
+	remove_round_trip_files(s->ntargets);
 }
 
 static int fuzz_targets(const uint8_t *data, size_t size)
@@ -333,6 +351,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (chdir(dir))
 		abort();
 	rc = data[0] & 1 ? fuzz_state(data + 1, size - 1) : fuzz_targets(data + 1, size - 1);
+	unlink("targets"); /* no input reads what an earlier one left */
+	unlink("state");
 	if (fchdir(home_fd))
 		abort();
 	return rc;
