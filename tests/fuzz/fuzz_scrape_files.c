@@ -43,6 +43,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char dir[4096];
+/* the files an input writes, in dir (the loop owns its paths as char *) */
+static char targets_path[] = "targets", targets_rt_path[] = "targets-rt", state_path[] = "state";
 static int home_fd = -1;
 
 int64_t sc_now_ms(void)
@@ -222,7 +224,7 @@ static void remove_round_trip_files(size_t ntargets)
 		snprintf(name, sizeof name, "rt-basic-%zu", i);
 		unlink(name);
 	}
-	unlink("targets-rt");
+	unlink(targets_rt_path);
 }
 
 /* The targets written back as a targets file read again to the same targets. */
@@ -243,10 +245,10 @@ static void targets_round_trip(const pdelta_scrape *s)
 		}
 		n += k;
 	}
-	write_file("targets-rt", text, n);
+	write_file(targets_rt_path, text, n);
 	free(text);
 	s2 = scrape_new();
-	s2->targets_file = "targets-rt";
+	s2->targets_file = targets_rt_path;
 	if (sc_targets_init(s2, err, sizeof err) || s2->ntargets != s->ntargets)
 		abort();
 	for (size_t i = 0; i < s->ntargets; i++)
@@ -269,10 +271,10 @@ static int fuzz_targets(const uint8_t *data, size_t size)
 		free(text);
 		return -1;
 	}
-	write_file("targets", data, size);
+	write_file(targets_path, data, size);
 	free(text);
 	s = scrape_new();
-	s->targets_file = "targets";
+	s->targets_file = targets_path;
 	if (sc_targets_init(s, err, sizeof err)) {
 		if (!err[0] || s->ntargets)
 			abort();
@@ -312,8 +314,8 @@ static int fuzz_state(const uint8_t *data, size_t size)
 	char err[1024] = "";
 	pdelta_scrape *s = scrape_new(), *s2;
 
-	write_file("state", data, size);
-	s->state_file = "state";
+	write_file(state_path, data, size);
+	s->state_file = state_path;
 	if (sc_state_load(s, err, sizeof err)) {
 		if (!err[0])
 			abort();
@@ -326,7 +328,7 @@ static int fuzz_state(const uint8_t *data, size_t size)
 	if (sc_state_save(s))
 		abort();
 	s2 = scrape_new();
-	s2->state_file = "state";
+	s2->state_file = state_path;
 	if (sc_state_load(s2, err, sizeof err) || s2->incarnation != s->incarnation || s2->nstate != s->nstate)
 		abort();
 	for (size_t i = 0; i < s->nstate; i++) {
@@ -351,8 +353,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (chdir(dir))
 		abort();
 	rc = data[0] & 1 ? fuzz_state(data + 1, size - 1) : fuzz_targets(data + 1, size - 1);
-	unlink("targets"); /* no input reads what an earlier one left */
-	unlink("state");
+	unlink(targets_path); /* no input reads what an earlier one left */
+	unlink(state_path);
 	if (fchdir(home_fd))
 		abort();
 	return rc;
