@@ -177,6 +177,14 @@ build/fuzz/fuzz_conn: tests/fuzz/fuzz_conn.c $(COMMON_SRC) $(FUZZ_SERVER_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DPD_FUZZ_WITH_SERVER -o $@ $< $(FUZZ_SERVER_SRC) $(COMMON_SRC) \
 		$(PKG_LIBS) $(SYSTEMD_LIBS) -lpthread -lm
+# fuzz_scrape_files reads the scrape agent's targets and state files: it also
+# needs those two files of the client library (it supplies the loop's clock
+# and log itself, so the rest of libpdelta stays out of the link).
+FUZZ_SCRAPE_SRC := client/lib/pdl_scrape_files.c client/lib/pdl_scrape_targets.c
+build/fuzz/fuzz_scrape_files: tests/fuzz/fuzz_scrape_files.c $(COMMON_SRC) $(FUZZ_SCRAPE_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Iclient -o $@ $< $(FUZZ_SCRAPE_SRC) $(COMMON_SRC) \
+		-lcurl -lz -ldeflate -lisal -lpthread
 fuzz-build: $(FUZZ_BINS)
 fuzz-short: $(FUZZ_BINS)
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh $(FUZZ_BINS)

@@ -151,6 +151,8 @@ void sc_buf_free(sc_buf *b);
 /* targets */
 int sc_labels_check(const char *labels, char *err, size_t errlen);
 int sc_targets_init(pdelta_scrape *s, char *err, size_t errlen);
+/* Whether a and b are one target (every field equal): a reload keeps its streams. */
+int sc_target_same(const sc_target *a, const sc_target *b);
 void sc_targets_poll(pdelta_scrape *s);     /* with s->mu held */
 void sc_targets_reap(pdelta_scrape *s);     /* with s->mu held: frees what no job holds */
 void sc_targets_free(pdelta_scrape *s);

@@ -203,12 +203,21 @@ fail:
 	return NULL;
 }
 
-static int target_same(const sc_target *a, const sc_target *b)
+int sc_target_same(const sc_target *a, const sc_target *b)
 {
 #define SAME(f) ((!a->f && !b->f) || (a->f && b->f && strcmp(a->f, b->f) == 0))
 	return SAME(name) && SAME(url) && SAME(prefix) && SAME(labels) && SAME(ca) && SAME(bearer) &&
 	       SAME(basic) && a->timeout_ms == b->timeout_ms && a->max_body == b->max_body;
 #undef SAME
+}
+
+/* Whether key k is among the n words before it (their '=' already cut). */
+static int key_before(char *const *words, size_t n, const char *k)
+{
+	for (size_t j = 0; j < n; j++)
+		if (strcmp(words[j], k) == 0)
+			return 1;
+	return 0;
 }
 
 /* Parses one targets-file line into *t (NULL for a blank or comment line). */
@@ -246,6 +255,11 @@ static int parse_line(char *line, sc_target **out, char *err, size_t errlen)
 		}
 		*eq = 0;
 		v = eq + 1;
+		if (strncmp(k, "label.", 6) && key_before(words + 2, i - 2, k)) {
+			/* which one should win is a guess: refused, as a label key given twice */
+			snprintf(err, errlen, "key '%s' given twice", k);
+			goto out;
+		}
 		if (strcmp(k, "prefix") == 0)
 			in.path_prefix = v;
 		else if (strcmp(k, "timeout") == 0) {
@@ -481,7 +495,7 @@ static void apply_file(pdelta_scrape *s, sc_target **arr, size_t n)
 		if (!old->from_file || old->removed)
 			continue;
 		for (size_t j = 0; j < n; j++)
-			if (arr[j] && target_same(old, arr[j])) {
+			if (arr[j] && sc_target_same(old, arr[j])) {
 				target_free(arr[j]);
 				arr[j] = NULL;
 				keep = 1;

@@ -819,6 +819,10 @@ label_err "label key twice" "label 'k': the key is given twice" "y http://127.0.
 label_err "empty label value" "label 'e': the value is empty" "y http://127.0.0.1:1 label.e="
 label_err "label value not UTF-8" "label 'u': the value is not valid UTF-8" "y http://127.0.0.1:1 label.u=$(printf 'a\xff')"
 label_err "label value, overlong UTF-8" "label 'u': the value is not valid UTF-8" "y http://127.0.0.1:1 label.u=$(printf '\xc0\xaf')"
+printf 'tok\n' >"$WORK/tok"
+label_err "bearer_file twice" "key 'bearer_file' given twice" \
+	"y http://127.0.0.1:1 bearer_file=$WORK/tok label.k=1 bearer_file=$WORK/tok"
+label_err "timeout twice" "key 'timeout' given twice" "y http://127.0.0.1:1 timeout=1s timeout=2s"
 long=$(printf 'v%.0s' $(seq 1100))
 label_err "labels past 2 KiB" "label 'b': the labels pass 2047 bytes" "y http://127.0.0.1:1 label.a=$long label.b=$long"
 usage_err "twice" "given twice" --local --target a=http://127.0.0.1:1 --target a=http://127.0.0.1:2 --out-dir "$WORK/u"
