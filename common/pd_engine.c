@@ -759,16 +759,16 @@ static size_t both_nonzero(const uint32_t *c, const uint32_t *ref, size_t n)
 	return k;
 }
 
-/* Has the recount reached every location and string (but string 0, always
- * kept) that the hash pass counted? Compared as sets: the recount also
- * counts strings the hash pass does not (a label field given twice counts
- * once there, the last one) and not string 0 of an absent field. */
-static int kept_reach_all(const pd_engine *g, size_t need)
+/* How many of the locations and strings (but string 0, always kept) the hash
+ * pass counted (loc_bak, str_bak) are counted in loc and str. Compared as
+ * sets: the recount also counts strings the hash pass does not (a label
+ * field given twice counts once there, the last one) and not string 0 of an
+ * absent field. */
+static size_t reached(const pd_engine *g, const uint32_t *loc, const uint32_t *str)
 {
-	size_t nkeys = loc_keys(g), nstr = g->ix.nstr;
-	return both_nonzero(g->loc_cnt, g->loc_bak, nkeys) +
-		       (nstr > 1 ? both_nonzero(g->str_cnt + 1, g->str_bak + 1, nstr - 1) : 0) ==
-	       need;
+	size_t nstr = g->ix.nstr;
+	return both_nonzero(loc, g->loc_bak, loc_keys(g)) +
+	       (nstr > 1 ? both_nonzero(str + 1, g->str_bak + 1, nstr - 1) : 0);
 }
 
 /*
@@ -787,8 +787,7 @@ static int count_kept(pd_engine *g, uint32_t budget)
 
 	memcpy(g->loc_bak, g->loc_cnt, nkeys * sizeof *g->loc_cnt);
 	memcpy(g->str_bak, g->str_cnt, nstr * sizeof *g->str_cnt);
-	need = both_nonzero(g->loc_bak, g->loc_bak, nkeys) +
-	       (nstr > 1 ? both_nonzero(g->str_bak + 1, g->str_bak + 1, nstr - 1) : 0);
+	need = reached(g, g->loc_bak, g->str_bak);
 	zero(g->str_cnt, nstr * sizeof *g->str_cnt);
 	zero(g->loc_cnt, nkeys * sizeof *g->loc_cnt);
 	for (uint32_t i = 0; i < g->ix.nsmp; i++) {
@@ -804,7 +803,7 @@ static int count_kept(pd_engine *g, uint32_t budget)
 		/* The kept samples after this one can only add strings the hash
 		 * pass left out: a label field given twice, where the last one is
 		 * what every reader keeps (the earlier one is written as ""). */
-		if ((++since == every || walked == budget) && kept_reach_all(g, need))
+		if ((++since == every || walked == budget) && reached(g, g->loc_cnt, g->str_cnt) == need)
 			return 1;
 		if (since == every)
 			since = 0;

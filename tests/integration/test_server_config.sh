@@ -60,18 +60,18 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16); time.sleep(120)' "$silent
 MUTE_PID=$!
 pd_at_exit 'kill "$MUTE_PID" 2>/dev/null'
 pd_wait_port "$silent" "$MUTE_PID"
-t0=$(date +%s.%N)
-expect_check 1 'cannot connect to PostgreSQL: .*timeout' "--check with a server that never answers" \
-	--db "postgresql://pdelta@127.0.0.1:$silent/pdelta"
-took=$(echo "$(date +%s.%N) - $t0" | bc)
-(($(echo "$took >= 4.5 && $took < 9" | bc))) && ok "... after the default connect_timeout of 5 s (${took%???????} s)" ||
-	bad "--check waited $took s for a silent server (want ~5)"
-t0=$(date +%s.%N)
-expect_check 1 'cannot connect to PostgreSQL: .*timeout' "--check, the URI's connect_timeout=2" \
-	--db "postgresql://pdelta@127.0.0.1:$silent/pdelta?connect_timeout=2"
-took=$(echo "$(date +%s.%N) - $t0" | bc)
-(($(echo "$took >= 1.5 && $took < 4.5" | bc))) && ok "... after the URI's 2 s (${took%???????} s)" ||
-	bad "--check waited $took s with connect_timeout=2"
+# timed_check MIN MAX WHAT URI: --check against the silent server gives up within [MIN, MAX) s
+timed_check() {
+	local min=$1 max=$2 what=$3 uri=$4 t0 took
+	t0=$(date +%s.%N)
+	expect_check 1 'cannot connect to PostgreSQL: .*timeout' "--check, $what" --db "$uri"
+	took=$(echo "$(date +%s.%N) - $t0" | bc)
+	(($(echo "$took >= $min && $took < $max" | bc))) && ok "... gave up after ${took%???????} s ($what)" ||
+		bad "--check waited $took s ($what; want $min-$max)"
+}
+timed_check 4.5 9 "a server that never answers: the default connect_timeout of 5 s" \
+	"postgresql://pdelta@127.0.0.1:$silent/pdelta"
+timed_check 1.5 4.5 "the URI's connect_timeout=2" "postgresql://pdelta@127.0.0.1:$silent/pdelta?connect_timeout=2"
 
 # ---- shadow_dir ----
 expect_check 2 "shadow_dir: '/nonexistent-$$/x' does not exist and cannot be created \(/nonexistent-$$: No such file" \
